@@ -1,0 +1,42 @@
+# Two commands do all the set-up on a fresh Debian machine:
+#   make demo   record a session through qmprr against a real QEMU, verify it, show it
+#   make test   run the whole test suite
+# Both create .venv, install qmprr with its test extras, and install QEMU
+# (Debian's qemu-system-x86 and qemu-utils) when it is missing and we are root.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test setup qemu bench clean
+
+setup: $(STAMP) qemu
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+qemu:
+	@if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v qemu-img >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing QEMU (Debian packages qemu-system-x86, qemu-utils)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 qemu-utils >/dev/null; \
+	  else \
+	    echo "qmprr: QEMU is missing: run 'sudo apt-get install qemu-system-x86 qemu-utils' (or 'make' as root)"; exit 2; \
+	  fi; \
+	fi
+
+demo: setup
+	$(PY) examples/demo.py
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(VENV)/bin/qmprr bench log
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

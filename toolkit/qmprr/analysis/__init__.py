@@ -1,0 +1,1 @@
+"""Reading recordings for people: show (and, later, stats, diff, reports)."""

@@ -1,0 +1,129 @@
+"""``qmprr bench log``: recording write and read+verify throughput.
+
+Writes a synthetic recording (a realistic mix of commands, replies and
+events) under each sync policy, then reads and verifies the large one and
+compares with plain JSON-lines loops over the same file in the same run.
+The reader's peak memory is measured in a child process, next to a child that
+only imports qmprr, so the difference is what reading costs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+import orjson
+
+from ..recording import Command, Event, Record, RecordWriter, Reply, SyncPolicy, verify
+from ..recording.model import Msg
+
+
+def synthetic_records(n: int) -> Iterator[Record]:
+    """About *n* records after the header: command, reply, and an event every 10th round."""
+    i = 0
+    made = 0
+    while made < n:
+        wire_id = f"qmprr-{i}"
+        cmd = Command(
+            src=f"client-{i % 4}",
+            role="primary",
+            msg=Msg({"execute": "qom-get", "arguments": {"path": "/machine", "property": "type"}, "id": wire_id}),
+            client_id=i,
+        )
+        yield cmd
+        made += 1
+        if made < n:
+            yield Reply(cmd=cmd.seq, msg=Msg({"return": "none-machine", "id": wire_id}))
+            made += 1
+        if i % 10 == 9 and made < n:
+            yield Event(
+                msg=Msg({"event": "STOP", "data": {}, "timestamp": {"seconds": 1700000000 + i, "microseconds": 1234}})
+            )
+            made += 1
+        i += 1
+
+
+def write_recording(path: str, n: int, sync: SyncPolicy) -> float:
+    """Write *n* synthetic records to *path*; return the seconds it took."""
+    start = time.perf_counter()
+    with RecordWriter.create(path, sync=sync, overwrite=True) as writer:
+        for record in synthetic_records(n):  # lazily: a reply is made after its command has its seq
+            writer.append(record)
+    return time.perf_counter() - start
+
+
+_CHILD = """
+import resource, sys, time
+mode, path = sys.argv[1], sys.argv[2]
+import qmprr.recording
+if mode == "verify":
+    report = qmprr.recording.verify(path)
+    assert report.ok, report.problems[:3]
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_rss_kib(mode: str, path: str) -> int:
+    """Peak RSS (KiB) of a child that imports qmprr and, for ``verify``, verifies *path*."""
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, mode, path], check=True, capture_output=True, text=True
+    )
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def _loop_seconds(path: str, loads) -> float:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    with open(path, "rb") as f:
+        for line in f:
+            loads(line)
+    return time.perf_counter() - start
+
+
+def run(records: int = 1_000_000, always_records: int = 2_000, folder: str | None = None) -> None:
+    """Run the benchmark and print its figures."""
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        print(f"qmprr bench log: {records:,} records (sync=always: {always_records:,}), in {tmp}")
+        print("\nwrite throughput")
+        big = os.path.join(tmp, "big.jsonl")
+        rates = {}
+        for policy, n, path in (
+            (SyncPolicy.NONE, records, os.path.join(tmp, "none.jsonl")),
+            (SyncPolicy.BATCH, records, big),
+            (SyncPolicy.ALWAYS, always_records, os.path.join(tmp, "always.jsonl")),
+        ):
+            seconds = write_recording(path, n, policy)
+            rates[policy] = n / seconds
+            print(f"  sync={policy.value:<6} {n:>10,} records {seconds:8.2f} s {rates[policy]:>12,.0f} records/s")
+            if path != big:
+                os.remove(path)
+        size = os.path.getsize(big)
+        print(f"  (file: {size / 2**20:.1f} MiB, {size / (records + 1):.0f} bytes/record)")
+        print(f"  ratio batch/none: {rates[SyncPolicy.BATCH] / rates[SyncPolicy.NONE]:.2f}  "
+              f"always/none: {rates[SyncPolicy.ALWAYS] / rates[SyncPolicy.NONE]:.4f}")
+
+        print("\nread throughput over the same file")
+        t_json = _loop_seconds(big, json.loads)
+        t_orjson = _loop_seconds(big, orjson.loads)
+        start = time.perf_counter()
+        report = verify(big)
+        t_verify = time.perf_counter() - start
+        if not report.ok:
+            raise SystemExit(f"verify found problems in the benchmark file: {report.problems[:3]}")
+        n = records + 1
+        for label, secs in (
+            ("json.loads loop (baseline)", t_json),
+            ("orjson.loads loop", t_orjson),
+            ("qmprr read + verify", t_verify),
+        ):
+            print(f"  {label:<28} {secs:8.2f} s {n / secs:>12,.0f} records/s  {t_json / secs:5.2f}x baseline")
+
+        print("\nreader peak memory (child process, max RSS)")
+        base = peak_rss_kib("import", big)
+        peak = peak_rss_kib("verify", big)
+        print(f"  import only: {base / 1024:.1f} MiB   read + verify {records:,} records: "
+              f"{peak / 1024:.1f} MiB   difference: {(peak - base) / 1024:.1f} MiB")

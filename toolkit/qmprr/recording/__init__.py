@@ -1,0 +1,58 @@
+"""The ``qmprr/1`` recording: records, their on-disk form, writer, reader, checks.
+
+See ``recordings/README.md`` for the format, field by field.
+"""
+
+from .model import (
+    ABSENT,
+    FORMAT,
+    Client,
+    Close,
+    Command,
+    Event,
+    Fd,
+    Greeting,
+    Header,
+    Msg,
+    Note,
+    Record,
+    Reply,
+    Taint,
+    Tx,
+)
+from .reader import Problem, RecordingReader, Torn, read_records
+from .redact import REDACTED, ArgumentRule, HmpRule, Redactor
+from .verify import VerifyReport, verify
+from .writer import RecordWriter, SyncPolicy, new_header, relevant_env
+
+__all__ = [
+    "ABSENT",
+    "FORMAT",
+    "REDACTED",
+    "ArgumentRule",
+    "Client",
+    "Close",
+    "Command",
+    "Event",
+    "Fd",
+    "Greeting",
+    "Header",
+    "HmpRule",
+    "Msg",
+    "Note",
+    "Problem",
+    "Record",
+    "RecordWriter",
+    "RecordingReader",
+    "Redactor",
+    "Reply",
+    "SyncPolicy",
+    "Taint",
+    "Torn",
+    "Tx",
+    "VerifyReport",
+    "new_header",
+    "read_records",
+    "relevant_env",
+    "verify",
+]

@@ -1,0 +1,85 @@
+"""Records to JSON-ready dicts and back (cattrs), kept apart from the classes.
+
+Optional fields at their default are left out of the on-disk form, so a
+record carries only what it says. ``msg`` objects pass through untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from .model import RECORD_TYPES, Msg, Record
+
+
+class RecordSchemaError(ValueError):
+    """A dict that is not a valid record; the message names the field."""
+
+
+def _structure_msg(value: Any, _type: Any) -> dict:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+_ALWAYS = frozenset({"seq", "t", "kind", "format"})
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=False)
+    conv.register_structure_hook(Msg, _structure_msg)
+    conv.register_unstructure_hook(Msg, lambda v: v)
+    for cls in RECORD_TYPES.values():
+        # Fields on disk even at their default value.
+        kept = {a.name: override(omit_if_default=False) for a in attrs.fields(cls) if a.name in _ALWAYS}
+        conv.register_unstructure_hook(
+            cls,
+            make_dict_unstructure_fn(
+                cls, conv, _cattrs_omit_if_default=True, _cattrs_include_init_false=True, **kept
+            ),
+        )
+        conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv))
+    return conv
+
+
+converter = _make_converter()
+_structure = converter.structure
+
+#: The on-disk dict of a record: seq, t, kind first, optional fields at their default left out.
+unstructure: Any = converter.unstructure
+
+
+def structure(d: Any) -> Record:
+    """Build the record a dict describes; :class:`RecordSchemaError` if it is not one."""
+    if not isinstance(d, dict):
+        raise RecordSchemaError("a record must be a JSON object")
+    kind = d.get("kind")
+    cls = RECORD_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise RecordSchemaError(f"unknown record kind {kind!r}")
+    for key in ("seq", "t"):
+        if key not in d:
+            raise RecordSchemaError(f"{kind} record has no {key!r}")
+    if type(d["seq"]) is not int or d["seq"] < 0:
+        raise RecordSchemaError(f"'seq' must be a non-negative integer, not {d['seq']!r}")
+    if type(d["t"]) not in (int, float):
+        raise RecordSchemaError(f"'t' must be a number, not {d['t']!r}")
+    try:
+        return _structure(d, cls)
+    except Exception as exc:  # cattrs raises ClassValidationError and friends
+        raise RecordSchemaError(f"invalid {kind} record: {_describe(exc)}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, cattrs.ClassValidationError):
+        notes = cattrs.transform_error(exc)
+        return "; ".join(notes)
+    return str(exc) or type(exc).__name__
+
+
+def field_names(cls: type[Record]) -> list[str]:
+    """On-disk field names of a record class, in order."""
+    return [a.name for a in attrs.fields(cls)]

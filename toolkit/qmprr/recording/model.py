@@ -1,0 +1,176 @@
+"""The records of a ``qmprr/1`` recording, as plain attrs classes.
+
+Every record has ``seq`` (0, 1, 2, ... with no gaps), ``t`` (seconds since the
+header's start, from a monotonic clock) and ``kind``. The writer assigns
+``seq`` and ``t``; callers build records with the other fields. How records
+become JSON lines is :mod:`qmprr.recording.codec`'s business, not theirs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal, NewType
+
+import attrs
+
+FORMAT = "qmprr/1"
+
+#: A QMP message (a JSON object), kept exactly as it was on the wire.
+Msg = NewType("Msg", dict)
+
+Role = Literal["primary", "debug", "internal"]
+
+
+class _Absent:
+    """Marks an optional field that is absent, where ``None`` (JSON null) is a value."""
+
+    _instance: ClassVar[_Absent | None] = None
+
+    def __new__(cls) -> _Absent:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+ABSENT: Any = _Absent()
+
+
+def _kind(name: str) -> Any:
+    return attrs.field(default=name, init=False)
+
+
+@attrs.define(kw_only=True, eq=True)
+class Record:
+    """Fields every record has; ``kind`` is fixed by each subclass."""
+
+    seq: int = -1
+    t: float = 0.0
+
+
+@attrs.define(kw_only=True)
+class Header(Record):
+    """First record: what was recorded, when, where, and how QEMU was started."""
+
+    kind: Literal["header"] = _kind("header")
+    format: str = FORMAT
+    started: str  # ISO 8601, UTC
+    started_epoch: float
+    host: str
+    qmprr_version: str
+    qemu_version: Msg | None = None  # the greeting's "version" object
+    qemu_argv: list[str] | None = None
+    qemu_env: dict[str, str] | None = None
+    domain_xml: str | None = None
+    labels: dict[str, str] = attrs.Factory(dict)
+
+
+@attrs.define(kw_only=True)
+class Greeting(Record):
+    """QEMU's greeting, exactly as received."""
+
+    kind: Literal["greeting"] = _kind("greeting")
+    msg: Msg
+
+
+@attrs.define(kw_only=True)
+class Command(Record):
+    """A command as sent to QEMU (``msg`` carries the wire id).
+
+    ``client_id`` is the client's own id when it differs from the wire id
+    (ABSENT when the client sent none; it may be any JSON value, null too).
+    """
+
+    kind: Literal["command"] = _kind("command")
+    src: str
+    role: Role
+    msg: Msg
+    client_id: Any = ABSENT
+    tx: int | None = None
+
+
+@attrs.define(kw_only=True)
+class Reply(Record):
+    """QEMU's answer (``return`` or ``error``) to the command logged as ``cmd``."""
+
+    kind: Literal["reply"] = _kind("reply")
+    cmd: int
+    msg: Msg
+
+
+@attrs.define(kw_only=True)
+class Event(Record):
+    """An asynchronous event, in wire order relative to replies."""
+
+    kind: Literal["event"] = _kind("event")
+    msg: Msg
+
+
+@attrs.define(kw_only=True)
+class Client(Record):
+    """A downstream client connected or left."""
+
+    kind: Literal["client"] = _kind("client")
+    action: Literal["connect", "disconnect"]
+    name: str
+    role: Role
+    peer: str | None = None
+
+
+@attrs.define(kw_only=True)
+class Tx(Record):
+    """A transaction began, ended, or was aborted (with a reason)."""
+
+    kind: Literal["tx"] = _kind("tx")
+    action: Literal["begin", "end", "abort"]
+    tx: int
+    label: str
+    owner: str
+    reason: str | None = None
+
+
+@attrs.define(kw_only=True)
+class Taint(Record):
+    """The session was tainted (e.g. ``custom-monitor``: a debug client sent a command)."""
+
+    kind: Literal["taint"] = _kind("taint")
+    reason: str
+    client: str
+
+
+@attrs.define(kw_only=True)
+class Fd(Record):
+    """A file descriptor passed with a command; ``placeholder`` names it, never its number."""
+
+    kind: Literal["fd"] = _kind("fd")
+    src: str
+    placeholder: str
+    cmd: int | None = None
+
+
+@attrs.define(kw_only=True)
+class Note(Record):
+    """Free-form remark from qmprr or a user (repairs, dropped events, markers)."""
+
+    kind: Literal["note"] = _kind("note")
+    text: str
+    data: Msg | None = None
+
+
+@attrs.define(kw_only=True)
+class Close(Record):
+    """The upstream connection ended; ``reason`` is a short code, ``detail`` for people."""
+
+    kind: Literal["close"] = _kind("close")
+    reason: str
+    detail: str | None = None
+
+
+RECORD_TYPES: dict[str, type[Record]] = {
+    cls.__attrs_attrs__.kind.default: cls  # type: ignore[attr-defined]
+    for cls in (Header, Greeting, Command, Reply, Event, Client, Tx, Taint, Fd, Note, Close)
+}

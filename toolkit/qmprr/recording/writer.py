@@ -1,0 +1,383 @@
+"""The append-only, crash-safe recording writer.
+
+* One writer per file: the file is ``flock``-ed while open (the kernel drops
+  the lock when the process dies, so a crash leaves no stale lock).
+* Opened with ``O_APPEND``; every record is one ``write()`` of one complete
+  line, so a crash can tear at most the last line.
+* Write-ahead: :meth:`RecordWriter.append` returns only once the line has
+  reached the OS and hands back the record with its ``seq``, which is what
+  a caller needs to forward a command (the reply names it) -- so logging
+  comes first by construction. Callers forward their own message object; the
+  writer never changes it (redaction applies to the logged copy only).
+* Sync policy: see :class:`SyncPolicy`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import fcntl
+import os
+import socket
+import threading
+import time
+from typing import Any, TypeVar
+
+from .. import __version__, codec
+from ..errors import NotARecording, RecordingError, RecordingLocked, TornTail
+from . import chain, convert
+from .model import FORMAT, Header, Msg, Note, Record
+from .redact import Redactor
+
+R = TypeVar("R", bound=Record)
+
+#: Environment variables worth keeping in a header (they change QEMU's behaviour).
+RELEVANT_ENV = ("LC_ALL", "LANG", "TZ", "HOME", "PATH", "QEMU_AUDIO_DRV", "XDG_RUNTIME_DIR")
+
+
+class SyncPolicy(enum.Enum):
+    """When records are forced to stable storage (``fdatasync``).
+
+    ``always``: after every record. Survives power loss record by record;
+    costs a disk flush per QMP message (milliseconds on most disks).
+    ``batch`` (default): every record reaches the OS at once (so it survives
+    a crash of qmprr itself); a background flush runs at most every 100 ms
+    and at close, so a power loss can lose the last 100 ms.
+    ``none``: the OS decides. Survives a crash of qmprr, not of the host.
+    """
+
+    ALWAYS = "always"
+    BATCH = "batch"
+    NONE = "none"
+
+
+BATCH_INTERVAL = 0.1
+
+
+def new_header(
+    *,
+    qemu_version: dict[str, Any] | None = None,
+    qemu_argv: list[str] | None = None,
+    qemu_env: dict[str, str] | None = None,
+    domain_xml: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> Header:
+    """A header stamped with the current time, host and qmprr version."""
+    now = time.time()
+    return Header(
+        started=datetime.datetime.fromtimestamp(now, datetime.timezone.utc).isoformat(
+            timespec="microseconds"
+        ),
+        started_epoch=round(now, 6),
+        host=socket.gethostname(),
+        qmprr_version=__version__,
+        qemu_version=Msg(qemu_version) if qemu_version is not None else None,
+        qemu_argv=qemu_argv,
+        qemu_env=qemu_env,
+        domain_xml=domain_xml,
+        labels=dict(labels or {}),
+    )
+
+
+class RecordWriter:
+    """Appends records to one recording. Use :meth:`create` or :meth:`append_to`."""
+
+    def __init__(
+        self,
+        fd: int,
+        path: str,
+        *,
+        next_seq: int,
+        last_hash: str,
+        t_offset: float,
+        sync: SyncPolicy,
+        redactor: Redactor,
+    ) -> None:
+        self.path = path
+        self.sync = sync
+        self.redactor = redactor
+        self._fd = fd
+        self._next_seq = next_seq
+        self._last_hash = last_hash
+        self._t0 = time.monotonic() - t_offset
+        self._last_t = t_offset
+        self._lock = threading.Lock()
+        self._dirty = False
+        self._closed = False
+        self._syncer: threading.Thread | None = None
+        self._stop = threading.Event()
+        if sync is SyncPolicy.BATCH:
+            self._syncer = threading.Thread(target=self._sync_loop, name="qmprr-fsync", daemon=True)
+            self._syncer.start()
+
+    # -- opening -----------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        header: Header | None = None,
+        *,
+        sync: SyncPolicy | str = SyncPolicy.BATCH,
+        redactor: Redactor | None = None,
+        overwrite: bool = False,
+    ) -> RecordWriter:
+        """Start a new recording at *path* and write its header.
+
+        Fails if the file exists, unless *overwrite* (which still refuses a
+        file another writer holds).
+        """
+        path = os.fspath(path)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        if not overwrite:
+            flags |= os.O_EXCL
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            raise RecordingError(
+                f"{path}: file exists; choose another name, or overwrite it explicitly"
+            ) from None
+        except OSError as exc:
+            raise RecordingError(f"{path}: cannot create recording: {exc.strerror}") from None
+        try:
+            _lock(fd, path)
+        except BaseException:
+            os.close(fd)
+            raise
+        if overwrite:
+            os.ftruncate(fd, 0)
+        writer = cls(
+            fd,
+            path,
+            next_seq=0,
+            last_hash=chain.GENESIS,
+            t_offset=0.0,
+            sync=SyncPolicy(sync),
+            redactor=redactor or Redactor(),
+        )
+        writer.append(header or new_header())
+        return writer
+
+    @classmethod
+    def append_to(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        sync: SyncPolicy | str = SyncPolicy.BATCH,
+        redactor: Redactor | None = None,
+        repair: bool = False,
+    ) -> RecordWriter:
+        """Reopen an existing recording to add records after its last one.
+
+        The tail is checked first. A torn last line raises :class:`TornTail`
+        unless *repair*, which truncates it and logs a ``note`` saying so.
+        """
+        path = os.fspath(path)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        except OSError as exc:
+            raise RecordingError(f"{path}: cannot open recording: {exc.strerror}") from None
+        try:
+            _lock(fd, path)
+            tail = _read_tail(fd, path)
+            if tail.torn_size and not repair:
+                raise TornTail(path, tail.torn_offset, tail.torn_size)
+            if tail.torn_size:
+                os.ftruncate(fd, tail.torn_offset)
+        except BaseException:
+            os.close(fd)
+            raise
+        elapsed = time.time() - tail.started_epoch
+        writer = cls(
+            fd,
+            path,
+            next_seq=tail.last_seq + 1,
+            last_hash=tail.last_hash,
+            t_offset=max(tail.last_t, round(elapsed, 6)),
+            sync=SyncPolicy(sync),
+            redactor=redactor or Redactor(),
+        )
+        if tail.torn_size:
+            writer.append(
+                Note(
+                    text=f"repaired: truncated a torn last line of {tail.torn_size} bytes",
+                    data=Msg({"offset": tail.torn_offset, "bytes": tail.torn_size}),
+                )
+            )
+        return writer
+
+    # -- writing -----------------------------------------------------------
+
+    @property
+    def next_seq(self) -> int:
+        """The ``seq`` the next record will get."""
+        return self._next_seq
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def append(self, record: R) -> R:
+        """Write *record* as the next line; return it with ``seq`` and ``t`` set.
+
+        Returns once the line has reached the OS (and the disk, with sync
+        ``always``). Raises :class:`RecordingError` when it cannot be written.
+        """
+        with self._lock:
+            if self._closed:
+                raise RecordingError(f"{self.path}: recording is closed")
+            if self._next_seq == 0:  # the header defines t = 0
+                self._t0, t = time.monotonic(), 0.0
+            else:
+                t = max(round(time.monotonic() - self._t0, 6), self._last_t)
+            record.seq = self._next_seq
+            record.t = t
+            d = convert.unstructure(record)
+            if record.kind == "command":  # type: ignore[attr-defined]
+                d["msg"] = self.redactor.redact(d["msg"])
+            line, h = chain.seal(codec.dumps(d), self._last_hash)
+            try:
+                written = os.write(self._fd, line)
+            except OSError as exc:
+                raise RecordingError(f"{self.path}: cannot write record: {exc.strerror}") from None
+            if written != len(line):
+                raise RecordingError(
+                    f"{self.path}: short write ({written} of {len(line)} bytes); disk full?"
+                )
+            self._next_seq += 1
+            self._last_hash = h
+            self._last_t = t
+            if self.sync is SyncPolicy.ALWAYS:
+                os.fdatasync(self._fd)
+            else:
+                self._dirty = True
+            return record
+
+    def flush(self) -> None:
+        """Force everything written so far to stable storage."""
+        with self._lock:
+            if not self._closed and self._dirty:
+                os.fdatasync(self._fd)
+                self._dirty = False
+
+    def close(self) -> None:
+        """Flush (except with sync ``none``), unlock and close. Idempotent."""
+        if self._closed:
+            return
+        self._stop.set()
+        if self._syncer is not None:
+            self._syncer.join()
+        if self.sync is not SyncPolicy.NONE:
+            self.flush()
+        with self._lock:
+            self._closed = True
+            os.close(self._fd)
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _sync_loop(self) -> None:
+        while not self._stop.wait(BATCH_INTERVAL):
+            if self._dirty:
+                try:
+                    self.flush()
+                except OSError:
+                    pass  # reported by the next append or close
+
+
+def _lock(fd: int, path: str) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RecordingLocked(f"{path}: another qmprr process is writing this recording") from None
+
+
+class _Tail:
+    """What :meth:`RecordWriter.append_to` needs to know of an existing file."""
+
+    def __init__(self) -> None:
+        self.started_epoch = 0.0
+        self.last_seq = -1
+        self.last_t = 0.0
+        self.last_hash = chain.GENESIS
+        self.torn_offset = 0
+        self.torn_size = 0
+
+
+def _read_tail(fd: int, path: str, block: int = 65536) -> _Tail:
+    """Find the header, the last complete record, and any torn bytes after it."""
+    size = os.fstat(fd).st_size
+    tail = _Tail()
+    first = _read_line_at(fd, 0, size)
+    try:
+        header = convert.structure(codec.loads(chain.unseal(first)[0]))
+    except ValueError:
+        header = None
+    if not isinstance(header, Header) or header.format != FORMAT:
+        raise NotARecording(f"{path}: not a {FORMAT} recording (first line is not its header)")
+    tail.started_epoch = header.started_epoch
+    # Walk back from the end to the last newline: what follows it is torn.
+    end = size
+    pos = size
+    while pos > 0:
+        start = max(0, pos - block)
+        chunk = os.pread(fd, pos - start, start)
+        nl = chunk.rfind(b"\n")
+        if nl >= 0:
+            end = start + nl + 1
+            break
+        pos = start
+    else:
+        end = 0
+    tail.torn_offset, tail.torn_size = end, size - end
+    if end == 0:
+        raise NotARecording(f"{path}: holds no complete record")
+    last = _read_line_before(fd, end, block)
+    try:
+        body, h = chain.unseal(last)
+        rec = codec.loads(body)
+        tail.last_seq, tail.last_t, tail.last_hash = int(rec["seq"]), float(rec["t"]), h
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RecordingError(
+            f"{path}: last complete record is damaged ({exc}); run 'qmprr verify' on it"
+        ) from None
+    return tail
+
+
+def _read_line_at(fd: int, offset: int, size: int, block: int = 65536) -> bytes:
+    parts = []
+    while offset < size:
+        chunk = os.pread(fd, min(block, size - offset), offset)
+        nl = chunk.find(b"\n")
+        if nl >= 0:
+            parts.append(chunk[: nl + 1])
+            break
+        parts.append(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
+
+
+def _read_line_before(fd: int, end: int, block: int) -> bytes:
+    """The complete line that ends (with its newline) at offset *end*."""
+    parts = []
+    pos = end - 1  # skip the line's own newline
+    while pos > 0:
+        start = max(0, pos - block)
+        chunk = os.pread(fd, pos - start, start)
+        nl = chunk.rfind(b"\n")
+        if nl >= 0:
+            parts.append(chunk[nl + 1 :])
+            break
+        parts.append(chunk)
+        pos = start
+    parts.reverse()
+    return b"".join(parts) + b"\n"
+
+
+def relevant_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The variables of :data:`RELEVANT_ENV` that are set."""
+    environ = os.environ if environ is None else environ
+    return {k: environ[k] for k in RELEVANT_ENV if k in environ}
