@@ -15,6 +15,10 @@ from collections.abc import Sequence
 from . import __version__
 from .errors import QmprrError
 
+
+class UsageError(QmprrError):
+    """The command line is wrong."""
+
 EXIT_OK, EXIT_PROBLEMS, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -72,6 +76,86 @@ def cmd_repair(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .recording import SyncPolicy
+    from .service import ServiceOptions
+    from .session import Policy
+
+    labels = {}
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--label takes KEY=VALUE, not {item!r}")
+        labels[key] = value
+    return ServiceOptions(
+        record=args.record,
+        socket=args.socket,
+        debug_socket=args.debug_socket,
+        sync=SyncPolicy(args.sync),
+        policy=Policy.build(deny=args.deny, allow=args.allow),
+        tx_idle_timeout=args.tx_timeout,
+        labels=labels,
+    )
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .service import run_launch
+
+    argv = list(args.qemu_argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise UsageError("give the QEMU command line after '--', e.g. -- qemu-system-x86_64 -machine none")
+    return asyncio.run(run_launch(argv, _service_options(args)))
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .service import run_proxy
+
+    return asyncio.run(run_proxy(args.upstream, _service_options(args)))
+
+
+def cmd_inject(args: argparse.Namespace) -> int:
+    import json
+
+    from . import codec
+    from .client import QmpClient
+
+    if args.hmp is not None:
+        if args.command is not None:
+            raise UsageError("give either a JSON command or --hmp, not both")
+        msg = {"execute": "human-monitor-command", "arguments": {"command-line": args.hmp}}
+    elif args.command is None:
+        raise UsageError("give a command: 'JSON', a command name, or --hmp 'TEXT'")
+    else:
+        try:
+            msg = codec.loads(args.command)
+        except codec.JSONDecodeError:
+            if not args.command.replace("-", "").replace("_", "").isalnum():
+                raise UsageError(f"not JSON and not a command name: {args.command!r}") from None
+            msg = {"execute": args.command}
+        if not isinstance(msg, dict) or not isinstance(msg.get("execute"), str):
+            raise UsageError('the command must be a JSON object with "execute", e.g. \'{"execute": "query-status"}\'')
+    with QmpClient(args.socket, timeout=args.timeout) as client:
+        reply = client.execute_msg(msg)
+    reply.pop("id", None)
+    if args.json:
+        print(codec.dumps(reply).decode())
+    elif args.hmp is not None and isinstance(reply.get("return"), str):
+        sys.stdout.write(reply["return"])
+    else:
+        print(json.dumps(reply.get("return", reply), indent=2, ensure_ascii=False))
+    if "error" in reply:
+        err = reply["error"]
+        print(f"qmprr: error reply {err.get('class')}: {err.get('desc')}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    return EXIT_OK
+
+
 def cmd_bench_log(args: argparse.Namespace) -> int:
     from .bench import log
 
@@ -124,6 +208,68 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file", help="recording (.jsonl)")
     p.set_defaults(func=cmd_repair)
+
+    service_epilog = (
+        "Sockets are created with mode 0600. Debug clients' commands are recorded with role "
+        "'debug' and taint the recording; the default policy refuses them quit (QMP and HMP). "
+        "Proxy-local commands: qmprr-transaction-begin {\"label\": ...} and "
+        "qmprr-transaction-end hold the channel for one client."
+    )
+
+    def add_service_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--record", required=True, metavar="FILE", help="recording to write (must not exist)")
+        p.add_argument("--socket", required=True, metavar="PATH", help="QMP socket for the management application")
+        p.add_argument("--debug-socket", metavar="PATH", help="QMP socket for injected (debug) commands")
+        p.add_argument("--sync", choices=("always", "batch", "none"), default="batch",
+                       help="when records are forced to disk (default batch: at most every 100 ms)")
+        p.add_argument("--deny", action="append", default=[], metavar="CMD",
+                       help="refuse CMD (glob; hmp:WORD for HMP) to debug clients; repeatable")
+        p.add_argument("--allow", action="append", default=[], metavar="CMD",
+                       help="permit CMD to debug clients even if denied by default; repeatable")
+        p.add_argument("--tx-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="abort a transaction idle this long (default 30)")
+        p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                       help="label stored in the recording's header; repeatable")
+
+    p = sub.add_parser(
+        "launch",
+        help="start QEMU with a private monitor, record, and serve QMP sockets",
+        description="Start QEMU (the command line after '--') with a private QMP monitor, record "
+        "every exchange to FILE, and serve QMP on --socket (and --debug-socket). Exits with "
+        "QEMU's exit status. SIGINT/SIGTERM: quit QEMU cleanly (killed after 10 s), close the log.",
+        epilog=service_epilog + " Example: qmprr launch --record s.jsonl --socket /tmp/q.sock "
+        "--debug-socket /tmp/dbg.sock -- qemu-system-x86_64 -machine none -display none",
+    )
+    add_service_options(p)
+    p.add_argument("qemu_argv", nargs=argparse.REMAINDER, metavar="-- QEMU ARGV...")
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser(
+        "proxy",
+        help="attach to a running QEMU's QMP socket, record, and serve QMP sockets",
+        description="Connect to a running QEMU's QMP socket (started with "
+        "-qmp unix:PATH,server=on,wait=off), record every exchange, serve QMP to clients. "
+        "Runs until QEMU closes the monitor or SIGINT/SIGTERM (QEMU keeps running).",
+        epilog=service_epilog,
+    )
+    p.add_argument("--upstream", required=True, metavar="QEMU_QMP_SOCKET", help="QEMU's QMP socket")
+    add_service_options(p)
+    p.set_defaults(func=cmd_proxy)
+
+    p = sub.add_parser(
+        "inject",
+        help="send one command to a QMP socket and print the reply",
+        description="Connect to SOCKET (a qmprr debug socket, or any QMP socket), negotiate, send "
+        "one command, print the reply. COMMAND is a JSON object ('{\"execute\": \"query-status\"}') "
+        "or a bare command name (query-status).",
+        epilog="Exit status: 0 QEMU returned, 1 QEMU answered an error, 2 cannot connect or talk.",
+    )
+    p.add_argument("socket", metavar="SOCKET")
+    p.add_argument("command", nargs="?", metavar="COMMAND")
+    p.add_argument("--hmp", metavar="TEXT", help="send an HMP command line (human-monitor-command)")
+    p.add_argument("--json", action="store_true", help="print the raw reply as one JSON line")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the reply (default 30)")
+    p.set_defaults(func=cmd_inject)
 
     p = sub.add_parser("bench", help="benchmarks that print ratios against a same-run baseline")
     bench = p.add_subparsers(dest="bench", metavar="BENCH", required=True)

@@ -22,6 +22,7 @@ from ..recording.model import (
     Fd,
     Greeting,
     Header,
+    Local,
     Note,
     Record,
     Reply,
@@ -104,6 +105,17 @@ class ShowFormatter:
                     detail = summarize(err, w)
                 return who, "<-", f"{name} ERROR {detail}{latency}", "error"
             return who, "<-", f"{name} {summarize(r.msg.get('return'), w)}{latency}", "ok"
+        if isinstance(r, Local):
+            if r.msg is not None:
+                name = r.msg.get("execute", r.msg.get("exec-oob", "?"))
+                what = f"{name} (answered by qmprr)"
+            else:
+                what = f"unparsable input {r.input!r}"
+            if "error" in r.reply:
+                err = r.reply["error"]
+                detail = f"{err.get('class', '?')}: {err.get('desc', '')}" if isinstance(err, dict) else ""
+                return r.src, "<>", f"{what} ERROR {detail}", "error"
+            return r.src, "<>", f"{what} {summarize(r.reply.get('return'), w)}", "meta"
         if isinstance(r, Event):
             data = r.msg.get("data")
             text = str(r.msg.get("event", "?")) + (f" {summarize(data, w)}" if data else "")

@@ -103,6 +103,23 @@ class Reply(Record):
 
 
 @attrs.define(kw_only=True)
+class Local(Record):
+    """A client message qmprr answered itself, never sent to QEMU.
+
+    Negotiation, transaction control, policy refusals, unparsable input.
+    ``msg`` is the message as received (absent when it was not JSON; then
+    ``input`` holds the start of the raw bytes) and ``reply`` what was sent back.
+    """
+
+    kind: Literal["local"] = _kind("local")
+    src: str
+    role: Role
+    msg: Msg | None = None
+    input: str | None = None
+    reply: Msg
+
+
+@attrs.define(kw_only=True)
 class Event(Record):
     """An asynchronous event, in wire order relative to replies."""
 
@@ -172,5 +189,5 @@ class Close(Record):
 
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.__attrs_attrs__.kind.default: cls  # type: ignore[attr-defined]
-    for cls in (Header, Greeting, Command, Reply, Event, Client, Tx, Taint, Fd, Note, Close)
+    for cls in (Header, Greeting, Command, Reply, Local, Event, Client, Tx, Taint, Fd, Note, Close)
 }

@@ -1,0 +1,92 @@
+"""A small blocking QMP client, for ``qmprr inject`` and scripts.
+
+Connects to a UNIX socket (QEMU's, or a qmprr proxy's), negotiates, sends
+one command at a time and returns its reply; events that arrive meanwhile
+are kept in :attr:`QmpClient.events`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from typing import Any
+
+from . import wire
+from .errors import QmprrError
+
+
+class ClientError(QmprrError):
+    """Cannot connect to, or talk with, the QMP server."""
+
+
+class QmpClient:
+    """Blocking QMP client over a UNIX socket; use as a context manager."""
+
+    def __init__(self, path: str, *, timeout: float | None = 30.0) -> None:
+        self.path = path
+        self.events: list[dict[str, Any]] = []
+        self._ids = itertools.count(1)
+        self._decoder = wire.StreamDecoder()
+        self._pending: list[dict[str, Any]] = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(path)
+        except OSError as exc:
+            self._sock.close()
+            raise ClientError(f"cannot connect to {path}: {exc.strerror or exc}") from None
+        self.greeting = self._receive()
+        if "QMP" not in self.greeting:
+            raise ClientError(f"{path} did not greet with QMP: {self.greeting}")
+        reply = self.execute("qmp_capabilities")
+        if "error" in reply:
+            raise ClientError(f"negotiation failed: {reply['error'].get('desc')}")
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run *command*; return the reply (``return`` or ``error``)."""
+        msg: dict[str, Any] = {"execute": command}
+        if arguments is not None:
+            msg["arguments"] = arguments
+        return self.execute_msg(msg)
+
+    def execute_msg(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Send a whole command message (its ``id`` is replaced) and return the reply."""
+        cid = f"inject-{next(self._ids)}"
+        self._send({**msg, "id": cid})
+        while True:
+            reply = self._receive()
+            if "event" in reply:
+                self.events.append(reply)
+            elif reply.get("id") == cid or "id" not in reply:
+                return reply
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        try:
+            self._sock.sendall(wire.encode(msg))
+        except OSError as exc:
+            raise ClientError(f"lost the connection to {self.path}: {exc.strerror or exc}") from None
+
+    def _receive(self) -> dict[str, Any]:
+        while not self._pending:
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                raise ClientError(f"no answer from {self.path} in time") from None
+            except OSError as exc:
+                raise ClientError(f"lost the connection to {self.path}: {exc.strerror or exc}") from None
+            if not data:
+                raise ClientError(f"{self.path} closed the connection")
+            for item in self._decoder.feed(data):
+                if isinstance(item, wire.FramingError):
+                    raise ClientError(f"unreadable data from {self.path}: {item!r}")
+                self._pending.append(item)
+        return self._pending.pop(0)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> QmpClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,97 @@
+"""Starting QEMU with a private QMP monitor.
+
+The monitor is one end of a socketpair handed to QEMU as
+``-chardev socket,fd=N -mon chardev=...,mode=control``: it has no path, so no
+other program can reach it, and the user's own argv is left as it is.
+QEMU's stderr is relayed to ours as it comes, and its last lines are kept
+for the error message when QEMU fails at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import shutil
+import socket
+import sys
+
+import attrs
+
+from .errors import QmprrError
+
+MONITOR_ID = "qmprr-monitor"
+
+
+class LaunchError(QmprrError):
+    """QEMU could not be started, or exited during start-up."""
+
+
+@attrs.define(eq=False)
+class LaunchedQemu:
+    """A QEMU process and our end of its private monitor."""
+
+    process: asyncio.subprocess.Process
+    monitor: socket.socket
+    argv: list[str]  # as the user gave it
+    stderr_tail: collections.deque[str] = attrs.field(factory=lambda: collections.deque(maxlen=20))
+    relay: asyncio.Task[None] | None = None
+
+    def startup_failure(self) -> LaunchError:
+        """The error to report when QEMU ended before it was usable."""
+        status = self.process.returncode
+        last = next((line for line in reversed(self.stderr_tail) if line.strip()), "")
+        detail = f": {last.strip()}" if last else ""
+        return LaunchError(f"QEMU exited at start-up with status {status}{detail}")
+
+    async def wait(self) -> int:
+        """Wait for QEMU to exit; its status as a shell reports it (128+N for signal N)."""
+        code = await self.process.wait()
+        if self.relay is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.relay, 2.0)
+        return 128 - code if code < 0 else code
+
+
+def monitor_args(fd: int) -> list[str]:
+    """The options that give QEMU a QMP monitor on the connected socket *fd*."""
+    return ["-chardev", f"socket,id={MONITOR_ID},fd={fd}", "-mon", f"chardev={MONITOR_ID},mode=control"]
+
+
+async def start_qemu(argv: list[str]) -> LaunchedQemu:
+    """Start ``argv`` (QEMU binary first) with a private QMP monitor."""
+    if not argv:
+        raise LaunchError("no QEMU command line given (put it after '--')")
+    binary = shutil.which(argv[0])
+    if binary is None:
+        raise LaunchError(
+            f"QEMU binary {argv[0]!r} not found: install it (Debian: apt-get install qemu-system-x86)"
+            " or give its full path"
+        )
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            binary,
+            *argv[1:],
+            *monitor_args(theirs.fileno()),
+            pass_fds=(theirs.fileno(),),
+            stdin=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as exc:
+        ours.close()
+        raise LaunchError(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
+    finally:
+        theirs.close()
+    launched = LaunchedQemu(process=process, monitor=ours, argv=list(argv))
+    launched.relay = asyncio.create_task(_relay_stderr(process, launched.stderr_tail))
+    return launched
+
+
+async def _relay_stderr(process: asyncio.subprocess.Process, tail: collections.deque[str]) -> None:
+    assert process.stderr is not None
+    async for raw in process.stderr:
+        line = raw.decode("utf-8", "replace")
+        tail.append(line)
+        sys.stderr.write(line)
+        sys.stderr.flush()

@@ -1,0 +1,212 @@
+"""One client's QMP session, as QEMU would conduct it. No I/O.
+
+A :class:`ClientSession` takes each item the client's :class:`~qmprr.wire.StreamDecoder`
+produced and says what to do with it: answer locally (:class:`Answer`),
+forward to QEMU through the channel (:class:`Forward`), or begin/end a
+transaction (:class:`BeginTx` / :class:`EndTx`). The asyncio server carries
+the actions out. Error shapes and texts are QEMU 7.2's, so a client cannot
+tell the proxy from QEMU except by the ``qmprr-*`` commands it adds.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from . import wire
+from .recording import ABSENT
+
+TX_BEGIN = "qmprr-transaction-begin"
+TX_END = "qmprr-transaction-end"
+LOCAL_COMMANDS = frozenset({"qmp_capabilities", TX_BEGIN, TX_END})
+
+#: Commands the default policy refuses to debug clients (globs; ``hmp:`` = HMP command).
+DEFAULT_DEBUG_DENY = ("quit", "hmp:quit", "hmp:q")
+
+
+def qmp_error(desc: str, cls: str = "GenericError", id: Any = ABSENT) -> dict[str, Any]:
+    """A QMP error reply, with *id* when the command had one."""
+    reply: dict[str, Any] = {"error": {"class": cls, "desc": desc}}
+    if id is not ABSENT:
+        reply["id"] = id
+    return reply
+
+
+def qmp_return(value: Any = None, id: Any = ABSENT) -> dict[str, Any]:
+    """A QMP success reply (``{}`` when *value* is None)."""
+    reply: dict[str, Any] = {"return": {} if value is None else value}
+    if id is not ABSENT:
+        reply["id"] = id
+    return reply
+
+
+@attrs.frozen
+class Policy:
+    """Which commands debug clients may send. ``allow`` wins over ``deny``.
+
+    Names are globs matched against the QMP command name, and, for
+    ``human-monitor-command``, against ``hmp:`` plus the HMP command word.
+    """
+
+    deny: tuple[str, ...] = DEFAULT_DEBUG_DENY
+    allow: tuple[str, ...] = ()
+
+    @classmethod
+    def build(cls, deny: Iterable[str] = (), allow: Iterable[str] = ()) -> Policy:
+        """The default policy with *deny* added and *allow* overriding."""
+        return cls(DEFAULT_DEBUG_DENY + tuple(deny), tuple(allow))
+
+    def refusal(self, msg: dict[str, Any]) -> str | None:
+        """The name that makes this policy refuse *msg*, or None if it is allowed."""
+        names = [wire.command_name(msg) or ""]
+        if names[0] == "human-monitor-command":
+            line = (msg.get("arguments") or {}).get("command-line")
+            if isinstance(line, str) and line.split():
+                names.append("hmp:" + line.split()[0])
+        for name in names:
+            if any(fnmatch.fnmatchcase(name, p) for p in self.allow):
+                continue
+            if any(fnmatch.fnmatchcase(name, p) for p in self.deny):
+                return name
+        return None
+
+
+# -- actions -------------------------------------------------------------------
+
+
+@attrs.frozen
+class Answer:
+    """Send *reply* to the client; QEMU never sees this input (logged as ``local``)."""
+
+    reply: dict[str, Any]
+    msg: dict[str, Any] | None = None  # the client's message, when it was JSON
+    input: bytes | None = None  # the start of the raw input, when it was not
+
+
+@attrs.frozen
+class Forward:
+    """Run *msg* on QEMU through the channel; reply with *client_id* restored."""
+
+    msg: dict[str, Any]
+    client_id: Any = ABSENT
+
+
+@attrs.frozen
+class BeginTx:
+    label: str
+    msg: dict[str, Any]
+    client_id: Any = ABSENT
+
+
+@attrs.frozen
+class EndTx:
+    msg: dict[str, Any]
+    client_id: Any = ABSENT
+
+
+Action = Answer | Forward | BeginTx | EndTx
+
+
+class State(enum.Enum):
+    GREETED = "greeted"  # greeting sent; only qmp_capabilities works
+    NEGOTIATED = "negotiated"  # commands flow, events are delivered
+
+
+class ClientSession:
+    """The negotiation state machine and message triage for one client."""
+
+    def __init__(self, greeting: dict[str, Any], *, role: str = "primary", policy: Policy | None = None) -> None:
+        self.role = role
+        self.policy = policy or Policy()
+        self.state = State.GREETED
+        self.capabilities: list[str] = []
+        qmp = greeting.get("QMP", {}) if isinstance(greeting, dict) else {}
+        self._offered = set(qmp.get("capabilities", []) if isinstance(qmp, dict) else [])
+
+    @property
+    def negotiated(self) -> bool:
+        return self.state is State.NEGOTIATED
+
+    def handle(self, item: dict[str, Any] | wire.FramingError) -> Action:
+        """Decide what to do with one decoded item from the client."""
+        if isinstance(item, wire.FramingError):
+            return Answer(item.qmp_error(), input=item.excerpt)
+        msg = item
+        cid = msg.get("id", ABSENT)
+        if "exec-oob" in msg:
+            return Answer(
+                qmp_error(
+                    "qmprr serializes every command on one channel: out-of-band execution"
+                    " is not available (use 'execute')",
+                    id=cid,
+                ),
+                msg=msg,
+            )
+        name = msg.get("execute")
+        if self.state is State.GREETED:
+            if name != "qmp_capabilities":
+                return Answer(
+                    qmp_error(
+                        "Expecting capabilities negotiation with 'qmp_capabilities'",
+                        "CommandNotFound",
+                        id=cid,
+                    ),
+                    msg=msg,
+                )
+            return self._negotiate(msg, cid)
+        if name == "qmp_capabilities":
+            return Answer(
+                qmp_error(
+                    "Capabilities negotiation is already complete, command ignored",
+                    "CommandNotFound",
+                    id=cid,
+                ),
+                msg=msg,
+            )
+        if name == TX_BEGIN:
+            label = (msg.get("arguments") or {}).get("label", "") if isinstance(msg.get("arguments"), dict) else None
+            if not isinstance(label, str):
+                return Answer(
+                    qmp_error("Invalid parameter type for 'label', expected: string", id=cid), msg=msg
+                )
+            return BeginTx(label, msg, cid)
+        if name == TX_END:
+            return EndTx(msg, cid)
+        if self.role == "debug" and isinstance(name, str):
+            refused = self.policy.refusal(msg)
+            if refused is not None:
+                return Answer(
+                    qmp_error(
+                        f"qmprr policy refuses '{refused}' from debug clients"
+                        f" (start qmprr with --allow '{refused}' to permit it)",
+                        id=cid,
+                    ),
+                    msg=msg,
+                )
+        return Forward(msg, cid)
+
+    def _negotiate(self, msg: dict[str, Any], cid: Any) -> Action:
+        arguments = msg.get("arguments", {})
+        if not isinstance(arguments, dict):
+            return Answer(qmp_error("QMP input member 'arguments' must be an object", id=cid), msg=msg)
+        unexpected = [k for k in arguments if k != "enable"]
+        if unexpected:
+            return Answer(qmp_error(f"Parameter '{unexpected[0]}' is unexpected", id=cid), msg=msg)
+        enable = arguments.get("enable", [])
+        if not isinstance(enable, list) or not all(isinstance(c, str) for c in enable):
+            return Answer(
+                qmp_error("Invalid parameter type for 'enable', expected: array", id=cid), msg=msg
+            )
+        for capability in enable:
+            if capability not in self._offered:
+                return Answer(
+                    qmp_error(f"Parameter 'null' does not accept value '{capability}'", id=cid),
+                    msg=msg,
+                )
+        self.capabilities = list(enable)
+        self.state = State.NEGOTIATED
+        return Answer(qmp_return(id=cid), msg=msg)
