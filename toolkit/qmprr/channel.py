@@ -95,6 +95,7 @@ class Transaction:
     channel: Channel
     last_activity: float = attrs.field(factory=time.monotonic)
     busy: int = 0
+    task: asyncio.Task[Any] | None = None  # the task whose commands join it implicitly
     ended: bool = False
     abort_reason: str | None = None
 
@@ -202,6 +203,7 @@ class Channel:
         self._abort_listeners: list[Callable[[Transaction], None]] = []
         self.closed_reason: str | None = None
         self._close_logged = False
+        self._refusing: str | None = None
         self.closed = asyncio.Event()
         self._reader_task: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -281,9 +283,13 @@ class Channel:
         carries *client_id* as its ``id`` (none when ABSENT). *tx* defaults
         to the transaction opened by :meth:`transaction` in this task.
         """
-        tx = tx if tx is not None else _current_tx.get()
+        if tx is None:
+            tx = _current_tx.get()
+            if tx is not None and tx.task is not asyncio.current_task():
+                tx = None  # a task started inside the block is not part of it
         if tx is not None:
             if tx is not self._tx:
+                self._raise_if_closed()
                 reason = tx.abort_reason or "it has ended"
                 raise TransactionAborted(f"transaction {tx.id} ({tx.label!r}) is over: {reason}")
             gate = self._tx_lock
@@ -291,6 +297,7 @@ class Channel:
             gate = self._lock
         async with gate:
             if tx is not None and tx is not self._tx:
+                self._raise_if_closed()
                 raise TransactionAborted(f"transaction {tx.id} ({tx.label!r}) was aborted: {tx.abort_reason}")
             if tx is not None:
                 tx.busy += 1
@@ -305,11 +312,21 @@ class Channel:
             out["id"] = client_id
         return out
 
+    def _raise_if_closed(self) -> None:
+        if self.closed_reason is not None:
+            raise ChannelClosed(f"the connection to QEMU is closed ({self.closed_reason}); command not sent")
+        if self._refusing is not None:
+            raise ChannelClosed(f"{self._refusing}; command not sent")
+
+    def refuse_new_commands(self, reason: str) -> None:
+        """From now on, fail every command not yet sent (the one in flight completes)."""
+        self._refusing = reason
+        self.abort_all_transactions(reason)
+
     async def _send(
         self, msg: dict[str, Any], src: str, role: str, client_id: Any, tx: Transaction | None
     ) -> dict[str, Any]:
-        if self.closed_reason is not None:
-            raise ChannelClosed(f"the connection to QEMU is closed ({self.closed_reason}); command not sent")
+        self._raise_if_closed()
         wire_id = f"qmprr-{next(self._wire_ids)}"
         sent = {k: v for k, v in msg.items() if k != "id"}
         sent["id"] = wire_id
@@ -328,7 +345,11 @@ class Channel:
             await self._writer.drain()
             return await future
         except (ConnectionError, OSError) as exc:
-            self._shutdown("error", f"write to QEMU failed: {exc}")
+            self._in_flight = None
+            if isinstance(exc, (ConnectionResetError, BrokenPipeError)) or self._writer.is_closing():
+                self._shutdown("eof", "QEMU closed the monitor connection")
+            else:
+                self._shutdown("error", f"write to QEMU failed: {exc}")
             raise CommandInterrupted(self._interrupted_text(record)) from None
         finally:
             self._in_flight = None
@@ -348,9 +369,11 @@ class Channel:
         if self._tx is not None and self._tx.owner == owner:
             raise TransactionError(f"{owner} already holds transaction {self._tx.id} ({self._tx.label!r})")
         await self._lock.acquire()
-        if self.closed_reason is not None:
+        try:
+            self._raise_if_closed()
+        except ChannelClosed:
             self._lock.release()
-            raise ChannelClosed(f"the connection to QEMU is closed ({self.closed_reason})")
+            raise
         tx = Transaction(id=next(self._tx_ids), label=label, owner=owner, channel=self)
         self._tx = tx
         self.log.append(Tx(action="begin", tx=tx.id, label=label, owner=owner))
@@ -372,14 +395,25 @@ class Channel:
         if self._tx is not None and self._tx.owner == owner:
             self._release(self._tx, "abort", reason)
 
+    def abort_all_transactions(self, reason: str) -> None:
+        """Abort whatever transaction holds the channel (e.g. qmprr is stopping)."""
+        if self._tx is not None:
+            self._release(self._tx, "abort", reason)
+
     def on_transaction_abort(self, listener: Callable[[Transaction], None]) -> None:
         """Call *listener(tx)* whenever a transaction is aborted."""
         self._abort_listeners.append(listener)
 
     @contextlib.asynccontextmanager
     async def transaction(self, label: str, *, owner: str = "library") -> AsyncIterator[Transaction]:
-        """Hold the channel for the commands this task executes inside the block."""
+        """Hold the channel for the commands this task executes inside the block.
+
+        Only commands of the task that entered the block join the transaction
+        implicitly; other tasks (even ones started inside the block) wait, or
+        pass the transaction explicitly with ``tx.execute(...)``.
+        """
         tx = await self.begin_transaction(label, owner)
+        tx.task = asyncio.current_task()
         token = _current_tx.set(tx)
         try:
             yield tx

@@ -23,7 +23,8 @@ EXIT_OK, EXIT_PROBLEMS, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _use_color(stream) -> bool:  # type: ignore[no-untyped-def]
-    return stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+    # no-color.org: NO_COLOR disables colour when present and not empty.
+    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
 # -- subcommands -------------------------------------------------------------
@@ -156,6 +157,13 @@ def cmd_inject(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_proxy(args: argparse.Namespace) -> int:
+    from .bench import proxy
+
+    proxy.run(commands=args.commands, rounds=args.rounds)
+    return EXIT_OK
+
+
 def cmd_bench_log(args: argparse.Namespace) -> int:
     from .bench import log
 
@@ -284,6 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="records to write with sync=always, one fsync each (default 2,000)")
     b.add_argument("--dir", help="folder for the temporary files (default: the system's)")
     b.set_defaults(func=cmd_bench_log)
+    b = bench.add_parser(
+        "proxy",
+        help="client round-trip cost of the recording proxy",
+        description="Time query-status round trips four ways against one QEMU: a raw socket client "
+        "and qemu.qmp's QMPClient, straight and through 'qmprr proxy'; print medians and ratios.",
+    )
+    b.add_argument("--commands", type=int, default=2000, help="round trips per way (default 2,000)")
+    b.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
+    b.set_defaults(func=cmd_bench_proxy)
     return parser
 
 
@@ -291,7 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # inside the try: a closed pipe must not surface at exit
+        return status
     except QmprrError as exc:
         print(f"qmprr: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,6 +1,7 @@
 """QMP endpoint for clients: UNIX sockets in front of a :class:`~qmprr.channel.Channel`.
 
-Each client gets QEMU's real greeting, negotiates with ``qmp_capabilities``
+Each client gets QEMU's greeting (its real version; no ``oob`` capability,
+since every command is serialized), negotiates with ``qmp_capabilities``
 (answered here), and then talks QMP as if to QEMU; :mod:`qmprr.session`
 decides what each message is, this module does the I/O. Sockets are created
 with mode 0600. Clients on the debug socket have role ``debug``: their
@@ -23,9 +24,20 @@ from . import wire
 from .channel import Channel, ChannelClosed, ChannelError, Transaction, TransactionError
 from .errors import QmprrError
 from .recording import Client, Local, Msg, Taint
-from .session import Answer, BeginTx, ClientSession, EndTx, Forward, Policy, qmp_error, qmp_return
+from .session import (
+    Answer,
+    BeginTx,
+    ClientSession,
+    EndTx,
+    Forward,
+    Policy,
+    client_greeting,
+    qmp_error,
+    qmp_return,
+)
 
-DEFAULT_CLIENT_EVENT_BACKLOG = 1000
+#: Bytes of unread output a client may have before events to it are dropped.
+DEFAULT_CLIENT_EVENT_BACKLOG = 4 * 1024 * 1024
 
 
 class SocketPathError(QmprrError):
@@ -54,17 +66,25 @@ def bind_unix(path: str) -> socket.socket:
             raise SocketPathError(f"{path}: another program is listening on this socket")
         finally:
             probe.close()
+    # Bind under a temporary name and rename once listening, so the path never
+    # exists without a listener behind it (a client polling for it can connect).
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    temporary = f"{path}.{os.getpid()}.tmp"
     old_umask = os.umask(0o177)
     try:
-        sock.bind(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        sock.bind(temporary)
+        os.chmod(temporary, 0o600)
+        sock.listen(16)
+        os.rename(temporary, path)
     except OSError as exc:
         sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
         raise SocketPathError(f"{path}: cannot create socket: {exc.strerror}") from None
     finally:
         os.umask(old_umask)
-    os.chmod(path, 0o600)
-    sock.listen(16)
     return sock
 
 
@@ -86,62 +106,39 @@ def describe_peer(sock: socket.socket | None) -> str | None:
 
 
 class _Outbox:
-    """Messages to one client, written in order by one task.
+    """Messages to one client, written straight to its transport, in order.
 
-    Replies always queue; events queue while fewer than *backlog* are waiting,
-    and are dropped (counted) beyond that, so a client that stops reading never
-    holds up the channel.
+    Replies always go out; an event is dropped (counted) when more than
+    *backlog* bytes already wait in the transport's buffer, so a client that
+    stops reading never holds up the channel or grows memory without bound.
     """
 
     def __init__(self, writer: asyncio.StreamWriter, backlog: int) -> None:
         self._writer = writer
-        self._queue: collections.deque[tuple[bytes, bool]] = collections.deque()
-        self._ready = asyncio.Event()
-        self._events_waiting = 0
+        self._transport = writer.transport
         self.backlog = backlog
         self.dropped = 0
-        self._closing = False
-        self.task = asyncio.create_task(self._run())
 
     def send(self, msg: dict[str, Any]) -> None:
-        self._queue.append((wire.encode(msg), False))
-        self._ready.set()
+        if not self._transport.is_closing():
+            self._transport.write(wire.encode(msg))
 
     def offer_event(self, msg: dict[str, Any]) -> bool:
-        if self._events_waiting >= self.backlog:
+        if self._transport.is_closing():
+            return True  # the client is leaving; nothing is lost but its copy
+        if self._transport.get_write_buffer_size() > self.backlog:
             self.dropped += 1
             return False
-        self._events_waiting += 1
-        self._queue.append((wire.encode(msg), True))
-        self._ready.set()
+        self._transport.write(wire.encode(msg))
         return True
 
-    async def _run(self) -> None:
-        try:
-            while True:
-                await self._ready.wait()
-                self._ready.clear()
-                while self._queue:
-                    data, is_event = self._queue.popleft()
-                    if is_event:
-                        self._events_waiting -= 1
-                    self._writer.write(data)
-                await self._writer.drain()
-                if self._closing and not self._queue:
-                    return
-        except (ConnectionError, OSError):
-            return
-
     async def close(self) -> None:
-        """Write what is queued, then close the connection."""
-        self._closing = True
-        self._ready.set()
+        """Write what is buffered (briefly), then close the connection."""
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.task, 2.0)
-        self.task.cancel()
+            await asyncio.wait_for(self._writer.drain(), 2.0)
         with contextlib.suppress(Exception):
             self._writer.close()
-            await self._writer.wait_closed()
+            await asyncio.wait_for(self._writer.wait_closed(), 2.0)
 
 
 class QmpServer:
@@ -180,6 +177,8 @@ class QmpServer:
             self._connections.add(task)
             try:
                 await self._serve(reader, writer, role)
+            except asyncio.CancelledError:
+                pass  # server closing; _serve has logged the disconnect
             finally:
                 self._connections.discard(task)
 
@@ -194,11 +193,12 @@ class QmpServer:
                 os.unlink(path)
         if self._watcher is not None:
             self._watcher.cancel()
-        for task in list(self._connections):
-            task.cancel()
-        for task in list(self._connections):
-            with contextlib.suppress(BaseException):
-                await task
+        for reader in list(self._readers):
+            reader.feed_eof()  # each connection ends its read loop and cleans up
+        if self._connections:
+            _, pending = await asyncio.wait(list(self._connections), timeout=5.0)
+            for task in pending:
+                task.cancel()
         self._servers.clear()
 
     async def _disconnect_all_when_closed(self) -> None:
@@ -217,10 +217,11 @@ class QmpServer:
         peer = describe_peer(writer.get_extra_info("socket"))
         channel.record(Client(action="connect", name=name, role=role, peer=peer))  # type: ignore[arg-type]
         outbox = _Outbox(writer, self.event_backlog)
-        session = ClientSession(channel.greeting, role=role, policy=self.policy)
+        greeting = client_greeting(channel.greeting)
+        session = ClientSession(greeting, role=role, policy=self.policy)
         decoder = wire.StreamDecoder(self.max_message)
         subscription = None
-        outbox.send(channel.greeting)
+        outbox.send(greeting)
         self._readers.add(reader)
         try:
             while channel.closed_reason is None:

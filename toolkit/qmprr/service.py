@@ -124,9 +124,13 @@ async def run_launch(argv: list[str], options: ServiceOptions) -> int:
         if qemu.process.returncode is None:
             await _quit(channel, qemu)
         status = await qemu.wait()
-        await asyncio.wait_for(channel.wait_closed(), 5.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(channel.wait_closed(), 5.0)
         return status
     finally:
+        if qemu.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                qemu.process.kill()
         if server is not None:
             await server.close()
         await channel.close()
@@ -135,7 +139,8 @@ async def run_launch(argv: list[str], options: ServiceOptions) -> int:
 
 async def _quit(channel: Channel, qemu: LaunchedQemu) -> None:
     """Ask QEMU to quit through the channel (so it is logged); kill it if it lingers."""
-    with contextlib.suppress(ChannelError):
+    channel.abort_all_transactions("qmprr is stopping")
+    with contextlib.suppress(ChannelError, TimeoutError):
         await asyncio.wait_for(
             channel.execute({"execute": "quit"}, src=INTERNAL_SRC, role="internal"), QUIT_TIMEOUT
         )
@@ -159,6 +164,7 @@ async def run_proxy(upstream: str, options: ServiceOptions) -> int:
         await _first(channel.wait_closed(), stop.wait())
         return 0
     finally:
+        channel.refuse_new_commands("qmprr is stopping")
         if server is not None:
             await server.close()
         await channel.close()

@@ -28,6 +28,19 @@ LOCAL_COMMANDS = frozenset({"qmp_capabilities", TX_BEGIN, TX_END})
 DEFAULT_DEBUG_DENY = ("quit", "hmp:quit", "hmp:q")
 
 
+def client_greeting(greeting: dict[str, Any]) -> dict[str, Any]:
+    """QEMU's greeting as clients see it: its version, but no capabilities.
+
+    qmprr runs every command in order on one channel, so it cannot offer
+    out-of-band execution; advertising ``oob`` would make clients such as
+    qemu.qmp's QMPClient negotiate a capability whose commands then fail.
+    """
+    qmp = greeting.get("QMP")
+    if not isinstance(qmp, dict):
+        return greeting
+    return {**greeting, "QMP": {**qmp, "capabilities": []}}
+
+
 def qmp_error(desc: str, cls: str = "GenericError", id: Any = ABSENT) -> dict[str, Any]:
     """A QMP error reply, with *id* when the command had one."""
     reply: dict[str, Any] = {"error": {"class": cls, "desc": desc}}

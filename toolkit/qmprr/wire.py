@@ -257,8 +257,9 @@ class StreamDecoder:
                             f"invalid byte {bytes([c])!r} in object",
                         )
                     )
-                # Swallow the rest of the bad token, silently, then resume.
-                self._state, self._pos, self._reported = _SCALAR, i, True
+                # Swallow the rest of the bad token, silently (and without
+                # keeping it), then resume.
+                self._state, self._pos, self._reported, self._discard = _SCALAR, i, True, True
                 self._in_string = False
                 return True
 

@@ -8,6 +8,7 @@ awaiting a reply.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -45,6 +46,13 @@ STYLES = {
 }
 
 
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _escape_controls(text: str) -> str:
+    return _CONTROLS.sub(lambda m: repr(m.group(0))[1:-1], text)
+
+
 def summarize(value: Any, width: int = SUMMARY_WIDTH) -> str:
     """Compact JSON of *value*, cut to *width* characters with an ellipsis."""
     text = codec.dumps(value).decode()
@@ -74,8 +82,9 @@ class ShowFormatter:
             yield self.line(record)
 
     def line(self, r: Record) -> str:
-        """The line for one record."""
+        """The line for one record (control characters escaped: input is untrusted)."""
         who, arrow, text, style = self._describe(r)
+        who, text = _escape_controls(who), _escape_controls(text)
         head = f"{r.t:+12.6f} {r.seq:>6} {who:<14.14} {arrow:2}"
         return f"{head} {self._paint(style, text)}"
 

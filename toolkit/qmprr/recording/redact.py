@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -75,6 +76,61 @@ class HmpRule:
         return self.pattern.sub(replace, line)
 
 
+@attrs.frozen
+class HmpObjectAddSecretRule:
+    """Redact ``data`` of HMP ``object_add`` creating a ``secret``, in any syntax QEMU takes.
+
+    QEMU parses the argument as JSON when it starts with ``{``, and otherwise
+    as ``key=value`` pairs split on single commas (``,,`` is a literal comma)
+    whose first bare word is the ``qom-type``.
+    """
+
+    def apply(self, line: str) -> str:
+        m = re.match(r"(\s*object_add\s+)(.*)", line, re.S)
+        if m is None:
+            return line
+        prefix, spec = m.groups()
+        if spec.lstrip().startswith("{"):
+            try:
+                obj = json.loads(spec)
+            except ValueError:
+                return line
+            if isinstance(obj, dict) and obj.get("qom-type") == "secret" and "data" in obj:
+                obj["data"] = REDACTED
+                return prefix + json.dumps(obj)
+            return line
+        parts = _split_keyval(spec)
+        qom_type = None
+        for i, part in enumerate(parts):
+            key, sep, value = part.partition("=")
+            if not sep and i == 0:
+                qom_type = key
+            elif key == "qom-type":
+                qom_type = value
+        if qom_type != "secret":
+            return line
+        redacted = [f"data={REDACTED}" if p.partition("=")[0] == "data" and "=" in p else p for p in parts]
+        return prefix + ",".join(p.replace(",", ",,") for p in redacted)
+
+
+def _split_keyval(spec: str) -> list[str]:
+    """Split QEMU keyval text on single commas; ``,,`` stands for a literal comma."""
+    parts, current, i = [], [], 0
+    while i < len(spec):
+        if spec[i] == ",":
+            if spec[i + 1 : i + 2] == ",":
+                current.append(",")
+                i += 2
+                continue
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(spec[i])
+        i += 1
+    parts.append("".join(current))
+    return parts
+
+
 DEFAULT_ARGUMENT_RULES = (
     ArgumentRule("object-add", ("data",), {"qom-type": "secret"}),
     ArgumentRule("object-add", ("props", "data"), {"qom-type": "secret"}),
@@ -85,7 +141,7 @@ DEFAULT_ARGUMENT_RULES = (
 DEFAULT_HMP_RULES = (
     HmpRule(re.compile(r"^\s*set_password\s+\S+\s+(?P<secret>\S+)")),
     HmpRule(re.compile(r"^\s*change\s+vnc\s+password\s+(?P<secret>\S+)")),
-    HmpRule(re.compile(r"^\s*object_add\s+(?:qom-type=)?secret,(?:.*?,)?data=(?P<secret>(?:[^,]|,,)+)")),
+    HmpObjectAddSecretRule(),
 )
 
 
@@ -94,7 +150,7 @@ class Redactor:
     """Applies redaction rules to a command message, copying it only when it changes."""
 
     argument_rules: tuple[ArgumentRule, ...] = DEFAULT_ARGUMENT_RULES
-    hmp_rules: tuple[HmpRule, ...] = DEFAULT_HMP_RULES
+    hmp_rules: tuple[HmpRule | HmpObjectAddSecretRule, ...] = DEFAULT_HMP_RULES
 
     def with_rules(self, rules: Iterable[ArgumentRule | HmpRule]) -> Redactor:
         """A redactor with *rules* added to these."""

@@ -53,6 +53,9 @@ class SyncPolicy(enum.Enum):
 
 BATCH_INTERVAL = 0.1
 
+#: Record kinds whose ``msg`` is a client's command, and so may hold secrets.
+_REDACTED_KINDS = frozenset({"command", "local"})
+
 
 def new_header(
     *,
@@ -233,7 +236,7 @@ class RecordWriter:
             record.seq = self._next_seq
             record.t = t
             d = convert.unstructure(record)
-            if record.kind == "command":  # type: ignore[attr-defined]
+            if record.kind in _REDACTED_KINDS and isinstance(d.get("msg"), dict):  # type: ignore[attr-defined]
                 d["msg"] = self.redactor.redact(d["msg"])
             line, h = chain.seal(codec.dumps(d), self._last_hash)
             try:
@@ -313,7 +316,8 @@ def _read_tail(fd: int, path: str, block: int = 65536) -> _Tail:
     tail = _Tail()
     first = _read_line_at(fd, 0, size)
     try:
-        header = convert.structure(codec.loads(chain.unseal(first)[0]))
+        body, h = chain.unseal(first)
+        header = convert.structure(codec.loads(body)) if chain.link(chain.GENESIS, body) == h else None
     except ValueError:
         header = None
     if not isinstance(header, Header) or header.format != FORMAT:

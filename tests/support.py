@@ -1,0 +1,106 @@
+"""Helpers shared by tests that need a real QEMU or a running qmprr.
+
+Tests of QEMU behaviour use a real ``qemu-system-x86_64`` (``make test``
+installs Debian's package): nothing here fakes QEMU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+
+QEMU = os.environ.get("QMPRR_TEST_QEMU", "qemu-system-x86_64")
+#: The smallest QEMU that answers QMP: no machine, no devices, no display.
+QEMU_NONE = [QEMU, "-machine", "none", "-nodefaults", "-display", "none"]
+#: A real machine with devices, paused, no accelerator needed.
+QEMU_Q35 = [QEMU, "-machine", "q35", "-accel", "tcg", "-nodefaults", "-display", "none", "-S", "-m", "128"]
+QMPRR = [sys.executable, "-m", "qmprr.cli"]
+
+
+def require_qemu() -> str:
+    path = shutil.which(QEMU)
+    if path is None:
+        raise RuntimeError(f"{QEMU} is missing: run 'make test' (installs qemu-system-x86) as root")
+    return path
+
+
+def wait_for_socket(path: str | Path, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"process exited ({proc.returncode}) before creating {path}: {err}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def qemu_with_qmp(tmp_path: Path, argv: list[str] | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
+    """QEMU (default ``-machine none``) listening on a QMP UNIX socket; yields (process, socket path)."""
+    require_qemu()
+    sock = str(tmp_path / "qemu-qmp.sock")
+    proc = subprocess.Popen(
+        [*(argv or QEMU_NONE), "-qmp", f"unix:{sock},server=on,wait=off"],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_socket(sock, proc=proc)
+        yield proc, sock
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+@attrs.define
+class Launched:
+    """A ``qmprr launch`` subprocess and its paths."""
+
+    proc: subprocess.Popen
+    record: Path
+    socket: str
+    debug_socket: str
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+@contextlib.contextmanager
+def qmprr_launch(
+    tmp_path: Path, qemu_argv: list[str] | None = None, *extra: str, name: str = "rec"
+) -> Iterator[Launched]:
+    """Run ``qmprr launch`` (recording to tmp_path/NAME.jsonl) until the block ends."""
+    require_qemu()
+    record = tmp_path / f"{name}.jsonl"
+    sock, dbg = str(tmp_path / f"{name}.sock"), str(tmp_path / f"{name}-debug.sock")
+    proc = subprocess.Popen(
+        [*QMPRR, "launch", "--record", str(record), "--socket", sock, "--debug-socket", dbg, *extra,
+         "--", *(qemu_argv or QEMU_NONE)],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    launched = Launched(proc, record, sock, dbg)
+    try:
+        wait_for_socket(dbg, proc=proc)
+        yield launched
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

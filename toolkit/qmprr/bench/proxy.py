@@ -1,0 +1,141 @@
+"""``qmprr bench proxy``: what the recording proxy costs a client, per command.
+
+One QEMU (``-machine none``) with two QMP monitors: one for the clients that
+go straight to QEMU, one for a ``qmprr proxy`` process recording it (default
+sync policy); a QMP socket serves one client at a time. ``query-status`` round trips are timed four ways, in
+interleaved rounds so machine noise hits all of them alike: a raw socket
+client and qemu.qmp's ``QMPClient``, each straight to QEMU and through the
+proxy. Prints per-command medians and the ratios proxy/straight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from .. import wire
+
+QUERY = b'{"execute":"query-status","id":1}'
+
+
+def _wait_for(path: str, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"qmprr bench: {path} did not appear (process status {proc.poll()})")
+        time.sleep(0.01)
+
+
+class RawClient:
+    """A blocking client: send one command, read to the end of one reply."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.decoder = wire.StreamDecoder()
+        self._recv_one()  # greeting
+        self.sock.sendall(b'{"execute":"qmp_capabilities"}')
+        self._recv_one()
+
+    def _recv_one(self) -> object:
+        while True:
+            items = self.decoder.feed(self.sock.recv(65536))
+            if items:
+                return items[0]
+
+    def timed(self, n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            start = time.perf_counter()
+            self.sock.sendall(QUERY)
+            self._recv_one()
+            out.append(time.perf_counter() - start)
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def _qmpclient_times(path: str, n: int, rounds: int) -> list[list[float]]:
+    from qemu.qmp import QMPClient
+
+    client = QMPClient("bench")
+    await client.connect(path)
+    try:
+        batches = []
+        for _ in range(rounds):
+            times = []
+            for _ in range(n):
+                start = time.perf_counter()
+                await client.execute("query-status")
+                times.append(time.perf_counter() - start)
+            batches.append(times)
+        return batches
+    finally:
+        await client.disconnect()
+
+
+def run(commands: int = 2000, rounds: int = 10, qemu: str = "qemu-system-x86_64") -> dict[str, float]:
+    """Run the benchmark, print its figures, return the medians (seconds) and ratios."""
+    if shutil.which(qemu) is None:
+        raise SystemExit(f"qmprr bench: {qemu} not found (apt-get install qemu-system-x86)")
+    per_round = max(1, commands // rounds)
+    with tempfile.TemporaryDirectory() as tmp:
+        qsock, upstream, psock, record = (
+            os.path.join(tmp, n) for n in ("qemu.sock", "upstream.sock", "proxy.sock", "bench.jsonl")
+        )
+        qemu_proc = subprocess.Popen(
+            [qemu, "-machine", "none", "-nodefaults", "-display", "none",
+             "-qmp", f"unix:{qsock},server=on,wait=off",
+             "-qmp", f"unix:{upstream},server=on,wait=off"],
+            stdin=subprocess.DEVNULL,
+        )
+        proxy = None
+        try:
+            _wait_for(qsock, qemu_proc)
+            _wait_for(upstream, qemu_proc)
+            proxy = subprocess.Popen(
+                [sys.executable, "-m", "qmprr.cli", "proxy", "--upstream", upstream,
+                 "--record", record, "--socket", psock],
+                stdin=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            _wait_for(psock, proxy)
+            raw_direct, raw_proxy = RawClient(qsock), RawClient(psock)
+            times: dict[str, list[float]] = {k: [] for k in ("raw", "raw+proxy", "qmp", "qmp+proxy")}
+            raw_direct.timed(50), raw_proxy.timed(50)  # warm-up
+            for _ in range(rounds):
+                times["raw"] += raw_direct.timed(per_round)
+                times["raw+proxy"] += raw_proxy.timed(per_round)
+            raw_direct.close(), raw_proxy.close()
+            for direct, proxied in zip(
+                asyncio.run(_qmpclient_times(qsock, per_round, rounds)),
+                asyncio.run(_qmpclient_times(psock, per_round, rounds)),
+            ):
+                times["qmp"] += direct
+                times["qmp+proxy"] += proxied
+        finally:
+            if proxy is not None:
+                proxy.send_signal(signal.SIGTERM)
+                proxy.wait(10)
+            qemu_proc.kill()
+            qemu_proc.wait()
+        records = sum(1 for _ in open(record, "rb"))
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    print(f"qmprr bench proxy: {per_round * rounds:,} query-status round trips per way, "
+          f"{rounds} interleaved rounds; proxy sync policy: batch; {records:,} records logged")
+    for key in ("raw", "raw+proxy", "qmp", "qmp+proxy"):
+        print(f"  {key:<10} median {medians[key] * 1e6:8.1f} us")
+    medians["ratio_raw"] = medians["raw+proxy"] / medians["raw"]
+    medians["ratio_qmp"] = medians["qmp+proxy"] / medians["qmp"]
+    print(f"  ratio raw  (proxy/straight): {medians['ratio_raw']:.2f}   (goal <= 1.30)")
+    print(f"  ratio QMPClient (proxy/straight): {medians['ratio_qmp']:.2f}   (goal <= 1.10)")
+    return medians
