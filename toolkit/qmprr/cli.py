@@ -99,9 +99,23 @@ def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     )
 
 
-def cmd_launch(args: argparse.Namespace) -> int:
+def _run_async(coro) -> int:  # type: ignore[no-untyped-def]
+    """Run *coro* on uvloop when it is installed (QMPRR_EVENT_LOOP=asyncio opts out)."""
     import asyncio
 
+    factory = None
+    if os.environ.get("QMPRR_EVENT_LOOP", "uvloop") == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return int(runner.run(coro))
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
     from .service import run_launch
 
     argv = list(args.qemu_argv)
@@ -109,15 +123,13 @@ def cmd_launch(args: argparse.Namespace) -> int:
         argv = argv[1:]
     if not argv:
         raise UsageError("give the QEMU command line after '--', e.g. -- qemu-system-x86_64 -machine none")
-    return asyncio.run(run_launch(argv, _service_options(args)))
+    return _run_async(run_launch(argv, _service_options(args)))
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
-    import asyncio
-
     from .service import run_proxy
 
-    return asyncio.run(run_proxy(args.upstream, _service_options(args)))
+    return _run_async(run_proxy(args.upstream, _service_options(args)))
 
 
 def cmd_inject(args: argparse.Namespace) -> int:

@@ -171,6 +171,16 @@ class StreamDecoder:
 
     def feed(self, data: bytes) -> list[dict[str, Any] | FramingError]:
         """Add *data* and return every item it completes, in stream order."""
+        if self._state == _TOP and not self._buf and data[:1] == b"{" and len(data) <= self.max_message:
+            # Fast path: most reads hold exactly one whole object. If it parses
+            # as one, the scanner would have found just that; otherwise scan.
+            try:
+                msg = codec.loads(data)
+            except codec.JSONDecodeError:
+                pass
+            else:
+                if isinstance(msg, dict):
+                    return [msg]
         self._buf += data
         out: list[dict[str, Any] | FramingError] = []
         buf = self._buf
