@@ -30,7 +30,7 @@ pytestmark = pytest.mark.qemu
 # -- helpers ------------------------------------------------------------------------
 
 
-def run_qmprr(tmp_path: Path, *args: str, timeout: float = 30) -> tuple[int, str, str]:
+def run_qmprr(tmp_path: Path, *args: str, timeout: float = 30, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run ``qmprr ARGS``; (exit status, stdout, stderr).
 
     Output goes to files, not pipes: a QEMU that qmprr leaves behind would hold
@@ -40,7 +40,7 @@ def run_qmprr(tmp_path: Path, *args: str, timeout: float = 30) -> tuple[int, str
     out_path, err_path = tmp_path / f"out-{name}", tmp_path / f"err-{name}"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         proc = subprocess.run([*support.QMPRR, *args], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                              timeout=timeout)
+                              timeout=timeout, env={**os.environ, **(env or {})})
     return proc.returncode, out_path.read_bytes().decode(), err_path.read_bytes().decode()
 
 
@@ -252,23 +252,27 @@ def test_launch_error_is_one_clear_line_and_status_2(tmp_path: Path, marker: str
         assert (tmp_path / "e.sock").read_text() == "not a socket\n"
 
 
+@pytest.mark.parametrize("loop", ["default", "asyncio"])
 @pytest.mark.parametrize(
     "case", ["qemu fails at start-up", "socket taken by a live listener", "debug socket taken by a live listener",
              "socket path is a regular file"]
 )
-def test_launch_error_leaves_no_qemu_and_no_socket_behind(tmp_path: Path, marker: str, case: str) -> None:
+def test_launch_error_leaves_no_qemu_and_no_socket_behind(tmp_path: Path, marker: str, case: str, loop: str) -> None:
+    # "asyncio": the standard event loop even when uvloop is installed (QMPRR_EVENT_LOOP).
     before = set(os.listdir(tmp_path))
     keep: list[socket.socket] = []
     args, _ = _error_case(case, tmp_path, marker, keep)
     prepared = set(os.listdir(tmp_path)) - before
     try:
-        status, _, stderr = run_qmprr(tmp_path, *args)
+        status, _, stderr = run_qmprr(tmp_path, *args, env={"QMPRR_EVENT_LOOP": loop} if loop == "asyncio" else None)
     finally:
         for s in keep:
             s.close()
     assert status == 2, stderr
     time.sleep(0.2)
     problems = []
+    if "Traceback" in stderr:
+        problems.append(f"traceback on stderr: {stderr}")
     if qemu_processes(marker):
         problems.append("qmprr exited but left its QEMU running")
     sockets = sorted(p for p in set(os.listdir(tmp_path)) - prepared if p.endswith(".sock"))
@@ -426,7 +430,7 @@ def test_inject(running: support.Launched, tmp_path: Path, marker: str) -> None:
 
     status, out, err = inject(tmp_path, primary, "--json", "--hmp", "info name")
     assert (status, err) == (0, "")
-    assert json.loads(out) == {"return": ""}
+    assert json.loads(out) == {"return": f"{marker}\r\n"}
 
     # QMP errors: exit 1, the error on stderr.
     status, out, err = inject(tmp_path, dbg, "no-such-command")

@@ -36,6 +36,7 @@ from qmprr.recording import (
     Close,
     Command,
     Event,
+    Greeting,
     Local,
     Record,
     RecordWriter,
@@ -212,6 +213,8 @@ async def test_qemu_qmp_client(tmp_path: Path) -> None:
         try:
             assert qmp.greeting is not None
             assert qmp.greeting.QMP.version["qemu"]["major"] == 7
+            # No oob offered: every command is serialized, so the client must not negotiate it.
+            assert qmp.greeting.QMP.capabilities == []
             status = await qmp.execute("query-status")
             assert status == {"status": "prelaunch", "singlestep": False, "running": False}
             machine = await qmp.execute("qom-get", {"path": "/machine", "property": "type"})
@@ -227,10 +230,11 @@ async def test_qemu_qmp_client(tmp_path: Path) -> None:
                 await qmp.execute("qom-get", {"path": "/machine"})
             assert err.value.error_class == "GenericError"
             assert str(err.value) == "Parameter 'property' is missing"
-            # Out-of-band execution is refused cleanly (the session serializes everything).
+            # Out-of-band execution is refused cleanly, with QEMU's text for a
+            # client that did not negotiate oob.
             with pytest.raises(ExecuteError) as err:
                 await qmp.execute("query-status", oob=True)
-            assert "out-of-band" in str(err.value)
+            assert str(err.value) == "QMP input member 'exec-oob' is unexpected"
 
             # Events: cont -> RESUME, stop -> STOP, each delivered to the listener.
             qmp.events.clear()
@@ -265,9 +269,13 @@ async def test_qemu_qmp_client(tmp_path: Path) -> None:
     assert len({c.client_id for c in mine}) == len(mine)
     assert [c.msg["execute"] for c in mine][:3] == ["query-status", "qom-get", "human-monitor-command"]
     assert "RESUME" in events(records) and "STOP" in events(records)
-    # Negotiation (with oob, which the greeting offers) and the oob refusal were answered locally.
+    # QEMU's own greeting (with oob) is what the recording keeps.
+    (greeting,) = [r for r in records if isinstance(r, Greeting)]
+    assert greeting.msg["QMP"]["capabilities"] == ["oob"]
+    # Negotiation (without oob) and the oob refusal were answered locally.
     local = [r for r in records if isinstance(r, Local)]
-    assert local[0].msg == {"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}}
+    assert local[0].msg["execute"] == "qmp_capabilities"
+    assert "oob" not in (local[0].msg.get("arguments") or {}).get("enable", [])
     assert local[0].reply == {"return": {}}
     assert any(r.msg is not None and "exec-oob" in r.msg for r in local)
     assert not any(isinstance(r, Taint) for r in records)
@@ -528,17 +536,23 @@ ERROR_CASES = [
     ("non-object", True, b"42"),
     ("non-object before negotiation", False, b"42"),
     ("unknown capability", False, b'{"execute":"qmp_capabilities","arguments":{"enable":["foo"]},"id":"x"}'),
-    ("oob capability", False, b'{"execute":"qmp_capabilities","arguments":{"enable":["oob"]},"id":"y"}'),
+    ("empty enable", False, b'{"execute":"qmp_capabilities","arguments":{"enable":[]},"id":"y"}'),
     ("unexpected parameter", False, b'{"execute":"qmp_capabilities","arguments":{"bogus":1}}'),
     ("arguments not an object", False, b'{"execute":"qmp_capabilities","arguments":[]}'),
     ("enable not an array", False, b'{"execute":"qmp_capabilities","arguments":{"enable":"oob"}}'),
     ("lacks execute after negotiation", True, b'{"id":6}'),
     ("array input", True, b"[1]"),
-    # Deviations found while writing this test (see the report): QEMU checks the
-    # request's shape before the negotiation state, and each enable item's type.
+    ("string input", True, b'"query-status"'),
+    ("exec-oob without oob negotiated", True, b'{"exec-oob":"query-status","id":7}'),
+    ("extra member", True, b'{"execute":"query-name","extra":1,"id":8}'),
+    # QEMU checks a request's shape before the negotiation state.
     ("lacks execute before negotiation", False, b'{"id":5}'),
+    ("execute not a string before negotiation", False, b'{"execute":42,"id":9}'),
     ("extra member in qmp_capabilities", False, b'{"execute":"qmp_capabilities","extra":1}'),
     ("enable item not a string", False, b'{"execute":"qmp_capabilities","arguments":{"enable":[1]}}'),
+    # After negotiation QEMU still parses qmp_capabilities' arguments before ignoring it.
+    ("second qmp_capabilities, unknown capability", True,
+     b'{"execute":"qmp_capabilities","arguments":{"enable":["foo"]},"id":10}'),
 ]
 
 

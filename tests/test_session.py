@@ -23,6 +23,7 @@ from qmprr.session import (
     Forward,
     Policy,
     State,
+    client_greeting,
     qmp_error,
     qmp_return,
 )
@@ -140,12 +141,30 @@ def test_unknown_capability_is_refused_with_qemus_text() -> None:
 
 
 def test_oob_is_refused_when_the_greeting_does_not_offer_it() -> None:
-    session = ClientSession(GREETING_NO_OOB)
-    action = session.handle({"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}})
-    cls, _desc = error_of(action)
-    assert cls == "GenericError"
-    assert "id" not in action.reply
+    # What clients of qmprr meet: its greeting offers no capabilities.
+    session = ClientSession(client_greeting(GREETING))
+    action = session.handle({"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}, "id": 1})
+    # QEMU 7.2, monitor/qmp-cmds-control.c qmp_caps_accept(): a capability QEMU
+    # knows but did not offer is "Capability %s not available"; "Parameter 'null'
+    # does not accept value" is only for names that are not capabilities at all.
+    assert error_of(action) == ("GenericError", "Capability oob not available")
+    assert action.reply["id"] == 1
     assert not session.negotiated
+    assert session.handle({"execute": "qmp_capabilities"}).reply == {"return": {}}
+
+
+def test_unknown_capability_is_still_unknown_when_nothing_is_offered() -> None:
+    session = ClientSession(GREETING_NO_OOB)
+    action = session.handle({"execute": "qmp_capabilities", "arguments": {"enable": ["foo"]}})
+    assert error_of(action) == ("GenericError", "Parameter 'null' does not accept value 'foo'")
+
+
+def test_client_greeting_keeps_the_version_and_offers_nothing() -> None:
+    seen = client_greeting(GREETING)
+    assert seen == {"QMP": {"version": GREETING["QMP"]["version"], "capabilities": []}}
+    assert GREETING["QMP"]["capabilities"] == ["oob"]  # QEMU's own greeting is not changed
+    odd = {"QMP": "weird"}
+    assert client_greeting(odd) == odd  # type: ignore[arg-type]
 
 
 def test_a_greeting_that_is_not_an_object_offers_nothing() -> None:
@@ -208,11 +227,30 @@ def test_a_command_without_id_is_forwarded_with_absent_id() -> None:
     assert action.client_id is ABSENT
 
 
-@pytest.mark.parametrize("msg", [{"id": 1}, {"execute": 42, "id": 1}, {"execute": "x", "extra": 1}])
-def test_malformed_commands_go_to_qemu_which_judges_them(msg: dict[str, Any]) -> None:
-    # QEMU's own validation gives the exact error text; the session does not guess.
-    assert isinstance(negotiated().handle(msg), Forward)
-    assert isinstance(negotiated("debug").handle(msg), Forward)
+SHAPE_ERRORS = [
+    ({"id": 1}, "QMP input lacks member 'execute'"),
+    ({"execute": 42, "id": 1}, "QMP input member 'execute' must be a string"),
+    ({"execute": None, "id": 1}, "QMP input member 'execute' must be a string"),
+    ({"execute": "query-name", "extra": 1, "id": 1}, "QMP input member 'extra' is unexpected"),
+    ({"execute": "qmp_capabilities", "extra": 1, "id": 1}, "QMP input member 'extra' is unexpected"),
+    ({"execute": "query-name", "arguments": [], "id": 1}, "QMP input member 'arguments' must be an object"),
+    ({"execute": "query-name", "arguments": None, "id": 1}, "QMP input member 'arguments' must be an object"),
+    ({"exec-oob": "query-name", "id": 1}, "QMP input member 'exec-oob' is unexpected"),
+    ({"execute": "query-name", "exec-oob": "query-name", "id": 1}, "QMP input member 'exec-oob' is unexpected"),
+]
+
+
+@pytest.mark.parametrize("msg, desc", SHAPE_ERRORS)
+@pytest.mark.parametrize("role, negotiate", [("primary", False), ("primary", True), ("debug", True)])
+def test_malformed_commands_get_qemus_errors_in_any_state(
+    msg: dict[str, Any], desc: str, role: str, negotiate: bool
+) -> None:
+    # QEMU checks a request's shape before the negotiation state and the name
+    # (qmp_dispatch_check_obj); these texts are QEMU 7.2's.
+    session = negotiated(role) if negotiate else ClientSession(GREETING, role=role)
+    action = session.handle(msg)
+    assert action == Answer({"error": {"class": "GenericError", "desc": desc}, "id": 1}, msg=msg)
+    assert session.negotiated is negotiate
 
 
 # -- framing errors ------------------------------------------------------------------
@@ -252,17 +290,17 @@ def test_framing_error_input_is_at_most_64_bytes() -> None:
 
 @pytest.mark.parametrize("negotiate", [False, True])
 def test_exec_oob_is_refused_with_its_id(negotiate: bool) -> None:
-    session = ClientSession(GREETING)
+    # Never forwarded: the channel serializes everything. The text is QEMU's for
+    # a client that did not negotiate oob (as no client of qmprr can).
+    session = ClientSession(client_greeting(GREETING))
     if negotiate:
-        session.handle({"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}})
-        assert session.capabilities == ["oob"]
+        session.handle({"execute": "qmp_capabilities"})
     msg = {"exec-oob": "migrate-pause", "id": "o1"}
     action = session.handle(msg)
-    cls, desc = error_of(action)
-    assert cls == "GenericError"
-    assert "out-of-band" in desc and "'execute'" in desc
-    assert action.reply["id"] == "o1"
-    assert action.msg == msg
+    assert action == Answer(
+        {"error": {"class": "GenericError", "desc": "QMP input member 'exec-oob' is unexpected"}, "id": "o1"},
+        msg=msg,
+    )
     assert session.negotiated is negotiate
 
 
@@ -294,7 +332,7 @@ def test_transaction_begin_without_arguments_has_empty_label() -> None:
     assert negotiated().handle(msg) == BeginTx("", msg, 5)
 
 
-@pytest.mark.parametrize("arguments", [{"label": 7}, {"label": None}, {"label": ["a"]}, ["label"], "x"])
+@pytest.mark.parametrize("arguments", [{"label": 7}, {"label": None}, {"label": ["a"]}])
 def test_transaction_begin_with_a_bad_label_is_refused(arguments: Any) -> None:
     msg = {"execute": TX_BEGIN, "arguments": arguments, "id": 2}
     action = negotiated().handle(msg)
@@ -302,6 +340,13 @@ def test_transaction_begin_with_a_bad_label_is_refused(arguments: Any) -> None:
         {"error": {"class": "GenericError", "desc": "Invalid parameter type for 'label', expected: string"}, "id": 2},
         msg=msg,
     )
+
+
+@pytest.mark.parametrize("arguments", [["label"], "x", None])
+def test_transaction_begin_with_arguments_not_an_object(arguments: Any) -> None:
+    msg = {"execute": TX_BEGIN, "arguments": arguments, "id": 2}
+    action = negotiated().handle(msg)
+    assert error_of(action) == ("GenericError", "QMP input member 'arguments' must be an object")
 
 
 @pytest.mark.parametrize("cid", [ABSENT, "t2", None])
@@ -366,7 +411,7 @@ def test_other_hmp_commands_pass_for_debug_clients(line: str) -> None:
     [
         {"execute": "human-monitor-command"},
         {"execute": "human-monitor-command", "arguments": {"command-line": 5}},
-        {"execute": "human-monitor-command", "arguments": None},
+        {"execute": "human-monitor-command", "arguments": {}},
     ],
 )
 def test_malformed_hmp_is_left_to_qemu(msg: dict[str, Any]) -> None:

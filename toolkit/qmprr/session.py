@@ -88,6 +88,27 @@ class Policy:
         return None
 
 
+_COMMAND_KEYS = frozenset({"execute", "arguments", "id"})
+
+
+def check_shape(msg: dict[str, Any]) -> str | None:
+    """QEMU's complaint about a command's top-level shape, or None if it is well formed.
+
+    Checked before negotiation and before the command name, as QEMU does.
+    ``exec-oob`` is unexpected because no client negotiates ``oob`` here.
+    """
+    for key in msg:
+        if key not in _COMMAND_KEYS:
+            return f"QMP input member '{key}' is unexpected"
+    if "execute" not in msg:
+        return "QMP input lacks member 'execute'"
+    if not isinstance(msg["execute"], str):
+        return "QMP input member 'execute' must be a string"
+    if "arguments" in msg and not isinstance(msg["arguments"], dict):
+        return "QMP input member 'arguments' must be an object"
+    return None
+
+
 # -- actions -------------------------------------------------------------------
 
 
@@ -150,15 +171,9 @@ class ClientSession:
             return Answer(item.qmp_error(), input=item.excerpt)
         msg = item
         cid = msg.get("id", ABSENT)
-        if "exec-oob" in msg:
-            return Answer(
-                qmp_error(
-                    "qmprr serializes every command on one channel: out-of-band execution"
-                    " is not available (use 'execute')",
-                    id=cid,
-                ),
-                msg=msg,
-            )
+        shape_error = check_shape(msg)
+        if shape_error is not None:
+            return Answer(qmp_error(shape_error, id=cid), msg=msg)
         name = msg.get("execute")
         if self.state is State.GREETED:
             if name != "qmp_capabilities":
@@ -181,7 +196,8 @@ class ClientSession:
                 msg=msg,
             )
         if name == TX_BEGIN:
-            label = (msg.get("arguments") or {}).get("label", "") if isinstance(msg.get("arguments"), dict) else None
+            arguments = msg.get("arguments", {})
+            label = arguments.get("label", "") if isinstance(arguments, dict) else None
             if not isinstance(label, str):
                 return Answer(
                     qmp_error("Invalid parameter type for 'label', expected: string", id=cid), msg=msg
@@ -189,7 +205,7 @@ class ClientSession:
             return BeginTx(label, msg, cid)
         if name == TX_END:
             return EndTx(msg, cid)
-        if self.role == "debug" and isinstance(name, str):
+        if self.role == "debug":
             refused = self.policy.refusal(msg)
             if refused is not None:
                 return Answer(
@@ -204,8 +220,6 @@ class ClientSession:
 
     def _negotiate(self, msg: dict[str, Any], cid: Any) -> Action:
         arguments = msg.get("arguments", {})
-        if not isinstance(arguments, dict):
-            return Answer(qmp_error("QMP input member 'arguments' must be an object", id=cid), msg=msg)
         unexpected = [k for k in arguments if k != "enable"]
         if unexpected:
             return Answer(qmp_error(f"Parameter '{unexpected[0]}' is unexpected", id=cid), msg=msg)

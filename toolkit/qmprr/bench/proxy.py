@@ -64,23 +64,28 @@ class RawClient:
         self.sock.close()
 
 
-async def _qmpclient_times(path: str, n: int, rounds: int) -> list[list[float]]:
+async def _qmpclient_times(direct: str, proxied: str, n: int, rounds: int) -> tuple[list[float], list[float]]:
+    """Round-trip times of two QMPClients (straight, through the proxy), alternating rounds."""
     from qemu.qmp import QMPClient
 
-    client = QMPClient("bench")
-    await client.connect(path)
+    clients = [QMPClient("bench-direct"), QMPClient("bench-proxied")]
+    await clients[0].connect(direct)
+    await clients[1].connect(proxied)
+    times: tuple[list[float], list[float]] = ([], [])
     try:
-        batches = []
-        for _ in range(rounds):
-            times = []
-            for _ in range(n):
-                start = time.perf_counter()
+        for client in clients:  # warm-up
+            for _ in range(50):
                 await client.execute("query-status")
-                times.append(time.perf_counter() - start)
-            batches.append(times)
-        return batches
+        for _ in range(rounds):
+            for client, out in zip(clients, times):
+                for _ in range(n):
+                    start = time.perf_counter()
+                    await client.execute("query-status")
+                    out.append(time.perf_counter() - start)
+        return times
     finally:
-        await client.disconnect()
+        for client in clients:
+            await client.disconnect()
 
 
 def run(commands: int = 2000, rounds: int = 10, qemu: str = "qemu-system-x86_64") -> dict[str, float]:
@@ -116,12 +121,7 @@ def run(commands: int = 2000, rounds: int = 10, qemu: str = "qemu-system-x86_64"
                 times["raw"] += raw_direct.timed(per_round)
                 times["raw+proxy"] += raw_proxy.timed(per_round)
             raw_direct.close(), raw_proxy.close()
-            for direct, proxied in zip(
-                asyncio.run(_qmpclient_times(qsock, per_round, rounds)),
-                asyncio.run(_qmpclient_times(psock, per_round, rounds)),
-            ):
-                times["qmp"] += direct
-                times["qmp+proxy"] += proxied
+            times["qmp"], times["qmp+proxy"] = asyncio.run(_qmpclient_times(qsock, psock, per_round, rounds))
         finally:
             if proxy is not None:
                 proxy.send_signal(signal.SIGTERM)
