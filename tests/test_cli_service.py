@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -191,6 +190,8 @@ def _error_case(case: str, tmp_path: Path, marker: str, keep: list[socket.socket
     if case == "qemu binary missing":
         return [*base, "--", "/nonexistent/qemu", "-machine", "none"], "/nonexistent/qemu"
     if case == "qemu fails at start-up":
+        # QEMU prints "qemu-system-x86_64: unsupported machine type" and then a
+        # hint line; the error must carry QEMU's error, not just the hint.
         return [*base, "--", support.QEMU, "-machine", "nosuchmachine", "-display", "none", "-name", marker], \
             "unsupported machine type"
     if case == "socket taken by a live listener":
@@ -259,6 +260,7 @@ def test_launch_error_is_one_clear_line_and_status_2(tmp_path: Path, marker: str
 )
 def test_launch_error_leaves_no_qemu_and_no_socket_behind(tmp_path: Path, marker: str, case: str, loop: str) -> None:
     # "asyncio": the standard event loop even when uvloop is installed (QMPRR_EVENT_LOOP).
+    # The primary socket must not outlive a failure to create the debug socket.
     before = set(os.listdir(tmp_path))
     keep: list[socket.socket] = []
     args, _ = _error_case(case, tmp_path, marker, keep)

@@ -139,18 +139,19 @@ def cmd_inject(args: argparse.Namespace) -> int:
     from .client import QmpClient
 
     if args.hmp is not None:
-        if args.command is not None:
+        if args.qmp_command is not None:
             raise UsageError("give either a JSON command or --hmp, not both")
         msg = {"execute": "human-monitor-command", "arguments": {"command-line": args.hmp}}
-    elif args.command is None:
+    elif args.qmp_command is None:
         raise UsageError("give a command: 'JSON', a command name, or --hmp 'TEXT'")
     else:
+        text = args.qmp_command
         try:
-            msg = codec.loads(args.command)
+            msg = codec.loads(text)
         except codec.JSONDecodeError:
-            if not args.command.replace("-", "").replace("_", "").isalnum():
-                raise UsageError(f"not JSON and not a command name: {args.command!r}") from None
-            msg = {"execute": args.command}
+            if not text.replace("-", "").replace("_", "").isalnum():
+                raise UsageError(f"not JSON and not a command name: {text!r}") from None
+            msg = {"execute": text}
         if not isinstance(msg, dict) or not isinstance(msg.get("execute"), str):
             raise UsageError('the command must be a JSON object with "execute", e.g. \'{"execute": "query-status"}\'')
     with QmpClient(args.socket, timeout=args.timeout) as client:
@@ -285,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 QEMU returned, 1 QEMU answered an error, 2 cannot connect or talk.",
     )
     p.add_argument("socket", metavar="SOCKET")
-    p.add_argument("command", nargs="?", metavar="COMMAND")
+    p.add_argument("qmp_command", nargs="?", metavar="COMMAND")
     p.add_argument("--hmp", metavar="TEXT", help="send an HMP command line (human-monitor-command)")
     p.add_argument("--json", action="store_true", help="print the raw reply as one JSON line")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the reply (default 30)")
@@ -318,7 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Options may come between a positional and the next one (inject SOCK --json CMD).
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "func", None) is cmd_inject and args.qmp_command is None and len(extra) == 1:
+        args.qmp_command = extra[0]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         status = int(args.func(args))
         sys.stdout.flush()  # inside the try: a closed pipe must not surface at exit

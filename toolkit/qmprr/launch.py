@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import shutil
 import socket
 import sys
@@ -40,8 +41,12 @@ class LaunchedQemu:
     def startup_failure(self) -> LaunchError:
         """The error to report when QEMU ended before it was usable."""
         status = self.process.returncode
-        last = next((line for line in reversed(self.stderr_tail) if line.strip()), "")
-        detail = f": {last.strip()}" if last else ""
+        lines = [line.strip() for line in self.stderr_tail if line.strip()]
+        # QEMU prefixes its errors with its program name; hints follow unprefixed.
+        prefix = os.path.basename(self.argv[0]) + ":"
+        own = [line for line in lines if line.startswith(prefix)]
+        last = own[-1] if own else (lines[-1] if lines else "")
+        detail = f": {last}" if last else ""
         return LaunchError(f"QEMU exited at start-up with status {status}{detail}")
 
     async def wait(self) -> int:

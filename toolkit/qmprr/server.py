@@ -44,28 +44,35 @@ class SocketPathError(QmprrError):
     """A socket path cannot be used (taken by a live server, or not a socket)."""
 
 
-def bind_unix(path: str) -> socket.socket:
-    """A listening UNIX socket at *path* with mode 0600.
+def check_socket_path(path: str) -> None:
+    """Raise :class:`SocketPathError` unless a server can be created at *path*.
 
-    A stale socket file (nobody listening) is replaced; a live one, or a
-    file that is not a socket, is an error.
+    A stale socket file (nobody listening) is removed; a live one, a file that
+    is not a socket, or a missing folder is an error.
     """
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise SocketPathError(f"{path}: folder {folder} does not exist")
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        pass
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketPathError(f"{path}: exists and is not a socket; choose another path")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # stale: its server is gone
     else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise SocketPathError(f"{path}: exists and is not a socket; choose another path")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)  # stale: its server is gone
-        else:
-            raise SocketPathError(f"{path}: another program is listening on this socket")
-        finally:
-            probe.close()
+        raise SocketPathError(f"{path}: another program is listening on this socket")
+    finally:
+        probe.close()
+
+
+def bind_unix(path: str) -> socket.socket:
+    """A listening UNIX socket at *path* with mode 0600 (see :func:`check_socket_path`)."""
+    check_socket_path(path)
     # Bind under a temporary name and rename once listening, so the path never
     # exists without a listener behind it (a client polling for it can connect).
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

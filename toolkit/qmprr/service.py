@@ -23,7 +23,7 @@ from .channel import INTERNAL_SRC, Channel, ChannelError
 from .errors import QmprrError, RecordingError
 from .launch import LaunchedQemu, start_qemu
 from .recording import RecordWriter, Redactor, SyncPolicy, new_header, relevant_env
-from .server import QmpServer
+from .server import QmpServer, SocketPathError, check_socket_path
 from .session import Policy
 
 QUIT_TIMEOUT = 10.0
@@ -73,11 +73,24 @@ def _say(options: ServiceOptions, text: str) -> None:
         print(f"qmprr: {text}", file=sys.stderr, flush=True)
 
 
+def _check_socket_paths(options: ServiceOptions) -> None:
+    """Fail before QEMU starts when a socket path cannot be served."""
+    paths = [options.socket] + ([options.debug_socket] if options.debug_socket else [])
+    if len(set(paths)) != len(paths):
+        raise SocketPathError("--socket and --debug-socket must be different paths")
+    for path in paths:
+        check_socket_path(path)
+
+
 async def _serve(channel: Channel, options: ServiceOptions) -> QmpServer:
     server = QmpServer(channel, policy=options.policy)
-    await server.listen(options.socket, "primary")
-    if options.debug_socket:
-        await server.listen(options.debug_socket, "debug")
+    try:
+        await server.listen(options.socket, "primary")
+        if options.debug_socket:
+            await server.listen(options.debug_socket, "debug")
+    except BaseException:
+        await server.close()
+        raise
     where = f"primary socket {options.socket}"
     if options.debug_socket:
         where += f", debug socket {options.debug_socket}"
@@ -105,6 +118,7 @@ async def _first(*aws: Any) -> None:
 async def run_launch(argv: list[str], options: ServiceOptions) -> int:
     """Start QEMU from *argv*, record and serve until it exits; return its exit status."""
     _check_record_path(options.record)
+    _check_socket_paths(options)
     stop = _stop_event()
     qemu = await start_qemu(argv)
     reader, writer = await asyncio.open_unix_connection(sock=qemu.monitor)
@@ -154,6 +168,7 @@ async def _quit(channel: Channel, qemu: LaunchedQemu) -> None:
 async def run_proxy(upstream: str, options: ServiceOptions) -> int:
     """Attach to a running QEMU's QMP socket; record and serve until it goes or we stop."""
     _check_record_path(options.record)
+    _check_socket_paths(options)
     stop = _stop_event()
     channel = await Channel.open_unix(
         upstream, _log_factory(options, None), tx_idle_timeout=options.tx_idle_timeout

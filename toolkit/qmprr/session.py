@@ -22,6 +22,8 @@ from .recording import ABSENT
 
 TX_BEGIN = "qmprr-transaction-begin"
 TX_END = "qmprr-transaction-end"
+#: Capabilities QEMU 7.2 knows (it offers ``oob``; qmprr offers none).
+KNOWN_CAPABILITIES = frozenset({"oob"})
 LOCAL_COMMANDS = frozenset({"qmp_capabilities", TX_BEGIN, TX_END})
 
 #: Commands the default policy refuses to debug clients (globs; ``hmp:`` = HMP command).
@@ -187,6 +189,9 @@ class ClientSession:
                 )
             return self._negotiate(msg, cid)
         if name == "qmp_capabilities":
+            refusal = self._check_capabilities(msg.get("arguments", {}))
+            if refusal is not None:
+                return Answer(qmp_error(refusal, id=cid), msg=msg)
             return Answer(
                 qmp_error(
                     "Capabilities negotiation is already complete, command ignored",
@@ -219,21 +224,27 @@ class ClientSession:
         return Forward(msg, cid)
 
     def _negotiate(self, msg: dict[str, Any], cid: Any) -> Action:
-        arguments = msg.get("arguments", {})
-        unexpected = [k for k in arguments if k != "enable"]
-        if unexpected:
-            return Answer(qmp_error(f"Parameter '{unexpected[0]}' is unexpected", id=cid), msg=msg)
-        enable = arguments.get("enable", [])
-        if not isinstance(enable, list) or not all(isinstance(c, str) for c in enable):
-            return Answer(
-                qmp_error("Invalid parameter type for 'enable', expected: array", id=cid), msg=msg
-            )
-        for capability in enable:
-            if capability not in self._offered:
-                return Answer(
-                    qmp_error(f"Parameter 'null' does not accept value '{capability}'", id=cid),
-                    msg=msg,
-                )
-        self.capabilities = list(enable)
+        refusal = self._check_capabilities(msg.get("arguments", {}))
+        if refusal is not None:
+            return Answer(qmp_error(refusal, id=cid), msg=msg)
+        self.capabilities = list(msg.get("arguments", {}).get("enable", []))
         self.state = State.NEGOTIATED
         return Answer(qmp_return(id=cid), msg=msg)
+
+    def _check_capabilities(self, arguments: dict[str, Any]) -> str | None:
+        """QEMU's complaint about ``qmp_capabilities`` arguments, or None."""
+        unexpected = [k for k in arguments if k != "enable"]
+        if unexpected:
+            return f"Parameter '{unexpected[0]}' is unexpected"
+        enable = arguments.get("enable", [])
+        if not isinstance(enable, list):
+            return "Invalid parameter type for 'enable', expected: array"
+        for i, capability in enumerate(enable):
+            if not isinstance(capability, str):
+                return f"Invalid parameter type for 'enable[{i}]', expected: string"
+            if capability not in KNOWN_CAPABILITIES:
+                return f"Parameter 'null' does not accept value '{capability}'"
+        missing = [c for c in enable if c not in self._offered]
+        if missing:
+            return f"Capability {', '.join(missing)} not available"
+        return None

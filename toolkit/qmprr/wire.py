@@ -78,15 +78,17 @@ class FramingError:
     ``size`` its length in bytes (as far as it was read).
     """
 
-    #: QMP ``desc`` used when answering this error.
-    desc = "JSON parse error"
+    #: Default QMP ``desc`` used when answering this kind of error.
+    DESC = "JSON parse error"
 
-    __slots__ = ("excerpt", "size", "detail")
+    __slots__ = ("excerpt", "size", "detail", "desc")
 
-    def __init__(self, excerpt: bytes, size: int, detail: str = "") -> None:
+    def __init__(self, excerpt: bytes, size: int, detail: str = "", desc: str | None = None) -> None:
         self.excerpt = bytes(excerpt[:64])
         self.size = size
         self.detail = detail
+        #: The QMP ``desc`` for this error (QEMU's wording where qmprr knows it).
+        self.desc = desc or self.DESC
 
     def qmp_error(self) -> dict[str, Any]:
         """The error QMP sends back for this input: ``GenericError`` and no ``id``."""
@@ -116,18 +118,22 @@ class InvalidUTF8(FramingError):
 class NotAnObject(FramingError):
     """Valid JSON whose top-level value is not an object (``42``, ``[1]``)."""
 
-    desc = "QMP input must be a JSON object"
+    DESC = "QMP input must be a JSON object"
 
 
 class MessageTooLarge(FramingError):
     """A message longer than the decoder's limit; it was skipped, not buffered."""
 
-    desc = "JSON token size limit exceeded"
+    DESC = "JSON token size limit exceeded"
 
 
 # Bytes that matter inside a value, outside strings: structure, quotes, and
-# anything that cannot appear in JSON there (a lexical error).
-_VALUE_SPECIAL = re.compile(rb'[^ \t\r\n:,0-9+\-.aeflnrstuE]')
+# anything QEMU's lexer cannot start a token with (a lexical error). Lowercase
+# words are tokens to QEMU (keywords); a wrong one fails the whole object.
+_VALUE_SPECIAL = re.compile(rb'[^ \t\r\n:,0-9+\-.a-zE]')
+# After a lexical error QEMU skips input up to whitespace or an opening bracket.
+_RECOVERY_END = re.compile(rb"[ \t\r\n{\[]")
+_KEYWORD = re.compile(rb'"(?:[^"\\]|\\.)*"|([a-z]+)', re.S)
 _STRING_SPECIAL = re.compile(rb'["\\]')
 _NON_SPACE = re.compile(rb"[^ \t\r\n]")
 _SCALAR_END = re.compile(rb'[ \t\r\n{}\[\]"]')
@@ -158,6 +164,7 @@ class StreamDecoder:
         self._discard = False  # current value is too large: drop its bytes
         self._dropped = 0  # bytes of the current value already dropped
         self._reported = False  # current token's error is already reported
+        self._recovering = False  # skipping after a lexical error, as QEMU does
 
     @property
     def buffered(self) -> int:
@@ -260,17 +267,20 @@ class StreamDecoder:
                     return True
             else:  # a byte JSON does not allow here: abandon this value
                 if not self._discard:
+                    stray = bytes(buf[i : i + 1]).decode("utf-8", "replace")
                     out.append(
                         JSONSyntaxError(
                             buf[self._start : i + 1],
                             self._dropped + i + 1 - self._start,
                             f"invalid byte {bytes([c])!r} in object",
+                            f"JSON parse error, stray '{stray}'",
                         )
                     )
-                # Swallow the rest of the bad token, silently (and without
-                # keeping it), then resume.
+                # Skip, silently and without keeping it, to where QEMU's lexer
+                # recovers; then resume.
                 self._state, self._pos, self._reported, self._discard = _SCALAR, i, True, True
                 self._in_string = False
+                self._recovering = True
                 return True
 
     def _finish_value(self, buf: bytearray, out: list) -> None:
@@ -296,12 +306,13 @@ class StreamDecoder:
             if not self._scan_string(buf):
                 return self._check_size(buf, out)
         else:
-            m = _SCALAR_END.search(buf, self._pos)
+            m = (_RECOVERY_END if self._recovering else _SCALAR_END).search(buf, self._pos)
             if m is None:
                 self._pos = len(buf)
                 return self._check_size(buf, out)
             self._pos = m.start()
         self._state = _TOP
+        self._recovering = False
         if not (self._reported or self._discard):
             raw = bytes(buf[self._start : self._pos])
             if len(raw) > self.max_message:
@@ -345,4 +356,10 @@ def _decode_error(raw: bytes, exc: Exception) -> FramingError:
         raw.decode("utf-8")
     except UnicodeDecodeError as bad:
         return InvalidUTF8(raw, len(raw), str(bad))
-    return JSONSyntaxError(raw, len(raw), str(exc))
+    desc = None
+    for m in _KEYWORD.finditer(raw):
+        word = m.group(1)
+        if word is not None and word not in (b"true", b"false", b"null"):
+            desc = f"JSON parse error, invalid keyword '{word.decode()}'"
+            break
+    return JSONSyntaxError(raw, len(raw), str(exc), desc)
