@@ -170,6 +170,102 @@ def cmd_inject(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _pairs(items: list[str], option: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{option} takes KEY=VALUE, not {item!r}")
+        out[key] = value
+    return out
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay.engine import ReplayOptions
+    from .replay.normalize import Normalizer, load_rules
+    from .replay.run import RunOptions
+    from .replay.safety import PathMap
+
+    try:
+        path_map = PathMap.parse(args.map_path)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    normalizer = Normalizer()
+    if args.rules:
+        normalizer = normalizer.with_rules(load_rules(args.rules))
+    pace = None
+    if args.pace != "asap":
+        try:
+            pace = 1.0 if args.pace == "recorded" else float(args.pace)
+        except ValueError:
+            raise UsageError(f"--pace takes asap, recorded or a speed factor, not {args.pace!r}") from None
+        if pace <= 0:
+            raise UsageError("--pace factor must be positive")
+    options = ReplayOptions(
+        keep_going=args.keep_going,
+        until=args.until,
+        only_src=tuple(args.only_src),
+        pace=pace,
+        allow_unsafe=args.allow_unsafe,
+        path_map=path_map,
+        secrets=_pairs(args.secret, "--secret"),
+        normalizer=normalizer,
+        event_timeout=args.event_timeout,
+    )
+    run = RunOptions(
+        target=args.target,
+        qemu=args.qemu,
+        argv_file=args.argv_file,
+        workdir=args.workdir,
+        record=args.record,
+        report=args.report,
+        progress=sys.stderr.isatty(),
+    )
+    return _run_async(_replay_main(args.file, run, options))
+
+
+async def _replay_main(path, run, options) -> int:  # type: ignore[no-untyped-def]
+    from .replay.run import run_replay
+
+    report = await run_replay(path, run, options)
+    return EXIT_OK if report.reproduced else EXIT_PROBLEMS
+
+
+def cmd_fake(args: argparse.Namespace) -> int:
+    from .replay.normalize import Normalizer, load_rules
+
+    normalizer = Normalizer()
+    if args.rules:
+        normalizer = normalizer.with_rules(load_rules(args.rules))
+    return _run_async(_fake_main(args, normalizer))
+
+
+async def _fake_main(args: argparse.Namespace, normalizer) -> int:  # type: ignore[no-untyped-def]
+    import asyncio
+    import signal
+
+    from .fake import FakeQemu
+
+    fake = FakeQemu.from_recording(args.file, mode=args.mode, reuse=args.reuse, normalizer=normalizer)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await fake.serve_unix(args.socket)
+    print(f"qmprr: fake QEMU serving {args.file} ({args.mode}) on {args.socket}", file=sys.stderr, flush=True)
+    waits = [asyncio.ensure_future(stop.wait())]
+    if not args.keep_serving:
+        waits.append(asyncio.ensure_future(fake.wait_session_end()))
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for w in waits:
+        w.cancel()
+    await fake.close()
+    report = fake.report()
+    for line in report.lines():
+        print(f"qmprr fake: {line}", file=sys.stderr)
+    return EXIT_OK if report.ok(args.mode) else EXIT_PROBLEMS
+
+
 def cmd_bench_proxy(args: argparse.Namespace) -> int:
     from .bench import proxy
 
@@ -291,6 +387,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the raw reply as one JSON line")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the reply (default 30)")
     p.set_defaults(func=cmd_inject)
+
+    p = sub.add_parser(
+        "replay",
+        help="send a recording's commands again and compare the replies and events",
+        description="Replay a recording's commands, in recorded order, against a real QEMU started "
+        "from the recording's argv (--target qemu), a running QEMU (--target socket:PATH) or the "
+        "fake serving the recording (--target fake). Replies are compared after normalization "
+        "(same kind, same error class, equal data); events are compared as a set per window "
+        "between commands. On a real target, commands that run host programs or reach host "
+        "paths outside --map-path roots are refused unless --allow-unsafe; fds and redacted "
+        "secrets (without --secret) are skipped and reported.",
+        epilog="Exit status: 0 reproduced with no divergence, 1 diverged (or refused), 2 could not run.",
+    )
+    p.add_argument("file", help="recording to replay")
+    p.add_argument("--target", default="qemu", help="qemu (default), fake, or socket:PATH")
+    p.add_argument("--qemu", metavar="BINARY", help="QEMU binary instead of the recorded one")
+    p.add_argument("--argv-file", metavar="FILE", help="QEMU command line, one argument per line")
+    p.add_argument("--workdir", metavar="DIR", help="folder QEMU runs in (relative paths resolve there)")
+    p.add_argument("--keep-going", action="store_true", help="do not stop at the first divergence")
+    p.add_argument("--until", type=int, metavar="SEQ", help="stop after the command recorded at SEQ")
+    p.add_argument("--only-src", action="append", default=[], metavar="NAME",
+                   help="replay only commands from this client (repeatable); others are skipped")
+    p.add_argument("--pace", default="asap", help="asap (default), recorded, or a speed FACTOR (2 = twice as fast)")
+    p.add_argument("--rules", metavar="FILE", help="normalization rules (TOML), on top of the built-in ones")
+    p.add_argument("--map-path", action="append", default=[], metavar="FROM=TO",
+                   help="rewrite recorded paths under FROM to TO (argv and arguments); TO is an allowed root")
+    p.add_argument("--secret", action="append", default=[], metavar="ID=VALUE",
+                   help="value of a redacted secret (by object id, protocol or command)")
+    p.add_argument("--allow-unsafe", action="store_true", help="send exec: migrations and outside paths too")
+    p.add_argument("--event-timeout", type=float, default=3.0, metavar="SECONDS",
+                   help="how long to wait for a window's recorded events (default 3)")
+    p.add_argument("--report", metavar="FILE.json", help="write every step as JSON")
+    p.add_argument("--record", metavar="OUT.jsonl", help="record the replay itself through the channel")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser(
+        "fake",
+        help="serve a recording as a fake QEMU on a QMP socket",
+        description="Serve FILE as QEMU would: the recorded greeting, negotiation, then the recorded "
+        "replies and events. strict: exactly the recorded sequence; ordered: recorded order, "
+        "commands may be skipped; lenient: consume-once matching by name and normalized arguments "
+        "(--reuse lets consumed commands repeat). Unmatched commands get a QMP error saying what "
+        "was expected. Exits when the first client disconnects (unless --keep-serving) with a report.",
+        epilog="Exit status: 0 all matched (strict: and all used), 1 otherwise, 2 could not run.",
+    )
+    p.add_argument("file", help="recording to serve")
+    p.add_argument("--socket", required=True, metavar="PATH", help="QMP socket to create (mode 0600)")
+    p.add_argument("--mode", choices=("strict", "ordered", "lenient"), default="strict")
+    p.add_argument("--reuse", action="store_true", help="lenient: answer consumed commands again")
+    p.add_argument("--rules", metavar="FILE", help="normalization rules (TOML) for argument matching")
+    p.add_argument("--keep-serving", action="store_true", help="serve until SIGINT/SIGTERM, not one client")
+    p.set_defaults(func=cmd_fake)
 
     p = sub.add_parser("bench", help="benchmarks that print ratios against a same-run baseline")
     bench = p.add_subparsers(dest="bench", metavar="BENCH", required=True)

@@ -1,0 +1,352 @@
+"""A fake QEMU that serves a recording (or a script built in code).
+
+It greets with the recorded greeting, negotiates like QEMU (through the same
+:class:`~qmprr.session.ClientSession` the proxy uses), then answers each
+command from the script and sends the recorded events at their recorded
+positions (those QEMU sent before a reply, before it). Matching modes:
+
+``strict``
+    exactly the recorded command sequence (libvirt's qemumonitortest style).
+``ordered``
+    recorded order, but recorded commands may be skipped (reported unused).
+``lenient``
+    consume-once matching by command name and normalized arguments, first
+    unconsumed match in recorded order (VCR style); with ``reuse``, an
+    already consumed command may be answered again (its last reply, no events).
+
+An unmatched command gets a QMP ``GenericError`` that says what was expected
+next or which recorded command comes closest, with the differing fields;
+"already consumed" is told apart from "never recorded". :meth:`FakeQemu.report`
+lists unused exchanges and unmatched commands.
+
+In code::
+
+    fake = (FakeQemu.builder()
+            .expect("query-status").returns({"status": "running", "running": True})
+            .expect("stop").emits("STOP").returns({})
+            .build())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import os
+from typing import Any, Literal
+
+import attrs
+
+from . import wire
+from .recording import ABSENT
+from .replay.normalize import Normalizer
+from .replay.script import DEFAULT_GREETING, Exchange, Script, load_script
+from .server import bind_unix
+from .session import Answer, BeginTx, ClientSession, EndTx, Forward, qmp_error, qmp_return
+
+Mode = Literal["strict", "ordered", "lenient"]
+MODES = ("strict", "ordered", "lenient")
+
+
+@attrs.define
+class Unmatched:
+    """A command the fake could not answer from its script."""
+
+    msg: dict[str, Any]
+    reason: str
+
+
+@attrs.define
+class FakeReport:
+    """What a fake session used of its script."""
+
+    answered: int = 0
+    unused: list[Exchange] = attrs.Factory(list)
+    unmatched: list[Unmatched] = attrs.Factory(list)
+
+    def ok(self, mode: str) -> bool:
+        """Strict mode fails on anything unmatched or unused; others on unmatched only."""
+        return not self.unmatched and (mode != "strict" or not self.unused)
+
+    def lines(self) -> list[str]:
+        out = [f"answered {self.answered} command(s)"]
+        for u in self.unmatched:
+            out.append(f"unmatched: {wire.command_name(u.msg)}: {u.reason}")
+        for e in self.unused:
+            out.append(f"unused: seq {e.seq} {e.command} from {e.src}")
+        return out
+
+
+@attrs.define
+class Response:
+    """What the fake sends for one command, in order."""
+
+    events_before: list[dict[str, Any]]
+    reply: dict[str, Any]
+    events_after: list[dict[str, Any]]
+
+
+class FakeQemu:
+    """Serves a :class:`Script`; see the module docstring."""
+
+    def __init__(
+        self,
+        script: Script,
+        *,
+        mode: Mode = "strict",
+        reuse: bool = False,
+        normalizer: Normalizer | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        self.script = script
+        self.mode = mode
+        self.reuse = reuse
+        self.normalizer = normalizer or Normalizer()
+        self._consumed = [False] * len(script.exchanges)
+        self._next = 0  # strict/ordered: first exchange not yet passed
+        self._answered = 0
+        self._unmatched: list[Unmatched] = []
+        self._connections: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._path: str | None = None
+        self._session_ended: asyncio.Event | None = None
+        self._keys = [self._key(e.command, e.arguments) for e in script.exchanges]
+
+    @classmethod
+    def from_recording(cls, path: str | os.PathLike[str], **kwargs: Any) -> FakeQemu:
+        """A fake serving the recording at *path*."""
+        return cls(load_script(path), **kwargs)
+
+    @classmethod
+    def builder(cls, greeting: dict[str, Any] | None = None) -> ScriptBuilder:
+        """Build a script in code: ``expect(...).returns(...)``, ``.fails(...)``, ``.emits(...)``."""
+        return ScriptBuilder(greeting or DEFAULT_GREETING)
+
+    # -- matching (no I/O) ------------------------------------------------------
+
+    def _key(self, command: str | None, arguments: Any) -> tuple[str | None, str]:
+        from . import codec
+
+        normalized = self.normalizer.arguments(command, arguments)
+        return command, codec.dumps(normalized, sort_keys=True).decode() if normalized else ""
+
+    def respond(self, msg: dict[str, Any]) -> Response:
+        """The events and reply (without id) for one command from a client."""
+        name = wire.command_name(msg)
+        key = self._key(name, msg.get("arguments"))
+        index = self._match(key)
+        if index is not None:
+            self._consumed[index] = True
+            exchange = self.script.exchanges[index]
+            self._answered += 1
+            if exchange.reply is None:
+                reply = qmp_error(f"qmprr fake: the recording has no reply to {name} (seq {exchange.seq}): it was in flight when recording ended")
+            else:
+                reply = exchange.reply
+            return Response(exchange.events_before, reply, exchange.events_after)
+        if self.reuse:
+            for i in range(len(self._keys) - 1, -1, -1):
+                if self._consumed[i] and self._keys[i] == key and self.script.exchanges[i].reply is not None:
+                    self._answered += 1
+                    return Response([], self.script.exchanges[i].reply, [])  # type: ignore[arg-type]
+        reason = self._explain(name, msg.get("arguments"), key)
+        self._unmatched.append(Unmatched(msg, reason))
+        return Response([], qmp_error(f"qmprr fake: {reason}"), [])
+
+    def _match(self, key: tuple[str | None, str]) -> int | None:
+        if self.mode == "strict":
+            if self._next < len(self._keys) and self._keys[self._next] == key:
+                self._next += 1
+                return self._next - 1
+            return None
+        start = self._next if self.mode == "ordered" else 0
+        for i in range(start, len(self._keys)):
+            if not self._consumed[i] and self._keys[i] == key:
+                if self.mode == "ordered":
+                    self._next = i + 1
+                return i
+        return None
+
+    def _explain(self, name: str | None, arguments: Any, key: tuple[str | None, str]) -> str:
+        exchanges = self.script.exchanges
+        if any(c and k == key for c, k in zip(self._consumed, self._keys)):
+            return f"{name} was recorded, but its recorded answers are already consumed (use reuse to repeat)"
+        if self.mode == "strict" and self._next < len(exchanges):
+            expected = exchanges[self._next]
+            if expected.command == name:
+                diff = _differences(expected.arguments, arguments)
+                return f"expected {name} (recorded seq {expected.seq}) with other arguments: {diff}"
+            return f"expected {expected.command} next (recorded seq {expected.seq}), got {name}"
+        same_name = [e for e, c in zip(exchanges, self._consumed) if e.command == name and not c]
+        if same_name:
+            closest = same_name[0]
+            return (
+                f"{name} was recorded (seq {closest.seq}) with other arguments: "
+                f"{_differences(closest.arguments, arguments)}"
+            )
+        if self.mode == "strict":
+            return f"{name} was never recorded here (the recording has no more commands)"
+        names = sorted({e.command for e in exchanges})
+        close = difflib.get_close_matches(name or "", names, n=1)
+        hint = f"; closest recorded command: {close[0]}" if close else ""
+        return f"{name} was never recorded{hint}"
+
+    def report(self) -> FakeReport:
+        """Commands answered, exchanges never used, commands not matched."""
+        unused = [e for e, c in zip(self.script.exchanges, self._consumed) if not c]
+        return FakeReport(self._answered, unused, list(self._unmatched))
+
+    # -- serving ---------------------------------------------------------------
+
+    async def serve_unix(self, path: str) -> None:
+        """Accept clients on a new UNIX socket at *path* (mode 0600)."""
+        sock = bind_unix(path)
+        self._path = path
+        self._server = await asyncio.start_unix_server(self.handle, sock=sock, limit=wire.DEFAULT_MAX_MESSAGE)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._connections):
+            writer.close()
+        if self._path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one client connection until it closes."""
+        session = ClientSession(self.script.greeting)
+        decoder = wire.StreamDecoder()
+        transport = writer.transport
+
+        def send(msg: dict[str, Any]) -> None:
+            transport.write(wire.encode(msg))
+
+        send(self.script.greeting)
+        try:
+            while True:
+                data = await reader.read(256 * 1024)
+                if not data:
+                    break
+                for item in decoder.feed(data):
+                    action = session.handle(item)
+                    if isinstance(action, Answer):
+                        send(action.reply)
+                        if session.negotiated and writer not in self._connections:
+                            self._connections.add(writer)
+                            for event in self.script.initial_events:
+                                self._broadcast(event)
+                    elif isinstance(action, Forward):
+                        response = self.respond(action.msg)
+                        for event in response.events_before:
+                            self._broadcast(event)
+                        reply = dict(response.reply)
+                        if action.client_id is not ABSENT:
+                            reply["id"] = action.client_id
+                        send(reply)
+                        for event in response.events_after:
+                            self._broadcast(event)
+                    elif isinstance(action, (BeginTx, EndTx)):
+                        send(qmp_return(id=action.client_id))
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._connections.discard(writer)
+            writer.close()
+            self._ended_event().set()
+
+    def _ended_event(self) -> asyncio.Event:
+        if self._session_ended is None:
+            self._session_ended = asyncio.Event()
+        return self._session_ended
+
+    async def wait_session_end(self) -> None:
+        """Wait until a client session has ended."""
+        await self._ended_event().wait()
+
+    def _broadcast(self, event: dict[str, Any]) -> None:
+        data = wire.encode(event)
+        for writer in list(self._connections):
+            if not writer.transport.is_closing():
+                writer.transport.write(data)
+
+
+def _differences(recorded: Any, actual: Any, path: str = "arguments") -> str:
+    """Field-level differences between two JSON values, for error messages."""
+    diffs: list[str] = []
+
+    def walk(a: Any, b: Any, where: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                if key not in b:
+                    diffs.append(f"{where}.{key} missing (recorded {a[key]!r})")
+                elif key not in a:
+                    diffs.append(f"{where}.{key} not recorded (got {b[key]!r})")
+                else:
+                    walk(a[key], b[key], f"{where}.{key}")
+        elif a != b:
+            diffs.append(f"{where}: recorded {a!r}, got {b!r}")
+
+    walk(recorded, actual, path)
+    return "; ".join(diffs[:5]) + (f"; and {len(diffs) - 5} more" if len(diffs) > 5 else "") or "none"
+
+
+class ScriptBuilder:
+    """Builds a :class:`Script` in code, in the spirit of libvirt's qemumonitortestutils."""
+
+    def __init__(self, greeting: dict[str, Any]) -> None:
+        self._script = Script(greeting=greeting)
+        self._pending: Exchange | None = None
+
+    def event(self, name: str, data: dict[str, Any] | None = None) -> ScriptBuilder:
+        """An event sent right after negotiation (before any command)."""
+        self._script.initial_events.append(_event(name, data))
+        return self
+
+    def expect(self, command: str, arguments: dict[str, Any] | None = None) -> ScriptBuilder:
+        """The next command the client must send."""
+        self._flush()
+        self._pending = Exchange(command=command, arguments=arguments, seq=len(self._script.exchanges))
+        return self
+
+    def emits(self, name: str, data: dict[str, Any] | None = None, *, after: bool = False) -> ScriptBuilder:
+        """An event the expected command causes (before its reply, or *after* it)."""
+        exchange = self._require()
+        (exchange.events_after if after else exchange.events_before).append(_event(name, data))
+        return self
+
+    def returns(self, value: Any = None) -> ScriptBuilder:
+        """The expected command succeeds with *value* (``{}`` by default)."""
+        self._require().reply = qmp_return(value)
+        return self
+
+    def fails(self, desc: str, cls: str = "GenericError") -> ScriptBuilder:
+        """The expected command fails with a QMP error."""
+        self._require().reply = qmp_error(desc, cls)
+        return self
+
+    def build(self, **kwargs: Any) -> FakeQemu:
+        """The fake (keyword arguments as for :class:`FakeQemu`)."""
+        self._flush()
+        return FakeQemu(self._script, **kwargs)
+
+    def _require(self) -> Exchange:
+        if self._pending is None:
+            raise ValueError("call expect(...) first")
+        return self._pending
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            if self._pending.reply is None:
+                self._pending.reply = qmp_return()
+            self._script.exchanges.append(self._pending)
+            self._pending = None
+
+
+def _event(name: str, data: dict[str, Any] | None) -> dict[str, Any]:
+    msg: dict[str, Any] = {"event": name, "timestamp": {"seconds": 0, "microseconds": 0}}
+    if data is not None:
+        msg["data"] = data
+    return msg

@@ -1,0 +1,1 @@
+"""Replay: recordings as scripts, normalization, safety, the engine and its targets."""

@@ -1,0 +1,264 @@
+"""The replay engine: send a recording's commands again and compare.
+
+Commands go out in recorded order (all sources, as the channel serialized
+them) through a :class:`~qmprr.channel.Channel` to the target, so the replay
+is itself recorded. Each reply is compared with the recorded one after
+normalization: same kind (return/error), same error class, equal data. Then
+the events the recording shows between this command and the next are
+awaited (up to ``event_timeout``) and compared as a multiset within that
+window, so timing differences are not divergences; rate-limited events QEMU
+may coalesce only need to appear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import attrs
+
+from ..channel import Channel, ChannelError
+from .normalize import Normalizer
+from .safety import PathMap, fill_secrets, refusal
+from .script import Exchange, Script
+
+#: Events QEMU rate-limits (coalesces): only their presence is compared.
+RATE_LIMITED_EVENTS = frozenset(
+    {"RTC_CHANGE", "BALLOON_CHANGE", "WATCHDOG", "ACPI_DEVICE_OST", "QUORUM_FAILURE",
+     "QUORUM_REPORT_BAD", "VSERPORT_CHANGE", "MEMORY_DEVICE_SIZE_CHANGE", "MEMORY_FAILURE"}
+)
+
+Status = Literal["matched", "diverged", "skipped", "refused", "interrupted"]
+
+
+@attrs.define
+class Difference:
+    """One way a step differed: ``what`` (reply, error-class, missing-event, extra-event), where, values."""
+
+    what: str
+    path: str
+    recorded: Any
+    actual: Any
+
+    def __str__(self) -> str:
+        return f"{self.what} {self.path}: recorded {_short(self.recorded)}, got {_short(self.actual)}"
+
+
+@attrs.define
+class Step:
+    """What happened to one recorded exchange."""
+
+    index: int
+    seq: int
+    command: str
+    src: str
+    status: Status
+    reason: str | None = None
+    differences: list[Difference] = attrs.Factory(list)
+    recorded_reply: dict[str, Any] | None = None
+    actual_reply: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+
+@attrs.define
+class ReplayOptions:
+    """How to replay (see ``qmprr replay --help``)."""
+
+    keep_going: bool = False
+    until: int | None = None
+    only_src: tuple[str, ...] = ()
+    pace: float | None = None  # None: as fast as possible; 1.0: recorded timing; 2.0: twice as fast
+    real_target: bool = True
+    allow_unsafe: bool = False
+    path_map: PathMap = attrs.Factory(PathMap)
+    secrets: dict[str, str] = attrs.Factory(dict)
+    normalizer: Normalizer = attrs.Factory(Normalizer)
+    event_timeout: float = 3.0
+    command_timeout: float = 60.0
+
+
+@attrs.define
+class ReplayReport:
+    """Every step, and the verdict."""
+
+    recording: str
+    target: str
+    steps: list[Step] = attrs.Factory(list)
+    warnings: list[str] = attrs.Factory(list)
+    error: str | None = None
+
+    def count(self, status: str) -> int:
+        return sum(1 for s in self.steps if s.status == status)
+
+    @property
+    def first_divergence(self) -> Step | None:
+        return next((s for s in self.steps if s.status in ("diverged", "refused", "interrupted")), None)
+
+    @property
+    def reproduced(self) -> bool:
+        return self.error is None and self.first_divergence is None
+
+
+async def replay(
+    script: Script,
+    channel: Channel,
+    options: ReplayOptions,
+    report: ReplayReport,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReplayReport:
+    """Replay *script* through *channel*, filling and returning *report*."""
+    events = channel.subscribe("replay", maxsize=100_000)
+    norm = options.normalizer
+    exchanges = script.exchanges
+    start = time.monotonic()
+    first_t = exchanges[0].t if exchanges else 0.0
+    try:
+        for index, ex in enumerate(exchanges):
+            if options.until is not None and ex.seq > options.until:
+                break
+            if progress is not None:
+                progress(index, len(exchanges))
+            if options.only_src and ex.src not in options.only_src:
+                report.steps.append(Step(index, ex.seq, ex.command, ex.src, "skipped", "source not selected"))
+                continue
+            if options.pace:
+                delay = (ex.t - first_t) / options.pace - (time.monotonic() - start)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            step = await _run_step(index, ex, channel, events, options, norm)
+            report.steps.append(step)
+            if step.status == "interrupted":
+                break
+            if step.status in ("diverged", "refused") and not options.keep_going:
+                break
+    finally:
+        events.close()
+    return report
+
+
+async def _run_step(
+    index: int, ex: Exchange, channel: Channel, events: Any, options: ReplayOptions, norm: Normalizer
+) -> Step:
+    step = Step(index, ex.seq, ex.command, ex.src, "matched", recorded_reply=ex.reply)
+    arguments = options.path_map.rewrite(ex.arguments) if options.path_map.pairs else ex.arguments
+    if options.real_target:
+        refused = refusal(
+            ex.command,
+            arguments,
+            allow_unsafe=options.allow_unsafe,
+            roots=options.path_map.allowed_roots(),
+            secrets=options.secrets,
+        )
+        if refused is not None:
+            kind, reason = refused
+            step.status, step.reason = ("refused", reason) if kind == "unsafe" else ("skipped", reason)
+            return step
+    arguments = fill_secrets(ex.command, arguments, options.secrets) if options.secrets else arguments
+    msg: dict[str, Any] = {"execute": ex.command}
+    if arguments is not None:
+        msg["arguments"] = arguments
+    started = time.monotonic()
+    try:
+        actual = await asyncio.wait_for(
+            channel.execute(msg, src=ex.src, role=ex.role if ex.role != "internal" else "internal"),
+            options.command_timeout,
+        )
+    except (ChannelError, TimeoutError) as exc:
+        step.status, step.reason = "interrupted", str(exc) or "no reply in time"
+        return step
+    step.seconds = time.monotonic() - started
+    step.actual_reply = actual
+    if ex.reply is not None:
+        step.differences += _compare_replies(ex.command, ex.reply, actual, norm)
+    step.differences += await _compare_events(ex.events_before + ex.events_after, events, options, norm)
+    if step.differences:
+        step.status = "diverged"
+    return step
+
+
+def _compare_replies(command: str, recorded: dict[str, Any], actual: dict[str, Any], norm: Normalizer) -> list[Difference]:
+    r_kind, r_value = norm.reply(command, recorded)
+    a_kind, a_value = norm.reply(command, actual)
+    if r_kind != a_kind:
+        return [Difference("reply", "", recorded.get(r_kind), actual.get(a_kind))]
+    if r_kind == "error":
+        return [] if r_value == a_value else [Difference("error-class", "error.class", r_value, a_value)]
+    return [Difference("reply", path, r, a) for path, r, a in field_differences(r_value, a_value, "return")]
+
+
+async def _compare_events(
+    expected_msgs: list[dict[str, Any]], events: Any, options: ReplayOptions, norm: Normalizer
+) -> list[Difference]:
+    expected = collections.Counter(_event_key(norm, m) for m in expected_msgs)
+    seen: collections.Counter[tuple[str, str]] = collections.Counter()
+    extras: list[tuple[str, str]] = []
+    deadline = time.monotonic() + options.event_timeout
+
+    def missing() -> bool:
+        return any(
+            seen[k] < (1 if k[0] in RATE_LIMITED_EVENTS else n) for k, n in expected.items()
+        )
+
+    queue = events.queue
+    while True:
+        timeout = deadline - time.monotonic() if missing() else 0.0
+        try:
+            msg = await asyncio.wait_for(queue.get(), timeout) if timeout > 0 else queue.get_nowait()
+        except (TimeoutError, asyncio.QueueEmpty):
+            break
+        if msg is None:
+            break
+        key = _event_key(norm, msg)
+        if seen[key] < expected.get(key, 0) or (key[0] in RATE_LIMITED_EVENTS and key in expected):
+            seen[key] += 1
+        else:
+            extras.append(key)
+    diffs = []
+    for key, n in expected.items():
+        need = 1 if key[0] in RATE_LIMITED_EVENTS else n
+        if seen[key] < need:
+            diffs.append(Difference("missing-event", key[0], f"{n} x {key[1]}", f"{seen[key]} seen"))
+    for key in extras:
+        diffs.append(Difference("extra-event", key[0], None, key[1]))
+    return diffs
+
+
+def _event_key(norm: Normalizer, msg: dict[str, Any]) -> tuple[str, str]:
+    from .. import codec
+
+    name, data = norm.event(msg)
+    return name, codec.dumps(data, sort_keys=True).decode() if data is not None else "{}"
+
+
+def field_differences(recorded: Any, actual: Any, path: str) -> list[tuple[str, Any, Any]]:
+    """``(path, recorded, actual)`` for every leaf that differs (lists compared by position)."""
+    out: list[tuple[str, Any, Any]] = []
+
+    def walk(a: Any, b: Any, where: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in list(a) + [k for k in b if k not in a]:
+                walk(a.get(key, _MISSING), b.get(key, _MISSING), f"{where}.{key}")
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{where}[{i}]")
+        elif a != b:
+            out.append((where, a, b))
+
+    walk(recorded, actual, path)
+    return out
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+_MISSING: Any = _Missing()
+
+
+def _short(value: Any, width: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,205 @@
+"""Normalization: what may differ between two runs of the same session.
+
+A :class:`Rule` names a field by path and says what to do with it: ``ignore``
+it (drop it before comparing) or replace values matching a ``pattern`` by a
+placeholder. Paths are dotted keys; ``*`` matches one key or list index,
+``**`` any number of levels (``**.thread-id``). A rule applies to every
+message, or only to replies of commands matching ``command`` (a glob), or to
+events matching ``event``. Paths start at the message's payload: ``return``
+(or ``error``) for replies, ``data`` for events, ``arguments`` for commands.
+
+Built-in rules cover QEMU's run-to-run noise: event timestamps, thread ids,
+auto-generated node names (``#block123``), socket and temporary paths, job
+progress counters. ``version.package`` differing is reported as a warning,
+not a divergence (see :func:`package_warning`).
+
+User rules come from a TOML file (``--rules FILE``)::
+
+    [[rule]]
+    path = "**.filename"          # ignore every 'filename' field
+    action = "ignore"
+
+    [[rule]]
+    command = "query-block"
+    path = "*.inserted.file"
+    action = "pattern"
+    pattern = "^/srv/images/"     # this part of a value may differ
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import re
+import tomllib
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import attrs
+
+from ..errors import QmprrError
+
+PLACEHOLDER = "<normalized>"
+
+
+class RulesError(QmprrError):
+    """A rules file cannot be read or has an invalid rule."""
+
+
+@attrs.frozen
+class Rule:
+    """One normalization rule (see the module docstring)."""
+
+    path: str
+    action: Literal["ignore", "pattern"] = "ignore"
+    pattern: str | None = None
+    command: str | None = None
+    event: str | None = None
+    _parts: tuple[str, ...] = attrs.field(init=False, repr=False, eq=False)
+    _regex: re.Pattern[str] | None = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_parts", tuple(self.path.split(".")) if self.path else ())
+        regex = re.compile(self.pattern) if self.pattern is not None else None
+        object.__setattr__(self, "_regex", regex)
+
+    def applies(self, command: str | None, event: str | None) -> bool:
+        if self.command is not None and (command is None or not fnmatch.fnmatchcase(command, self.command)):
+            return False
+        if self.event is not None and (event is None or not fnmatch.fnmatchcase(event, self.event)):
+            return False
+        return True
+
+    def apply(self, value: Any) -> Any:
+        """*value* (a payload, changed in place where possible) with this rule applied."""
+        return _apply(value, self._parts, self)
+
+    def _transform(self, value: Any) -> Any:
+        if self._regex is None:
+            return PLACEHOLDER
+        if isinstance(value, str):
+            return self._regex.sub(PLACEHOLDER, value)
+        return value
+
+
+_DROP = object()
+
+
+def _apply(node: Any, parts: tuple[str, ...], rule: Rule) -> Any:
+    if not parts:
+        return _DROP if rule.action == "ignore" and rule._regex is None else rule._transform(node)
+    head, rest = parts[0], parts[1:]
+    if head == "**":
+        node = _apply(node, rest, rule)  # zero levels
+        if node is _DROP:
+            return node
+        children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, child in list(children):
+            _set(node, key, _apply(child, parts, rule))
+        return node
+    if isinstance(node, dict):
+        keys = [k for k in node if head == "*" or fnmatch.fnmatchcase(k, head)]
+    elif isinstance(node, list):
+        keys = list(range(len(node))) if head in ("*", "[]") else ([int(head)] if head.isdigit() and int(head) < len(node) else [])
+    else:
+        return node
+    for key in keys:
+        _set(node, key, _apply(node[key], rest, rule))
+    return node
+
+
+def _set(node: Any, key: Any, value: Any) -> None:
+    if value is _DROP:
+        if isinstance(node, dict):
+            node.pop(key, None)
+        else:
+            node[key] = PLACEHOLDER  # keep list positions
+    else:
+        node[key] = value
+
+
+_TMP_PATH = r"(?:unix:|file:)?(?:/tmp|/var/tmp|/run|/dev/shm)/[^,\s\"']*"
+
+BUILTIN_RULES: tuple[Rule, ...] = (
+    Rule("**.thread-id"),
+    Rule("**", action="pattern", pattern=r"#block\d+"),
+    Rule("**", action="pattern", pattern=_TMP_PATH),
+    Rule("**.offset", command="query-*jobs"),
+    Rule("**.len", command="query-*jobs"),
+    Rule("**.current-progress", command="query-jobs"),
+    Rule("**.total-progress", command="query-jobs"),
+    Rule("**.busy", command="query-*jobs"),
+    Rule("offset", event="BLOCK_JOB_*"),
+    Rule("len", event="BLOCK_JOB_*"),
+    Rule("**.package", command="query-version"),
+)
+
+
+@attrs.frozen
+class Normalizer:
+    """Applies built-in and user rules to replies, events and command arguments."""
+
+    rules: tuple[Rule, ...] = BUILTIN_RULES
+
+    def with_rules(self, rules: Iterable[Rule]) -> Normalizer:
+        return Normalizer(self.rules + tuple(rules))
+
+    def _run(self, payload: Any, command: str | None, event: str | None) -> Any:
+        rules = [r for r in self.rules if r.applies(command, event)]
+        if not rules:
+            return payload
+        payload = copy.deepcopy(payload)
+        for rule in rules:
+            payload = rule.apply(payload)
+            if payload is _DROP:
+                return PLACEHOLDER
+        return payload
+
+    def reply(self, command: str | None, msg: dict[str, Any]) -> tuple[str, Any]:
+        """``("return", payload)`` or ``("error", class)``: what replay compares."""
+        if "error" in msg:
+            err = msg["error"]
+            return "error", err.get("class") if isinstance(err, dict) else err
+        return "return", self._run(msg.get("return"), command, None)
+
+    def event(self, msg: dict[str, Any]) -> tuple[str, Any]:
+        """``(name, data)`` of an event, without its timestamp, normalized."""
+        name = str(msg.get("event"))
+        return name, self._run(msg.get("data"), None, name)
+
+    def arguments(self, command: str | None, arguments: Any) -> Any:
+        """Command arguments as matching compares them (paths, node names)."""
+        return self._run(arguments, command, None) if arguments else arguments
+
+
+def load_rules(path: str) -> list[Rule]:
+    """Read ``[[rule]]`` tables from a TOML file."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise RulesError(f"{path}: cannot read rules: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RulesError(f"{path}: invalid TOML: {exc}") from None
+    rules = []
+    for i, table in enumerate(data.get("rule", []), 1):
+        unknown = set(table) - {"path", "action", "pattern", "command", "event"}
+        if unknown or "path" not in table:
+            raise RulesError(f"{path}: rule {i}: needs 'path'; unknown keys {sorted(unknown)}")
+        action = table.get("action", "pattern" if "pattern" in table else "ignore")
+        if action not in ("ignore", "pattern") or (action == "pattern") != ("pattern" in table):
+            raise RulesError(f"{path}: rule {i}: action must be 'ignore', or 'pattern' with a pattern")
+        try:
+            rules.append(Rule(**{k: v for k, v in table.items() if k != "action"}, action=action))
+        except re.error as exc:
+            raise RulesError(f"{path}: rule {i}: invalid pattern: {exc}") from None
+    return rules
+
+
+def package_warning(recorded: dict[str, Any] | None, actual: dict[str, Any] | None) -> str | None:
+    """A warning when two QEMU version objects differ only in ``package`` (the build)."""
+    if not recorded or not actual:
+        return None
+    if recorded.get("qemu") == actual.get("qemu") and recorded.get("package") != actual.get("package"):
+        return f"QEMU build differs: recorded {recorded.get('package')!r}, now {actual.get('package')!r}"
+    return None

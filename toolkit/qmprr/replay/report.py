@@ -1,0 +1,75 @@
+"""Replay reports: a summary for people, and a JSON file with every step."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TextIO
+
+import attrs
+
+from .engine import ReplayReport, Step
+
+CONTEXT_STEPS = 3
+
+
+def summary(report: ReplayReport, out: TextIO) -> None:
+    """Counts, warnings, and the first divergence with its differences and context."""
+    n = len(report.steps)
+    print(
+        f"replayed {report.recording} against {report.target}: {n} step(s), "
+        f"{report.count('matched')} matched, {report.count('diverged')} diverged, "
+        f"{report.count('skipped')} skipped, {report.count('refused')} refused, "
+        f"{report.count('interrupted')} interrupted",
+        file=out,
+    )
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=out)
+    for step in report.steps:
+        if step.status == "skipped":
+            print(f"skipped: seq {step.seq} {step.command} ({step.src}): {step.reason}", file=out)
+    first = report.first_divergence
+    if report.error:
+        print(f"could not replay: {report.error}", file=out)
+    elif first is None:
+        print("reproduced: no divergence", file=out)
+        return
+    if first is None:
+        return
+    print(f"\nfirst divergence at step {first.index + 1}, recorded seq {first.seq}: {first.command} from {first.src}", file=out)
+    if first.reason:
+        print(f"  {first.status}: {first.reason}", file=out)
+    for diff in first.differences:
+        print(f"  {diff}", file=out)
+    print("context:", file=out)
+    at = report.steps.index(first)
+    for step in report.steps[max(0, at - CONTEXT_STEPS) : at + 1]:
+        mark = ">>" if step is first else "  "
+        print(f"  {mark} seq {step.seq:>6} {step.src:<12} {step.command:<28} {step.status}", file=out)
+    later = [s for s in report.steps[at + 1 :] if s.status in ("diverged", "refused")]
+    if later:
+        print(f"(and {len(later)} more divergent step(s); see --report)", file=out)
+
+
+def to_json(report: ReplayReport) -> dict[str, Any]:
+    """The whole report as a JSON-ready dict."""
+    return {
+        "recording": report.recording,
+        "target": report.target,
+        "reproduced": report.reproduced,
+        "error": report.error,
+        "warnings": report.warnings,
+        "counts": {k: report.count(k) for k in ("matched", "diverged", "skipped", "refused", "interrupted")},
+        "steps": [_step(s) for s in report.steps],
+    }
+
+
+def _step(step: Step) -> dict[str, Any]:
+    d = attrs.asdict(step, recurse=True)
+    d["differences"] = [{**attrs.asdict(x), "text": str(x)} for x in step.differences]
+    return d
+
+
+def write_json(report: ReplayReport, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(to_json(report), f, indent=2, default=repr)
+        f.write("\n")

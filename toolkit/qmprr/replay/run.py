@@ -1,0 +1,84 @@
+"""``qmprr replay``: choose the target, replay, report."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from typing import Any
+
+import attrs
+
+from ..errors import QmprrError
+from .engine import ReplayOptions, ReplayReport, replay
+from .normalize import package_warning
+from .report import summary, write_json
+from .script import load_script
+from .targets import TargetError, fake_target, log_factory, qemu_argv, qemu_target, socket_target
+
+
+@attrs.define
+class RunOptions:
+    """Everything ``qmprr replay`` takes beyond the engine's options."""
+
+    target: str = "qemu"  # qemu | fake | socket:PATH
+    qemu: str | None = None
+    argv_file: str | None = None
+    workdir: str | None = None
+    record: str | None = None
+    report: str | None = None
+    progress: bool = False
+
+
+async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> ReplayReport:
+    """Replay the recording at *path*; print the summary; return the report."""
+    script = load_script(path)
+    if not script.exchanges:
+        raise QmprrError(f"{path}: the recording has no commands to replay")
+    with contextlib.ExitStack() as stack:
+        record = run.record
+        if record is None:
+            record = os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), "replay.jsonl")
+        elif os.path.exists(record):
+            raise QmprrError(f"{record}: file exists; recordings are never overwritten")
+        make_log = log_factory(record, None, {"replay-of": os.path.basename(path)})
+        report = ReplayReport(recording=path, target=run.target)
+        if run.target == "fake":
+            options.real_target = False
+            target = fake_target(script, make_log)
+        elif run.target == "qemu":
+            argv = qemu_argv(script, qemu=run.qemu, argv_file=run.argv_file, path_map=options.path_map)
+            make_log = log_factory(record, argv, {"replay-of": os.path.basename(path)})
+            target = qemu_target(argv, make_log, run.workdir)
+        elif run.target.startswith("socket:"):
+            target = socket_target(run.target[len("socket:") :], make_log)
+        else:
+            raise TargetError(f"unknown target {run.target!r}: use qemu, fake or socket:PATH")
+        async with target as channel:
+            warning = package_warning(
+                script.greeting.get("QMP", {}).get("version"), channel.greeting.get("QMP", {}).get("version")
+            )
+            if warning:
+                report.warnings.append(warning)
+            with _progress(run.progress, len(script.exchanges)) as tick:
+                await replay(script, channel, options, report, tick)
+        if run.record:
+            report.warnings.append(f"the replay was recorded to {run.record}")
+    summary(report, sys.stdout)
+    if run.report:
+        write_json(report, run.report)
+    return report
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int) -> Any:
+    """A progress bar on a terminal for long replays (rich), else nothing."""
+    if not enabled or total < 50:
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("replaying", total=total)
+        yield lambda done, _total: bar.update(task, completed=done)

@@ -1,0 +1,124 @@
+"""Where a replay goes: a QEMU we start, a QEMU someone started, or the fake.
+
+Each target yields an open :class:`~qmprr.channel.Channel` whose log is the
+replay's own recording (``--record OUT``, or a temporary file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from ..channel import Channel
+from ..errors import QmprrError
+from ..fake import FakeQemu
+from ..launch import LaunchError, start_qemu
+from ..recording import RecordWriter, new_header
+from .safety import PathMap
+from .script import Script
+
+
+class TargetError(QmprrError):
+    """The replay target cannot be started or reached."""
+
+
+LogFactory = Callable[[dict[str, Any]], RecordWriter]
+
+
+def log_factory(path: str, argv: list[str] | None, labels: dict[str, str]) -> LogFactory:
+    def make(greeting: dict[str, Any]) -> RecordWriter:
+        version = greeting.get("QMP", {}).get("version")
+        header = new_header(qemu_version=version if isinstance(version, dict) else None, qemu_argv=argv, labels=labels)
+        return RecordWriter.create(path, header)
+
+    return make
+
+
+def qemu_argv(script: Script, *, qemu: str | None, argv_file: str | None, path_map: PathMap) -> list[str]:
+    """The QEMU command line to replay with: recorded, from a file, binary overridden, paths mapped."""
+    if argv_file is not None:
+        try:
+            with open(argv_file) as f:
+                text = f.read()
+        except OSError as exc:
+            raise TargetError(f"{argv_file}: cannot read: {exc.strerror}") from None
+        argv = [line for line in text.splitlines() if line.strip()]
+    elif script.header is not None and script.header.qemu_argv:
+        argv = list(script.header.qemu_argv)
+    else:
+        raise TargetError(
+            "the recording has no QEMU command line (made with 'qmprr proxy'?):"
+            " give one with --argv-file, or replay into a running QEMU with --target socket:PATH"
+        )
+    if qemu is not None:
+        argv[0] = qemu
+    if shutil.which(argv[0]) is None:
+        raise TargetError(f"QEMU binary {argv[0]!r} not found: install qemu-system-x86 or use --qemu BINARY")
+    return [path_map.rewrite(a) for a in argv] if path_map.pairs else argv
+
+
+@contextlib.asynccontextmanager
+async def qemu_target(argv: list[str], make_log: LogFactory, workdir: str | None) -> AsyncIterator[Channel]:
+    """Start QEMU from *argv* (in *workdir*) with a private monitor; yield the channel."""
+    old = os.getcwd()
+    if workdir:
+        os.chdir(workdir)
+    try:
+        qemu = await start_qemu(argv)
+    finally:
+        os.chdir(old)
+    try:
+        reader, writer = await asyncio.open_unix_connection(sock=qemu.monitor)
+        try:
+            channel = await Channel.open(reader, writer, make_log)
+        except QmprrError:
+            with contextlib.suppress(ProcessLookupError):
+                qemu.process.kill()
+            await qemu.wait()
+            raise qemu.startup_failure() from None
+        try:
+            yield channel
+        finally:
+            await channel.close()
+            channel.log.close()
+    finally:
+        if qemu.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                qemu.process.kill()
+        with contextlib.suppress(LaunchError):
+            await qemu.wait()
+
+
+@contextlib.asynccontextmanager
+async def socket_target(path: str, make_log: LogFactory) -> AsyncIterator[Channel]:
+    """A QEMU someone else started, listening on QMP socket *path*."""
+    channel = await Channel.open_unix(path, make_log)
+    try:
+        yield channel
+    finally:
+        await channel.close()
+        channel.log.close()
+
+
+@contextlib.asynccontextmanager
+async def fake_target(script: Script, make_log: LogFactory) -> AsyncIterator[Channel]:
+    """The fake QEMU serving *script* in strict mode, in process, over a socketpair."""
+    fake = FakeQemu(script, mode="strict")
+    ours, theirs = socket.socketpair()
+    fake_reader, fake_writer = await asyncio.open_unix_connection(sock=theirs)
+    serving = asyncio.create_task(fake.handle(fake_reader, fake_writer))
+    reader, writer = await asyncio.open_unix_connection(sock=ours)
+    channel = await Channel.open(reader, writer, make_log)
+    try:
+        yield channel
+    finally:
+        await channel.close()
+        channel.log.close()
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
