@@ -1,4 +1,4 @@
-"""The qmprr demo (``make demo``): record a short QMP session with a real QEMU, then show it.
+"""The qmprr demo (``make demo``): record a QMP session with a real QEMU, show it, replay it.
 
 What it does, with a heading for each step:
 
@@ -12,7 +12,9 @@ What it does, with a heading for each step:
    ``dump-guest-memory`` to a file, ``cont`` -- while an injected
    ``query-status`` arrives and waits until the transaction ends;
 5. stops qmprr with SIGTERM: it quits QEMU cleanly and closes the recording;
-6. prints ``qmprr verify`` and ``qmprr show`` of the recording.
+6. prints ``qmprr verify`` and ``qmprr show`` of the recording;
+7. replays it with ``qmprr replay``: against a fresh QEMU started from the
+   recorded command line, then against the fake QEMU serving the recording.
 
 Run it from the repository root (needs qemu-system-x86_64)::
 
@@ -190,7 +192,16 @@ def main() -> int:
     print(f"\n$ qmprr show {shown(RECORD)}")
     subprocess.run([*QMPRR, "show", shown(RECORD)])
     print(f"\nThe recording is in {shown(RECORD)}")
-    return 0 if status == 0 and verified == 0 else 1
+
+    heading("7. Replay it: against a fresh real QEMU (from the recorded argv), then the fake")
+    replayed = []
+    with tempfile.TemporaryDirectory(prefix="qmprr-replay-") as workdir:
+        for target in (["--target", "qemu", "--workdir", workdir], ["--target", "fake"]):
+            cmd = [*QMPRR, "replay", shown(RECORD), *target]
+            print("$ " + command_line(cmd).replace(workdir, "$TMP"))
+            replayed.append(subprocess.run(cmd, stdin=subprocess.DEVNULL).returncode)
+            print()
+    return 0 if status == 0 and verified == 0 and replayed == [0, 0] else 1
 
 
 if __name__ == "__main__":
