@@ -95,6 +95,7 @@ class Transaction:
     channel: Channel
     last_activity: float = attrs.field(factory=time.monotonic)
     busy: int = 0
+    pending_abort: str | None = None  # abort asked while a command of it was in flight
     task: asyncio.Task[Any] | None = None  # the task whose commands join it implicitly
     ended: bool = False
     abort_reason: str | None = None
@@ -296,7 +297,7 @@ class Channel:
         else:
             gate = self._lock
         async with gate:
-            if tx is not None and tx is not self._tx:
+            if tx is not None and (tx is not self._tx or tx.pending_abort is not None):
                 self._raise_if_closed()
                 raise TransactionAborted(f"transaction {tx.id} ({tx.label!r}) was aborted: {tx.abort_reason}")
             if tx is not None:
@@ -307,6 +308,8 @@ class Channel:
                 if tx is not None:
                     tx.busy -= 1
                     tx.last_activity = time.monotonic()
+                    if tx.pending_abort is not None and tx.busy == 0:
+                        self._release(tx, "abort", tx.pending_abort)
         out = {k: v for k, v in reply.items() if k != "id"}
         if client_id is not ABSENT:
             out["id"] = client_id
@@ -424,6 +427,11 @@ class Channel:
 
     def _release(self, tx: Transaction, action: str, reason: str | None) -> None:
         if tx is not self._tx:
+            return
+        if action == "abort" and tx.busy:
+            # Its command is on the wire: the channel is released when the reply
+            # is in, so two commands are never in flight at once.
+            tx.pending_abort = reason
             return
         self._tx = None
         tx.ended = True

@@ -1,9 +1,11 @@
 """One readable line per record: ``qmprr show``.
 
-Columns: time offset, seq, who (client or ``qemu``), direction, command or
-event name, a short summary, and latency on replies. Replies are matched to
-their command as the stream goes, so memory holds only commands still
-awaiting a reply.
+Columns: time offset, seq, who (client or ``qemu``), a ``|`` gutter while a
+transaction holds the channel, direction, command or event name, a short
+summary, and latency on replies. Replies are matched to their command as the
+stream goes (by the formatter itself, or by a caller's
+:class:`~qmprr.analysis.context.Tracker`), so memory holds only commands
+still awaiting a reply.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import attrs
 
 from .. import codec
+from .context import CommandInfo
 from ..recording.model import (
     Client,
     Close,
@@ -59,20 +62,14 @@ def summarize(value: Any, width: int = SUMMARY_WIDTH) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-@attrs.define
-class _Pending:
-    name: str
-    t: float
-    src: str
-
-
 class ShowFormatter:
     """Turns records into lines; feed them in order with :meth:`lines`."""
 
     def __init__(self, *, color: bool = False, width: int = SUMMARY_WIDTH) -> None:
         self.color = color
         self.width = width
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, CommandInfo] = {}
+        self._open_tx: int | None = None
 
     def _paint(self, style: str, text: str) -> str:
         return f"{STYLES[style]}{text}{_RESET}" if self.color else text
@@ -81,18 +78,32 @@ class ShowFormatter:
         for record in records:
             yield self.line(record)
 
-    def line(self, r: Record) -> str:
-        """The line for one record (control characters escaped: input is untrusted)."""
-        who, arrow, text, style = self._describe(r)
+    def line(self, r: Record, *, command: CommandInfo | None = None, in_tx: bool | None = None) -> str:
+        """The line for one record (control characters escaped: input is untrusted).
+
+        A caller that tracks the stream itself passes the *command* a reply
+        answers and whether a transaction holds the channel (*in_tx*);
+        otherwise the formatter works both out from the records it is given.
+        """
+        if in_tx is None:
+            in_tx = self._track_tx(r)
+        who, arrow, text, style = self._describe(r, command)
         who, text = _escape_controls(who), _escape_controls(text)
-        head = f"{r.t:+12.6f} {r.seq:>6} {who:<14.14} {arrow:2}"
+        gutter = "|" if in_tx and not isinstance(r, Tx) else " "
+        head = f"{r.t:+12.6f} {r.seq:>6} {who:<14.14} {gutter}{arrow:2}"
         return f"{head} {self._paint(style, text)}"
 
-    def _describe(self, r: Record) -> tuple[str, str, str, str]:
+    def _track_tx(self, r: Record) -> bool:
+        if isinstance(r, Tx):
+            self._open_tx = r.tx if r.action == "begin" else None
+        return self._open_tx is not None
+
+    def _describe(self, r: Record, command: CommandInfo | None) -> tuple[str, str, str, str]:
         w = self.width
         if isinstance(r, Command):
             name = r.msg.get("execute", r.msg.get("exec-oob", "?"))
-            self._pending[r.seq] = _Pending(str(name), r.t, r.src)
+            if command is None:
+                self._pending[r.seq] = CommandInfo(r.seq, r.t, str(name), r.src, r.role, r.tx, r.msg)
             tags = ""
             if r.role == "debug":
                 tags += " [debug]"
@@ -102,7 +113,7 @@ class ShowFormatter:
             text = f"{name}{tags}" + (f" {summarize(args, w)}" if args else "")
             return r.src, "->", text, "debug" if r.role == "debug" else "command"
         if isinstance(r, Reply):
-            cmd = self._pending.pop(r.cmd, None)
+            cmd = command or self._pending.pop(r.cmd, None)
             name = cmd.name if cmd else f"(seq {r.cmd})"
             who = cmd.src if cmd else "?"
             latency = f"  {1000 * (r.t - cmd.t):.3f} ms" if cmd else ""

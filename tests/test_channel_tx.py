@@ -1,0 +1,55 @@
+"""A transaction aborted while its command is on the wire never lets a second command out."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+
+from qmprr.channel import Channel, TransactionAborted
+from qmprr.recording import Command, RecordingReader, RecordWriter, Reply, Tx, verify
+
+import support
+
+
+async def test_abort_during_in_flight_command_waits_for_its_reply(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    log = tmp_path / "rec.jsonl"
+    with support.qemu_with_qmp(tmp_path) as (_qemu, sock):
+        channel = await Channel.open_unix(sock, lambda g: RecordWriter.create(log))
+        tx = await channel.begin_transaction("dump", owner="owner")
+        # pmemsave blocks QEMU opening the FIFO until someone reads it.
+        stuck = asyncio.create_task(
+            tx.execute({"execute": "pmemsave", "arguments": {"val": 0, "size": 16, "filename": str(fifo)}}, src="owner")
+        )
+        await asyncio.sleep(0.3)
+        channel.abort_transactions_of("owner", "its owner disconnected")
+        other = asyncio.create_task(channel.execute({"execute": "query-status"}, src="other"))
+        second_in_tx = asyncio.create_task(tx.execute({"execute": "query-name"}, src="owner"))
+        await asyncio.sleep(0.3)
+        assert not other.done() and not stuck.done()
+        sent = [r for r in RecordingReader(log) if isinstance(r, Command)]
+        assert [r.src for r in sent][-1] == "owner", "a command went out while another was in flight"
+        drained = threading.Thread(target=lambda: open(fifo, "rb").read())
+        drained.start()
+        assert (await asyncio.wait_for(stuck, 5)) == {"return": {}}
+        assert (await asyncio.wait_for(other, 5))["return"]["status"] == "running"
+        try:
+            await second_in_tx
+        except TransactionAborted:
+            pass
+        else:
+            raise AssertionError("a command of the aborted transaction was sent")
+        drained.join(5)
+        await channel.close()
+        channel.log.close()
+    records = list(RecordingReader(log))
+    kinds = [(type(r).__name__, getattr(r, "src", getattr(r, "action", None))) for r in records
+             if isinstance(r, (Command, Reply, Tx))]
+    pmem = next(i for i, k in enumerate(kinds) if k == ("Command", "owner") and i > 2)
+    assert kinds[pmem + 1][0] == "Reply"
+    assert kinds[pmem + 2] == ("Tx", "abort")
+    assert kinds[pmem + 3] == ("Command", "other")
+    assert verify(log).ok
