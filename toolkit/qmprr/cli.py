@@ -121,8 +121,18 @@ def cmd_launch(args: argparse.Namespace) -> int:
     argv = list(args.qemu_argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
+    if args.domain is not None:
+        if argv:
+            raise UsageError("give either --domain XML or a QEMU command line after '--', not both")
+        from .domain import build_launch
+
+        spec = build_launch(args.domain, ignore_unsupported=args.ignore_unsupported)
+        for warning in spec.warnings:
+            print(f"qmprr: warning: {warning}", file=sys.stderr)
+        options = _service_options(args)
+        return _run_async(run_launch(spec.argv, options, env=spec.env, domain_xml=spec.xml))
     if not argv:
-        raise UsageError("give the QEMU command line after '--', e.g. -- qemu-system-x86_64 -machine none")
+        raise UsageError("give the QEMU command line after '--' (e.g. -- qemu-system-x86_64 -machine none), or --domain XML")
     return _run_async(run_launch(argv, _service_options(args)))
 
 
@@ -216,6 +226,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         target=args.target,
         qemu=args.qemu,
         argv_file=args.argv_file,
+        domain=args.domain,
         workdir=args.workdir,
         record=args.record,
         report=args.report,
@@ -358,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug-socket /tmp/dbg.sock -- qemu-system-x86_64 -machine none -display none",
     )
     add_service_options(p)
+    p.add_argument("--domain", metavar="DOMAIN.xml",
+                   help="build the QEMU command line from libvirt domain XML (see 'qmprr domain argv')")
+    p.add_argument("--ignore-unsupported", action="store_true",
+                   help="with --domain: warn about unsupported XML instead of failing")
     p.add_argument("qemu_argv", nargs=argparse.REMAINDER, metavar="-- QEMU ARGV...")
     p.set_defaults(func=cmd_launch)
 
@@ -404,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="qemu", help="qemu (default), fake, or socket:PATH")
     p.add_argument("--qemu", metavar="BINARY", help="QEMU binary instead of the recorded one")
     p.add_argument("--argv-file", metavar="FILE", help="QEMU command line, one argument per line")
+    p.add_argument("--domain", metavar="XML", help="build the QEMU command line from libvirt domain XML")
     p.add_argument("--workdir", metavar="DIR", help="folder QEMU runs in (relative paths resolve there)")
     p.add_argument("--keep-going", action="store_true", help="do not stop at the first divergence")
     p.add_argument("--until", type=int, metavar="SEQ", help="stop after the command recorded at SEQ")
@@ -462,6 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--commands", type=int, default=2000, help="round trips per way (default 2,000)")
     b.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
     b.set_defaults(func=cmd_bench_proxy)
+
+    from .domain.commands import register as register_domain
+
+    register_domain(sub)
     return parser
 
 

@@ -63,8 +63,11 @@ def monitor_args(fd: int) -> list[str]:
     return ["-chardev", f"socket,id={MONITOR_ID},fd={fd}", "-mon", f"chardev={MONITOR_ID},mode=control"]
 
 
-async def start_qemu(argv: list[str]) -> LaunchedQemu:
-    """Start ``argv`` (QEMU binary first) with a private QMP monitor."""
+async def start_qemu(argv: list[str], env: dict[str, str] | None = None) -> LaunchedQemu:
+    """Start ``argv`` (QEMU binary first) with a private QMP monitor.
+
+    *env* adds variables to qmprr's own environment for QEMU.
+    """
     if not argv:
         raise LaunchError("no QEMU command line given (put it after '--')")
     binary = shutil.which(argv[0])
@@ -82,6 +85,7 @@ async def start_qemu(argv: list[str]) -> LaunchedQemu:
             pass_fds=(theirs.fileno(),),
             stdin=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **env} if env else None,
         )
     except OSError as exc:
         ours.close()

@@ -45,14 +45,18 @@ class ServiceOptions:
 
 
 def _log_factory(
-    options: ServiceOptions, argv: list[str] | None
+    options: ServiceOptions,
+    argv: list[str] | None,
+    env: dict[str, str] | None = None,
+    domain_xml: str | None = None,
 ) -> Callable[[dict[str, Any]], RecordWriter]:
     def make_log(greeting: dict[str, Any]) -> RecordWriter:
         version = greeting.get("QMP", {}).get("version")
         header = new_header(
             qemu_version=version if isinstance(version, dict) else None,
             qemu_argv=argv,
-            qemu_env=relevant_env() if argv is not None else None,
+            qemu_env={**relevant_env(), **(env or {})} if argv is not None else None,
+            domain_xml=domain_xml,
             labels=options.labels,
         )
         return RecordWriter.create(options.record, header, sync=options.sync, redactor=options.redactor)
@@ -115,16 +119,29 @@ async def _first(*aws: Any) -> None:
             t.cancel()
 
 
-async def run_launch(argv: list[str], options: ServiceOptions) -> int:
-    """Start QEMU from *argv*, record and serve until it exits; return its exit status."""
+async def run_launch(
+    argv: list[str],
+    options: ServiceOptions,
+    *,
+    env: dict[str, str] | None = None,
+    domain_xml: str | None = None,
+) -> int:
+    """Start QEMU from *argv* (with *env* added), record and serve until it exits.
+
+    Returns QEMU's exit status. *domain_xml*, when QEMU was built from one,
+    goes into the recording's header with the argv.
+    """
     _check_record_path(options.record)
     _check_socket_paths(options)
     stop = _stop_event()
-    qemu = await start_qemu(argv)
+    qemu = await start_qemu(argv, env)
     reader, writer = await asyncio.open_unix_connection(sock=qemu.monitor)
     try:
         channel = await Channel.open(
-            reader, writer, _log_factory(options, argv), tx_idle_timeout=options.tx_idle_timeout
+            reader,
+            writer,
+            _log_factory(options, argv, env, domain_xml),
+            tx_idle_timeout=options.tx_idle_timeout,
         )
     except (ChannelError, QmprrError):
         with contextlib.suppress(ProcessLookupError):

@@ -25,6 +25,7 @@ class RunOptions:
     target: str = "qemu"  # qemu | fake | socket:PATH
     qemu: str | None = None
     argv_file: str | None = None
+    domain: str | None = None  # domain XML to build the QEMU command line from
     workdir: str | None = None
     record: str | None = None
     report: str | None = None
@@ -48,9 +49,16 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
             options.real_target = False
             target = fake_target(script, make_log)
         elif run.target == "qemu":
+            env: dict[str, str] = {}
+            if run.domain is not None:
+                from ..domain import build_launch
+
+                spec = build_launch(run.domain)
+                script.header = attrs.evolve(script.header, qemu_argv=spec.argv) if script.header else None
+                env = spec.env
             argv = qemu_argv(script, qemu=run.qemu, argv_file=run.argv_file, path_map=options.path_map)
             make_log = log_factory(record, argv, {"replay-of": os.path.basename(path)})
-            target = qemu_target(argv, make_log, run.workdir)
+            target = qemu_target(argv, make_log, run.workdir, env)
         elif run.target.startswith("socket:"):
             target = socket_target(run.target[len("socket:") :], make_log)
         else:

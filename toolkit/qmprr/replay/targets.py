@@ -63,13 +63,15 @@ def qemu_argv(script: Script, *, qemu: str | None, argv_file: str | None, path_m
 
 
 @contextlib.asynccontextmanager
-async def qemu_target(argv: list[str], make_log: LogFactory, workdir: str | None) -> AsyncIterator[Channel]:
-    """Start QEMU from *argv* (in *workdir*) with a private monitor; yield the channel."""
+async def qemu_target(
+    argv: list[str], make_log: LogFactory, workdir: str | None, env: dict[str, str] | None = None
+) -> AsyncIterator[Channel]:
+    """Start QEMU from *argv* (in *workdir*, with *env* added) with a private monitor; yield the channel."""
     old = os.getcwd()
     if workdir:
         os.chdir(workdir)
     try:
-        qemu = await start_qemu(argv)
+        qemu = await start_qemu(argv, env)
     finally:
         os.chdir(old)
     try:
