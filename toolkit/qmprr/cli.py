@@ -480,8 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench_proxy)
 
     from .domain.commands import register as register_domain
+    from .importers.commands import register as register_import
 
     register_domain(sub)
+    register_import(sub)
     return parser
 
 

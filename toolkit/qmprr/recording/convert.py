@@ -48,8 +48,15 @@ def _make_converter() -> cattrs.Converter:
 converter = _make_converter()
 _structure = converter.structure
 
-#: The on-disk dict of a record: seq, t, kind first, optional fields at their default left out.
-unstructure: Any = converter.unstructure
+_unstructure = converter.unstructure
+
+
+def unstructure(record: Record) -> dict[str, Any]:
+    """The on-disk dict of a record: seq, t, kind first, ``orig`` last, defaults left out."""
+    d: dict[str, Any] = _unstructure(record)
+    if "orig" in d:
+        d["orig"] = d.pop("orig")
+    return d
 
 
 def structure(d: Any) -> Record:

@@ -50,6 +50,10 @@ class Record:
 
     seq: int = -1
     t: float = 0.0
+    #: Where an imported record came from, as its source logged it: "ts" (timestamp
+    #: text), "tid" (thread id), "line" (1-based), "file", "caller". None when live.
+    #: On disk it is the last member before "h".
+    orig: Msg | None = None
 
 
 @attrs.define(kw_only=True)

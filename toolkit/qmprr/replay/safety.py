@@ -43,20 +43,27 @@ class PathMap:
         return cls(tuple(pairs))
 
     def rewrite(self, value: Any) -> Any:
-        """*value* with every string starting with a FROM prefix rewritten (recursively)."""
+        """*value* with recorded paths under a FROM prefix moved to TO (recursively).
+
+        A path is recognised at the start of a string or after ``=``, ``:`` or
+        ``"`` (so ``file.filename=/x``, ``file:/x`` and JSON option strings are
+        covered), and must end there or continue with ``/``, ``,`` or ``"``.
+        """
         if isinstance(value, str):
-            for src, dst in self.pairs:
-                for prefix in ("", "file:", "unix:", "json:"):
-                    if value.startswith(prefix + src) and (
-                        len(value) == len(prefix + src) or value[len(prefix + src)] in "/,:"
-                    ):
-                        return prefix + dst + value[len(prefix + src) :]
+            for pattern, dst in self._patterns():
+                value = pattern.sub(lambda m: dst, value)
             return value
         if isinstance(value, dict):
             return {k: self.rewrite(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self.rewrite(v) for v in value]
         return value
+
+    def _patterns(self) -> list[tuple[re.Pattern[str], str]]:
+        return [
+            (re.compile(r'(?:(?<=^)|(?<=[=:"]))' + re.escape(src) + r'(?=$|[/,"])'), dst)
+            for src, dst in self.pairs
+        ]
 
     def allowed_roots(self) -> list[str]:
         return [dst for _, dst in self.pairs]

@@ -1,0 +1,154 @@
+"""libvirt's ``.replies`` files (``tests/qemucapabilitiesdata/*.replies``).
+
+A capability probe as libvirt's test suite replays it: pretty-printed JSON
+objects, a command then its reply, separated by blank lines::
+
+    {
+      "execute": "qmp_capabilities",
+      "id": "libvirt-1"
+    }
+
+    {
+      "return": {},
+      "id": "libvirt-1"
+    }
+
+Older files write an empty object over two lines (``"return": {`` then
+``}``). There is no greeting, no event and no time. The objects are read as
+a JSON stream (blank lines are only separators), so both forms read the
+same; an object that is not JSON is reported with its line and skipped up to
+the next blank line. Replies go to commands in order, checked by ``id``.
+
+The recording: ``qmp_capabilities`` with role ``internal`` (every replay
+target negotiates for itself), every other command from ``libvirt`` with
+role ``primary``, each record's ``orig`` the line its object starts on, every
+``t`` 0 (the file has no times), and the header's ``qemu_version`` from the
+reply to ``query-version`` when there is one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+
+from .. import __version__
+from ..recording import Command, Event, Header, Msg, Reply
+from .libvirt_log import Problem
+from .writer import ImportWriter, Item, LogImportError, iso_utc
+
+_BLANK_LINE = re.compile(r"\n[ \t\r]*\n")
+_decoder = json.JSONDecoder()
+
+
+@attrs.define
+class RepliesImport:
+    """What a ``.replies`` file held."""
+
+    path: str
+    items: list[Item] = attrs.Factory(list)
+    problems: list[Problem] = attrs.Factory(list)
+    commands: int = 0
+    replies: int = 0
+    events: int = 0
+    unanswered: int = 0
+    qemu_version: dict[str, Any] | None = None
+
+
+def _objects(text: str, problems: list[Problem]) -> Iterator[tuple[int, Any]]:
+    """``(line, object)`` for every JSON value in *text*, skipping what is not JSON."""
+    pos, line, n = 0, 1, len(text)
+    while True:
+        while pos < n and text[pos] in " \t\r\n":
+            if text[pos] == "\n":
+                line += 1
+            pos += 1
+        if pos >= n:
+            return
+        try:
+            value, end = _decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(line, f"not JSON ({exc.msg} at line {exc.lineno}); skipped to the next blank line"))
+            gap = _BLANK_LINE.search(text, pos)
+            end = gap.end() if gap else n
+        else:
+            yield line, value
+        line += text.count("\n", pos, end)
+        pos = end
+
+
+def read_replies(path: str) -> RepliesImport:
+    """Parse a ``.replies`` file into items."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise LogImportError(f"{path}: cannot read: {exc.strerror}") from None
+    text = data.decode("utf-8", errors="replace")
+    result = RepliesImport(path=path)
+    pending: list[Item] = []
+    for line, obj in _objects(text, result.problems):
+        orig = {"line": line}
+        if not isinstance(obj, dict):
+            result.problems.append(Problem(line, "not a JSON object; skipped"))
+            continue
+        if "execute" in obj or "exec-oob" in obj:
+            role = "internal" if obj.get("execute") == "qmp_capabilities" else "primary"
+            item = Item(Command(src="libvirt", role=role, msg=Msg(obj)), None, orig)  # type: ignore[arg-type]
+            result.items.append(item)
+            pending.append(item)
+            result.commands += 1
+        elif "return" in obj or "error" in obj:
+            target = _answered(pending, obj.get("id"))
+            if target is None:
+                result.problems.append(Problem(line, f"reply (id {obj.get('id')!r}) to no command waiting for one; skipped"))
+                continue
+            result.items.append(Item(Reply(cmd=-1, msg=Msg(obj)), None, orig, ref=target))
+            result.replies += 1
+            if target.record.msg.get("execute") == "query-version" and isinstance(obj.get("return"), dict):  # type: ignore[attr-defined]
+                result.qemu_version = obj["return"]
+        elif "event" in obj:
+            result.items.append(Item(Event(msg=Msg(obj)), None, orig))
+            result.events += 1
+        else:
+            result.problems.append(Problem(line, "neither a command, a reply nor an event; skipped"))
+    result.unanswered = len(pending)
+    if not result.commands:
+        raise LogImportError(f"{path}: no QMP commands found; is it a libvirt .replies file?")
+    return result
+
+
+def _answered(pending: list[Item], reply_id: object) -> Item | None:
+    if not pending:
+        return None
+    if reply_id is None or pending[0].record.msg.get("id") == reply_id:  # type: ignore[attr-defined]
+        return pending.pop(0)
+    for i, item in enumerate(pending):
+        if item.record.msg.get("id") == reply_id:  # type: ignore[attr-defined]
+            return pending.pop(i)
+    return None
+
+
+def write_replies(result: RepliesImport, out: str) -> int:
+    """Write the recording; returns its number of records."""
+    now = time.time()
+    header = Header(
+        started=iso_utc(now),
+        started_epoch=now,
+        host="unknown",
+        qmprr_version=__version__,
+        qemu_version=Msg(result.qemu_version) if result.qemu_version else None,
+        labels={
+            "import": "libvirt-replies",
+            "source": os.path.basename(result.path),
+            "timing": "none: a .replies file records no times (every t is 0; started is the import's time)",
+        },
+    )
+    with ImportWriter.create(out, header) as writer:
+        writer.extend(result.items)
+        return writer.next_seq

@@ -1,0 +1,172 @@
+"""Writing imported records: times and origins from the source, not from a clock.
+
+:class:`~qmprr.recording.RecordWriter` stamps each record with the time it
+writes it. An import knows better: every record has the time its source line
+was logged. :class:`ImportWriter` writes the same ``qmprr/1`` lines (the
+record's on-disk dict from :func:`qmprr.recording.convert.unstructure`, the
+same redaction, sealed with :func:`qmprr.recording.chain.seal`) with
+
+* ``t`` = the source timestamp minus the header's ``started_epoch``, rounded to
+  microseconds and never decreasing (libvirt threads log a millisecond out of
+  order now and then);
+* ``orig`` = where the record came from: ``{"ts": "<timestamp as logged>",
+  "tid": <thread id>, "line": <1-based line>}`` (``file`` when the line is in
+  another file than the one imported, ``caller`` for the libvirt function that
+  sent a command). It is the last member before ``h``.
+
+A reply or fd names its command by ``seq``, which only exists once records
+are written: :class:`Item` carries a reference to the command's item instead,
+resolved here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from .. import codec
+from ..errors import QmprrError
+from ..recording import Header, Record, Redactor
+from ..recording import chain, convert
+
+#: Record kinds whose ``msg`` is a command, and so may hold secrets.
+_REDACTED_KINDS = frozenset({"command", "local"})
+
+
+class LogImportError(QmprrError):
+    """An input cannot be imported as asked (the message says what to do)."""
+
+
+@attrs.define(eq=False)
+class Item:
+    """A record waiting to be written: when it happened, where it came from.
+
+    ``at`` is seconds since the Unix epoch (None: as the record before it).
+    ``ref`` is the item of the command a ``reply`` or ``fd`` belongs to; its
+    ``seq`` goes into the record's ``cmd`` when both are written.
+    """
+
+    record: Record
+    at: float | None = None
+    orig: dict[str, Any] | None = None
+    ref: Item | None = None
+    seq: int = -1
+
+
+def iso_utc(epoch: float) -> str:
+    """*epoch* as the header's ``started``: ISO 8601 with microseconds, UTC."""
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _has_orig_field(record: Record) -> bool:
+    return any(a.name == "orig" for a in attrs.fields(type(record)))
+
+
+class ImportWriter:
+    """Writes one imported recording; use :meth:`create`, then :meth:`append`, then :meth:`close`.
+
+    The file is created next to its final name (``NAME.part``) and renamed
+    when closed, so an import that fails leaves no half recording behind.
+    """
+
+    def __init__(self, path: str, header: Header, *, redactor: Redactor | None = None) -> None:
+        self.path = path
+        self.redactor = redactor or Redactor()
+        self._part = path + ".part"
+        try:
+            self._file = open(self._part, "xb")  # noqa: SIM115
+        except FileExistsError:
+            raise LogImportError(f"{self._part}: exists (another import running?); remove it") from None
+        except OSError as exc:
+            raise LogImportError(f"{path}: cannot create: {exc.strerror}") from None
+        self._started = header.started_epoch
+        self._last_hash = chain.GENESIS
+        self._last_t = 0.0
+        self._next_seq = 0
+        self._write(header, 0.0, None)
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], header: Header, *, overwrite: bool = False) -> ImportWriter:
+        """Start the recording at *path* (refused when it exists, unless *overwrite*)."""
+        path = os.fspath(path)
+        if os.path.exists(path) and not overwrite:
+            raise LogImportError(f"{path}: file exists; recordings are never overwritten (choose another name)")
+        return cls(path, header)
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    def append(self, item: Item) -> Item:
+        """Write *item*'s record as the next line; sets ``item.seq`` (and ``cmd`` from ``ref``)."""
+        if item.ref is not None:
+            if item.ref.seq < 0:
+                raise ValueError("an item's ref must be written before it")
+            item.record.cmd = item.ref.seq  # type: ignore[attr-defined]
+        if item.at is None:
+            t = self._last_t
+        else:
+            t = max(round(item.at - self._started, 6), self._last_t)
+        item.seq = self._write(item.record, t, item.orig)
+        return item
+
+    def extend(self, items: Iterable[Item]) -> None:
+        for item in items:
+            self.append(item)
+
+    def _write(self, record: Record, t: float, orig: dict[str, Any] | None) -> int:
+        record.seq = self._next_seq
+        record.t = t
+        with_field = _has_orig_field(record)
+        if with_field:
+            record.orig = orig  # type: ignore[attr-defined]
+        d = convert.unstructure(record)
+        if record.kind in _REDACTED_KINDS and isinstance(d.get("msg"), dict):  # type: ignore[attr-defined]
+            d["msg"] = self.redactor.redact(d["msg"])
+        if orig is not None and not with_field:
+            d["orig"] = orig
+        elif orig is not None:
+            d["orig"] = d.pop("orig", orig)  # last, whatever the model's field order
+        line, self._last_hash = chain.seal(codec.dumps(d), self._last_hash)
+        self._file.write(line)
+        self._next_seq += 1
+        self._last_t = t
+        return record.seq
+
+    def close(self) -> None:
+        """Flush, sync and move the file to its name."""
+        if self._file.closed:
+            return
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._part, self.path)
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        if not self._file.closed:
+            self._file.close()
+        try:
+            os.unlink(self._part)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> ImportWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_recording(path: str, header: Header, items: Iterable[Item], *, overwrite: bool = False) -> int:
+    """Write a whole recording; returns the number of records (header included)."""
+    with ImportWriter.create(path, header, overwrite=overwrite) as writer:
+        writer.extend(items)
+        return writer.next_seq
