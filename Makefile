@@ -9,9 +9,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test setup qemu bench clean
+.PHONY: demo test setup qemu chromium bench clean
 
-setup: $(STAMP) qemu
+setup: $(STAMP) qemu chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,17 @@ qemu:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 qemu-utils >/dev/null; \
 	  else \
 	    echo "qmprr: QEMU is missing: run 'sudo apt-get install qemu-system-x86 qemu-utils' (or 'make' as root)"; exit 2; \
+	  fi; \
+	fi
+
+# Headless Chromium draws the HTML report in the browser tests.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium (for the HTML report's browser tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "qmprr: chromium is missing: run 'sudo apt-get install chromium' (or 'make' as root)"; exit 2; \
 	  fi; \
 	fi
 

@@ -99,7 +99,7 @@ async def test_an_imported_vm_session_replays_against_qemu(tmp_path: Path) -> No
     assert outcome == {
         "query-chardev": ("diverged", ["reply return[0].filename", "reply return[0].label"]),
         "getfd": ("skipped", []),
-        "dump-guest-memory": ("diverged", ["missing-event DUMP_COMPLETED", "reply "]),
+        "dump-guest-memory": ("diverged", ["missing-event DUMP_COMPLETED", "reply return vs error"]),
     }
     assert len(report.steps) == 38 and report.count("matched") == 35
     # The hot-plug went to the mapped image, and matched.

@@ -22,11 +22,6 @@ class UsageError(QmprrError):
 EXIT_OK, EXIT_PROBLEMS, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def _use_color(stream) -> bool:  # type: ignore[no-untyped-def]
-    # no-color.org: NO_COLOR disables colour when present and not empty.
-    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
-
-
 # -- subcommands -------------------------------------------------------------
 
 
@@ -45,20 +40,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
     verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
     print(f"{report.path}: {report.records} records, {verdict}")
     return EXIT_OK if report.ok else EXIT_PROBLEMS
-
-
-def cmd_show(args: argparse.Namespace) -> int:
-    from .analysis.show import ShowFormatter
-    from .recording import RecordingReader
-
-    formatter = ShowFormatter(color=_use_color(sys.stdout) if args.color == "auto" else args.color == "always")
-    out = sys.stdout
-    with RecordingReader(args.file, errors="skip") as reader:
-        for line in formatter.lines(reader):
-            out.write(line + "\n")
-        for problem in reader.problems:
-            print(f"qmprr: {reader.path}:{problem}", file=sys.stderr)
-    return EXIT_OK
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
@@ -284,6 +265,13 @@ def cmd_bench_proxy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_replay(args: argparse.Namespace) -> int:
+    from .bench import replay
+
+    replay.run(exchanges=args.exchanges, commands=args.commands, rounds=args.rounds, only=args.only)
+    return EXIT_OK
+
+
 def cmd_bench_log(args: argparse.Namespace) -> int:
     from .bench import log
 
@@ -316,17 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="recording (.jsonl)")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser(
-        "show",
-        help="print one readable line per record",
-        description="Print a recording, one line per record: time offset, seq, client, "
-        "direction (-> command, <- reply, <~ event, [[ ]] transaction), name, summary, "
-        "and latency on replies.",
-    )
-    p.add_argument("file", help="recording (.jsonl)")
-    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
-                   help="colour output (auto: on a terminal, unless NO_COLOR is set)")
-    p.set_defaults(func=cmd_show)
+    from .analysis.commands import register as register_analysis
+
+    register_analysis(sub)
 
     p = sub.add_parser(
         "repair",
@@ -478,6 +458,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--commands", type=int, default=2000, help="round trips per way (default 2,000)")
     b.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
     b.set_defaults(func=cmd_bench_proxy)
+    b = bench.add_parser(
+        "replay",
+        help="fake QEMU throughput, and replay's cost against a real QEMU",
+        description="(a) fake QEMU throughput with a pipelining raw client, against a real QEMU and a "
+        "minimal responder; (b) replaying N commands against a real QEMU vs a raw client.",
+    )
+    b.add_argument("--exchanges", type=int, default=20_000, help="pipelined exchanges for (a)")
+    b.add_argument("--commands", type=int, default=10_000, help="commands replayed for (b)")
+    b.add_argument("--rounds", type=int, default=3)
+    b.add_argument("--only", choices=("fake", "replay"))
+    b.set_defaults(func=cmd_bench_replay)
+
+    from .analysis.commands import register_bench as register_analysis_bench
+
+    register_analysis_bench(bench)
 
     from .domain.commands import register as register_domain
     from .importers.commands import register as register_import

@@ -30,6 +30,7 @@ In code::
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import difflib
 import os
@@ -42,7 +43,16 @@ from .recording import ABSENT
 from .replay.normalize import Normalizer
 from .replay.script import DEFAULT_GREETING, Exchange, Script, load_script
 from .server import bind_unix
-from .session import Answer, BeginTx, ClientSession, EndTx, Forward, qmp_error, qmp_return
+from .session import (
+    Answer,
+    BeginTx,
+    ClientSession,
+    EndTx,
+    Forward,
+    client_greeting,
+    qmp_error,
+    qmp_return,
+)
 
 Mode = Literal["strict", "ordered", "lenient"]
 MODES = ("strict", "ordered", "lenient")
@@ -96,9 +106,12 @@ class FakeQemu:
         mode: Mode = "strict",
         reuse: bool = False,
         normalizer: Normalizer | None = None,
+        internal: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
+        if not internal:  # qmprr's own commands (its shutdown quit) are not expected from clients
+            script = attrs.evolve(script, exchanges=[e for e in script.exchanges if e.role != "internal"])
         self.script = script
         self.mode = mode
         self.reuse = reuse
@@ -112,6 +125,11 @@ class FakeQemu:
         self._path: str | None = None
         self._session_ended: asyncio.Event | None = None
         self._keys = [self._key(e.command, e.arguments) for e in script.exchanges]
+        # Unconsumed exchanges per key, in recorded order (lenient/ordered matching in O(1)).
+        self._pending: dict[tuple[str | None, str], collections.deque[int]] = collections.defaultdict(collections.deque)
+        for i, k in enumerate(self._keys):
+            self._pending[k].append(i)
+        self._last: dict[tuple[str | None, str], int] = {}  # reuse: last consumed exchange with a reply, per key
 
     @classmethod
     def from_recording(cls, path: str | os.PathLike[str], **kwargs: Any) -> FakeQemu:
@@ -139,17 +157,17 @@ class FakeQemu:
         if index is not None:
             self._consumed[index] = True
             exchange = self.script.exchanges[index]
+            if exchange.reply is not None:
+                self._last[key] = max(index, self._last.get(key, -1))
             self._answered += 1
             if exchange.reply is None:
                 reply = qmp_error(f"qmprr fake: the recording has no reply to {name} (seq {exchange.seq}): it was in flight when recording ended")
             else:
                 reply = exchange.reply
             return Response(exchange.events_before, reply, exchange.events_after)
-        if self.reuse:
-            for i in range(len(self._keys) - 1, -1, -1):
-                if self._consumed[i] and self._keys[i] == key and self.script.exchanges[i].reply is not None:
-                    self._answered += 1
-                    return Response([], self.script.exchanges[i].reply, [])  # type: ignore[arg-type]
+        if self.reuse and key in self._last:
+            self._answered += 1
+            return Response([], self.script.exchanges[self._last[key]].reply, [])  # type: ignore[arg-type]
         reason = self._explain(name, msg.get("arguments"), key)
         self._unmatched.append(Unmatched(msg, reason))
         return Response([], qmp_error(f"qmprr fake: {reason}"), [])
@@ -160,13 +178,16 @@ class FakeQemu:
                 self._next += 1
                 return self._next - 1
             return None
-        start = self._next if self.mode == "ordered" else 0
-        for i in range(start, len(self._keys)):
-            if not self._consumed[i] and self._keys[i] == key:
-                if self.mode == "ordered":
-                    self._next = i + 1
-                return i
-        return None
+        queue = self._pending.get(key)
+        if self.mode == "ordered":
+            while queue and queue[0] < self._next:  # passed over: ordered never goes back
+                queue.popleft()
+        if not queue:
+            return None
+        index = queue.popleft()
+        if self.mode == "ordered":
+            self._next = index + 1
+        return index
 
     def _explain(self, name: str | None, arguments: Any, key: tuple[str | None, str]) -> str:
         exchanges = self.script.exchanges
@@ -216,14 +237,15 @@ class FakeQemu:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one client connection until it closes."""
-        session = ClientSession(self.script.greeting)
+        greeting = client_greeting(self.script.greeting)  # no oob: as clients saw it through qmprr
+        session = ClientSession(greeting)
         decoder = wire.StreamDecoder()
         transport = writer.transport
 
         def send(msg: dict[str, Any]) -> None:
             transport.write(wire.encode(msg))
 
-        send(self.script.greeting)
+        send(greeting)
         try:
             while True:
                 data = await reader.read(256 * 1024)

@@ -41,11 +41,11 @@ class Position:
 
     def before(self, d: dict[str, Any]) -> bool:
         """True when record *d* comes before this position."""
-        return d["seq"] < self.seq if self.seq is not None else d["t"] < self.t  # type: ignore[operator]
+        return bool(d["seq"] < self.seq if self.seq is not None else d["t"] < self.t)
 
     def after(self, d: dict[str, Any]) -> bool:
         """True when record *d* comes after this position."""
-        return d["seq"] > self.seq if self.seq is not None else d["t"] > self.t  # type: ignore[operator]
+        return bool(d["seq"] > self.seq if self.seq is not None else d["t"] > self.t)
 
 
 def parse_position(text: str) -> Position:
@@ -162,9 +162,7 @@ class Filter:
                 return False
             if self.roles is not None and role not in self.roles:
                 return False
-        if self.tx is not None and not self._in_tx(d, kind, tracker):
-            return False
-        return True
+        return self.tx is None or self._in_tx(d, kind, tracker)
 
     def _name_matches(self, d: dict[str, Any], kind: str, info: CommandInfo | None) -> bool:
         if kind == "event":

@@ -41,7 +41,7 @@ class LineTail:
     ) -> None:
         self._file = file
         self.path = path
-        #: Byte offset just after the last complete line handed out.
+        #: Where reading starts; once iteration ends, just after the last complete line.
         self.offset = offset
         self.follow = follow
         self.poll = poll
@@ -57,27 +57,28 @@ class LineTail:
             for raw in f:
                 if partial:
                     raw, partial = partial + raw, b""
-                if raw[-1:] != b"\n":
+                if not raw.endswith(b"\n"):
                     partial = raw
                     break
-                self.offset += len(raw)
                 yield raw
             if stopping:
                 break
             time.sleep(self.poll)
             partial = self._check_tail(partial)
+        self.offset = f.tell() - len(partial)
         self.torn = (self.offset, len(partial)) if partial else None
 
     def _check_tail(self, partial: bytes) -> bytes:
         """Drop *partial* if the file no longer holds it; fail if the file shrank."""
-        fd = self._file.fileno()
-        size = os.fstat(fd).st_size
-        if size < self.offset:
+        f = self._file
+        fd = f.fileno()
+        done = f.tell() - len(partial)  # just after the last complete line
+        if os.fstat(fd).st_size < done:
             raise RecordingError(
                 f"{self.path}: the file shrank below what was already read"
                 " (truncated or rewritten while followed); follow it again"
             )
-        if partial and os.pread(fd, len(partial), self.offset) != partial:
-            self._file.seek(self.offset)  # the torn line was replaced (repair)
+        if partial and os.pread(fd, len(partial), done) != partial:
+            f.seek(done)  # the torn line was replaced (repair)
             return b""
         return partial

@@ -4,7 +4,7 @@ Values are whole microseconds (recording times are rounded to microseconds).
 Below :data:`EXACT` µs every value has its own bucket, so percentiles are
 exact; above, buckets grow by :data:`GROWTH` (1 %) each and a percentile is
 reported as its bucket's geometric middle, within 0.5 % of the true value.
-The maximum is kept exactly. From 1 µs to a day there are under 2,100
+The minimum and maximum are kept exactly, and bound every percentile. From 1 µs to a day there are under 2,100
 buckets, and only the buckets in use take memory.
 """
 
@@ -29,17 +29,18 @@ def bucket_value(b: int) -> float:
     """The value a bucket stands for (exact ones: themselves)."""
     if b < EXACT:
         return float(b)
-    return EXACT * GROWTH ** (b - EXACT + 0.5)
+    return float(EXACT * GROWTH ** (b - EXACT + 0.5))
 
 
 class LogHistogram:
     """Counts of microsecond values; :meth:`quantile` by nearest rank."""
 
-    __slots__ = ("counts", "count", "max")
+    __slots__ = ("counts", "count", "min", "max")
 
     def __init__(self) -> None:
         self.counts: dict[int, int] = {}
         self.count = 0
+        self.min = 1 << 62  # until the first value
         self.max = 0
 
     def add(self, us: int) -> None:
@@ -49,6 +50,8 @@ class LogHistogram:
         self.count += 1
         if us > self.max:
             self.max = us
+        if us < self.min:
+            self.min = us
 
     def quantile(self, q: float) -> float:
         """The value at quantile *q* (0 < q <= 1) in microseconds; 0 when empty."""
@@ -59,5 +62,5 @@ class LogHistogram:
         for b in sorted(self.counts):
             seen += self.counts[b]
             if seen >= rank:
-                return min(bucket_value(b), float(self.max))
+                return max(float(self.min), min(bucket_value(b), float(self.max)))
         return float(self.max)

@@ -17,7 +17,6 @@ from typing import Any
 import attrs
 
 from .. import codec
-from .context import CommandInfo
 from ..recording.model import (
     Client,
     Close,
@@ -33,6 +32,7 @@ from ..recording.model import (
     Taint,
     Tx,
 )
+from .context import CommandInfo
 
 SUMMARY_WIDTH = 96
 
@@ -52,8 +52,10 @@ STYLES = {
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def _escape_controls(text: str) -> str:
+def escape_controls(text: str) -> str:
+    """*text* with control characters as Python escapes (``\\x1b``, ``\\n``): safe on a terminal."""
     return _CONTROLS.sub(lambda m: repr(m.group(0))[1:-1], text)
+
 
 
 def summarize(value: Any, width: int = SUMMARY_WIDTH) -> str:
@@ -88,7 +90,7 @@ class ShowFormatter:
         if in_tx is None:
             in_tx = self._track_tx(r)
         who, arrow, text, style = self._describe(r, command)
-        who, text = _escape_controls(who), _escape_controls(text)
+        who, text = escape_controls(who), escape_controls(text)
         gutter = "|" if in_tx and not isinstance(r, Tx) else " "
         head = f"{r.t:+12.6f} {r.seq:>6} {who:<14.14} {gutter}{arrow:2}"
         return f"{head} {self._paint(style, text)}"
@@ -161,8 +163,8 @@ class ShowFormatter:
             text = f"recording {r.format} started {r.started} on {r.host} (qmprr {r.qmprr_version})"
             return "qmprr", "##", text, "meta"
         if isinstance(r, Fd):
-            cmd = f" for seq {r.cmd}" if r.cmd is not None else ""
-            return r.src, "->", f"fd {r.placeholder}{cmd}", "meta"
+            for_cmd = f" for seq {r.cmd}" if r.cmd is not None else ""
+            return r.src, "->", f"fd {r.placeholder}{for_cmd}", "meta"
         if isinstance(r, Note):
             data = f" {summarize(r.data, w)}" if r.data else ""
             return "qmprr", "##", f"note: {r.text}{data}", "meta"

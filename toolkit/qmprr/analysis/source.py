@@ -13,7 +13,7 @@ defensively.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from hashlib import blake2b
 from typing import Any, BinaryIO
 
@@ -25,6 +25,8 @@ from ..recording.reader import Problem, Torn
 from .follow import POLL_INTERVAL, LineTail
 
 KINDS = frozenset(RECORD_TYPES)
+_BODY_KINDS = {kind: True for kind in KINDS if kind != "header"}
+_NUMBERS = (int, float)
 
 _H_MARK = b',"h":"'
 _H_TAIL = len(_H_MARK) + 32 + 3  # the mark, 32 hex digits, '"}\n'
@@ -54,9 +56,8 @@ class Scanner:
         self.check_chain = check_chain
         self.problems: list[Problem] = []
         self._report = on_problem or self.problems.append
-        #: Line number of the record last yielded (1-based).
+        #: Line number (1-based) of the record last yielded; once iteration has ended, of the last line.
         self.line = 0
-        self.records = 0
         try:
             self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115
         except OSError as exc:
@@ -83,6 +84,11 @@ class Scanner:
             return reader.header
 
     @property
+    def body_offset(self) -> int:
+        """Where the line after the header starts."""
+        return len(self._first)
+
+    @property
     def torn(self) -> Torn | None:
         """The incomplete last line, once iteration has ended (None while following)."""
         t = self._tail.torn
@@ -90,21 +96,57 @@ class Scanner:
 
     def __iter__(self) -> Iterator[tuple[dict[str, Any], bytes]]:
         first = self._first
-        prev = chain.unseal(first)[1].encode("ascii")
-        header = codec.loads(first)
-        self.line = lineno = 1
-        self.records = 1
-        yield header, first
-        expected = header["seq"] + 1
-        check_chain = self.check_chain
-        loads = codec.loads
-        report = self._report
-        for raw in self._lines:
+        self.line = 1
+        yield codec.loads(first), first
+        prev = chain.unseal(first)[1].encode("ascii") if self.check_chain else None
+        decoder = Decoder(self._report, expected=self.header.seq + 1, prev_hash=prev, line=1)
+        for item in decoder.decode(self._lines):
+            self.line = decoder.line
+            yield item
+        self.line = decoder.line
+        if self._tail.torn:
+            self._report(Problem(decoder.line + 1, f"torn last line ({self._tail.torn[1]} bytes, no newline)"))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Scanner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Decoder:
+    """Checks and decodes complete lines, keeping what spans lines: the line
+    number, the ``seq`` expected next (None: take the first one seen) and,
+    to check the hash chain, the previous line's hash."""
+
+    def __init__(self, report: Callable[[Problem], None], *, expected: int | None,
+                 prev_hash: bytes | None = None, line: int = 0) -> None:
+        self.report = report
+        self.expected = expected
+        self.prev_hash = prev_hash
+        #: Number of the last line taken in.
+        self.line = line
+
+    def decode(self, lines: Iterable[bytes]) -> Iterator[tuple[dict[str, Any], bytes]]:
+        """``(dict, raw line)`` for each good line of *lines*; problems reported, bad lines skipped."""
+        check_chain = self.prev_hash is not None
+        prev = self.prev_hash or b""
+        expected = self.expected
+        loads, decode_error = codec.loads, codec.JSONDecodeError
+        body_kinds, numbers = _BODY_KINDS, _NUMBERS
+        report = self.report
+        good = True
+        lineno = self.line
+        for raw in lines:
             lineno += 1
+            self.line = lineno
             if check_chain:
                 n = len(raw)
                 mark = n - _H_TAIL
-                if raw[mark : mark + 6] == _H_MARK and raw[-3:] == b'"}\n':
+                if raw[mark : mark + 6] == _H_MARK and raw.endswith(b'"}\n'):
                     h = raw[mark + 6 : n - 3]
                     b = blake2b(prev, digest_size=16)
                     b.update(memoryview(raw)[:mark])
@@ -118,37 +160,42 @@ class Scanner:
                         continue
                     h = hs.encode("ascii", "replace")
                     prev, good = h, chain.link(prev.decode("ascii", "replace"), body) == hs
+                self.prev_hash = prev
             try:
                 d = loads(raw)
-            except codec.JSONDecodeError as exc:
+                if expected is None and type(d) is dict and type(d.get("seq")) is int:
+                    expected = d["seq"]
+                ok = (type(d) is dict and d.get("seq") == expected and d.get("kind") in body_kinds
+                      and type(d.get("t")) in numbers and type(d["seq"]) is int and good)
+            except decode_error as exc:
                 report(Problem(lineno, f"invalid JSON: {exc}"))
+                expected = self.expected = None  # its seq is unknown: take the next one as it comes
+                continue
+            except TypeError:  # an unhashable "kind"
+                ok = False
+            if ok:
+                expected += 1  # type: ignore[operator]
+                self.expected = expected
+                yield d, raw
                 continue
             problem = _shape_problem(d, expected)
-            if problem is None and check_chain and not good:
+            if problem is None and not good:
                 problem = ("hash chain broken: the line was edited, or a line before it was"
                            " deleted, inserted or moved")
-            if type(d) is dict and type(d.get("seq")) is int:
-                expected = d["seq"] + 1
-            if problem is not None:
-                report(Problem(lineno, problem))
-                continue
-            self.line = lineno
-            self.records += 1
-            yield d, raw
-        if self._tail.torn:
-            report(Problem(lineno + 1, f"torn last line ({self._tail.torn[1]} bytes, no newline)"))
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> Scanner:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+            seq = d.get("seq") if type(d) is dict else None
+            gap = (type(seq) is int and expected is not None and seq > expected and good
+                   and d.get("kind") != "header" and problem == _gap(seq, expected))
+            expected = self.expected = seq + 1 if type(seq) is int else None
+            report(Problem(lineno, problem or "invalid record"))
+            if gap:
+                yield d, raw  # records are missing before this one: said, and this one still read
 
 
-def _shape_problem(d: Any, expected: int) -> str | None:
+def _gap(seq: int, expected: int) -> str:
+    return f"seq {seq} where {expected} was expected"
+
+
+def _shape_problem(d: Any, expected: int | None) -> str | None:
     """What is wrong with the common fields of a decoded line, or None."""
     if type(d) is not dict:
         return "a record must be a JSON object"
@@ -160,8 +207,8 @@ def _shape_problem(d: Any, expected: int) -> str | None:
         return f"'seq' must be a non-negative integer, not {seq!r}"
     if type(d.get("t")) not in (int, float):
         return f"'t' must be a number, not {d.get('t')!r}"
-    if seq != expected:
-        return f"seq {seq} where {expected} was expected"
+    if expected is not None and seq != expected:
+        return _gap(seq, expected)
     if kind == "header":
         return "a second header"
     return None

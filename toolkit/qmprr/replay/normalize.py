@@ -181,11 +181,20 @@ def load_rules(path: str) -> list[Rule]:
         raise RulesError(f"{path}: cannot read rules: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise RulesError(f"{path}: invalid TOML: {exc}") from None
+    unknown_top = set(data) - {"rule"}
+    if unknown_top:
+        raise RulesError(f"{path}: unknown table(s) {sorted(unknown_top)}; rules are [[rule]] tables")
+    tables = data.get("rule", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise RulesError(f"{path}: 'rule' must be an array of tables: write [[rule]] before each rule")
     rules = []
-    for i, table in enumerate(data.get("rule", []), 1):
+    for i, table in enumerate(tables, 1):
         unknown = set(table) - {"path", "action", "pattern", "command", "event"}
         if unknown or "path" not in table:
             raise RulesError(f"{path}: rule {i}: needs 'path'; unknown keys {sorted(unknown)}")
+        bad = [k for k, v in table.items() if not isinstance(v, str)]
+        if bad:
+            raise RulesError(f"{path}: rule {i}: {bad[0]!r} must be a string")
         action = table.get("action", "pattern" if "pattern" in table else "ignore")
         if action not in ("ignore", "pattern") or (action == "pattern") != ("pattern" in table):
             raise RulesError(f"{path}: rule {i}: action must be 'ignore', or 'pattern' with a pattern")

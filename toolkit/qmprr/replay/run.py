@@ -56,7 +56,14 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
                 spec = build_launch(run.domain)
                 script.header = attrs.evolve(script.header, qemu_argv=spec.argv) if script.header else None
                 env = spec.env
-            argv = qemu_argv(script, qemu=run.qemu, argv_file=run.argv_file, path_map=options.path_map)
+            argv = qemu_argv(
+                script,
+                qemu=run.qemu,
+                argv_file=run.argv_file,
+                path_map=options.path_map,
+                allow_unsafe=options.allow_unsafe or run.domain is not None,
+                workdir=run.workdir,
+            )
             make_log = log_factory(record, argv, {"replay-of": os.path.basename(path)})
             target = qemu_target(argv, make_log, run.workdir, env)
         elif run.target.startswith("socket:"):

@@ -23,7 +23,18 @@ from ..recording import REDACTED
 
 FD_COMMANDS = frozenset({"getfd", "add-fd", "closefd", "remove-fd"})
 _HMP_EXEC_MIGRATE = re.compile(r"^\s*migrate(?:_incoming)?\s+(?:-\w+\s+)*\"?exec:")
-_PATH_KEYS = frozenset({"filename", "file", "path", "protocol", "uri"})
+#: Keys whose values are host paths (QMP arguments, -option key=value, HMP key=value).
+_PATH_KEYS = frozenset(
+    {"filename", "file", "path", "protocol", "uri", "out", "in", "target", "snapshot-file",
+     "mem-path", "backing-file", "mountpoint", "logfile", "dir", "fsdev", "sock", "socket"}
+)
+#: Keys whose values name a host program QEMU runs (netdev tap/bridge).
+_PROGRAM_KEYS = frozenset({"script", "downscript", "helper"})
+#: Host paths any replay may use: devices and QEMU's own firmware folders.
+SAFE_ROOTS = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/usr/share/qemu",
+              "/usr/share/seabios", "/usr/share/ovmf", "/usr/share/OVMF", "/usr/lib/ipxe")
+#: Program names a recorded QEMU command line may start with.
+_QEMU_BINARY = re.compile(r"^qemu-(?:system-[\w.-]+|kvm)$")
 
 
 @attrs.frozen
@@ -92,12 +103,78 @@ def refusal(
     if command in ("migrate", "migrate-incoming") and str(args.get("uri", "")).startswith("exec:"):
         return "unsafe", f"{command} with an exec: URI runs a host program: {args['uri']!r}"
     line = args.get("command-line") if command == "human-monitor-command" else None
-    if isinstance(line, str) and _HMP_EXEC_MIGRATE.match(line):
-        return "unsafe", f"HMP migrate to exec: runs a host program: {line!r}"
-    for path in () if command.startswith("qom-") else _paths(args):  # QOM paths are not host paths
-        if not any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots):
-            return "unsafe", f"reaches host path {path!r} outside the mapped roots (use --map-path)"
+    if isinstance(line, str):
+        if _HMP_EXEC_MIGRATE.match(line):
+            return "unsafe", f"HMP migrate to exec: runs a host program: {line!r}"
+        return _check_pairs(_hmp_pairs(line), roots)
+    if command.startswith("qom-"):  # QOM paths are not host paths
+        return None
+    return _check_pairs(_pairs(args), roots)
+
+
+def argv_refusal(argv: list[str], roots: list[str]) -> str | None:
+    """Why a recorded QEMU command line must not run here, or None.
+
+    Its program must be a QEMU (``qemu-system-*``, ``qemu-kvm``), and its
+    options must not name host programs or paths outside the mapped roots.
+    """
+    if not argv or not _QEMU_BINARY.match(os.path.basename(argv[0])):
+        return f"the recorded command line does not start QEMU: {argv[:1]!r}"
+    pairs = [pair for arg in argv[1:] for pair in _keyval_pairs(arg)]
+    found = _check_pairs(pairs, roots)
+    return found[1] if found else None
+
+
+def _check_pairs(pairs: Iterable[tuple[str, str]], roots: list[str]) -> tuple[str, str] | None:
+    for key, value in pairs:
+        if key in _PROGRAM_KEYS and value not in ("", "no"):
+            return "unsafe", f"{key}={value!r} runs a host program"
+        if key not in _PATH_KEYS and key != "":
+            continue
+        path = value.split(":", 1)[1] if value.startswith(("file:", "unix:")) else value
+        if path.startswith("/"):
+            norm = os.path.normpath(path)
+            if not any(norm == r or norm.startswith(r.rstrip("/") + "/") for r in (*roots, *SAFE_ROOTS)):
+                return "unsafe", f"reaches host path {path!r} outside the mapped roots (use --map-path)"
+        elif key and ".." in path.split("/"):
+            return "unsafe", f"reaches {path!r} outside the replay's folder"
     return None
+
+
+def _pairs(node: Any, key: str | None = None) -> Iterable[tuple[str, str]]:
+    """``(key, value)`` for every string value of a JSON tree, by its nearest key."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _pairs(v, k)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _pairs(v, key)
+    elif isinstance(node, str) and key is not None:
+        yield key, node
+
+
+def _keyval_pairs(text: str) -> Iterable[tuple[str, str]]:
+    """``key=value`` pairs of a QEMU option string (JSON options too); bare paths as key ''."""
+    if text.startswith("{"):
+        try:
+            import json
+
+            yield from _pairs(json.loads(text))
+        except ValueError:
+            pass
+        return
+    for part in re.split(r"(?<!,),(?!,)", text):
+        key, sep, value = part.partition("=")
+        if sep:
+            yield key.rsplit(".", 1)[-1], value.replace(",,", ",")
+        elif part.startswith("/"):
+            yield "", part
+
+
+def _hmp_pairs(line: str) -> Iterable[tuple[str, str]]:
+    """Pairs of an HMP command line: its key=value options, and bare absolute paths."""
+    for token in line.split()[1:]:
+        yield from _keyval_pairs(token.strip("'\""))
 
 
 def fill_secrets(command: str, arguments: Any, secrets: dict[str, str]) -> Any:
@@ -121,7 +198,12 @@ def fill_secrets(command: str, arguments: Any, secrets: dict[str, str]) -> Any:
 
 
 def _secret_for(command: str, args: dict[str, Any], secrets: dict[str, str]) -> str | None:
-    for key in (args.get("id"), args.get("protocol"), command):
+    hmp_id = None
+    line = args.get("command-line")
+    if isinstance(line, str):
+        m = re.search(r"(?:^|[\s,])id=((?:[^,\s]|,,)+)", line)
+        hmp_id = m.group(1) if m else None
+    for key in (args.get("id"), hmp_id, args.get("protocol"), command):
         if isinstance(key, str) and key in secrets:
             return secrets[key]
     return None
@@ -135,17 +217,3 @@ def _contains(node: Any, needle: str) -> bool:
     if isinstance(node, list):
         return any(_contains(v, needle) for v in node)
     return False
-
-
-def _paths(node: Any, key: str | None = None) -> Iterable[str]:
-    """Absolute host paths among the values of path-like keys."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _paths(v, k)
-    elif isinstance(node, list):
-        for v in node:
-            yield from _paths(v, key)
-    elif isinstance(node, str) and key in _PATH_KEYS:
-        value = node.split(":", 1)[1] if node.startswith(("file:", "unix:")) else node
-        if value.startswith("/"):
-            yield os.path.normpath(value)

@@ -19,7 +19,7 @@ from ..errors import QmprrError
 from ..fake import FakeQemu
 from ..launch import LaunchError, start_qemu
 from ..recording import RecordWriter, new_header
-from .safety import PathMap
+from .safety import PathMap, argv_refusal
 from .script import Script
 
 
@@ -39,8 +39,21 @@ def log_factory(path: str, argv: list[str] | None, labels: dict[str, str]) -> Lo
     return make
 
 
-def qemu_argv(script: Script, *, qemu: str | None, argv_file: str | None, path_map: PathMap) -> list[str]:
-    """The QEMU command line to replay with: recorded, from a file, binary overridden, paths mapped."""
+def qemu_argv(
+    script: Script,
+    *,
+    qemu: str | None,
+    argv_file: str | None,
+    path_map: PathMap,
+    allow_unsafe: bool = False,
+    workdir: str | None = None,
+) -> list[str]:
+    """The QEMU command line to replay with: recorded, from a file, binary overridden, paths mapped.
+
+    A recorded command line is untrusted: unless the user gave the program
+    (``--qemu``) or the whole line (``--argv-file``), or ``--allow-unsafe``,
+    it must start QEMU and stay within the mapped roots.
+    """
     if argv_file is not None:
         try:
             with open(argv_file) as f:
@@ -57,9 +70,16 @@ def qemu_argv(script: Script, *, qemu: str | None, argv_file: str | None, path_m
         )
     if qemu is not None:
         argv[0] = qemu
+    if path_map.pairs:
+        argv = [path_map.rewrite(a) for a in argv]
+    if argv_file is None and not allow_unsafe:
+        roots = path_map.allowed_roots() + ([os.path.abspath(workdir)] if workdir else [])
+        problem = argv_refusal(argv if qemu is None else ["qemu-system-x86_64", *argv[1:]], roots)
+        if problem:
+            raise TargetError(f"refusing the recorded QEMU command line: {problem} (--allow-unsafe to run it anyway)")
     if shutil.which(argv[0]) is None:
         raise TargetError(f"QEMU binary {argv[0]!r} not found: install qemu-system-x86 or use --qemu BINARY")
-    return [path_map.rewrite(a) for a in argv] if path_map.pairs else argv
+    return argv
 
 
 @contextlib.asynccontextmanager
@@ -109,8 +129,8 @@ async def socket_target(path: str, make_log: LogFactory) -> AsyncIterator[Channe
 
 @contextlib.asynccontextmanager
 async def fake_target(script: Script, make_log: LogFactory) -> AsyncIterator[Channel]:
-    """The fake QEMU serving *script* in strict mode, in process, over a socketpair."""
-    fake = FakeQemu(script, mode="strict")
+    """The fake QEMU serving *script* (ordered: skipped steps are allowed), in process, over a socketpair."""
+    fake = FakeQemu(script, mode="ordered", internal=True)
     ours, theirs = socket.socketpair()
     fake_reader, fake_writer = await asyncio.open_unix_connection(sock=theirs)
     serving = asyncio.create_task(fake.handle(fake_reader, fake_writer))

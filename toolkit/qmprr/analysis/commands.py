@@ -1,0 +1,264 @@
+"""The analysis subcommands of ``qmprr``: show, stats, report, export, bench analysis.
+
+:func:`register` adds them to the main parser's subparsers and
+:func:`register_bench` adds ``analysis`` under ``qmprr bench``. Handlers
+return an exit status and raise :class:`~qmprr.errors.QmprrError` for what a
+user can get wrong. ``python -m qmprr.analysis.commands`` runs them on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from ..errors import QmprrError
+from ..recording.reader import Problem
+
+EXIT_OK = 0
+
+POSITION_HELP = ("a seq (120) or a time offset since the start: +1.5, +1.5s, 250ms, +2m, 1h, +30us; "
+                 "inclusive")
+
+
+def use_color(stream: TextIO) -> bool:
+    """Colour on a terminal, unless NO_COLOR is set and not empty (no-color.org) or TERM=dumb."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+    return tty and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def _color(args: argparse.Namespace, stream: TextIO) -> bool:
+    return use_color(stream) if args.color == "auto" else args.color == "always"
+
+
+def _problem_printer(path: str) -> Any:
+    """Prints each problem as ``qmprr: FILE:line N: ...`` on stderr, as it is found."""
+
+    def report(problem: Problem) -> None:
+        print(f"qmprr: {path}:{problem}", file=sys.stderr, flush=True)
+
+    return report
+
+
+# -- handlers -------------------------------------------------------------------
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from ..recording import convert
+    from .filters import Filter
+    from .selection import select
+    from .show import ShowFormatter
+    from .source import Scanner
+
+    flt = Filter.build(kinds=args.kind, src=args.src, roles=args.role, command=args.command,
+                       event=args.event, errors=args.errors, tx=args.tx, start=args.start,
+                       end=args.end, grep=args.grep)
+    report = _problem_printer(args.file)
+    out = sys.stdout
+    with Scanner(args.file, check_chain=True, follow=args.follow, on_problem=report) as scanner:
+        if args.json:
+            write = out.buffer.write if hasattr(out, "buffer") else (lambda b: out.write(b.decode()))
+            for item in select(scanner, flt):
+                write(item.raw)
+                if args.follow:
+                    out.flush()
+            return EXIT_OK
+        formatter = ShowFormatter(color=_color(args, out))
+        for item in select(scanner, flt):
+            try:
+                record = convert.structure(item.record)
+            except convert.RecordSchemaError as exc:
+                report(Problem(scanner.line, str(exc)))
+                continue
+            out.write(formatter.line(record, command=item.command, in_tx=item.in_tx) + "\n")
+            if args.follow:
+                out.flush()
+    return EXIT_OK
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .stats import compute
+
+    stats = compute(args.file)
+    report = _problem_printer(stats["file"])
+    for p in stats["problems"]["items"]:
+        report(Problem(p["line"], p["problem"]))
+    if args.json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        from .stats_table import render
+
+        render(stats, sys.stdout, color=_color(args, sys.stdout))
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    summary = write_report(args.file, args.output, title=args.title)
+    print(f"{args.output}: {summary.spans:,} command spans, {summary.events:,} events, "
+          f"{summary.transactions:,} transactions, {summary.lanes:,} lanes")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import write_chrome_trace
+
+    count = write_chrome_trace(args.file, args.output)
+    if args.output != "-":
+        print(f"{args.output}: {count:,} trace events (open in https://ui.perfetto.dev or chrome://tracing)")
+    return EXIT_OK
+
+
+def cmd_bench_analysis(args: argparse.Namespace) -> int:
+    from ..bench import analysis
+
+    analysis.run(records=args.records, folder=args.dir)
+    return EXIT_OK
+
+
+# -- parsers --------------------------------------------------------------------
+
+
+def _add_show(sub: Any) -> None:
+    p = sub.add_parser(
+        "show",
+        help="print one readable line per record (filters, JSON, follow)",
+        description="Print a recording, one line per record: time offset, seq, client, a '|' while "
+        "a transaction holds the channel, direction (-> command, <- reply, <~ event, <> answered "
+        "by qmprr, [[ ]] transaction, !! taint), name, summary, and latency on replies. "
+        "Filters combine: every given filter must match; repeated values (or comma-separated "
+        "ones) are alternatives; --command and --event together select either. A reply belongs "
+        "to its command (client, role, name, transaction). Problems (broken hash chain, torn "
+        "last line) are reported on stderr and the bad line skipped.",
+        epilog="Examples: qmprr show rec.jsonl --role debug;  qmprr show rec.jsonl --errors;  "
+        "qmprr show rec.jsonl --command 'query-*' --from +1.5s --to +3s;  "
+        "qmprr show rec.jsonl --command block-commit --json | jq .msg;  "
+        "qmprr show --follow live.jsonl",
+    )
+    p.add_argument("file", help="recording (.jsonl)")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour output (auto: on a terminal, unless NO_COLOR is set)")
+    f = p.add_argument_group("filters")
+    f.add_argument("--kind", action="append", default=[], metavar="KIND",
+                   help="record kind: command, reply, event, local, tx, taint, client, fd, note, close, "
+                   "greeting, header")
+    f.add_argument("--src", action="append", default=[], metavar="GLOB",
+                   help="client name (primary-1, debug-*, qmprr)")
+    f.add_argument("--role", action="append", default=[], choices=("primary", "debug", "internal"),
+                   help="client role")
+    f.add_argument("--command", action="append", default=[], metavar="GLOB",
+                   help="command name, with its replies and qmprr's own answers (query-*, block-*)")
+    f.add_argument("--event", action="append", default=[], metavar="GLOB", help="event name (BLOCK_JOB_*)")
+    f.add_argument("--errors", action="store_true",
+                   help="error replies, errors qmprr answered, aborted transactions, an upstream connection error")
+    f.add_argument("--tx", type=int, metavar="N",
+                   help="everything from transaction N's begin to its end")
+    f.add_argument("--from", dest="start", metavar="POS", help="start at POS: " + POSITION_HELP)
+    f.add_argument("--to", dest="end", metavar="POS", help="stop after POS: " + POSITION_HELP)
+    f.add_argument("--grep", metavar="TEXT", help="records whose JSON line contains TEXT (case-sensitive)")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", action="store_true",
+                   help="print the selected records as JSON Lines, exactly as in the file (for jq)")
+    o.add_argument("--follow", "-f", action="store_true",
+                   help="keep reading as the recording grows (like tail -f); Ctrl-C to stop")
+    p.set_defaults(func=cmd_show)
+
+
+def register(subparsers: Any) -> None:
+    """Add show, stats, report and export to ``qmprr``'s subparsers."""
+    _add_show(subparsers)
+
+    p = subparsers.add_parser(
+        "stats",
+        help="what a recording holds: commands, latencies, errors, events, clients, transactions",
+        description="Per command: count, errors by class, latency p50/p95/p99/max (exact below "
+        "0.256 ms, within 0.5% above). Events by name; clients with roles and command counts; "
+        "taint; transactions (count, longest hold, how long others waited: a lower bound); the "
+        "busiest second; commands without a reply. One streaming pass in constant memory; the "
+        "hash chain is not checked (qmprr verify does).",
+    )
+    p.add_argument("file", help="recording (.jsonl)")
+    p.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour output (auto: on a terminal, unless NO_COLOR is set)")
+    p.set_defaults(func=cmd_stats)
+
+    p = subparsers.add_parser(
+        "report",
+        help="write a self-contained HTML timeline of a recording",
+        description="Write one HTML file that works offline: a summary table (from stats) above a "
+        "zoomable timeline with a lane per client, each command drawn from send to reply, events "
+        "on their own lane, transactions shaded (clients seen waiting for them hatched), errors in "
+        "red; hover or click for the JSON. Wheel zooms, drag pans, double-click fits.",
+    )
+    p.add_argument("file", help="recording (.jsonl)")
+    p.add_argument("-o", "--output", required=True, metavar="HTML", help="file to write (replaced)")
+    p.add_argument("--title", help="page title (default: the recording's file name)")
+    p.set_defaults(func=cmd_report)
+
+    p = subparsers.add_parser(
+        "export",
+        help="convert a recording for trace viewers (Perfetto, chrome://tracing)",
+        description="Write the recording in Chrome's Trace Event format: a thread per client with "
+        "each command as a slice from send to reply (JSON of command and reply in its args), "
+        "events as instants on a 'QEMU events' thread, transactions and waits as slices.",
+    )
+    p.add_argument("file", help="recording (.jsonl)")
+    p.add_argument("--format", choices=("chrome-trace",), default="chrome-trace",
+                   help="output format (default chrome-trace)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write, or - for stdout")
+    p.set_defaults(func=cmd_export)
+
+
+def register_bench(bench_subparsers: Any) -> None:
+    """Add ``analysis`` to ``qmprr bench``'s subparsers."""
+    b = bench_subparsers.add_parser(
+        "analysis",
+        help="stats time and memory, show --json throughput against jq",
+        description="Build a recording of --records records, then print from one run: stats wall "
+        "time and peak memory (a child process), 'show --command ... --json' throughput, and the "
+        "same selection counted with jq over the same file.",
+    )
+    b.add_argument("--records", type=int, default=1_000_000, help="records to write (default 1,000,000)")
+    b.add_argument("--dir", help="folder for the temporary file (default: the system's)")
+    b.set_defaults(func=cmd_bench_analysis)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A parser with only the analysis commands (for ``python -m qmprr.analysis.commands``)."""
+    parser = argparse.ArgumentParser(prog="qmprr", description="qmprr analysis commands")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    register(sub)
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    register_bench(bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one analysis command as ``qmprr`` would (errors as one line, exit 2)."""
+    args = build_parser().parse_args(argv)
+    try:
+        status = int(args.func(args))
+        sys.stdout.flush()
+        return status
+    except QmprrError as exc:
+        print(f"qmprr: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
