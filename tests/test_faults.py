@@ -871,9 +871,12 @@ async def test_idle_transaction_is_aborted_and_waiters_proceed(tmp_path: Path) -
         waited = time.monotonic() - t0
         assert 0.2 <= waited < 1.5, waited
         assert await asyncio.wait_for(lib_waiting, 1) == {"return": {}}
-        # The owner's tx is gone: ending it is an error; its next command runs outside any tx.
+        # The owner's commands fail until it ends the aborted transaction: it must not
+        # believe a stop/dump/cont block still runs alone. Ending it says why it ended.
+        lost = await owner.execute("query-name", id="lost")
+        assert lost["id"] == "lost" and "idle" in lost["error"]["desc"], lost
         end = await owner.execute("qmprr-transaction-end", id="e")
-        assert end["id"] == "e" and "no transaction is open" in end["error"]["desc"], end
+        assert end["id"] == "e" and "aborted" in end["error"]["desc"] and "idle" in end["error"]["desc"], end
         assert await owner.execute("query-name", id="after") == {"return": {}, "id": "after"}
 
         # The library's transaction times out the same way.

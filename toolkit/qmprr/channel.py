@@ -59,6 +59,8 @@ DEFAULT_TX_IDLE_TIMEOUT = 30.0
 DEFAULT_EVENT_QUEUE = 1000
 INTERNAL_SRC = "qmprr"
 READ_CHUNK = 256 * 1024
+#: How long a cancelled caller's command keeps the wire waiting for QEMU's reply.
+CANCELLED_REPLY_WAIT = 30.0
 
 
 class ChannelError(QmprrError):
@@ -165,9 +167,15 @@ class Subscription:
                 return
 
     def close(self) -> None:
+        """Stop delivering; a reader gets the end of the stream after what is queued."""
         self.channel._subscribers.discard(self)
-        with contextlib.suppress(asyncio.QueueFull):
-            self.queue.put_nowait(None)
+        while True:
+            try:
+                self.queue.put_nowait(None)
+                return
+            except asyncio.QueueFull:  # make room: the end of the stream must get through
+                self.queue.get_nowait()
+                self.dropped += 1
 
 
 _current_tx: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
@@ -244,15 +252,29 @@ class Channel:
             raise UpstreamProtocolError(
                 f"no QMP greeting within {greeting_timeout:g} s: is this a QMP monitor socket?"
             ) from None
-        log = make_log(greeting)
+        try:
+            log = make_log(greeting)
+        except BaseException:
+            writer.close()
+            raise
         channel = cls(reader, writer, log, greeting, decoder=decoder, tx_idle_timeout=tx_idle_timeout)
-        log.append(Greeting(msg=Msg(greeting)))
-        channel._reader_task = asyncio.create_task(channel._read_loop(leftover), name="qmprr-upstream")
-        reply = await channel.execute(
-            {"execute": "qmp_capabilities"}, src=INTERNAL_SRC, role="internal"
-        )
-        if "error" in reply:
-            raise UpstreamProtocolError(f"QEMU refused qmp_capabilities: {reply['error']}")
+        try:
+            log.append(Greeting(msg=Msg(greeting)))
+            channel._reader_task = asyncio.create_task(channel._read_loop(leftover), name="qmprr-upstream")
+            async with asyncio.timeout(greeting_timeout):
+                reply = await channel.execute(
+                    {"execute": "qmp_capabilities"}, src=INTERNAL_SRC, role="internal"
+                )
+            if "error" in reply:
+                raise UpstreamProtocolError(f"QEMU refused qmp_capabilities: {reply['error']}")
+        except BaseException as exc:
+            await channel.close()
+            log.close()
+            if isinstance(exc, TimeoutError):
+                raise UpstreamProtocolError(
+                    f"QEMU did not answer qmp_capabilities within {greeting_timeout:g} s"
+                ) from None
+            raise
         return channel
 
     @classmethod
@@ -342,13 +364,20 @@ class Channel:
         )
         self.log.append(record)  # write-ahead: logged before QEMU sees it
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        # Its caller may be gone (cancelled) when QEMU's end fails it: that is not an error to log.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._in_flight = (wire_id, record, future)
         try:
             self._writer.write(wire.encode(sent))
             await self._writer.drain()
             return await future
+        except asyncio.CancelledError:
+            # The command is on the wire: hold it until QEMU answers, so the reply
+            # is logged as this command's and no second command goes out meanwhile.
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(future), CANCELLED_REPLY_WAIT)
+            raise
         except (ConnectionError, OSError) as exc:
-            self._in_flight = None
             if isinstance(exc, (ConnectionResetError, BrokenPipeError)) or self._writer.is_closing():
                 self._shutdown("eof", "QEMU closed the monitor connection")
             else:
@@ -378,8 +407,12 @@ class Channel:
             self._lock.release()
             raise
         tx = Transaction(id=next(self._tx_ids), label=label, owner=owner, channel=self)
+        try:
+            self.log.append(Tx(action="begin", tx=tx.id, label=label, owner=owner))
+        except BaseException:
+            self._lock.release()
+            raise
         self._tx = tx
-        self.log.append(Tx(action="begin", tx=tx.id, label=label, owner=owner))
         self._watchdog = asyncio.create_task(self._watch(tx), name=f"qmprr-tx-{tx.id}")
         return tx
 
@@ -509,6 +542,8 @@ class Channel:
             reason, detail = "eof", "QEMU closed the monitor connection (reset)"
         except (ConnectionError, OSError) as exc:
             reason, detail = "error", f"reading from QEMU failed: {exc}"
+        except QmprrError as exc:  # the log cannot be written: nothing may pass unrecorded
+            reason, detail = "error", f"cannot record QEMU's output: {exc}"
         except asyncio.CancelledError:
             reason, detail = "stopped", "qmprr closed the connection"
             self._shutdown(reason, detail)
@@ -548,7 +583,8 @@ class Channel:
             tx.abort_reason = f"the connection to QEMU closed ({reason})"
             self._lock.release()
         if not self.log.closed:
-            self.log.append(Close(reason=reason, detail=detail))
+            with contextlib.suppress(QmprrError, OSError):  # a failing log must not stop the shutdown
+                self.log.append(Close(reason=reason, detail=detail))
         self._close_logged = True
         for sub in list(self._subscribers):
             sub.close()

@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import attrs
 
-from . import wire
+from . import codec, wire
 from .recording import ABSENT
 from .replay.normalize import Normalizer
 from .replay.script import DEFAULT_GREETING, Exchange, Script, load_script
@@ -144,8 +144,6 @@ class FakeQemu:
     # -- matching (no I/O) ------------------------------------------------------
 
     def _key(self, command: str | None, arguments: Any) -> tuple[str | None, str]:
-        from . import codec
-
         normalized = self.normalizer.arguments(command, arguments)
         return command, codec.dumps(normalized, sort_keys=True).decode() if normalized else ""
 

@@ -38,6 +38,19 @@ class LaunchedQemu:
     stderr_tail: collections.deque[str] = attrs.field(factory=lambda: collections.deque(maxlen=20))
     relay: asyncio.Task[None] | None = None
 
+    async def fail_startup(self, cause: QmprrError) -> QmprrError:
+        """Stop a QEMU whose monitor could not be opened; the error to report.
+
+        QEMU's own message when it exited by itself, else *cause*.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.process.wait(), 0.5)
+        exited = self.process.returncode is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        await self.wait()
+        return self.startup_failure() if exited else cause
+
     def startup_failure(self) -> LaunchError:
         """The error to report when QEMU ended before it was usable."""
         status = self.process.returncode
@@ -86,6 +99,9 @@ async def start_qemu(argv: list[str], env: dict[str, str] | None = None) -> Laun
             stdin=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             env={**os.environ, **env} if env else None,
+            # Its own process group: Ctrl-C or 'kill %1' reaches qmprr, which quits
+            # QEMU through the (logged) channel instead of QEMU dying on the signal.
+            start_new_session=True,
         )
     except OSError as exc:
         ours.close()
@@ -98,9 +114,14 @@ async def start_qemu(argv: list[str], env: dict[str, str] | None = None) -> Laun
 
 
 async def _relay_stderr(process: asyncio.subprocess.Process, tail: collections.deque[str]) -> None:
+    """Copy QEMU's stderr to ours as it comes; keep its last lines (any length)."""
     assert process.stderr is not None
-    async for raw in process.stderr:
-        line = raw.decode("utf-8", "replace")
-        tail.append(line)
-        sys.stderr.write(line)
+    pending = b""
+    while chunk := await process.stderr.read(65536):
+        sys.stderr.write(chunk.decode("utf-8", "replace"))
         sys.stderr.flush()
+        *lines, pending = (pending + chunk).split(b"\n")
+        tail.extend(line.decode("utf-8", "replace")[:4096] for line in lines)
+        pending = pending[-4096:]
+    if pending:
+        tail.append(pending.decode("utf-8", "replace"))

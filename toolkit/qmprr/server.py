@@ -170,7 +170,6 @@ class QmpServer:
         self._tx_of: dict[str, Transaction] = {}
         self._readers: set[asyncio.StreamReader] = set()
         self._watcher: asyncio.Task[None] | None = None
-        channel.on_transaction_abort(self._forget_tx)
 
     async def listen(self, path: str, role: str = "primary") -> None:
         """Accept clients with *role* on a new UNIX socket at *path* (mode 0600)."""
@@ -214,10 +213,6 @@ class QmpServer:
         for reader in list(self._readers):
             reader.feed_eof()
 
-    def _forget_tx(self, tx: Transaction) -> None:
-        if self._tx_of.get(tx.owner) is tx:
-            del self._tx_of[tx.owner]
-
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: str) -> None:
         channel = self.channel
         name = f"{role}-{next(self._names[role])}"
@@ -256,7 +251,7 @@ class QmpServer:
             self._readers.discard(reader)
             if subscription is not None:
                 subscription.close()
-            if name in self._tx_of:
+            if name in self._tx_of and not self._tx_of[name].ended:
                 channel.abort_transactions_of(name, "its owner disconnected")
             channel.record(Client(action="disconnect", name=name, role=role, peer=peer))  # type: ignore[arg-type]
             await outbox.close()
@@ -280,12 +275,13 @@ class QmpServer:
             return await self.channel.execute(
                 action.msg, src=name, role=role, client_id=action.client_id, tx=self._tx_of.get(name)
             )
-        except ChannelError as exc:
+        except QmprrError as exc:  # the channel's errors, and a log that cannot be written
             return qmp_error(str(exc), id=action.client_id)
 
     async def _begin(self, name: str, role: str, action: BeginTx) -> dict[str, Any]:
-        if name in self._tx_of:
-            reply = qmp_error(f"{name} already holds transaction {self._tx_of[name].id}", id=action.client_id)
+        held = self._tx_of.get(name)
+        if held is not None and not held.ended:
+            reply = qmp_error(f"{name} already holds transaction {held.id}", id=action.client_id)
             self._log_local(name, role, Answer(reply, action.msg))
             return reply
         try:
@@ -307,5 +303,7 @@ class QmpServer:
         try:
             await self.channel.end_transaction(tx)
         except (TransactionError, ChannelClosed) as exc:
-            return qmp_error(str(exc), id=action.client_id)
+            reply = qmp_error(str(exc), id=action.client_id)
+            self._log_local(name, role, Answer(reply, action.msg))
+            return reply
         return qmp_return({"tx": tx.id}, id=action.client_id)

@@ -143,11 +143,8 @@ async def run_launch(
             _log_factory(options, argv, env, domain_xml),
             tx_idle_timeout=options.tx_idle_timeout,
         )
-    except (ChannelError, QmprrError):
-        with contextlib.suppress(ProcessLookupError):
-            qemu.process.kill()
-        await qemu.wait()
-        raise qemu.startup_failure() from None
+    except QmprrError as exc:
+        raise await qemu.fail_startup(exc) from None
     server = None
     try:
         server = await _serve(channel, options)

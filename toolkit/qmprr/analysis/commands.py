@@ -1,4 +1,4 @@
-"""The analysis subcommands of ``qmprr``: show, stats, report, export, bench analysis.
+"""The analysis subcommands of ``qmprr``: show, stats, report, export, diff, bench analysis.
 
 :func:`register` adds them to the main parser's subparsers and
 :func:`register_bench` adds ``analysis`` under ``qmprr bench``. Handlers
@@ -18,6 +18,7 @@ from ..errors import QmprrError
 from ..recording.reader import Problem
 
 EXIT_OK = 0
+EXIT_DIFFERENT = 1
 
 POSITION_HELP = ("a seq (120) or a time offset since the start: +1.5, +1.5s, 250ms, +2m, 1h, +30us; "
                  "inclusive")
@@ -117,6 +118,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from ..replay.normalize import Normalizer, load_rules
+    from .diff import diff_recordings, render, to_json
+
+    normalizer = Normalizer()
+    if args.rules:
+        normalizer = normalizer.with_rules(load_rules(args.rules))
+    result = diff_recordings(args.a, args.b, normalizer=normalizer, internal=args.internal)
+    if args.json:
+        data = to_json(result)
+        if hasattr(sys.stdout, "buffer"):
+            sys.stdout.buffer.write(data)
+        else:
+            sys.stdout.write(data.decode())
+    else:
+        render(result, sys.stdout, color=_color(args, sys.stdout))
+    return EXIT_OK if result.equivalent else EXIT_DIFFERENT
+
+
 def cmd_bench_analysis(args: argparse.Namespace) -> int:
     from ..bench import analysis
 
@@ -172,8 +192,34 @@ def _add_show(sub: Any) -> None:
     p.set_defaults(func=cmd_show)
 
 
+def _add_diff(sub: Any) -> None:
+    p = sub.add_parser(
+        "diff",
+        help="compare two recordings of the same session (say, the original and its replay)",
+        description="Align two recordings by their command sequence (command name and normalized "
+        "arguments) and compare them as replay does, after the same normalization (built-in rules "
+        "and --rules): arguments and replies field by field (error replies by class), and the events "
+        "of each window (from a command to the next) as multisets, rate-limited events by presence. "
+        "Prints the first divergence with context, then every difference, one per line: "
+        "'seq A / seq B  command: what'. A command only A has is 'missing in B', one only B has "
+        "'extra in B'. qmprr's own commands (role internal: its quit) are left out with their "
+        "windows unless --internal.",
+        epilog="Exit status: 0 equivalent, 1 different, 2 a file cannot be read or is not a recording. "
+        "Example: qmprr replay rec.jsonl --target fake --record replay.jsonl; qmprr diff rec.jsonl replay.jsonl",
+    )
+    p.add_argument("a", metavar="A", help="recording (.jsonl), the reference")
+    p.add_argument("b", metavar="B", help="recording (.jsonl) compared with it")
+    p.add_argument("--rules", metavar="FILE",
+                   help="normalization rules (TOML, as replay --rules), on top of the built-in ones")
+    p.add_argument("--internal", action="store_true", help="compare qmprr's own commands too")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour output (auto: on a terminal, unless NO_COLOR is set)")
+    p.set_defaults(func=cmd_diff)
+
+
 def register(subparsers: Any) -> None:
-    """Add show, stats, report and export to ``qmprr``'s subparsers."""
+    """Add show, stats, report, export and diff to ``qmprr``'s subparsers."""
     _add_show(subparsers)
 
     p = subparsers.add_parser(
@@ -216,6 +262,8 @@ def register(subparsers: Any) -> None:
                    help="output format (default chrome-trace)")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write, or - for stdout")
     p.set_defaults(func=cmd_export)
+
+    _add_diff(subparsers)
 
 
 def register_bench(bench_subparsers: Any) -> None:

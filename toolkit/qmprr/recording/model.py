@@ -3,7 +3,7 @@
 Every record has ``seq`` (0, 1, 2, ... with no gaps), ``t`` (seconds since the
 header's start, from a monotonic clock) and ``kind``. The writer assigns
 ``seq`` and ``t``; callers build records with the other fields. How records
-become JSON lines is :mod:`qmprr.recording.codec`'s business, not theirs.
+become JSON lines is :mod:`qmprr.recording.convert`'s business, not theirs.
 """
 
 from __future__ import annotations

@@ -42,22 +42,20 @@ def verify(path: str | os.PathLike[str]) -> VerifyReport:
     """
     with RecordingReader(path, errors="skip") as reader:
         report = VerifyReport(path=reader.path, header=reader.header)
-        is_command = bytearray()  # seq -> 1 when that record is a command
+        answered: set[int] = set()  # commands that got their reply (to tell "second reply")
         pending: dict[int, Command] = {}
         problems: list[Problem] = []
         for record in reader:
-            if len(is_command) <= record.seq:
-                is_command.extend(bytes(max(record.seq + 1 - len(is_command), 4096)))
             if isinstance(record, Command):
-                is_command[record.seq] = 1
                 pending[record.seq] = record
             elif isinstance(record, Reply):
                 cmd = record.cmd
                 if cmd in pending:
                     del pending[cmd]
+                    answered.add(cmd)
                 elif cmd >= record.seq:
                     problems.append(Problem(reader.line, f"reply names seq {cmd}, not an earlier record"))
-                elif 0 <= cmd < len(is_command) and is_command[cmd]:
+                elif cmd in answered:
                     problems.append(Problem(reader.line, f"second reply to the command at seq {cmd}"))
                 else:
                     problems.append(Problem(reader.line, f"reply names seq {cmd}, which is not a command"))

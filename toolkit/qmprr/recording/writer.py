@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import enum
 import fcntl
@@ -105,6 +106,8 @@ class RecordWriter:
         self._t0 = time.monotonic() - t_offset
         self._last_t = t_offset
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()  # one fdatasync at a time, outside _lock
+        self._size = os.fstat(fd).st_size  # where the next line starts (to undo a failed write)
         self._dirty = False
         self._closed = False
         self._syncer: threading.Thread | None = None
@@ -241,27 +244,42 @@ class RecordWriter:
             line, h = chain.seal(codec.dumps(d), self._last_hash)
             try:
                 written = os.write(self._fd, line)
+                if written != len(line):
+                    raise OSError(f"short write ({written} of {len(line)} bytes); disk full?")
+                if self.sync is SyncPolicy.ALWAYS:
+                    os.fdatasync(self._fd)
             except OSError as exc:
-                raise RecordingError(f"{self.path}: cannot write record: {exc.strerror}") from None
-            if written != len(line):
+                # Take back what reached the file: a partial line must never be
+                # followed by later records (that would corrupt the middle).
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._size)
                 raise RecordingError(
-                    f"{self.path}: short write ({written} of {len(line)} bytes); disk full?"
-                )
+                    f"{self.path}: cannot write record: {exc.strerror or exc}"
+                ) from None
+            self._size += written
             self._next_seq += 1
             self._last_hash = h
             self._last_t = t
-            if self.sync is SyncPolicy.ALWAYS:
-                os.fdatasync(self._fd)
-            else:
+            if self.sync is not SyncPolicy.ALWAYS:
                 self._dirty = True
             return record
 
     def flush(self) -> None:
-        """Force everything written so far to stable storage."""
-        with self._lock:
-            if not self._closed and self._dirty:
-                os.fdatasync(self._fd)
+        """Force everything written so far to stable storage.
+
+        The disk flush runs outside the append lock, so appends (the event
+        loop) never wait for the disk.
+        """
+        with self._sync_lock:
+            with self._lock:
+                if self._closed or not self._dirty:
+                    return
                 self._dirty = False
+            try:
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                self._dirty = True
+                raise RecordingError(f"{self.path}: cannot flush to disk: {exc.strerror}") from None
 
     def close(self) -> None:
         """Flush (except with sync ``none``), unlock and close. Idempotent."""
@@ -270,11 +288,13 @@ class RecordWriter:
         self._stop.set()
         if self._syncer is not None:
             self._syncer.join()
-        if self.sync is not SyncPolicy.NONE:
-            self.flush()
-        with self._lock:
-            self._closed = True
-            os.close(self._fd)
+        try:
+            if self.sync is not SyncPolicy.NONE:
+                self.flush()
+        finally:
+            with self._lock:
+                self._closed = True
+                os.close(self._fd)
 
     def __enter__(self) -> RecordWriter:
         return self
@@ -287,7 +307,7 @@ class RecordWriter:
             if self._dirty:
                 try:
                     self.flush()
-                except OSError:
+                except RecordingError:
                     pass  # reported by the next append or close
 
 

@@ -21,30 +21,13 @@ from typing import Any, Literal
 import attrs
 
 from ..channel import Channel, ChannelError
+from .compare import RATE_LIMITED_EVENTS, Difference, compare_replies, event_key
+from .compare import field_differences as field_differences  # re-exported: it used to live here
 from .normalize import Normalizer
 from .safety import PathMap, fill_secrets, refusal
 from .script import Exchange, Script
 
-#: Events QEMU rate-limits (coalesces): only their presence is compared.
-RATE_LIMITED_EVENTS = frozenset(
-    {"RTC_CHANGE", "BALLOON_CHANGE", "WATCHDOG", "ACPI_DEVICE_OST", "QUORUM_FAILURE",
-     "QUORUM_REPORT_BAD", "VSERPORT_CHANGE", "MEMORY_DEVICE_SIZE_CHANGE", "MEMORY_FAILURE"}
-)
-
 Status = Literal["matched", "diverged", "skipped", "refused", "interrupted"]
-
-
-@attrs.define
-class Difference:
-    """One way a step differed: ``what`` (reply, error-class, missing-event, extra-event), where, values."""
-
-    what: str
-    path: str
-    recorded: Any
-    actual: Any
-
-    def __str__(self) -> str:
-        return f"{self.what} {self.path}: recorded {_short(self.recorded)}, got {_short(self.actual)}"
 
 
 @attrs.define
@@ -171,7 +154,7 @@ async def _run_step(
     step.actual_reply = actual
     rewrite = options.path_map.rewrite if options.path_map.pairs else (lambda v: v)
     if ex.reply is not None:
-        step.differences += _compare_replies(ex.command, rewrite(ex.reply), actual, norm)
+        step.differences += compare_replies(ex.command, rewrite(ex.reply), actual, norm)
     expected_events = [rewrite(e) for e in ex.events_before + ex.events_after]
     step.differences += await _compare_events(expected_events, events, options, norm)
     if step.differences:
@@ -179,22 +162,10 @@ async def _run_step(
     return step
 
 
-def _compare_replies(command: str, recorded: dict[str, Any], actual: dict[str, Any], norm: Normalizer) -> list[Difference]:
-    if "return" in recorded and "return" in actual and recorded["return"] == actual["return"]:
-        return []  # equal before normalization, so equal after: the common case costs no copy
-    r_kind, r_value = norm.reply(command, recorded)
-    a_kind, a_value = norm.reply(command, actual)
-    if r_kind != a_kind:
-        return [Difference("reply", f"{r_kind} vs {a_kind}", recorded.get(r_kind), actual.get(a_kind))]
-    if r_kind == "error":
-        return [] if r_value == a_value else [Difference("error-class", "error.class", r_value, a_value)]
-    return [Difference("reply", path, r, a) for path, r, a in field_differences(r_value, a_value, "return")]
-
-
 async def _compare_events(
     expected_msgs: list[dict[str, Any]], events: Any, options: ReplayOptions, norm: Normalizer
 ) -> list[Difference]:
-    expected = collections.Counter(_event_key(norm, m) for m in expected_msgs)
+    expected = collections.Counter(event_key(norm, m) for m in expected_msgs)
     seen: collections.Counter[tuple[str, str]] = collections.Counter()
     extras: list[tuple[str, str]] = []
     deadline = time.monotonic() + options.event_timeout
@@ -213,7 +184,7 @@ async def _compare_events(
             break
         if msg is None:
             break
-        key = _event_key(norm, msg)
+        key = event_key(norm, msg)
         if seen[key] < expected.get(key, 0) or (key[0] in RATE_LIMITED_EVENTS and key in expected):
             seen[key] += 1
         else:
@@ -226,41 +197,3 @@ async def _compare_events(
     for key in extras:
         diffs.append(Difference("extra-event", key[0], None, key[1]))
     return diffs
-
-
-def _event_key(norm: Normalizer, msg: dict[str, Any]) -> tuple[str, str]:
-    from .. import codec
-
-    name, data = norm.event(msg)
-    return name, codec.dumps(data, sort_keys=True).decode() if data is not None else "{}"
-
-
-def field_differences(recorded: Any, actual: Any, path: str) -> list[tuple[str, Any, Any]]:
-    """``(path, recorded, actual)`` for every leaf that differs (lists compared by position)."""
-    out: list[tuple[str, Any, Any]] = []
-
-    def walk(a: Any, b: Any, where: str) -> None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in list(a) + [k for k in b if k not in a]:
-                walk(a.get(key, _MISSING), b.get(key, _MISSING), f"{where}.{key}")
-        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-            for i, (x, y) in enumerate(zip(a, b)):
-                walk(x, y, f"{where}[{i}]")
-        elif a != b:
-            out.append((where, a, b))
-
-    walk(recorded, actual, path)
-    return out
-
-
-class _Missing:
-    def __repr__(self) -> str:
-        return "(absent)"
-
-
-_MISSING: Any = _Missing()
-
-
-def _short(value: Any, width: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 1] + "…"

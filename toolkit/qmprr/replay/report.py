@@ -7,6 +7,7 @@ from typing import Any, TextIO
 
 import attrs
 
+from ..errors import QmprrError
 from .engine import ReplayReport, Step
 
 CONTEXT_STEPS = 3
@@ -70,6 +71,9 @@ def _step(step: Step) -> dict[str, Any]:
 
 
 def write_json(report: ReplayReport, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(to_json(report), f, indent=2, default=repr)
-        f.write("\n")
+    try:
+        with open(path, "w") as f:
+            json.dump(to_json(report), f, indent=2, default=repr)
+            f.write("\n")
+    except OSError as exc:
+        raise QmprrError(f"{path}: cannot write the report: {exc.strerror}") from None

@@ -34,6 +34,11 @@ class RunOptions:
 
 async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> ReplayReport:
     """Replay the recording at *path*; print the summary; return the report."""
+    if run.workdir and not os.path.isdir(run.workdir):
+        raise TargetError(f"--workdir {run.workdir}: not a folder")
+    for option, out in (("--report", run.report), ("--record", run.record)):
+        if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+            raise QmprrError(f"{option} {out}: its folder does not exist")
     script = load_script(path)
     if not script.exchanges:
         raise QmprrError(f"{path}: the recording has no commands to replay")

@@ -26,10 +26,14 @@ _HMP_EXEC_MIGRATE = re.compile(r"^\s*migrate(?:_incoming)?\s+(?:-\w+\s+)*\"?exec
 #: Keys whose values are host paths (QMP arguments, -option key=value, HMP key=value).
 _PATH_KEYS = frozenset(
     {"filename", "file", "path", "protocol", "uri", "out", "in", "target", "snapshot-file",
-     "mem-path", "backing-file", "mountpoint", "logfile", "dir", "fsdev", "sock", "socket"}
+     "mem-path", "backing-file", "mountpoint", "logfile", "dir", "fsdev", "sock", "socket",
+     "device", "smb", "tftp", "romfile", "evdev", "serial", "parallel", "monitor", "incoming"}
 )
 #: Keys whose values name a host program QEMU runs (netdev tap/bridge).
-_PROGRAM_KEYS = frozenset({"script", "downscript", "helper"})
+_PROGRAM_KEYS = frozenset({"script", "downscript", "helper", "guestfwd"})
+#: Value prefixes that make QEMU run a host program.
+_PROGRAM_VALUES = ("exec:", "|")
+_PROGRAM_MARKERS = ("-cmd:",)
 #: Host paths any replay may use: devices and QEMU's own firmware folders.
 SAFE_ROOTS = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/usr/share/qemu",
               "/usr/share/seabios", "/usr/share/ovmf", "/usr/share/OVMF", "/usr/lib/ipxe")
@@ -102,6 +106,8 @@ def refusal(
         return None
     if command in ("migrate", "migrate-incoming") and str(args.get("uri", "")).startswith("exec:"):
         return "unsafe", f"{command} with an exec: URI runs a host program: {args['uri']!r}"
+    if command in ("migrate", "migrate-incoming") and ("transport", "exec") in set(_pairs(args)):
+        return "unsafe", f"{command} with an exec transport runs a host program"
     line = args.get("command-line") if command == "human-monitor-command" else None
     if isinstance(line, str):
         if _HMP_EXEC_MIGRATE.match(line):
@@ -129,9 +135,16 @@ def _check_pairs(pairs: Iterable[tuple[str, str]], roots: list[str]) -> tuple[st
     for key, value in pairs:
         if key in _PROGRAM_KEYS and value not in ("", "no"):
             return "unsafe", f"{key}={value!r} runs a host program"
+        if value.startswith(_PROGRAM_VALUES) or any(m in value for m in _PROGRAM_MARKERS):
+            return "unsafe", f"{value!r} runs a host program"
+        if value.startswith("json:"):
+            found = _check_pairs(_keyval_pairs(value[len("json:") :]), roots)
+            if found:
+                return found
+            continue
         if key not in _PATH_KEYS and key != "":
             continue
-        path = value.split(":", 1)[1] if value.startswith(("file:", "unix:")) else value
+        path = value.split(":", 1)[1] if value.startswith(("file:", "unix:", "pipe:")) else value
         if path.startswith("/"):
             norm = os.path.normpath(path)
             if not any(norm == r or norm.startswith(r.rstrip("/") + "/") for r in (*roots, *SAFE_ROOTS)):
@@ -167,7 +180,7 @@ def _keyval_pairs(text: str) -> Iterable[tuple[str, str]]:
         key, sep, value = part.partition("=")
         if sep:
             yield key.rsplit(".", 1)[-1], value.replace(",,", ",")
-        elif part.startswith("/"):
+        elif part.startswith(("/", "file:", "pipe:", "exec:", "unix:")):
             yield "", part
 
 

@@ -98,11 +98,8 @@ async def qemu_target(
         reader, writer = await asyncio.open_unix_connection(sock=qemu.monitor)
         try:
             channel = await Channel.open(reader, writer, make_log)
-        except QmprrError:
-            with contextlib.suppress(ProcessLookupError):
-                qemu.process.kill()
-            await qemu.wait()
-            raise qemu.startup_failure() from None
+        except QmprrError as exc:
+            raise await qemu.fail_startup(exc) from None
         try:
             yield channel
         finally:
