@@ -22,5 +22,7 @@ def test_bench_prints_its_figures(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_bench_is_a_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "analysis", "--records", "500"]) == 0
+    from qmprr import cli
+
+    assert cli.main(["bench", "analysis", "--records", "500"]) == 0
     assert "qmprr bench analysis: 500 records" in capsys.readouterr().out

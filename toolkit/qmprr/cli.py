@@ -265,6 +265,13 @@ def cmd_bench_proxy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_analysis(args: argparse.Namespace) -> int:
+    from .bench import analysis
+
+    analysis.run(records=args.records, folder=args.dir)
+    return EXIT_OK
+
+
 def cmd_bench_replay(args: argparse.Namespace) -> int:
     from .bench import replay
 
@@ -470,9 +477,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--only", choices=("fake", "replay"))
     b.set_defaults(func=cmd_bench_replay)
 
-    from .analysis.commands import register_bench as register_analysis_bench
-
-    register_analysis_bench(bench)
+    b = bench.add_parser(
+        "analysis",
+        help="stats time and memory, show --json throughput against jq",
+        description="Build a recording of --records records, then print from one run: stats wall "
+        "time and peak memory (a child process), 'show --command ... --json' throughput, and the "
+        "same selection counted with jq over the same file.",
+    )
+    b.add_argument("--records", type=int, default=1_000_000, help="records to write (default 1,000,000)")
+    b.add_argument("--dir", help="folder for the temporary file (default: the system's)")
+    b.set_defaults(func=cmd_bench_analysis)
 
     from .domain.commands import register as register_domain
     from .importers.commands import register as register_import

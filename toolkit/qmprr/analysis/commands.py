@@ -137,13 +137,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_OK if result.equivalent else EXIT_DIFFERENT
 
 
-def cmd_bench_analysis(args: argparse.Namespace) -> int:
-    from ..bench import analysis
-
-    analysis.run(records=args.records, folder=args.dir)
-    return EXIT_OK
-
-
 # -- parsers --------------------------------------------------------------------
 
 
@@ -266,27 +259,11 @@ def register(subparsers: Any) -> None:
     _add_diff(subparsers)
 
 
-def register_bench(bench_subparsers: Any) -> None:
-    """Add ``analysis`` to ``qmprr bench``'s subparsers."""
-    b = bench_subparsers.add_parser(
-        "analysis",
-        help="stats time and memory, show --json throughput against jq",
-        description="Build a recording of --records records, then print from one run: stats wall "
-        "time and peak memory (a child process), 'show --command ... --json' throughput, and the "
-        "same selection counted with jq over the same file.",
-    )
-    b.add_argument("--records", type=int, default=1_000_000, help="records to write (default 1,000,000)")
-    b.add_argument("--dir", help="folder for the temporary file (default: the system's)")
-    b.set_defaults(func=cmd_bench_analysis)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """A parser with only the analysis commands (for ``python -m qmprr.analysis.commands``)."""
     parser = argparse.ArgumentParser(prog="qmprr", description="qmprr analysis commands")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     register(sub)
-    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
-    register_bench(bench)
     return parser
 
 
