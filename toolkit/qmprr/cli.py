@@ -513,14 +513,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except OSError as exc:  # a file or socket problem no command foresaw: still one line
-        print(f"qmprr: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
-        return EXIT_CANNOT_RUN
     except BrokenPipeError:
         # The reader of our output went away (e.g. 'qmprr show f | head').
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:  # a file or socket problem no command foresaw: still one line
+        print(f"qmprr: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
 
 
 if __name__ == "__main__":
