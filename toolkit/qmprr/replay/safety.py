@@ -66,7 +66,7 @@ class PathMap:
         """
         if isinstance(value, str):
             for pattern, dst in self._patterns():
-                value = pattern.sub(lambda m: dst, value)
+                value = pattern.sub(lambda _m, d=dst: d, value)  # type: ignore[misc]
             return value
         if isinstance(value, dict):
             return {k: self.rewrite(v) for k, v in value.items()}
