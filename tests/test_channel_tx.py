@@ -53,3 +53,28 @@ async def test_abort_during_in_flight_command_waits_for_its_reply(tmp_path: Path
     assert kinds[pmem + 2] == ("Tx", "abort")
     assert kinds[pmem + 3] == ("Command", "other")
     assert verify(log).ok
+
+
+async def test_a_command_that_waited_records_when_it_asked_and_stats_measure_the_wait(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    log = tmp_path / "rec.jsonl"
+    with support.qemu_with_qmp(tmp_path) as (_qemu, sock):
+        channel = await Channel.open_unix(sock, lambda g: RecordWriter.create(log))
+        await channel.execute({"execute": "query-name"}, src="quick")  # nothing in its way
+        async with channel.transaction("hold", owner="owner") as tx:
+            waiter = asyncio.create_task(channel.execute({"execute": "query-status"}, src="waiter"))
+            await asyncio.sleep(0.3)
+            await tx.execute({"execute": "query-name"})
+        await asyncio.wait_for(waiter, 5)
+        await channel.close()
+        channel.log.close()
+    commands = {r.src: r for r in RecordingReader(log) if isinstance(r, Command) and r.src in ("quick", "waiter")}
+    assert commands["quick"].queued is None
+    waited = commands["waiter"].t - commands["waiter"].queued
+    assert 0.25 < waited < 2.0, waited
+    stats = json.loads(subprocess.run([*support.QMPRR, "stats", str(log), "--json"], check=True,
+                                      capture_output=True, text=True).stdout)
+    wait = stats["transactions"]["waits"]["longest"][0]
+    assert wait["client"] == "waiter" and abs(wait["seconds"] - waited) < 0.01, wait

@@ -59,6 +59,8 @@ DEFAULT_TX_IDLE_TIMEOUT = 30.0
 DEFAULT_EVENT_QUEUE = 1000
 INTERNAL_SRC = "qmprr"
 READ_CHUNK = 256 * 1024
+#: A command that waited longer than this for the wire records when it asked (``queued``).
+QUEUED_THRESHOLD = 0.001
 #: How long a cancelled caller's command keeps the wire waiting for QEMU's reply.
 CANCELLED_REPLY_WAIT = 30.0
 
@@ -306,6 +308,7 @@ class Channel:
         carries *client_id* as its ``id`` (none when ABSENT). *tx* defaults
         to the transaction opened by :meth:`transaction` in this task.
         """
+        asked = time.monotonic()
         if tx is None:
             tx = _current_tx.get()
             if tx is not None and tx.task is not asyncio.current_task():
@@ -325,7 +328,7 @@ class Channel:
             if tx is not None:
                 tx.busy += 1
             try:
-                reply = await self._send(msg, src, role, client_id, tx)
+                reply = await self._send(msg, src, role, client_id, tx, asked)
             finally:
                 if tx is not None:
                     tx.busy -= 1
@@ -349,7 +352,13 @@ class Channel:
         self.abort_all_transactions(reason)
 
     async def _send(
-        self, msg: dict[str, Any], src: str, role: str, client_id: Any, tx: Transaction | None
+        self,
+        msg: dict[str, Any],
+        src: str,
+        role: str,
+        client_id: Any,
+        tx: Transaction | None,
+        asked: float,
     ) -> dict[str, Any]:
         self._raise_if_closed()
         wire_id = f"qmprr-{next(self._wire_ids)}"
@@ -361,6 +370,7 @@ class Channel:
             msg=Msg(sent),
             client_id=client_id if client_id != wire_id else ABSENT,
             tx=tx.id if tx is not None else None,
+            queued=self.log.offset(asked) if time.monotonic() - asked > QUEUED_THRESHOLD else None,
         )
         self.log.append(record)  # write-ahead: logged before QEMU sees it
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

@@ -22,7 +22,7 @@ import orjson
 from .context import CommandInfo, Tracker, command_name, error_class
 from .output import clip, replace_file
 from .source import Scanner
-from .waits import WaitTracker
+from .waits import WaitTracker, queued_of as _queued
 
 PID = 1
 EVENTS_TID, TX_TID, QMPRR_TID = 1, 2, 3
@@ -105,7 +105,7 @@ class _ChromeTrace:
         record = {k: v for k, v in d.items() if k != "h"}
         if kind == "command" and info is not None:
             self.tid(info.src, info.role)
-            wait = self.waits.command(info.src, t)
+            wait = self.waits.command(info.src, t, _queued(d))
             if wait is not None:
                 self.w.event({"name": f"waiting for tx {wait.tx}", "cat": "wait", "ph": "X",
                               "ts": _us(wait.start), "dur": _us(wait.seconds), "pid": PID,
@@ -141,9 +141,9 @@ class _ChromeTrace:
             return
         if action == "begin":
             self.tx_open[tx] = (str(d.get("label", "")), str(d.get("owner", "?")), t)
-            self.waits.begin(tx, str(d.get("owner", "?")))
+            self.waits.begin(tx, str(d.get("owner", "?")), t)
         elif tx in self.tx_open:
-            self.waits.end(tx)
+            self.waits.end(tx, t)
             self._tx_slice(tx, t, "aborted" if action == "abort" else "ended", d.get("reason"))
 
     def _tx_slice(self, tx: int, t: float, status: str, reason: Any = None) -> None:

@@ -34,7 +34,7 @@ from .output import clip, replace_file
 from .report_summary import summary_html
 from .source import Scanner
 from .stats import compute
-from .waits import WaitTracker
+from .waits import WaitTracker, queued_of as _queued
 
 ERROR, DEBUG, INTERNAL, NO_REPLY, IN_TX = 1, 2, 4, 8, 16
 CHUNK = 1000
@@ -124,7 +124,7 @@ class _Timeline:
         kind, t = d["kind"], d["t"]
         if kind == "command":
             self.lane(info.src, info.role)  # type: ignore[union-attr]
-            wait = self.waits.command(info.src, t)  # type: ignore[union-attr]
+            wait = self.waits.command(info.src, t, _queued(d))  # type: ignore[union-attr]
             if wait is not None:
                 self.items.add(["W", self.lane(wait.client, None), wait.start, wait.end, wait.tx])
                 self.summary.waits += 1
@@ -148,11 +148,11 @@ class _Timeline:
         label, owner = str(d.get("label", "")), str(d.get("owner", "?"))
         if action == "begin":
             self.tx_open[tx] = (label, owner, t)
-            self.waits.begin(tx, owner)
+            self.waits.begin(tx, owner, t)
             self.lane(owner, None)
         elif tx in self.tx_open:
             label, owner, t0 = self.tx_open.pop(tx)
-            self.waits.end(tx)
+            self.waits.end(tx, t)
             self.items.add(["T", tx, label, owner, t0, t, "aborted" if action == "abort" else "ended"])
             self.summary.transactions += 1
 

@@ -18,6 +18,7 @@ import attrs
 from .context import MAX_PENDING, command_name, error_class
 from .histogram import EXACT, LogHistogram, bucket
 from .waits import Wait, WaitTracker
+from .waits import queued_of as _queued
 
 MAX_KEYS = 2_000
 MAX_EXAMPLES = 20
@@ -195,8 +196,8 @@ class StatsBuilder:
                 pending[d["seq"]] = (acc, t, client, name, src)
                 if len(pending) > MAX_PENDING:
                     self._unreplied(next(iter(pending)))
-                if waiting:
-                    self._command_waited(src, t)
+                if waiting or "queued" in d:
+                    self._command_waited(src, t, _queued(d))
             elif kind == "reply":
                 cmd = d.get("cmd")
                 found = pending.pop(cmd, None) if type(cmd) is int else None
@@ -254,7 +255,7 @@ class StatsBuilder:
             elif kind in ("taint", "fd"):
                 self._trace(d, kind, t)
             elif kind == "command" and isinstance(d.get("src"), str):
-                self._command_waited(d["src"], t)
+                self._command_waited(d["src"], t, _queued(d))
             elif kind == "client" and d.get("action") == "disconnect":
                 self.waits.gone(str(d.get("name")))
 
@@ -295,8 +296,8 @@ class StatsBuilder:
         acc.errors[cls] = acc.errors.get(cls, 0) + 1
         client.errors += 1
 
-    def _command_waited(self, src: str, t: float) -> None:
-        wait = self.waits.command(src, t)
+    def _command_waited(self, src: str, t: float, queued: float | None = None) -> None:
+        wait = self.waits.command(src, t, queued)
         if wait is not None:
             self._wait(wait)
 
@@ -344,12 +345,12 @@ class StatsBuilder:
             self.tx_counts["begin"] += 1
             if len(self.tx_open) < MAX_KEYS:
                 self.tx_open[tx] = (t, str(d.get("label", "")), owner)
-            self.waits.begin(tx, owner)
+            self.waits.begin(tx, owner, t)
             return
         began = self.tx_open.pop(tx, None)
         if began is not None:  # an end without its begin belongs to an earlier segment (or nothing)
             self.tx_counts[action] += 1
-            self.waits.end(tx)
+            self.waits.end(tx, t)
             self._hold(tx, began, t, action)
 
     def _hold(self, tx: int, began: tuple[float, str, str], t: float, status: str) -> None:

@@ -1,13 +1,11 @@
 """Who waited for a transaction, and how long, from what the log shows.
 
-A ``qmprr/1`` log records when a command was *sent* to QEMU, not when it
-reached qmprr, so a wait is measurable only when the waiting client left a
-trace while the transaction held the channel: a ``taint`` record (written when
-a debug client's first command arrives) or an ``fd`` record (written when a
-descriptor arrives with a command). Such a client waited from that trace to
-its next command on the wire (a client that disconnects first is dropped).
-Clients that left no trace waited invisibly and are not counted: the figures
-are lower bounds.
+A command that had to wait for the wire carries ``queued`` (when it asked):
+it waited for a transaction that ended between then and when it was sent,
+from the later of its ``queued`` and the transaction's begin to the end.
+Logs written before ``queued`` existed only show waits through traces a
+waiting client left while the transaction held the channel (a ``taint`` or
+``fd`` record); for those, the figures are lower bounds.
 """
 
 from __future__ import annotations
@@ -16,6 +14,12 @@ import attrs
 
 #: Record kinds that show a client had a command waiting.
 TRACE_KINDS = frozenset({"taint", "fd"})
+
+
+def queued_of(record: dict[str, object]) -> float | None:
+    """A command record's ``queued`` time, when it has a valid one."""
+    queued = record.get("queued")
+    return float(queued) if type(queued) in (int, float) else None  # type: ignore[arg-type]
 
 
 @attrs.frozen
@@ -39,13 +43,18 @@ class WaitTracker:
         self._tx: int | None = None
         self._owner = ""
         self._traces: dict[str, float] = {}  # client -> first trace during the open transaction
+        self._began = 0.0
+        #: Ended transactions, newest last: (tx, owner, began, ended).
+        self._ended: list[tuple[int, str, float, float]] = []
         #: Clients that left a trace during a transaction that has ended: client -> (tx, since).
         self.waiting: dict[str, tuple[int, float]] = {}
 
-    def begin(self, tx: int, owner: str) -> None:
-        self._tx, self._owner, self._traces = tx, owner, {}
+    def begin(self, tx: int, owner: str, t: float = 0.0) -> None:
+        self._tx, self._owner, self._traces, self._began = tx, owner, {}, t
 
-    def end(self, tx: int) -> None:
+    def end(self, tx: int, t: float | None = None) -> None:
+        if tx == self._tx and t is not None:
+            self._ended = [*self._ended[-7:], (tx, self._owner, self._began, t)]
         if tx == self._tx:
             for client, since in self._traces.items():
                 self.waiting[client] = (tx, since)
@@ -61,8 +70,14 @@ class WaitTracker:
         self._traces.pop(client, None)
         self.waiting.pop(client, None)
 
-    def command(self, src: str, t: float) -> Wait | None:
-        """A command from *src* went out at *t*: the wait it ends, if any."""
+    def command(self, src: str, t: float, queued: float | None = None) -> Wait | None:
+        """A command from *src* went out at *t* (asked at *queued*): the wait it ends, if any."""
+        if queued is not None:
+            self.waiting.pop(src, None)
+            for tx, owner, began, ended in reversed(self._ended):
+                if owner != src and queued < ended <= t:
+                    return Wait(src, tx, max(queued, began), ended)
+            return None
         if not self.waiting:
             return None
         found = self.waiting.pop(src, None)

@@ -87,6 +87,8 @@ class Command(Record):
 
     ``client_id`` is the client's own id when it differs from the wire id
     (ABSENT when the client sent none; it may be any JSON value, null too).
+    ``queued`` is when the command asked for the wire, present when it had to
+    wait (another command in flight, or a transaction holding the channel).
     """
 
     kind: Literal["command"] = _kind("command")
@@ -95,6 +97,7 @@ class Command(Record):
     msg: Msg
     client_id: Any = ABSENT
     tx: int | None = None
+    queued: float | None = None  # when it asked for the wire, if it had to wait (same clock as t)
 
 
 @attrs.define(kw_only=True)

@@ -214,6 +214,10 @@ class RecordWriter:
 
     # -- writing -----------------------------------------------------------
 
+    def offset(self, monotonic: float) -> float:
+        """A ``time.monotonic()`` reading as a ``t`` of this recording."""
+        return round(monotonic - self._t0, 6)
+
     @property
     def next_seq(self) -> int:
         """The ``seq`` the next record will get."""
