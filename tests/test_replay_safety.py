@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from qmprr.cli import main
-from qmprr.recording import REDACTED, Command, Record, Reply, read_records
+from qmprr.recording import REDACTED, Command, Fd, Record, RecordingReader, Reply, read_records
 from qmprr.replay.safety import PathMap, fill_secrets, refusal
 from test_replay_support import RUNNING, Step, event, write_recording
 
@@ -238,7 +238,7 @@ def test_map_path_applies_to_recorded_replies(tmp_path: Path, capsys: pytest.Cap
 # -- file descriptors ----------------------------------------------------------------------------
 
 
-def test_getfd_is_skipped_and_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_getfd_gets_a_placeholder_fd_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rec = write_recording(tmp_path / "fd.jsonl", [
         Step("getfd", {"fdname": "mig"}, fd="fd:0"),
         Step("query-status", reply={"return": RUNNING}),
@@ -246,14 +246,18 @@ def test_getfd_is_skipped_and_reported(tmp_path: Path, capsys: pytest.CaptureFix
     ])
     report, out_rec = tmp_path / "r.json", tmp_path / "replayed.jsonl"
     status, out, _ = replay(capsys, str(rec), "--target", "qemu", "--report", str(report), "--record", str(out_rec))
-    assert status == 0, out  # skipped, not diverged
-    assert "skipped: seq 4 getfd (primary-1): getfd passes a file descriptor, which a recording cannot carry" in out
+    # QEMU really got an fd named 'mig' (closefd of it succeeds), a placeholder, and the step says so.
+    assert status == 0, out
+    placeholder = "a placeholder fd (/dev/null) stood in for the recorded one"
+    assert f"matched: seq 4 getfd (primary-1): {placeholder}" in out
     assert steps(report) == [
-        ("getfd", "skipped", "getfd passes a file descriptor, which a recording cannot carry"),
+        ("getfd", "matched", placeholder),
         ("query-status", "matched", None),
-        ("closefd", "skipped", "closefd passes a file descriptor, which a recording cannot carry"),
+        ("closefd", "matched", None),
     ]
-    assert [c["execute"] for c in sent_commands(out_rec)] == ["query-status"]
+    assert [c["execute"] for c in sent_commands(out_rec)] == ["getfd", "query-status", "closefd"]
+    fds = [r for r in RecordingReader(out_rec) if isinstance(r, Fd)]
+    assert [f.placeholder for f in fds] == ["fd:0"]
 
 
 # -- redacted secrets ----------------------------------------------------------------------------

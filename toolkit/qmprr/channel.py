@@ -29,12 +29,15 @@ a ``close`` record ends the log.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import contextvars
 import itertools
+import os
+import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -46,6 +49,7 @@ from .recording import (
     Close,
     Command,
     Event,
+    Fd,
     Greeting,
     Msg,
     Note,
@@ -209,6 +213,7 @@ class Channel:
         self._tx: Transaction | None = None
         self._tx_ids = itertools.count(1)
         self._wire_ids = itertools.count(0)
+        self._fd_ids = itertools.count(0)
         self._in_flight: tuple[str, Command, asyncio.Future[dict[str, Any]]] | None = None
         self._subscribers: set[Subscription] = set()
         self._abort_listeners: list[Callable[[Transaction], None]] = []
@@ -300,8 +305,12 @@ class Channel:
         role: str = "primary",
         client_id: Any = ABSENT,
         tx: Transaction | None = None,
+        fds: Sequence[int] = (),
     ) -> dict[str, Any]:
         """Send one command to QEMU when its turn comes; return QEMU's reply.
+
+        *fds* are passed with the command (SCM_RIGHTS), as ``getfd`` and
+        ``add-fd`` need; the log gets an ``fd`` record for each, never the fd.
 
         *msg* is a command (``execute`` and optional ``arguments``; an ``id``
         in it is ignored, pass the caller's id as *client_id*). The reply
@@ -328,7 +337,7 @@ class Channel:
             if tx is not None:
                 tx.busy += 1
             try:
-                reply = await self._send(msg, src, role, client_id, tx, asked)
+                reply = await self._send(msg, src, role, client_id, tx, asked, fds)
             finally:
                 if tx is not None:
                     tx.busy -= 1
@@ -359,6 +368,7 @@ class Channel:
         client_id: Any,
         tx: Transaction | None,
         asked: float,
+        fds: Sequence[int] = (),
     ) -> dict[str, Any]:
         self._raise_if_closed()
         wire_id = f"qmprr-{next(self._wire_ids)}"
@@ -373,12 +383,17 @@ class Channel:
             queued=self.log.offset(asked) if time.monotonic() - asked > QUEUED_THRESHOLD else None,
         )
         self.log.append(record)  # write-ahead: logged before QEMU sees it
+        for _ in fds:
+            self.log.append(Fd(src=src, placeholder=f"fd:{next(self._fd_ids)}", cmd=record.seq))
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         # Its caller may be gone (cancelled) when QEMU's end fails it: that is not an error to log.
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._in_flight = (wire_id, record, future)
         try:
-            self._writer.write(wire.encode(sent))
+            if fds:
+                await self._send_with_fds(wire.encode(sent), fds)
+            else:
+                self._writer.write(wire.encode(sent))
             await self._writer.drain()
             return await future
         except asyncio.CancelledError:
@@ -395,6 +410,22 @@ class Channel:
             raise CommandInterrupted(self._interrupted_text(record)) from None
         finally:
             self._in_flight = None
+
+    async def _send_with_fds(self, data: bytes, fds: Sequence[int]) -> None:
+        """Write *data* with *fds* attached, after anything the transport still holds."""
+        transport = self._writer.transport
+        for _ in range(1000):
+            if transport.get_write_buffer_size() == 0:
+                break
+            await asyncio.sleep(0.001)
+        raw = transport.get_extra_info("socket")
+        if raw is None:
+            raise ChannelError("this connection to QEMU cannot pass file descriptors")
+        with socket.socket(fileno=os.dup(raw.fileno())) as sock:
+            sock.setblocking(True)
+            sent = sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            if sent < len(data):
+                sock.sendall(data[sent:])
 
     @staticmethod
     def _interrupted_text(record: Command) -> str:

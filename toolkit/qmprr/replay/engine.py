@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -24,7 +25,7 @@ from ..channel import Channel, ChannelError
 from .compare import RATE_LIMITED_EVENTS, Difference, compare_replies, event_key
 from .compare import field_differences as field_differences  # re-exported: it used to live here
 from .normalize import Normalizer
-from .safety import PathMap, fill_secrets, refusal
+from .safety import FD_COMMANDS, PLACEHOLDER_FD, PathMap, fill_secrets, refusal
 from .script import Exchange, Script
 
 Status = Literal["matched", "diverged", "skipped", "refused", "interrupted"]
@@ -144,12 +145,20 @@ async def _run_step(
     if arguments is not None:
         msg["arguments"] = arguments
     started = time.monotonic()
+    placeholder = os.open(PLACEHOLDER_FD, os.O_RDWR) if ex.command in FD_COMMANDS else None
+    if placeholder is not None:
+        step.reason = f"a placeholder fd ({PLACEHOLDER_FD}) stood in for the recorded one"
     try:
         async with asyncio.timeout(options.command_timeout):  # unlike wait_for, no extra task per command
-            actual = await channel.execute(msg, src=ex.src, role=ex.role)
+            actual = await channel.execute(
+                msg, src=ex.src, role=ex.role, fds=(placeholder,) if placeholder is not None else ()
+            )
     except (ChannelError, TimeoutError) as exc:
         step.status, step.reason = "interrupted", str(exc) or "no reply in time"
         return step
+    finally:
+        if placeholder is not None:
+            os.close(placeholder)
     step.seconds = time.monotonic() - started
     step.actual_reply = actual
     rewrite = options.path_map.rewrite if options.path_map.pairs else (lambda v: v)

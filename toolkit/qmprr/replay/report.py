@@ -26,8 +26,8 @@ def summary(report: ReplayReport, out: TextIO) -> None:
     for warning in report.warnings:
         print(f"warning: {warning}", file=out)
     for step in report.steps:
-        if step.status == "skipped":
-            print(f"skipped: seq {step.seq} {step.command} ({step.src}): {step.reason}", file=out)
+        if step.status in ("skipped", "matched") and step.reason:
+            print(f"{step.status}: seq {step.seq} {step.command} ({step.src}): {step.reason}", file=out)
     first = report.first_divergence
     if report.error:
         print(f"could not replay: {report.error}", file=out)

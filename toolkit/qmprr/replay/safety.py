@@ -4,7 +4,8 @@
   ``migrate exec:…``: they run host programs;
 * file paths in arguments outside the mapped roots (``--map-path FROM=TO``
   rewrites recorded paths; the rewritten ones are allowed);
-* file descriptors (``getfd``, ``add-fd``): they cannot come from a log;
+* file descriptors (``getfd``, ``add-fd``) cannot come from a log: a
+  placeholder (``/dev/null``) is passed instead, and the step says so;
 * redacted secrets: sent only with ``--secret ID=VALUE``, never as the marker.
 
 ``--allow-unsafe`` lifts the first two refusals.
@@ -21,7 +22,9 @@ import attrs
 
 from ..recording import REDACTED
 
-FD_COMMANDS = frozenset({"getfd", "add-fd", "closefd", "remove-fd"})
+#: Commands that pass a file descriptor with them: replay sends a placeholder.
+FD_COMMANDS = frozenset({"getfd", "add-fd"})
+PLACEHOLDER_FD = "/dev/null"
 _HMP_EXEC_MIGRATE = re.compile(r"^\s*migrate(?:_incoming)?\s+(?:-\w+\s+)*\"?exec:")
 #: Keys whose values are host paths (QMP arguments, -option key=value, HMP key=value).
 _PATH_KEYS = frozenset(
@@ -94,11 +97,9 @@ def refusal(
 ) -> tuple[str, str] | None:
     """``(kind, reason)`` when the command must not be sent, else None.
 
-    Kinds: ``unsafe`` (``--allow-unsafe`` lifts it), ``fd``, ``secret``.
+    Kinds: ``unsafe`` (``--allow-unsafe`` lifts it), ``secret``.
     """
     args = arguments if isinstance(arguments, dict) else {}
-    if command in FD_COMMANDS:
-        return "fd", f"{command} passes a file descriptor, which a recording cannot carry"
     if _contains(args, REDACTED) and not _secret_for(command, args, secrets):
         what = args.get("id") or command
         return "secret", f"a redacted secret ({what}); give it with --secret {what}=VALUE"
