@@ -6,7 +6,6 @@ import re
 import shutil
 
 import pytest
-from qmprr.analysis.commands import main
 from qmprr.bench import analysis
 
 

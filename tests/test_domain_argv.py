@@ -197,7 +197,7 @@ def test_docs_structured_example_is_exact() -> None:
 
 
 def test_bare_domain_is_exactly_emulator_and_commandline() -> None:
-    argv = argv_of(f"<devices><emulator>/opt/q</emulator></devices><qemu:commandline><qemu:arg value='-S'/>"
+    argv = argv_of("<devices><emulator>/opt/q</emulator></devices><qemu:commandline><qemu:arg value='-S'/>"
                    "</qemu:commandline>", f"<domain type='kvm' {Q}>")  # fmt: skip
     assert argv == ["/opt/q", "-S"]
 

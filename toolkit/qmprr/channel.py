@@ -216,7 +216,6 @@ class Channel:
         self._fd_ids = itertools.count(0)
         self._in_flight: tuple[str, Command, asyncio.Future[dict[str, Any]]] | None = None
         self._subscribers: set[Subscription] = set()
-        self._abort_listeners: list[Callable[[Transaction], None]] = []
         self.closed_reason: str | None = None
         self._close_logged = False
         self._refusing: str | None = None
@@ -477,10 +476,6 @@ class Channel:
         if self._tx is not None:
             self._release(self._tx, "abort", reason)
 
-    def on_transaction_abort(self, listener: Callable[[Transaction], None]) -> None:
-        """Call *listener(tx)* whenever a transaction is aborted."""
-        self._abort_listeners.append(listener)
-
     @contextlib.asynccontextmanager
     async def transaction(self, label: str, *, owner: str = "library") -> AsyncIterator[Transaction]:
         """Hold the channel for the commands this task executes inside the block.
@@ -516,9 +511,6 @@ class Channel:
         self._watchdog = None
         self.record(Tx(action=action, tx=tx.id, label=tx.label, owner=tx.owner, reason=reason))  # type: ignore[arg-type]
         self._lock.release()
-        if action == "abort":
-            for listener in self._abort_listeners:
-                listener(tx)
 
     async def _watch(self, tx: Transaction) -> None:
         while tx is self._tx:

@@ -24,7 +24,6 @@ TX_BEGIN = "qmprr-transaction-begin"
 TX_END = "qmprr-transaction-end"
 #: Capabilities QEMU 7.2 knows (it offers ``oob``; qmprr offers none).
 KNOWN_CAPABILITIES = frozenset({"oob"})
-LOCAL_COMMANDS = frozenset({"qmp_capabilities", TX_BEGIN, TX_END})
 
 #: Commands the default policy refuses to debug clients (globs; ``hmp:`` = HMP command).
 DEFAULT_DEBUG_DENY = ("quit", "hmp:quit", "hmp:q")

@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import attrs
 
-#: Record kinds that show a client had a command waiting.
-TRACE_KINDS = frozenset({"taint", "fd"})
-
-
 def queued_of(record: dict[str, object]) -> float | None:
     """A command record's ``queued`` time, when it has a valid one."""
     queued = record.get("queued")

@@ -86,7 +86,3 @@ def _describe(exc: BaseException) -> str:
         return "; ".join(notes)
     return str(exc) or type(exc).__name__
 
-
-def field_names(cls: type[Record]) -> list[str]:
-    """On-disk field names of a record class, in order."""
-    return [a.name for a in attrs.fields(cls)]
