@@ -111,6 +111,8 @@ class ShowFormatter:
                 tags += " [debug]"
             if r.tx is not None:
                 tags += f" [tx {r.tx}]"
+            if r.queued is not None:
+                tags += f" [waited {1000 * (r.t - r.queued):.1f} ms]"
             args = r.msg.get("arguments")
             text = f"{name}{tags}" + (f" {summarize(args, w)}" if args else "")
             return r.src, "->", text, "debug" if r.role == "debug" else "command"
