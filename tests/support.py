@@ -104,3 +104,12 @@ def qmprr_launch(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def qmprr_exe() -> str:
+    """The installed ``qmprr`` console script (``make test`` installs it)."""
+    exe = Path(sys.executable).with_name("qmprr")
+    found = str(exe) if exe.exists() else shutil.which("qmprr")
+    if found is None:
+        raise RuntimeError("the qmprr console script is not installed: run 'make test'")
+    return found

@@ -12,10 +12,10 @@ import pty
 import select
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support import qmprr_exe
 
 from qmprr.recording import (
     Client,
@@ -34,15 +34,6 @@ from qmprr.recording import (
 
 ANSI = "\x1b["
 
-
-def qmprr_exe() -> str:
-    exe = Path(sys.executable).with_name("qmprr")
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("qmprr")
-    if found is None:
-        pytest.skip("qmprr console script not installed")
-    return found
 
 
 def user_env(**extra: str) -> dict[str, str]:

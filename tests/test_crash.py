@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import qmprr_exe
 
 from qmprr import cli
 from qmprr.errors import RecordingLocked
@@ -52,15 +52,6 @@ CHILD = textwrap.dedent(
     """
 )
 
-
-def qmprr_exe() -> str:
-    exe = Path(sys.executable).with_name("qmprr")
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("qmprr")
-    if found is None:
-        pytest.skip("qmprr console script not installed")
-    return found
 
 
 def run_and_kill(path: Path, sync: str, seed: int, delay: float) -> int:

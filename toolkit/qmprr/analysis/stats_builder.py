@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 from .context import MAX_PENDING, command_name, error_class
-from .histogram import EXACT, LogHistogram, bucket
+from .histogram import LogHistogram
 from .waits import Wait, WaitTracker
 from .waits import queued_of as _queued
 
@@ -205,16 +205,7 @@ class StatsBuilder:
                     self._orphan(cmd)
                     continue
                 acc, t0, client, _, _ = found
-                us = round((t - t0) * 1e6)  # LogHistogram.add, inline
-                h = acc.hist
-                b = us if 0 <= us < EXACT else bucket(us)
-                counts = h.counts
-                counts[b] = counts.get(b, 0) + 1
-                h.count += 1
-                if us > h.max:
-                    h.max = us
-                if us < h.min:
-                    h.min = us
+                acc.hist.add(round((t - t0) * 1e6))
                 msg = d.get("msg")
                 if type(msg) is dict and "error" in msg:
                     self._reply_error(acc, client, msg)
