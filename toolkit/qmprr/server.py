@@ -479,7 +479,12 @@ class _Connection:
             await self.outbox.close()
 
     def _done(self) -> bool:
-        return (self.gone.is_set() and not self.detached) or self.stopping.is_set() or self.outbox.overrun
+        return (
+            (self.gone.is_set() and not self.detached)
+            or self.stopping.is_set()
+            or self.outbox.overrun
+            or self.backend.closed_reason is not None
+        )
 
     async def _read(self) -> None:
         """Read and decode the client's input; the loop gets it one read at a time."""
