@@ -60,6 +60,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .recording import SyncPolicy
+    from .server import Limits
     from .service import ServiceOptions
     from .session import Policy
 
@@ -69,7 +70,14 @@ def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         if not sep or not key:
             raise UsageError(f"--label takes KEY=VALUE, not {item!r}")
         labels[key] = value
+    limits = Limits(
+        output_budget=_size(args.client_output_budget, "--client-output-budget"),
+        max_clients=_size(args.max_clients, "--max-clients", suffixes=False),
+        max_message=_size(args.max_message, "--max-message", minimum=2),
+        debug_max_message=_size(args.debug_max_message, "--debug-max-message", minimum=2),
+    )
     return ServiceOptions(
+        limits=limits,
         record=args.record,
         socket=args.socket,
         debug_socket=args.debug_socket,
@@ -78,6 +86,18 @@ def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         tx_idle_timeout=args.tx_timeout,
         labels=labels,
     )
+
+
+def _size(text: str, option: str, *, suffixes: bool = True, minimum: int = 1) -> int:
+    """A count of bytes of at least *minimum*: ``65536``, ``64K``, ``8M``, ``1G`` (powers of 1024)."""
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3} if suffixes else {}
+    value = text.strip()
+    scale = units.get(value[-1:].upper(), 1) if value else 1
+    digits = value[:-1] if scale != 1 else value
+    if not digits.isdigit() or int(digits) * scale < minimum:
+        what = f"a size of at least {minimum} bytes (e.g. 65536, 64K, 8M)" if suffixes else "a whole number above 0"
+        raise UsageError(f"{option} takes {what}, not {text!r}")
+    return int(digits) * scale
 
 
 def _run_async(coro) -> int:  # type: ignore[no-untyped-def]
@@ -126,8 +146,10 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 def cmd_inject(args: argparse.Namespace) -> int:
     import json
 
+    import math
+
     from . import codec
-    from .client import QmpClient
+    from .client import ClientError, QmpClient, ReplyTimeout
 
     if args.hmp is not None:
         if args.qmp_command is not None:
@@ -145,8 +167,23 @@ def cmd_inject(args: argparse.Namespace) -> int:
             msg = {"execute": text}
         if not isinstance(msg, dict) or not isinstance(msg.get("execute"), str):
             raise UsageError('the command must be a JSON object with "execute", e.g. \'{"execute": "query-status"}\'')
+    if not math.isfinite(args.timeout) or args.timeout <= 0:
+        raise UsageError(f"--timeout takes a number of seconds above 0, not {args.timeout:g}")
     with QmpClient(args.socket, timeout=args.timeout) as client:
-        reply = client.execute_msg(msg)
+        try:
+            reply = client.execute_msg(msg)
+        except ReplyTimeout:
+            if args.cancel_on_timeout:  # leaving withdraws it, if it is still queued
+                raise ClientError(
+                    f"no reply within {args.timeout:g} s; timed out: withdrawn if it had not reached"
+                    " QEMU (see the recording: a command record from this client means it had)"
+                ) from None
+            client.detach()
+            raise ClientError(
+                f"no reply within {args.timeout:g} s: the command may still run (it is queued behind"
+                " other commands, or in flight in QEMU); its reply will be in the recording"
+                " (--cancel-on-timeout withdraws a queued one instead)"
+            ) from None
     reply.pop("id", None)
     if args.json:
         print(codec.dumps(reply).decode())
@@ -345,6 +382,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="abort a transaction idle this long (default 30)")
         p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                        help="label stored in the recording's header; repeatable")
+        p.add_argument("--max-clients", default="64", metavar="N",
+                       help="clients connected at once per socket; more are refused (default 64)")
+        p.add_argument("--client-output-budget", default="8M", metavar="SIZE",
+                       help="bytes queued to a client that does not read before it is disconnected "
+                       "(default 8M; K, M, G suffixes are powers of 1024)")
+        p.add_argument("--max-message", default="8M", metavar="SIZE",
+                       help="largest message from a primary client (default 8M)")
+        p.add_argument("--debug-max-message", default="64K", metavar="SIZE",
+                       help="largest message from a debug client (default 64K: QEMU parses big "
+                       "arguments slowly, holding the wire for everyone)")
 
     p = sub.add_parser(
         "launch",
@@ -381,13 +428,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Connect to SOCKET (a qmprr debug socket, or any QMP socket), negotiate, send "
         "one command, print the reply. COMMAND is a JSON object ('{\"execute\": \"query-status\"}') "
         "or a bare command name (query-status).",
-        epilog="Exit status: 0 QEMU returned, 1 QEMU answered an error, 2 cannot connect or talk.",
+        epilog="Exit status: 0 QEMU returned, 1 QEMU answered an error, 2 cannot connect or talk, "
+        "or no reply within --timeout.",
     )
     p.add_argument("socket", metavar="SOCKET")
     p.add_argument("qmp_command", nargs="?", metavar="COMMAND")
     p.add_argument("--hmp", metavar="TEXT", help="send an HMP command line (human-monitor-command)")
     p.add_argument("--json", action="store_true", help="print the raw reply as one JSON line")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the reply (default 30)")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for the reply (default 30); when it expires the command may "
+                   "still run, and its reply goes to the recording")
+    p.add_argument("--cancel-on-timeout", action="store_true",
+                   help="when --timeout expires, withdraw the command if it has not reached QEMU yet")
     p.set_defaults(func=cmd_inject)
 
     p = sub.add_parser(

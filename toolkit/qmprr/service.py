@@ -23,7 +23,7 @@ from .channel import INTERNAL_SRC, Channel, ChannelError
 from .errors import QmprrError, RecordingError
 from .launch import LaunchedQemu, start_qemu
 from .recording import RecordWriter, Redactor, SyncPolicy, new_header, relevant_env
-from .server import QmpServer, SocketPathError, check_socket_path
+from .server import Limits, QmpServer, SocketPathError, check_socket_path
 from .session import Policy
 
 QUIT_TIMEOUT = 10.0
@@ -42,6 +42,7 @@ class ServiceOptions:
     labels: dict[str, str] = attrs.field(factory=dict)
     redactor: Redactor = attrs.field(factory=Redactor)
     quiet: bool = False
+    limits: Limits = attrs.field(factory=Limits)  # per-client bounds (output, message size, clients)
 
 
 def _log_factory(
@@ -87,7 +88,7 @@ def _check_socket_paths(options: ServiceOptions) -> None:
 
 
 async def _serve(channel: Channel, options: ServiceOptions) -> QmpServer:
-    server = QmpServer(channel, policy=options.policy)
+    server = QmpServer(channel, policy=options.policy, limits=options.limits)
     try:
         await server.listen(options.socket, "primary")
         if options.debug_socket:
