@@ -235,16 +235,12 @@ async def test_a_garbage_burst_is_one_record_and_a_count(tmp_path: Path) -> None
         for burst in range(2):
             raw.writer.write(b"x " * 5000 + b"}" * 3000)
             assert await raw.execute("query-name", id=burst) == {"return": {}, "id": burst}
-        errors = [m for m in raw.pending if "error" in m]
         await raw.close()
     records = records_of(p.record)
     garbage = [r for r in records if isinstance(r, Local) and r.src == "primary-1" and r.msg is None]
     notes = [r for r in records if isinstance(r, Note) and r.data and r.data.get("client") == "primary-1"]
     assert len(garbage) == 2 and len(notes) == 2  # O(1) per burst, not 8000
-    assert all(n.data["count"] == 7999 for n in notes), [n.data for n in notes]
-    assert all(set(n.data["errors"]) <= {"JSON parse error", "JSON parse error, invalid keyword 'x'"} or n.data["errors"]
-               for n in notes)
-    del errors
+    assert all(n.data["count"] == 7999 == sum(n.data["errors"].values()) for n in notes), [n.data for n in notes]
     assert os.path.getsize(p.record) < 64 * 1024
 
 
