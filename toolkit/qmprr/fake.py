@@ -1,8 +1,9 @@
 """A fake QEMU that serves a recording (or a script built in code).
 
-It greets with the recorded greeting, negotiates like QEMU (through the same
-:class:`~qmprr.session.ClientSession` the proxy uses), then answers each
-command from the script and sends the recorded events at their recorded
+It is served by the proxy's own serve loop (:class:`~qmprr.server.QmpServer`,
+with this script as its backend): it greets with the recorded greeting,
+negotiates like QEMU, answers ``qmprr-transaction-*`` as the proxy does, has
+the proxy's per-client bounds, then answers each command from the script and sends the recorded events at their recorded
 positions (those QEMU sent before a reply, before it). Matching modes:
 
 ``strict``
