@@ -427,18 +427,13 @@ class _Connection:
         self.burst = _Burst()
         self.inbox: asyncio.Queue[list[dict[str, Any] | wire.FramingError]] = asyncio.Queue(1)
         self.decoder = wire.StreamDecoder(server.limits.max_message_for(role))
-        self.outbox = _Outbox(writer, server.limits.output_budget, self._over_budget)
+        self.outbox = _Outbox(writer, server.limits.output_budget, self._left)
         greeting = client_greeting(self.backend.greeting)
         self.greeting = greeting
         self.session = ClientSession(greeting, role=role, policy=server.policy)
         self.subscription: Any = None
+        self._current: tuple[asyncio.Future[Any], str] | None = None  # what the loop awaits
 
-    def _over_budget(self, reason: str) -> None:
-        self.reason = reason
-        self.gone.set()
-
-    def stop(self) -> None:
-        self.stopping.set()
 
     async def run(self) -> None:
         self.server._record(Client(action="connect", name=self.name, role=self.role, peer=self.peer))  # type: ignore[arg-type]
@@ -446,7 +441,7 @@ class _Connection:
         reading = asyncio.create_task(self._read(), name=f"qmprr-read-{self.name}")
         try:
             while not self._done():
-                items = await self._until_left(self.inbox.get())
+                items = await self._next_items()
                 if items is None:
                     break
                 for index, item in enumerate(items):
@@ -501,7 +496,7 @@ class _Connection:
         except (ConnectionError, OSError):
             pass
         finally:
-            self.gone.set()
+            self._left()
 
     def _detach(self, msg: dict[str, Any]) -> bool:
         action = self.session.handle(msg)
@@ -511,45 +506,50 @@ class _Connection:
         self._answer(qmp_return(id=action.client_id), msg)
         return True
 
-    async def _until_left(self, aw: Awaitable[Any]) -> Any:
-        """*aw*'s result, or None (and *aw* cancelled) when the client leaves or the server stops first."""
-        task = asyncio.ensure_future(aw)
-        waits = [asyncio.ensure_future(self.gone.wait()), asyncio.ensure_future(self.stopping.wait())]
-        try:
-            await asyncio.wait([task, *waits], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-        if task.done():
-            return task.result()
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        return None
+    async def _next_items(self) -> list[dict[str, Any] | wire.FramingError] | None:
+        """The next read's items, or None when the client leaves or the server stops first."""
+        if self.gone.is_set() or self.stopping.is_set():
+            return None
+        return await self._cancellable(self.inbox.get(), "wait")  # type: ignore[no-any-return]
 
     async def _run_command(self, coro: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
         """Run a command for the client; withdrawn (cancelled before sending) if it leaves first.
 
-        When the server stops meanwhile, the command is let finish (the backend
-        fails it if it is closing) and its answer is sent.
+        None when it was withdrawn. When the server stops meanwhile, the command
+        is let finish (the backend fails it if it is closing) and its answer sent;
+        after ``qmprr-detach`` it runs to its end, its reply to the log only.
         """
-        task = asyncio.ensure_future(coro)
-        gone = asyncio.ensure_future(self.gone.wait())
+        return await self._cancellable(coro, "command")
+
+    async def _cancellable(self, aw: Awaitable[Any], what: str) -> Any:
+        task = asyncio.ensure_future(aw)
+        self._current = (task, what)
         try:
-            await asyncio.wait([task, gone], return_when=asyncio.FIRST_COMPLETED)
+            return await task
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if task.cancelled() and me is not None and not me.cancelling():
+                return None  # cancelled by _left or stop, not the connection itself
+            raise
         finally:
-            gone.cancel()
-        if not task.done() and self.detached:
-            with contextlib.suppress(BaseException):
-                await task  # its reply goes to the log only
-            return None
-        if not task.done():
-            task.cancel()
-            self.withdrawn += 1
-            with contextlib.suppress(BaseException):
-                await task
-            return None
-        return task.result()
+            self._current = None
+
+    def _left(self, reason: str | None = None) -> None:
+        """The client is gone (or must go): withdraw what it waits for, unless detached."""
+        if reason is not None and self.reason is None:
+            self.reason = reason
+        self.gone.set()
+        if self._current is not None:
+            task, what = self._current
+            if what == "wait" or not self.detached:
+                if task.cancel() and what == "command":
+                    self.withdrawn += 1
+
+    def stop(self) -> None:
+        """The server or backend is closing: finish the command at hand, then end."""
+        self.stopping.set()
+        if self._current is not None and self._current[1] == "wait":
+            self._current[0].cancel()
 
     # -- one item ----------------------------------------------------------------
 
