@@ -42,7 +42,7 @@ class Proxy:
 
 
 @contextlib.asynccontextmanager
-async def proxy(tmp_path: Path, **limits: Any) -> AsyncIterator[Proxy]:
+async def proxy(tmp_path: Path, tx_idle_timeout: float = 30.0, **limits: Any) -> AsyncIterator[Proxy]:
     """QEMU -machine none + Channel + QmpServer (primary and debug sockets), in this loop."""
     record = tmp_path / "rec.jsonl"
 
@@ -50,7 +50,7 @@ async def proxy(tmp_path: Path, **limits: Any) -> AsyncIterator[Proxy]:
         return RecordWriter.create(record, new_header(qemu_version=greeting["QMP"]["version"]))
 
     with support.qemu_with_qmp(tmp_path) as (_proc, qemu_sock):
-        channel = await Channel.open_unix(qemu_sock, make_log)
+        channel = await Channel.open_unix(qemu_sock, make_log, tx_idle_timeout=tx_idle_timeout)
         server = QmpServer(channel, limits=Limits(**limits))
         sock, dbg = str(tmp_path / "p.sock"), str(tmp_path / "d.sock")
         try:
@@ -326,3 +326,29 @@ async def test_inject_timeout_leaves_the_command_queued_or_withdraws_it(tmp_path
     assert withdrawn.data == {"client": "debug-2", "withdrawn": 1}
     detach = [r for r in records if isinstance(r, Local) and r.msg and r.msg.get("execute") == "qmprr-detach"]
     assert [r.src for r in detach] == ["debug-1"]
+
+
+# -- every refusal is a record ---------------------------------------------------------------
+
+
+async def test_every_answer_qmprr_gives_itself_is_a_record(tmp_path: Path) -> None:
+    async with proxy(tmp_path, tx_idle_timeout=0.2) as p:
+        owner = await Raw.connect(p.socket)
+        assert await owner.execute("qmprr-transaction-begin", {"label": "idle"}, id="b") == {
+            "return": {"tx": 1}, "id": "b"}
+        twice = await owner.execute("qmprr-transaction-begin", {"label": "again"}, id="b2")
+        await wait_for_record(p.record, lambda r: getattr(r, "kind", None) == "tx" and r.action == "abort")
+        over = await owner.execute("query-name", id="over")  # the transaction is over: refused
+        end = await owner.execute("qmprr-transaction-end", id="e")
+        none_open = await owner.execute("qmprr-transaction-end", id="e2")
+        debug = await Raw.connect(p.debug_socket)
+        quit_refused = await debug.execute("quit", id="q")
+        await owner.close()
+        await debug.close()
+    told = {m["id"]: m for m in (twice, over, end, none_open, quit_refused)}
+    assert all("error" in m for m in told.values()), told
+    records = records_of(p.record)
+    local = {r.msg.get("id"): dict(r.reply) for r in records if isinstance(r, Local) and r.msg}
+    for cid, reply in told.items():
+        assert local.get(cid) == reply, (cid, reply)
+    assert local["neg"] == {"return": {}, "id": "neg"}  # negotiation too
