@@ -627,9 +627,9 @@ class _Connection:
         return reply
 
     async def _forward(self, action: Forward) -> dict[str, Any]:
-        if self.role == "debug":
-            self.server.taint(self.name)
         try:
+            if self.role == "debug":
+                self.server.taint(self.name)  # before its first command, or not at all
             return await self.backend.execute(
                 action.msg, src=self.name, role=self.role, client_id=action.client_id,
                 tx=self.server.tx_of.get(self.name),
