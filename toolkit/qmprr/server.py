@@ -299,6 +299,7 @@ class QmpServer:
         self._tainted = False
         self._connections: set[asyncio.Task[None]] = set()
         self._clients: set[_Connection] = set()
+        self._sockets: list[_Socket] = []
         self.tx_of: dict[str, Any] = {}
         self._watcher: asyncio.Task[None] | None = None
 
@@ -313,6 +314,7 @@ class QmpServer:
         if self._watcher is None:
             self._watcher = asyncio.create_task(self._disconnect_all_when_closed())
         where = _Socket(path, role)
+        self._sockets.append(where)
 
         async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             if where.clients >= self.limits.max_clients:
@@ -361,6 +363,8 @@ class QmpServer:
                 os.unlink(path)
         if self._watcher is not None:
             self._watcher.cancel()
+        for where in self._sockets:
+            self._note_refusals(where)
         for conn in list(self._clients):
             conn.stop()  # each connection finishes what it is doing and cleans up
         if self._connections:
