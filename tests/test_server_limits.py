@@ -23,7 +23,7 @@ import pytest
 
 import support
 from qmprr import wire
-from qmprr.channel import Channel
+from qmprr.channel import Channel, ChannelError
 from qmprr.recording import Client, Command, Local, Note, RecordWriter, new_header, read_records, verify
 from qmprr.server import Limits, QmpServer
 
@@ -50,7 +50,14 @@ async def proxy(tmp_path: Path, tx_idle_timeout: float = 30.0, **limits: Any) ->
         return RecordWriter.create(record, new_header(qemu_version=greeting["QMP"]["version"]))
 
     with support.qemu_with_qmp(tmp_path) as (_proc, qemu_sock):
-        channel = await Channel.open_unix(qemu_sock, make_log, tx_idle_timeout=tx_idle_timeout)
+        for _ in range(100):  # QEMU creates the socket file a moment before it listens
+            try:
+                channel = await Channel.open_unix(qemu_sock, make_log, tx_idle_timeout=tx_idle_timeout)
+                break
+            except ChannelError as exc:
+                if "refused" not in str(exc):
+                    raise
+                await asyncio.sleep(0.02)
         server = QmpServer(channel, limits=Limits(**limits))
         sock, dbg = str(tmp_path / "p.sock"), str(tmp_path / "d.sock")
         try:

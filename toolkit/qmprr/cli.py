@@ -170,6 +170,8 @@ def cmd_inject(args: argparse.Namespace) -> int:
     if not math.isfinite(args.timeout) or args.timeout <= 0:
         raise UsageError(f"--timeout takes a number of seconds above 0, not {args.timeout:g}")
     with QmpClient(args.socket, timeout=args.timeout) as client:
+        if not args.cancel_on_timeout:
+            client.detach()  # if we time out and leave, qmprr still runs the command
         try:
             reply = client.execute_msg(msg)
         except ReplyTimeout:
@@ -178,7 +180,6 @@ def cmd_inject(args: argparse.Namespace) -> int:
                     f"no reply within {args.timeout:g} s; timed out: withdrawn if it had not reached"
                     " QEMU (see the recording: a command record from this client means it had)"
                 ) from None
-            client.detach()
             raise ClientError(
                 f"no reply within {args.timeout:g} s: the command may still run (it is queued behind"
                 " other commands, or in flight in QEMU); its reply will be in the recording"

@@ -75,14 +75,20 @@ class QmpClient:
             elif reply.get("id") == cid or "id" not in reply:
                 return reply
 
-    def detach(self) -> None:
-        """Ask a qmprr server to keep running this client's commands after it leaves.
+    def detach(self) -> bool:
+        """Ask a qmprr server to run this client's commands even if it leaves first.
 
-        Sent without waiting for the answer (another command's reply may come
-        first); a plain QEMU answers it ``CommandNotFound``, harmlessly.
+        By default qmprr withdraws a leaving client's commands that have not
+        reached QEMU; after this they still run, their replies going only to the
+        recording. False when the server is not qmprr (QEMU: ``CommandNotFound``).
         """
-        with contextlib.suppress(ClientError):
-            self._send({"execute": "qmprr-detach", "id": f"inject-{next(self._ids)}"})
+        self._send({"execute": "qmprr-detach", "id": "qmprr-detach"})
+        while True:
+            reply = self._receive(None if self.timeout is None else time.monotonic() + self.timeout)
+            if "event" in reply:
+                self.events.append(reply)
+            elif reply.get("id") == "qmprr-detach":
+                return "return" in reply
 
     def _send(self, msg: dict[str, Any]) -> None:
         try:

@@ -39,7 +39,6 @@ from . import wire
 from .errors import QmprrError
 from .recording import Client, Local, Msg, Record, Taint
 from .session import (
-    DETACH,
     Answer,
     BeginTx,
     ClientSession,
@@ -327,7 +326,12 @@ class QmpServer:
             finally:
                 where.clients -= 1
 
-        server = await asyncio.start_unix_server(accept, sock=sock, limit=READ_CHUNK)
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.StreamReaderProtocol:
+            return asyncio.StreamReaderProtocol(_WatchedReader(limit=READ_CHUNK), accept)
+
+        server = await loop.create_unix_server(protocol, sock=sock)
         self._servers.append((server, path))
 
     def _refuse(self, where: _Socket, writer: asyncio.StreamWriter) -> None:
@@ -411,8 +415,28 @@ class QmpServer:
             self.backend.record(Taint(reason="custom-monitor", client=name))
 
 
+class _WatchedReader(asyncio.StreamReader):
+    """A StreamReader that says when the client's side ends, even while nobody reads."""
+
+    on_end: Callable[[], None] | None = None
+
+    def feed_eof(self) -> None:
+        super().feed_eof()
+        if self.on_end is not None:
+            self.on_end()
+
+    def set_exception(self, exc: BaseException) -> None:
+        super().set_exception(exc)
+        if self.on_end is not None:
+            self.on_end()
+
+
 class _Connection:
-    """One client: a read task feeding decoded items, and the loop that answers them."""
+    """One client: reads, answers each item in turn, and withdraws what waits when it leaves.
+
+    The client leaving is seen at once when its reader is a :class:`_WatchedReader`
+    (the sockets :meth:`QmpServer.listen` serves); with another reader, at the next read.
+    """
 
     def __init__(
         self, server: QmpServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: str, name: str
@@ -423,42 +447,45 @@ class _Connection:
         self.role = role
         self.name = name
         self.peer = describe_peer(writer.get_extra_info("socket"))
-        self.gone = asyncio.Event()  # the client left (or must go): withdraw what waits
-        self.stopping = asyncio.Event()  # the server or backend is closing: finish, then stop
+        self.gone = False  # the client left (or must go): withdraw what waits
+        self.stopping = False  # the server or backend is closing: finish the item at hand, then stop
         self.reason: str | None = None  # why qmprr disconnected it
-        self.detached = False
+        self.detached = False  # qmprr-detach: its commands outlive its connection
         self.withdrawn = 0
         self.burst = _Burst()
-        self.inbox: asyncio.Queue[list[dict[str, Any] | wire.FramingError]] = asyncio.Queue(1)
         self.decoder = wire.StreamDecoder(server.limits.max_message_for(role))
         self.outbox = _Outbox(writer, server.limits.output_budget, self._left)
-        greeting = client_greeting(self.backend.greeting)
-        self.greeting = greeting
-        self.session = ClientSession(greeting, role=role, policy=server.policy)
+        self.greeting = client_greeting(self.backend.greeting)
+        self.session = ClientSession(self.greeting, role=role, policy=server.policy)
         self.subscription: Any = None
-        self._current: tuple[asyncio.Future[Any], str] | None = None  # what the loop awaits
-
+        self._task: asyncio.Task[Any] | None = None
+        self._in_command = False
+        self._withdrawing = False
 
     async def run(self) -> None:
+        self._task = asyncio.current_task()
+        if isinstance(self.reader, _WatchedReader):
+            self.reader.on_end = self._left
         self.server._record(Client(action="connect", name=self.name, role=self.role, peer=self.peer))  # type: ignore[arg-type]
         self.outbox.send(self.greeting)
-        reading = asyncio.create_task(self._read(), name=f"qmprr-read-{self.name}")
         try:
             while not self._done():
-                items = await self._next_items()
-                if items is None:
+                try:
+                    data = await self.reader.read(READ_CHUNK)
+                except (ConnectionError, OSError):
                     break
+                if not data:
+                    break
+                items = self.decoder.feed(data)
                 for index, item in enumerate(items):
                     if self._done():
-                        if self.gone.is_set():
+                        if self.gone:
                             self.withdrawn += _commands_in(items[index:])
                         break
                     await self._handle(item)
         finally:
-            reading.cancel()
-            if self.gone.is_set():
-                while not self.inbox.empty():
-                    self.withdrawn += _commands_in(self.inbox.get_nowait())
+            if isinstance(self.reader, _WatchedReader):
+                self.reader.on_end = None
             self._finish_burst()
             if self.subscription is not None:
                 self.subscription.close()
@@ -478,82 +505,54 @@ class _Connection:
             await self.outbox.close()
 
     def _done(self) -> bool:
-        return (
-            (self.gone.is_set() and not self.detached)
-            or self.stopping.is_set()
-            or self.outbox.overrun
-            or self.backend.closed_reason is not None
-        )
+        return self.gone or self.stopping or self.outbox.overrun or self.backend.closed_reason is not None
 
-    async def _read(self) -> None:
-        """Read and decode the client's input; the loop gets it one read at a time."""
-        try:
-            while True:
-                data = await self.reader.read(READ_CHUNK)
-                if not data:
-                    break
-                items = self.decoder.feed(data)
-                # qmprr-detach is for a client that will not wait: answer it now, out of turn.
-                items = [i for i in items if not (isinstance(i, dict) and i.get("execute") == DETACH and self._detach(i))]
-                if items:
-                    await self.inbox.put(items)
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            self._left()
-
-    def _detach(self, msg: dict[str, Any]) -> bool:
-        action = self.session.handle(msg)
-        if not isinstance(action, Detach):
-            return False  # e.g. not negotiated yet: the loop answers it in turn
-        self.detached = True
-        self._answer(qmp_return(id=action.client_id), msg)
-        return True
-
-    async def _next_items(self) -> list[dict[str, Any] | wire.FramingError] | None:
-        """The next read's items, or None when the client leaves or the server stops first."""
-        if self.gone.is_set() or self.stopping.is_set():
-            return None
-        return await self._cancellable(self.inbox.get(), "wait")  # type: ignore[no-any-return]
-
-    async def _run_command(self, coro: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
-        """Run a command for the client; withdrawn (cancelled before sending) if it leaves first.
-
-        None when it was withdrawn. When the server stops meanwhile, the command
-        is let finish (the backend fails it if it is closing) and its answer sent;
-        after ``qmprr-detach`` it runs to its end, its reply to the log only.
-        """
-        return await self._cancellable(coro, "command")
-
-    async def _cancellable(self, aw: Awaitable[Any], what: str) -> Any:
-        task = asyncio.ensure_future(aw)
-        self._current = (task, what)
-        try:
-            return await task
-        except asyncio.CancelledError:
-            me = asyncio.current_task()
-            if task.cancelled() and me is not None and not me.cancelling():
-                return None  # cancelled by _left or stop, not the connection itself
-            raise
-        finally:
-            self._current = None
+    def _wake(self) -> None:
+        """End a read in progress (the loop then sees why it must stop)."""
+        asyncio.StreamReader.feed_eof(self.reader)  # not the watched hook: this is no client EOF
 
     def _left(self, reason: str | None = None) -> None:
-        """The client is gone (or must go): withdraw what it waits for, unless detached."""
+        """The client is gone (or must go): withdraw the command it waits for, unless detached."""
         if reason is not None and self.reason is None:
             self.reason = reason
-        self.gone.set()
-        if self._current is not None:
-            task, what = self._current
-            if what == "wait" or not self.detached:
-                if task.cancel() and what == "command":
-                    self.withdrawn += 1
+        if self.gone:
+            return
+        self.gone = True
+        if self._in_command:
+            if not self.detached and self._task is not None:
+                self._withdrawing = True
+                self._task.cancel()
+        else:
+            self._wake()
 
     def stop(self) -> None:
         """The server or backend is closing: finish the command at hand, then end."""
-        self.stopping.set()
-        if self._current is not None and self._current[1] == "wait":
-            self._current[0].cancel()
+        self.stopping = True
+        if not self._in_command:
+            self._wake()
+
+    async def _run_command(self, coro: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
+        """Run a command for the client; None when it was withdrawn because the client left.
+
+        A command still waiting for the wire is then never sent; one already
+        sent completes (the channel holds the wire for its reply). When the
+        server stops meanwhile, the command is let finish (the backend fails it
+        if it is closing) and its answer sent; after ``qmprr-detach`` it runs
+        to its end, its reply to the log only.
+        """
+        self._in_command = True
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if self._withdrawing:
+                self._withdrawing = False
+                task = asyncio.current_task()
+                if task is not None and task.uncancel() == 0:
+                    self.withdrawn += 1
+                    return None
+            raise
+        finally:
+            self._in_command = False
 
     # -- one item ----------------------------------------------------------------
 
@@ -571,7 +570,7 @@ class _Connection:
                 self.subscription = self.backend.subscribe(self.name, deliver=self.outbox.offer_event)
         elif isinstance(action, Detach):
             self.detached = True
-            self._answer(qmp_return(id=action.client_id), action.msg)
+            self._answer(qmp_return(id=action.client_id), action.msg)  # kept for the rest of the connection
         elif isinstance(action, Forward):
             self._finish_burst()
             reply = await self._run_command(self._forward(action))
