@@ -7,7 +7,6 @@ are kept in :attr:`QmpClient.events`.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import socket
 import time
