@@ -366,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Sockets are created with mode 0600. Debug clients' commands are recorded with role "
         "'debug' and taint the recording; the default policy refuses them quit (QMP and HMP). "
         "Proxy-local commands: qmprr-transaction-begin {\"label\": ...} and "
-        "qmprr-transaction-end hold the channel for one client."
+        "qmprr-transaction-end hold the channel for one client; qmprr-detach keeps a client's "
+        "commands running after it leaves (otherwise those not yet sent are withdrawn)."
     )
 
     def add_service_options(p: argparse.ArgumentParser) -> None:
