@@ -285,7 +285,9 @@ class QmpServer:
             self._log_local(name, role, Answer(reply, action.msg))
             return reply
         try:
-            tx = await self.channel.begin_transaction(action.label, owner=name)
+            tx = await self.channel.begin_transaction(
+                action.label, owner=name, role=role, client_id=action.client_id
+            )
         except ChannelError as exc:
             return qmp_error(str(exc), id=action.client_id)
         self._tx_of[name] = tx
@@ -301,9 +303,10 @@ class QmpServer:
             self._log_local(name, role, Answer(reply, action.msg))
             return reply
         try:
-            await self.channel.end_transaction(tx)
+            await self.channel.end_transaction(tx, role=role, client_id=action.client_id)
         except (TransactionError, ChannelClosed) as exc:
             reply = qmp_error(str(exc), id=action.client_id)
-            self._log_local(name, role, Answer(reply, action.msg))
+            if not exc.recorded:  # the channel records the refusals it makes
+                self._log_local(name, role, Answer(reply, action.msg))
             return reply
         return qmp_return({"tx": tx.id}, id=action.client_id)
