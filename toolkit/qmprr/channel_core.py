@@ -781,7 +781,7 @@ class ChannelCore:
         if outcome is None:
             self._note(f"impossible transaction input {what.value} in state {hold.state.value}", {"tx": hold.id})
             return False
-        if what is TxInput.ABORT and hold.abort_reason is None:
+        if what in (TxInput.ABORT, TxInput.IDLE_TIMEOUT) and hold.abort_reason is None:
             hold.abort_reason = reason
         if isinstance(outcome, TxState):
             hold.state = outcome
