@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from qmprr import codec, wire
 from qmprr.channel_core import (
     ATTRIBUTION,
@@ -235,7 +234,7 @@ def test_transaction_rules_abort_while_busy_and_refusals_recorded() -> None:
 
 
 def test_idle_transaction_is_aborted_by_the_clock() -> None:
-    core, sink = make(tx_idle_timeout=5)
+    core, _sink = make(tx_idle_timeout=5)
     [began] = [e for e in core.begin("t", "idle", "owner", now=0) if isinstance(e, Began)]
     assert core.next_deadline() == 5
     out = core.tick(5)

@@ -19,12 +19,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import support
-from qmprr.channel import Channel, ChannelError, ChannelWedged, LogUnavailable, ReplyNotRecorded
+from qmprr.channel import (
+    Channel,
+    ChannelError,
+    ChannelWedged,
+    LogUnavailable,
+    ReplyNotRecorded,
+)
 from qmprr.channel_core import Runstate
 from qmprr.errors import RecordingError
-from qmprr.recording import Command, Local, Note, RecordingReader, RecordWriter, Reply, SyncPolicy, new_header
+from qmprr.recording import (
+    Command,
+    Local,
+    Note,
+    RecordingReader,
+    RecordWriter,
+    Reply,
+    SyncPolicy,
+    new_header,
+)
 from qmprr.recording import verify as verify_recording
 
 pytestmark = pytest.mark.qemu
@@ -113,7 +127,7 @@ class FailingLog:
 
 
 async def test_a_reply_that_cannot_be_recorded_pauses_the_channel_until_the_log_heals(tmp_path: Path) -> None:
-    async with channel_to_qemu(tmp_path, log_wait_timeout=60) as (qemu, ch):
+    async with channel_to_qemu(tmp_path, log_wait_timeout=60) as (_qemu, ch):
         fault = FailingLog(ch.log, "reply")
         with pytest.raises(ReplyNotRecorded, match=r"rec.jsonl: QEMU ran 'query-status' .*DID run"):
             await ch.execute({"execute": "query-status"})
@@ -151,7 +165,7 @@ async def test_commands_give_up_on_a_log_that_stays_broken_and_quit_still_works(
 def _mount_tmpfs(where: Path, size: str) -> bool:
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return False
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+    done = subprocess.run(check=False, args=["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
                           capture_output=True)
     return done.returncode == 0
 
@@ -164,7 +178,7 @@ async def test_a_real_full_disk(tmp_path: Path) -> None:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         log = disk / "rec.jsonl"
-        async with channel_to_qemu(tmp_path, log=log, log_wait_timeout=60) as (qemu, ch):
+        async with channel_to_qemu(tmp_path, log=log, log_wait_timeout=60) as (_qemu, ch):
             filler = disk / "filler"
             with open(filler, "wb") as f:  # leave ~16 KiB
                 f.write(b"\0" * (64 * 1024 - 16 * 1024 - log.stat().st_size))
@@ -184,7 +198,7 @@ async def test_a_real_full_disk(tmp_path: Path) -> None:
 
 
 async def test_fds_are_passed_with_their_command(tmp_path: Path) -> None:
-    async with channel_to_qemu(tmp_path) as (qemu, ch):
+    async with channel_to_qemu(tmp_path) as (_qemu, ch):
         r, w = os.pipe()
         try:
             for name in ("a", "b"):  # back to back, each with its own fd

@@ -175,6 +175,11 @@ class Subscription:
                 self.dropped += 1
 
 
+def _set_once(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 _current_tx: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
     "qmprr_current_tx", default=None
 )
@@ -209,7 +214,7 @@ class Channel:
         # With no high-water mark, drain() returns only once the buffer is empty:
         # the fd-passing path needs that, and one command is in flight at a time anyway.
         with contextlib.suppress(Exception):
-            self._transport.set_write_buffer_limits(high=0)  # type: ignore[attr-defined]
+            self._transport.set_write_buffer_limits(high=0)
         self._core = ChannelCore(
             log,
             now=time.monotonic(),
@@ -554,8 +559,8 @@ class Channel:
                     sent = sock.sendmsg([data], ancillary)
                     break
                 except (BlockingIOError, InterruptedError):
-                    writable = loop.create_future()
-                    loop.add_writer(sock.fileno(), lambda: writable.done() or writable.set_result(None))
+                    writable: asyncio.Future[None] = loop.create_future()
+                    loop.add_writer(sock.fileno(), _set_once, writable)
                     try:
                         await writable
                     finally:

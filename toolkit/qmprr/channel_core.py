@@ -34,7 +34,19 @@ import attrs
 
 from . import wire
 from .errors import QmprrError
-from .recording import ABSENT, Close, Command, Event, Fd, Local, Msg, Note, Record, Reply, Tx
+from .recording import (
+    ABSENT,
+    Close,
+    Command,
+    Event,
+    Fd,
+    Local,
+    Msg,
+    Note,
+    Record,
+    Reply,
+    Tx,
+)
 
 DEFAULT_TX_IDLE_TIMEOUT = 30.0
 #: How long QEMU may take to answer one command before the channel is declared wedged.
