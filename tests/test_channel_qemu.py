@@ -28,6 +28,7 @@ from qmprr.channel import (
     ReplyNotRecorded,
 )
 from qmprr.channel_core import Runstate
+from qmprr.client import QmpClient
 from qmprr.errors import RecordingError
 from qmprr.recording import (
     Command,
@@ -210,3 +211,38 @@ async def test_fds_are_passed_with_their_command(tmp_path: Path) -> None:
             os.close(r)
             os.close(w)
     assert verify_recording(tmp_path / "rec.jsonl").ok
+
+
+def _fill(path: Path) -> None:
+    with open(path, "wb", buffering=0) as f:
+        for size in (4096, 512, 64, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * size)
+
+
+def test_sigterm_quits_qemu_cleanly_while_the_disk_is_full() -> None:
+    """``qmprr launch`` on a full disk: a reply is withheld, and SIGTERM still quits QEMU (status 0)."""
+    disk = Path(tempfile.mkdtemp(prefix="qmprr-full-"))
+    if not _mount_tmpfs(disk, "128k"):
+        os.rmdir(disk)
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        with support.qmprr_launch(disk) as launched, QmpClient(launched.socket, timeout=20) as client:
+            assert client.execute("query-name")["return"] == {}
+            with open(disk / "filler", "wb") as f:  # the disk is full but for a few KiB
+                f.write(b"\0" * (128 * 1024 - 8 * 1024 - launched.record.stat().st_size))
+            withheld = client.execute("query-qmp-schema")
+            assert "DID run" in withheld["error"]["desc"], withheld
+            _fill(disk / "filler-2")  # what is left is the slack in the log's last page
+            for _ in range(100):
+                refused = client.execute("query-status")
+                if "error" in refused:
+                    break
+            assert "could not be recorded" in refused["error"]["desc"] or "command not sent" in refused["error"]["desc"]
+            assert launched.stop() == 0, launched.proc.stderr.read().decode()[-2000:]
+        report = verify_recording(launched.record)
+        assert report.ok, [str(p) for p in report.problems]  # the log kept what it had
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+        shutil.rmtree(disk, ignore_errors=True)

@@ -320,7 +320,7 @@ _Item = _Ask | _Begin | _End
 class _InFlight:
     ask: _Ask
     wire_id: str
-    seq: int
+    seq: int | None  # its command record's, None when it went out unrecorded (internal only)
     sent: float
     answered: bool = False  # its caller has been told (wedged) or left (cancelled)
 
@@ -707,7 +707,7 @@ class ChannelCore:
             tx=item.tx,
             queued=self._offset(item.asked) if self._now - item.asked > QUEUED_THRESHOLD else None,
         )
-        ok = self._append(record)
+        ok = written = self._append(record)
         for _ in range(item.fds):
             ok = ok and bool(self._append(Fd(src=item.src, placeholder=f"fd:{next(self._fd_ids)}", cmd=record.seq)))
         if not ok and item.role != INTERNAL_ROLE:
@@ -717,7 +717,7 @@ class ChannelCore:
             return
         if not ok:
             self.lost["command sent unrecorded"] += 1
-        self._in_flight = _InFlight(item, wire_id, record.seq, self._now)
+        self._in_flight = _InFlight(item, wire_id, record.seq if written else None, self._now)
         if item.tx is not None:
             self._tx_input(TxInput.SEND, None)
         self._out.append(Write(item.token, data, item.fds > 0))
@@ -746,7 +746,10 @@ class ChannelCore:
         self._in_flight = None
         ask = flight.ask
         self._tokens.discard(ask.token)
-        recorded = self._append(Reply(cmd=flight.seq, msg=Msg(msg)))
+        if flight.seq is not None:
+            recorded = self._append(Reply(cmd=flight.seq, msg=Msg(msg)))
+        else:  # qmprr's own command went out unrecorded: a reply record would name no command
+            recorded = self._note(f"QEMU's reply to {ask.name!r}, sent unrecorded by qmprr", {"msg": msg})
         if self.wedged is not None:
             self.wedged = None
             self._note(
