@@ -246,3 +246,19 @@ def test_sigterm_quits_qemu_cleanly_while_the_disk_is_full() -> None:
     finally:
         subprocess.run(["umount", str(disk)], check=False)
         shutil.rmtree(disk, ignore_errors=True)
+
+
+async def test_a_caller_that_gives_up_while_waiting_withdraws_its_command(tmp_path: Path) -> None:
+    async with channel_to_qemu(tmp_path) as (_qemu, ch):
+        async with ch.transaction("hold"):
+            waiter = asyncio.create_task(ch.execute({"execute": "query-status"}, src="impatient", client_id=9))
+            await until(lambda: bool(ch.core.waiting()), "the waiter to queue")
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+            assert ch.core.waiting() == []
+        assert await ch.execute({"execute": "query-name"}) == {"return": {}}
+    records = read_log(tmp_path / "rec.jsonl")
+    [note] = [r for r in records if isinstance(r, Note) and "withdrawn" in r.text]
+    assert note.data == {"src": "impatient", "command": "query-status", "client_id": 9}
+    assert not [r for r in records if isinstance(r, Command) and r.src == "impatient"]
