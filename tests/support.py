@@ -33,9 +33,25 @@ def require_qemu() -> str:
     return path
 
 
+def _listening(path: str | Path) -> bool:
+    """Whether a socket at *path* accepts connections (QEMU binds before it listens)."""
+    if not os.path.exists(path):
+        return False
+    try:
+        with open("/proc/net/unix") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return True  # cannot tell: the file is all there is to see
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 8 and fields[7] == str(path):
+            return bool(int(fields[3], 16) & 0x10000)  # __SO_ACCEPTCON: listen() was called
+    return True  # not listed (another namespace): the file is all there is to see
+
+
 def wait_for_socket(path: str | Path, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
+    while not _listening(path):
         if proc is not None and proc.poll() is not None:
             err = proc.stderr.read().decode() if proc.stderr else ""
             raise RuntimeError(f"process exited ({proc.returncode}) before creating {path}: {err}")
