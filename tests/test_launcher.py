@@ -363,3 +363,33 @@ def test_sigterm_stops_qemu_when_the_log_cannot_be_written(tmp_path: Path, names
     assert status == 0, stderr  # QEMU's own status: it quit on SIGTERM
     report = verify(record)  # the log keeps what it had
     assert report.ok and report.torn is None and record.stat().st_size == size
+
+
+def test_qemu_deaf_to_quit_and_sigterm_is_killed(tmp_path: Path, names: list[str], monkeypatch) -> None:
+    import asyncio
+
+    from qmprr import service
+
+    monkeypatch.setattr(service, "QUIT_TIMEOUT", 0.5)
+    monkeypatch.setattr(service, "TERM_GRACE", 0.5)
+    name = new_name(names)
+    record, sock = tmp_path / "deaf.jsonl", str(tmp_path / "deaf.sock")
+    options = service.ServiceOptions(record=str(record), socket=sock, quiet=True)
+
+    async def main() -> int:
+        task = asyncio.create_task(service.run_launch([*support.QEMU_NONE, "-name", name], options))
+        while not os.path.exists(sock):
+            assert not task.done(), task.result()
+            await asyncio.sleep(0.01)
+        (pid,) = support.qemu_processes(name)
+        os.kill(pid, signal.SIGSTOP)  # hears neither quit nor SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)  # to run_launch's handler
+        return await task
+
+    assert asyncio.run(main()) == 128 + signal.SIGKILL
+    assert wait_gone(name)
+    records = list(read_records(record))
+    notes = [r.text for r in records if isinstance(r, Note)]
+    assert [n.rsplit(": ", 1)[1] for n in notes] == ["sending QEMU SIGTERM", "sending QEMU SIGKILL"], notes
+    assert "did not answer 'quit'" in notes[0]
+    assert verify(record).ok
