@@ -294,7 +294,9 @@ def test_keep_vm_sigterm_still_quits_qemu(tmp_path: Path, names: list[str]) -> N
     assert verify(record).ok
 
 
-@pytest.mark.parametrize("case", ["no monitor in header", "recorder still alive", "neither option", "not a recording"])
+@pytest.mark.parametrize(
+    "case", ["no monitor in header", "recorder still alive", "qemu gone", "neither option", "not a recording"]
+)
 def test_reattach_errors_are_one_line(tmp_path: Path, names: list[str], case: str) -> None:
     name = new_name(names)
     new = tmp_path / "new.jsonl"
@@ -306,13 +308,14 @@ def test_reattach_errors_are_one_line(tmp_path: Path, names: list[str], case: st
         (tmp_path / "junk.jsonl").write_text("hello\n")
         args, needle = [*base, "--reattach", str(tmp_path / "junk.jsonl")], "not a qmprr/1 recording"
     else:
-        proc, record, sock = launch(tmp_path, name, *(["--keep-vm"] if case == "recorder still alive" else []))
+        proc, record, sock = launch(tmp_path, name, *(["--keep-vm"] if case != "no monitor in header" else []))
         support.wait_for_socket(sock, proc=proc)
-        if case == "no monitor in header":
+        if case != "recorder still alive":
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0
         args = [*base, "--reattach", str(record)]
-        needle = "still recording" if case == "recorder still alive" else "--keep-vm"
+        needle = {"recorder still alive": "still recording", "no monitor in header": "--keep-vm",
+                  "qemu gone": "is no longer running"}[case]
     try:
         status, out, err = run_qmprr(tmp_path, *args)
     finally:

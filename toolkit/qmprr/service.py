@@ -26,7 +26,7 @@ from typing import Any
 
 import attrs
 
-from .channel import INTERNAL_SRC, Channel
+from .channel import INTERNAL_SRC, Channel, ChannelError
 from .errors import QmprrError, RecordingError
 from .launch import LaunchedQemu, start_qemu
 from .recording import RecordWriter, Redactor, SyncPolicy, new_header, relevant_env
@@ -259,6 +259,19 @@ def _reattach_fields(previous: str, options: ServiceOptions) -> tuple[SegmentEnd
     return end, fields
 
 
+def _reattach_hint(end: SegmentEnd) -> str:
+    """Why a reattach could not talk to QEMU's monitor, as far as we can tell."""
+    pid = end.header.qemu_pid
+    if pid is not None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return f" (QEMU, pid {pid} in {end.path}, is no longer running)"
+        except PermissionError:
+            pass
+    return " (QEMU's monitor serves one client at a time: is another one connected to it?)"
+
+
 async def run_proxy(upstream: str | None, options: ServiceOptions, *, reattach: str | None = None) -> int:
     """Attach to a running QEMU's QMP socket; record and serve until it goes or we stop.
 
@@ -282,9 +295,14 @@ async def run_proxy(upstream: str | None, options: ServiceOptions, *, reattach: 
         raise QmprrError("give --upstream QEMU_QMP_SOCKET or --reattach RECORDING")
     _check_socket_paths(options, upstream)
     stop = _stop_event()
-    channel = await Channel.open_unix(
-        upstream, _log_factory(options, None, **fields), tx_idle_timeout=options.tx_idle_timeout
-    )
+    try:
+        channel = await Channel.open_unix(
+            upstream, _log_factory(options, None, **fields), tx_idle_timeout=options.tx_idle_timeout
+        )
+    except ChannelError as exc:
+        if end is None:
+            raise
+        raise ChannelError(f"{exc}{_reattach_hint(end)}") from None
     server = None
     try:
         if end is not None:
