@@ -28,8 +28,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import os
 import ctypes
+import os
 import shutil
 import signal
 import socket
@@ -54,7 +54,6 @@ class LaunchedQemu:
     process: asyncio.subprocess.Process
     monitor: socket.socket
     argv: list[str]  # as the user gave it
-    monitor_path: str | None = None  # the listening monitor socket (keep_vm), else None
     stderr_tail: collections.deque[str] = attrs.field(factory=lambda: collections.deque(maxlen=20))
     relay: asyncio.Task[None] | None = None
 
@@ -177,13 +176,7 @@ async def start_qemu(
             f"QEMU binary {argv[0]!r} not found: install it (Debian: apt-get install qemu-system-x86)"
             " or give its full path"
         )
-    if keep_vm:
-        from .server import bind_unix
-
-        theirs = bind_unix(monitor_path)  # type: ignore[arg-type]
-        ours = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    else:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours, theirs = _monitor_sockets(monitor_path if keep_vm else None)
     try:
         process = await asyncio.create_subprocess_exec(
             binary,
@@ -207,20 +200,33 @@ async def start_qemu(
     finally:
         theirs.close()
     if keep_vm:
-        # QEMU holds the listening socket now; we are its first client (the
-        # connection waits in the backlog until QEMU accepts it).
-        ours.setblocking(False)
-        try:
-            await asyncio.get_running_loop().sock_connect(ours, monitor_path)
-        except OSError as exc:
-            ours.close()
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-            raise LaunchError(f"cannot connect to QEMU's monitor {monitor_path}: {exc.strerror or exc}") from None
-    launched = LaunchedQemu(process=process, monitor=ours, argv=list(argv), monitor_path=monitor_path)
+        await _connect_monitor(process, ours, monitor_path)  # type: ignore[arg-type]
+    launched = LaunchedQemu(process=process, monitor=ours, argv=list(argv))
     launched.relay = asyncio.create_task(_relay_stderr(process, launched.stderr_tail))
     return launched
+
+
+def _monitor_sockets(path: str | None) -> tuple[socket.socket, socket.socket]:
+    """(ours, QEMU's): a socketpair, or with *path* a listening socket there and ours unconnected."""
+    if path is None:
+        return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    from .server import bind_unix
+
+    theirs = bind_unix(path)
+    return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), theirs
+
+
+async def _connect_monitor(process: asyncio.subprocess.Process, ours: socket.socket, path: str) -> None:
+    """Connect to the listening monitor QEMU now holds (we wait in its backlog until it accepts)."""
+    ours.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(ours, path)
+    except OSError as exc:
+        ours.close()
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise LaunchError(f"cannot connect to QEMU's monitor {path}: {exc.strerror or exc}") from None
 
 
 async def _relay_stderr(process: asyncio.subprocess.Process, tail: collections.deque[str]) -> None:
