@@ -12,6 +12,7 @@ import os
 import random
 import resource
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -280,8 +281,16 @@ def test_keep_vm_sigterm_still_quits_qemu(tmp_path: Path, names: list[str]) -> N
     try:
         support.wait_for_socket(sock, proc=proc)
         assert os.stat(monitor).st_mode & 0o777 == 0o600
+        # QEMU serves one monitor client at a time: while the recorder holds it,
+        # a direct connection gets nothing (no way past the channel).
+        direct = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        direct.settimeout(1.0)
+        direct.connect(str(monitor))
         with QmpClient(sock) as client:
             assert "return" in client.execute("query-status")
+        with pytest.raises(TimeoutError):
+            direct.recv(100)
+        direct.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     finally:

@@ -29,12 +29,14 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import functools
 import os
 import shutil
 import signal
 import socket
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -130,6 +132,14 @@ def ownership_refusal(argv: list[str], *, die_with_parent: bool = True) -> str |
 _PR_SET_PDEATHSIG = 1
 
 
+@functools.cache
+def _prctl() -> Any:
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
 def die_with_parent_hook(parent: int | None = None, exit_code: int = 125) -> Callable[[], None]:
     """A ``preexec_fn`` that makes the child die (SIGKILL) when its parent does.
 
@@ -138,9 +148,7 @@ def die_with_parent_hook(parent: int | None = None, exit_code: int = 125) -> Cal
     it execs anything. The libc function is looked up here, in the parent:
     the child only calls it (nothing to import or allocate after the fork).
     """
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
+    prctl = _prctl()
     expected = os.getpid() if parent is None else parent
 
     def hook() -> None:
