@@ -122,6 +122,22 @@ def qmprr_launch(
                 proc.wait()
 
 
+def qemu_processes(marker: str) -> list[int]:
+    """Live (not zombie) QEMU processes whose command line holds the word *marker* (e.g. its -name)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if os.path.basename(argv[0]).startswith(b"qemu-system") and marker.encode() in argv and state != "Z":
+            pids.append(int(entry))
+    return pids
+
+
 def qmprr_exe() -> str:
     """The installed ``qmprr`` console script (``make test`` installs it)."""
     exe = Path(sys.executable).with_name("qmprr")
