@@ -33,9 +33,25 @@ def require_qemu() -> str:
     return path
 
 
+def _listening(path: str | Path) -> bool:
+    """Whether a socket at *path* accepts connections (QEMU binds before it listens)."""
+    if not os.path.exists(path):
+        return False
+    try:
+        with open("/proc/net/unix") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return True  # cannot tell: the file is all there is to see
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 8 and fields[7] == str(path):
+            return bool(int(fields[3], 16) & 0x10000)  # __SO_ACCEPTCON: listen() was called
+    return True  # not listed (another namespace): the file is all there is to see
+
+
 def wait_for_socket(path: str | Path, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
+    while not _listening(path):
         if proc is not None and proc.poll() is not None:
             err = proc.stderr.read().decode() if proc.stderr else ""
             raise RuntimeError(f"process exited ({proc.returncode}) before creating {path}: {err}")
@@ -104,6 +120,22 @@ def qmprr_launch(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def qemu_processes(marker: str) -> list[int]:
+    """Live (not zombie) QEMU processes whose command line holds the word *marker* (e.g. its -name)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if os.path.basename(argv[0]).startswith(b"qemu-system") and marker.encode() in argv and state != "Z":
+            pids.append(int(entry))
+    return pids
 
 
 def qmprr_exe() -> str:

@@ -75,20 +75,7 @@ def reply_to(records: list[Record], command: Command) -> Reply:
     return reply
 
 
-def qemu_processes(marker: str) -> list[int]:
-    """Live QEMU processes whose command line holds *marker*."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if os.path.basename(argv[0]).startswith(b"qemu-system") and marker.encode() in argv and state != "Z":
-            pids.append(int(entry))
-    return pids
+qemu_processes = support.qemu_processes
 
 
 @pytest.fixture
@@ -218,6 +205,21 @@ def _error_case(case: str, tmp_path: Path, marker: str, keep: list[socket.socket
         return [*base, "--label", "=value", *qemu], "--label"
     if case == "no qemu command line":
         return [*base, "--"], "'--'"
+    if case == "qemu -daemonize":
+        # Without the refusal QEMU's daemon child outlives qmprr (exit 0, an orphaned VM).
+        return [*base, *qemu, "-daemonize"], "-daemonize forks QEMU into a daemon"
+    if case == "qemu --daemonize":
+        return [*base, *qemu, "--daemonize"], "-daemonize"
+    if case == "qemu -runas without --keep-vm":
+        return [*base, *qemu, "-runas", "nobody"], "-runas changes QEMU's user"
+    if case == "--monitor-socket without --keep-vm":
+        return [*base, "--monitor-socket", str(tmp_path / "m.sock"), *qemu], "--keep-vm"
+    if case == "--keep-vm monitor socket taken by a live listener":
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(tmp_path / "m.sock"))
+        listener.listen()
+        keep.append(listener)
+        return [*base, "--keep-vm", "--monitor-socket", str(tmp_path / "m.sock"), *qemu], "m.sock"
     raise AssertionError(case)
 
 
@@ -231,6 +233,11 @@ LAUNCH_ERRORS = [
     "malformed label",
     "empty label key",
     "no qemu command line",
+    "qemu -daemonize",
+    "qemu --daemonize",
+    "qemu -runas without --keep-vm",
+    "--monitor-socket without --keep-vm",
+    "--keep-vm monitor socket taken by a live listener",
 ]
 
 
@@ -256,7 +263,7 @@ def test_launch_error_is_one_clear_line_and_status_2(tmp_path: Path, marker: str
 @pytest.mark.parametrize("loop", ["default", "asyncio"])
 @pytest.mark.parametrize(
     "case", ["qemu fails at start-up", "socket taken by a live listener", "debug socket taken by a live listener",
-             "socket path is a regular file"]
+             "socket path is a regular file", "qemu -daemonize"]
 )
 def test_launch_error_leaves_no_qemu_and_no_socket_behind(tmp_path: Path, marker: str, case: str, loop: str) -> None:
     # "asyncio": the standard event loop even when uvloop is installed (QMPRR_EVENT_LOOP).

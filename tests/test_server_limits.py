@@ -294,11 +294,11 @@ async def test_a_leaving_clients_queued_command_is_withdrawn(tmp_path: Path) -> 
         await leaver.writer.drain()
         await asyncio.sleep(0.1)  # the server has read it: it waits for the wire
         await leaver.close()
-        note = await wait_for_record(p.record, lambda r: isinstance(r, Note) and "withdrew" in r.text)
+        note = await wait_for_record(p.record, lambda r: isinstance(r, Note) and "withdrawn" in r.text)
         assert await owner.execute("qmprr-transaction-end", id="e") == {"return": {"tx": 1}, "id": "e"}
         assert await owner.execute("query-name", id="after") == {"return": {}, "id": "after"}
         await owner.close()
-    assert note.data == {"client": "debug-1", "withdrawn": 1}
+    assert note.data == {"src": "debug-1", "command": "query-name", "client_id": "never"}
     records = records_of(p.record)
     assert not [r for r in records if isinstance(r, Command) and r.src == "debug-1"]
 
@@ -321,7 +321,7 @@ async def test_inject_timeout_leaves_the_command_queued_or_withdraws_it(tmp_path
         assert status == 2 and err.count("\n") == 1 and "may still run" in err, err
         status, err = await inject(p.debug_socket, "--timeout", "0.3", "--cancel-on-timeout", "query-name")
         assert status == 2 and err.count("\n") == 1 and "withdrawn if it had not reached QEMU" in err, err
-        await wait_for_record(p.record, lambda r: isinstance(r, Note) and "withdrew" in r.text)
+        await wait_for_record(p.record, lambda r: isinstance(r, Note) and "withdrawn" in r.text)
         assert await owner.execute("qmprr-transaction-end", id="e") == {"return": {"tx": 1}, "id": "e"}
         # The detached command runs once the wire is free; its reply goes to the log.
         await wait_for_record(p.record, lambda r: isinstance(r, Command) and r.src == "debug-1")
@@ -329,8 +329,8 @@ async def test_inject_timeout_leaves_the_command_queued_or_withdraws_it(tmp_path
     records = records_of(p.record)
     ran = [r.msg["execute"] for r in records if isinstance(r, Command) and r.src.startswith("debug")]
     assert ran == ["qom-list"]  # the withdrawn query-name never reached QEMU
-    (withdrawn,) = [r for r in records if isinstance(r, Note) and "withdrew" in r.text]
-    assert withdrawn.data == {"client": "debug-2", "withdrawn": 1}
+    (withdrawn,) = [r for r in records if isinstance(r, Note) and "withdrawn" in r.text]
+    assert withdrawn.data == {"src": "debug-2", "command": "query-name", "client_id": "inject-2"}
     detach = [r for r in records if isinstance(r, Local) and r.msg and r.msg.get("execute") == "qmprr-detach"]
     assert [r.src for r in detach] == ["debug-1"]
 

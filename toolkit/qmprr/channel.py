@@ -1,16 +1,12 @@
-"""The one serialized upstream channel to QEMU.
+"""The one serialized upstream channel to QEMU: an asyncio driver for :class:`ChannelCore`.
 
 A :class:`Channel` owns exactly one QMP connection to QEMU. Everyone who
 talks to QEMU -- the management application, injected debug commands, qmprr
-itself -- goes through :meth:`Channel.execute`, which:
-
-* grants the wire to one command at a time, in FIFO order of asking, so the
-  order of ``command`` records is the order QEMU executed them;
-* gives each command a channel-unique wire id and restores the caller's own
-  id (any JSON value, or none) on the reply it returns;
-* logs the command before its bytes go to QEMU, and each reply and event
-  before anyone sees it (write-ahead), events in wire order relative to
-  replies.
+itself -- goes through :meth:`Channel.execute`. Every decision (FIFO order,
+one command in flight, which message answers which command, transactions, the
+wire timeout, a log that cannot be written) is made by the sans-IO
+:class:`~qmprr.channel_core.ChannelCore`; this module only moves bytes between
+the socket, the core and the callers' futures, and keeps the clock.
 
 Transactions hold the channel across several commands::
 
@@ -19,78 +15,76 @@ Transactions hold the channel across several commands::
         await channel.execute({"execute": "dump-guest-memory", ...})
         await channel.execute({"execute": "cont"})
 
-A transaction idle for longer than ``tx_idle_timeout`` (or whose owner goes
-away, see :meth:`Channel.abort_transactions_of`) is aborted and logged as
-``tx abort``; waiting callers then proceed. When QEMU closes the connection or
-dies, every waiting and in-flight caller gets a :class:`ChannelClosed` at once
-(in flight: :class:`CommandInterrupted`, "may or may not have executed"), and
-a ``close`` record ends the log.
+See ``docs/channel.md`` for what callers are told when a transaction is
+aborted, QEMU stops answering (``wire_timeout``), the log cannot be written,
+or QEMU goes away.
 """
 
 from __future__ import annotations
 
 import array
 import asyncio
+import collections
 import contextlib
 import contextvars
 import itertools
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from typing import Any
 
 import attrs
 
 from . import wire
-from .errors import QmprrError
-from .recording import (
-    ABSENT,
-    Close,
-    Command,
-    Event,
-    Fd,
-    Greeting,
-    Msg,
-    Note,
-    Record,
-    RecordWriter,
-    Reply,
-    Tx,
+from .channel_core import (
+    DEFAULT_LOG_WAIT_TIMEOUT,
+    DEFAULT_TX_IDLE_TIMEOUT,
+    DEFAULT_WIRE_TIMEOUT,
+    QUEUED_THRESHOLD,
+    Answer,
+    Began,
+    ChannelClosed,
+    ChannelCore,
+    ChannelError,
+    ChannelWedged,
+    Closed,
+    CommandInterrupted,
+    Effect,
+    Fanout,
+    LogUnavailable,
+    ReplyNotRecorded,
+    TransactionAborted,
+    TransactionError,
+    TxEnded,
+    UpstreamProtocolError,
+    Write,
 )
+from .recording import ABSENT, Greeting, Msg, Note, Record, RecordWriter
 
-DEFAULT_TX_IDLE_TIMEOUT = 30.0
+__all__ = [
+    "DEFAULT_LOG_WAIT_TIMEOUT",
+    "DEFAULT_TX_IDLE_TIMEOUT",
+    "DEFAULT_WIRE_TIMEOUT",
+    "INTERNAL_SRC",
+    "QUEUED_THRESHOLD",
+    "Channel",
+    "ChannelClosed",
+    "ChannelError",
+    "ChannelWedged",
+    "CommandInterrupted",
+    "LogUnavailable",
+    "ReplyNotRecorded",
+    "Subscription",
+    "Transaction",
+    "TransactionAborted",
+    "TransactionError",
+    "UpstreamProtocolError",
+]
+
 DEFAULT_EVENT_QUEUE = 1000
 INTERNAL_SRC = "qmprr"
 READ_CHUNK = 256 * 1024
-#: A command that waited longer than this for the wire records when it asked (``queued``).
-QUEUED_THRESHOLD = 0.001
-#: How long a cancelled caller's command keeps the wire waiting for QEMU's reply.
-CANCELLED_REPLY_WAIT = 30.0
-
-
-class ChannelError(QmprrError):
-    """A command could not be run through the channel."""
-
-
-class ChannelClosed(ChannelError):
-    """The connection to QEMU is gone; nothing more can be sent."""
-
-
-class CommandInterrupted(ChannelClosed):
-    """The connection ended while the command was in flight: it may or may not have executed."""
-
-
-class TransactionError(ChannelError):
-    """A transaction cannot be begun or ended as asked."""
-
-
-class TransactionAborted(TransactionError):
-    """The transaction was aborted (idle too long, or its owner left)."""
-
-
-class UpstreamProtocolError(ChannelError):
-    """QEMU's side did not speak QMP as expected (no greeting, failed negotiation)."""
 
 
 @attrs.define(eq=False)
@@ -101,9 +95,6 @@ class Transaction:
     label: str
     owner: str
     channel: Channel
-    last_activity: float = attrs.field(factory=time.monotonic)
-    busy: int = 0
-    pending_abort: str | None = None  # abort asked while a command of it was in flight
     task: asyncio.Task[Any] | None = None  # the task whose commands join it implicitly
     ended: bool = False
     abort_reason: str | None = None
@@ -184,13 +175,24 @@ class Subscription:
                 self.dropped += 1
 
 
+def _set_once(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 _current_tx: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
     "qmprr_current_tx", default=None
 )
 
 
 class Channel:
-    """One QMP connection to QEMU, serialized and recorded. Build with :meth:`open`."""
+    """One QMP connection to QEMU, serialized and recorded. Build with :meth:`open`.
+
+    *wire_timeout*: how long QEMU may take to answer one command before its
+    caller and every waiting caller get :class:`ChannelWedged` (and later ones
+    too, until QEMU answers it). *log_wait_timeout*: how long a command waits
+    for a log that cannot be written before it gets :class:`LogUnavailable`.
+    """
 
     def __init__(
         self,
@@ -201,27 +203,55 @@ class Channel:
         *,
         decoder: wire.StreamDecoder | None = None,
         tx_idle_timeout: float = DEFAULT_TX_IDLE_TIMEOUT,
+        wire_timeout: float = DEFAULT_WIRE_TIMEOUT,
+        log_wait_timeout: float = DEFAULT_LOG_WAIT_TIMEOUT,
     ) -> None:
         self.log = log
         self.greeting = greeting
-        self.tx_idle_timeout = tx_idle_timeout
         self._reader = reader
         self._writer = writer
-        self._decoder = decoder or wire.StreamDecoder()
-        self._lock = asyncio.Lock()  # FIFO: the wire, or a transaction's hold on it
-        self._tx_lock = asyncio.Lock()  # one command at a time inside a transaction
-        self._tx: Transaction | None = None
-        self._tx_ids = itertools.count(1)
-        self._wire_ids = itertools.count(0)
-        self._fd_ids = itertools.count(0)
-        self._in_flight: tuple[str, Command, asyncio.Future[dict[str, Any]]] | None = None
+        self._transport = writer.transport
+        # With no high-water mark, drain() returns only once the buffer is empty:
+        # the fd-passing path needs that, and one command is in flight at a time anyway.
+        with contextlib.suppress(Exception):
+            self._transport.set_write_buffer_limits(high=0)
+        self._core = ChannelCore(
+            log,
+            now=time.monotonic(),
+            decoder=decoder,
+            wire_timeout=wire_timeout,
+            tx_idle_timeout=tx_idle_timeout,
+            log_wait_timeout=log_wait_timeout,
+        )
+        self._tokens = itertools.count()
+        self._futures: dict[Hashable, asyncio.Future[Any]] = {}
+        self._fds: dict[Hashable, Sequence[int]] = {}
+        self._txs: dict[int, Transaction] = {}
         self._subscribers: set[Subscription] = set()
-        self.closed_reason: str | None = None
-        self._close_logged = False
-        self._refusing: str | None = None
+        self._pending_writes: collections.deque[tuple[bytes, Sequence[int]]] = collections.deque()
+        self._write_task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
         self.closed = asyncio.Event()
         self._reader_task: asyncio.Task[None] | None = None
-        self._watchdog: asyncio.Task[None] | None = None
+
+    @property
+    def closed_reason(self) -> str | None:
+        """``eof``, ``error`` or ``stopped`` once the connection to QEMU is over."""
+        return self._core.closed_reason
+
+    @property
+    def tx_idle_timeout(self) -> float:
+        return self._core.tx_idle_timeout
+
+    @property
+    def wire_timeout(self) -> float:
+        return self._core.wire_timeout
+
+    @property
+    def core(self) -> ChannelCore:
+        """The state machine behind this channel (read it; feed it only through the channel)."""
+        return self._core
 
     # -- opening -------------------------------------------------------------
 
@@ -232,13 +262,15 @@ class Channel:
         writer: asyncio.StreamWriter,
         make_log: Callable[[dict[str, Any]], RecordWriter],
         *,
-        tx_idle_timeout: float = DEFAULT_TX_IDLE_TIMEOUT,
         greeting_timeout: float = 10.0,
+        **options: Any,
     ) -> Channel:
         """Read QEMU's greeting, start the log with ``make_log(greeting)``, negotiate.
 
         The greeting and ``qmp_capabilities`` exchange are logged like
         everything else (``qmp_capabilities`` with role ``internal``).
+        *options* are :class:`Channel`'s (``tx_idle_timeout``, ``wire_timeout``,
+        ``log_wait_timeout``).
         """
         decoder = wire.StreamDecoder()
         greeting: dict[str, Any] | None = None
@@ -263,10 +295,11 @@ class Channel:
         except BaseException:
             writer.close()
             raise
-        channel = cls(reader, writer, log, greeting, decoder=decoder, tx_idle_timeout=tx_idle_timeout)
+        channel = cls(reader, writer, log, greeting, decoder=decoder, **options)
         try:
             log.append(Greeting(msg=Msg(greeting)))
-            channel._reader_task = asyncio.create_task(channel._read_loop(leftover), name="qmprr-upstream")
+            channel._apply(channel._core.receive_messages(leftover, now=time.monotonic()))
+            channel._reader_task = asyncio.create_task(channel._read_loop(), name="qmprr-upstream")
             async with asyncio.timeout(greeting_timeout):
                 reply = await channel.execute(
                     {"execute": "qmp_capabilities"}, src=INTERNAL_SRC, role="internal"
@@ -315,166 +348,81 @@ class Channel:
         in it is ignored, pass the caller's id as *client_id*). The reply
         carries *client_id* as its ``id`` (none when ABSENT). *tx* defaults
         to the transaction opened by :meth:`transaction` in this task.
+        A caller cancelled before its command reached the wire withdraws it
+        (a ``note`` says so); once on the wire, its reply is still recorded.
         """
-        asked = time.monotonic()
         if tx is None:
             tx = _current_tx.get()
             if tx is not None and tx.task is not asyncio.current_task():
                 tx = None  # a task started inside the block is not part of it
-        if tx is not None:
-            if tx is not self._tx:
-                self._raise_if_closed()
-                reason = tx.abort_reason or "it has ended"
-                raise TransactionAborted(f"transaction {tx.id} ({tx.label!r}) is over: {reason}")
-            gate = self._tx_lock
-        else:
-            gate = self._lock
-        async with gate:
-            if tx is not None and (tx is not self._tx or tx.pending_abort is not None):
-                self._raise_if_closed()
-                raise TransactionAborted(f"transaction {tx.id} ({tx.label!r}) was aborted: {tx.abort_reason}")
-            if tx is not None:
-                tx.busy += 1
-            try:
-                reply = await self._send(msg, src, role, client_id, tx, asked, fds)
-            finally:
-                if tx is not None:
-                    tx.busy -= 1
-                    tx.last_activity = time.monotonic()
-                    if tx.pending_abort is not None and tx.busy == 0:
-                        self._release(tx, "abort", tx.pending_abort)
-        out = {k: v for k, v in reply.items() if k != "id"}
-        if client_id is not ABSENT:
-            out["id"] = client_id
-        return out
-
-    def _raise_if_closed(self) -> None:
-        if self.closed_reason is not None:
-            raise ChannelClosed(f"the connection to QEMU is closed ({self.closed_reason}); command not sent")
-        if self._refusing is not None:
-            raise ChannelClosed(f"{self._refusing}; command not sent")
+        token, future = self._new_future()
+        if fds:
+            self._fds[token] = tuple(fds)
+        try:
+            self._apply(self._core.ask(
+                token, msg, now=time.monotonic(), src=src, role=role, client_id=client_id,
+                tx=tx.id if tx is not None else None, fds=len(fds),
+            ))
+            reply: dict[str, Any] = await self._wait(token, future)
+            return reply
+        finally:
+            self._fds.pop(token, None)
 
     def refuse_new_commands(self, reason: str) -> None:
         """From now on, fail every command not yet sent (the one in flight completes)."""
-        self._refusing = reason
-        self.abort_all_transactions(reason)
+        self._apply(self._core.refuse(reason, now=time.monotonic()))
 
-    async def _send(
-        self,
-        msg: dict[str, Any],
-        src: str,
-        role: str,
-        client_id: Any,
-        tx: Transaction | None,
-        asked: float,
-        fds: Sequence[int] = (),
-    ) -> dict[str, Any]:
-        self._raise_if_closed()
-        wire_id = f"qmprr-{next(self._wire_ids)}"
-        sent = {k: v for k, v in msg.items() if k != "id"}
-        sent["id"] = wire_id
-        record = Command(
-            src=src,
-            role=role,  # type: ignore[arg-type]
-            msg=Msg(sent),
-            client_id=client_id if client_id != wire_id else ABSENT,
-            tx=tx.id if tx is not None else None,
-            queued=self.log.offset(asked) if time.monotonic() - asked > QUEUED_THRESHOLD else None,
-        )
-        self.log.append(record)  # write-ahead: logged before QEMU sees it
-        for _ in fds:
-            self.log.append(Fd(src=src, placeholder=f"fd:{next(self._fd_ids)}", cmd=record.seq))
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        # Its caller may be gone (cancelled) when QEMU's end fails it: that is not an error to log.
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._in_flight = (wire_id, record, future)
+    def _new_future(self) -> tuple[Hashable, asyncio.Future[Any]]:
+        token = next(self._tokens)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._futures[token] = future
+        return token, future
+
+    async def _wait(self, token: Hashable, future: asyncio.Future[Any]) -> Any:
         try:
-            if fds:
-                await self._send_with_fds(wire.encode(sent), fds)
-            else:
-                self._writer.write(wire.encode(sent))
-            await self._writer.drain()
             return await future
         except asyncio.CancelledError:
-            # The command is on the wire: hold it until QEMU answers, so the reply
-            # is logged as this command's and no second command goes out meanwhile.
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(future), CANCELLED_REPLY_WAIT)
-            raise
-        except (ConnectionError, OSError) as exc:
-            if isinstance(exc, (ConnectionResetError, BrokenPipeError)) or self._writer.is_closing():
-                self._shutdown("eof", "QEMU closed the monitor connection")
+            if future.done() and not future.cancelled() and future.exception() is None:
+                result = future.result()
+                if isinstance(result, Transaction):  # it began as its caller gave up
+                    self.abort_transactions_of(result.owner, "its owner gave up")
             else:
-                self._shutdown("error", f"write to QEMU failed: {exc}")
-            raise CommandInterrupted(self._interrupted_text(record)) from None
+                self._apply(self._core.cancel(token, now=time.monotonic()))
+            raise
         finally:
-            self._in_flight = None
-
-    async def _send_with_fds(self, data: bytes, fds: Sequence[int]) -> None:
-        """Write *data* with *fds* attached, after anything the transport still holds."""
-        transport = self._writer.transport
-        for _ in range(1000):
-            if transport.get_write_buffer_size() == 0:
-                break
-            await asyncio.sleep(0.001)
-        raw = transport.get_extra_info("socket")
-        if raw is None:
-            raise ChannelError("this connection to QEMU cannot pass file descriptors")
-        with socket.socket(fileno=os.dup(raw.fileno())) as sock:
-            sock.setblocking(True)
-            sent = sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-            if sent < len(data):
-                sock.sendall(data[sent:])
-
-    @staticmethod
-    def _interrupted_text(record: Command) -> str:
-        name = wire.command_name(record.msg) or "?"
-        return (
-            f"the connection to QEMU ended while {name!r} (seq {record.seq}) was in flight:"
-            " it may or may not have executed"
-        )
+            self._futures.pop(token, None)
 
     # -- transactions --------------------------------------------------------
 
-    async def begin_transaction(self, label: str, owner: str) -> Transaction:
-        """Wait for the channel (FIFO), then hold it for *owner* until ended or aborted."""
-        if self._tx is not None and self._tx.owner == owner:
-            raise TransactionError(f"{owner} already holds transaction {self._tx.id} ({self._tx.label!r})")
-        await self._lock.acquire()
-        try:
-            self._raise_if_closed()
-        except ChannelClosed:
-            self._lock.release()
-            raise
-        tx = Transaction(id=next(self._tx_ids), label=label, owner=owner, channel=self)
-        try:
-            self.log.append(Tx(action="begin", tx=tx.id, label=label, owner=owner))
-        except BaseException:
-            self._lock.release()
-            raise
-        self._tx = tx
-        self._watchdog = asyncio.create_task(self._watch(tx), name=f"qmprr-tx-{tx.id}")
+    async def begin_transaction(
+        self, label: str, owner: str, *, role: str = "primary", client_id: Any = ABSENT
+    ) -> Transaction:
+        """Wait for the channel (FIFO), then hold it for *owner* until ended or aborted.
+
+        *role* and *client_id* describe the asking client in the ``local`` record
+        of a refusal.
+        """
+        token, future = self._new_future()
+        self._apply(self._core.begin(token, label, owner, now=time.monotonic(), role=role, client_id=client_id))
+        tx: Transaction = await self._wait(token, future)
         return tx
 
-    async def end_transaction(self, tx: Transaction) -> None:
-        """Release the channel. Raises :class:`TransactionAborted` if it was aborted."""
-        if tx is not self._tx:
-            if tx.abort_reason:
-                raise TransactionAborted(f"transaction {tx.id} ({tx.label!r}) was aborted: {tx.abort_reason}")
-            raise TransactionError(f"transaction {tx.id} ({tx.label!r}) is not open")
-        async with self._tx_lock:  # let a command in flight inside it finish
-            pass
-        self._release(tx, "end", None)
+    async def end_transaction(
+        self, tx: Transaction, *, role: str = "primary", client_id: Any = ABSENT
+    ) -> None:
+        """Release the channel, after its commands in flight. Raises :class:`TransactionAborted` if aborted."""
+        token, future = self._new_future()
+        self._apply(self._core.end(
+            token, tx.id, now=time.monotonic(), src=tx.owner, role=role, client_id=client_id))
+        await self._wait(token, future)
 
     def abort_transactions_of(self, owner: str, reason: str) -> None:
         """Abort the transaction *owner* holds, if any (e.g. it disconnected)."""
-        if self._tx is not None and self._tx.owner == owner:
-            self._release(self._tx, "abort", reason)
+        self._apply(self._core.abort_owner(owner, reason, now=time.monotonic()))
 
     def abort_all_transactions(self, reason: str) -> None:
         """Abort whatever transaction holds the channel (e.g. qmprr is stopping)."""
-        if self._tx is not None:
-            self._release(self._tx, "abort", reason)
+        self._apply(self._core.abort_all(reason, now=time.monotonic()))
 
     @contextlib.asynccontextmanager
     async def transaction(self, label: str, *, owner: str = "library") -> AsyncIterator[Transaction]:
@@ -482,7 +430,8 @@ class Channel:
 
         Only commands of the task that entered the block join the transaction
         implicitly; other tasks (even ones started inside the block) wait, or
-        pass the transaction explicitly with ``tx.execute(...)``.
+        pass the transaction explicitly with ``tx.execute(...)``. A transaction
+        aborted meanwhile has ended already: leaving the block says nothing more.
         """
         tx = await self.begin_transaction(label, owner)
         tx.task = asyncio.current_task()
@@ -491,36 +440,9 @@ class Channel:
             yield tx
         finally:
             _current_tx.reset(token)
-            if tx is self._tx:
-                await self.end_transaction(tx)
-
-    def _release(self, tx: Transaction, action: str, reason: str | None) -> None:
-        if tx is not self._tx:
-            return
-        if action == "abort" and tx.busy:
-            # Its command is on the wire: the channel is released when the reply
-            # is in, so two commands are never in flight at once.
-            tx.pending_abort = reason
-            return
-        self._tx = None
-        tx.ended = True
-        if action == "abort":
-            tx.abort_reason = reason
-        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
-            self._watchdog.cancel()
-        self._watchdog = None
-        self.record(Tx(action=action, tx=tx.id, label=tx.label, owner=tx.owner, reason=reason))  # type: ignore[arg-type]
-        self._lock.release()
-
-    async def _watch(self, tx: Transaction) -> None:
-        while tx is self._tx:
-            idle_for = time.monotonic() - tx.last_activity
-            if tx.busy == 0 and idle_for >= self.tx_idle_timeout:
-                self._release(
-                    tx, "abort", f"idle for more than {self.tx_idle_timeout:g} s"
-                )
-                return
-            await asyncio.sleep(max(0.01, self.tx_idle_timeout - idle_for if tx.busy == 0 else self.tx_idle_timeout))
+            if not tx.ended and self.closed_reason is None:
+                with contextlib.suppress(TransactionAborted):
+                    await self.end_transaction(tx)
 
     # -- events --------------------------------------------------------------
 
@@ -546,81 +468,150 @@ class Channel:
     # -- logging -------------------------------------------------------------
 
     def record(self, record: Record) -> Record | None:
-        """Append *record* to the log, unless the log has ended with ``close``."""
-        if self._close_logged or self.log.closed:
-            return None
-        return self.log.append(record)
+        """Append *record* to the log; None once the log has ended with ``close``.
+
+        A record that cannot be written is counted and reported in the ``note``
+        written when the log works again (None is returned); it pauses the channel.
+        """
+        written = self._core.record(record, now=time.monotonic())
+        self._apply(self._core.take_effects())
+        return written
 
     def note(self, text: str, data: dict[str, Any] | None = None) -> None:
         """Append a ``note`` record."""
         self.record(Note(text=text, data=Msg(data) if data is not None else None))
 
-    # -- upstream reading and shutdown ---------------------------------------
+    # -- the driver: effects, bytes, the clock ---------------------------------
 
-    async def _read_loop(self, early: list[dict[str, Any]]) -> None:
+    def _apply(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Write):
+                self._write(effect.data, self._fds.pop(effect.token, ()) if effect.fds else ())
+            elif isinstance(effect, Answer):
+                future = self._futures.get(effect.token)
+                if future is not None and not future.done():
+                    if effect.error is not None:
+                        future.set_exception(effect.error)
+                    else:
+                        future.set_result(effect.reply)
+            elif isinstance(effect, Fanout):
+                for sub in list(self._subscribers):
+                    sub.offer(effect.msg)
+            elif isinstance(effect, Began):
+                tx = Transaction(id=effect.tx, label=effect.label, owner=effect.owner, channel=self)
+                self._txs[tx.id] = tx
+                future = self._futures.get(effect.token)
+                if future is not None and not future.done():
+                    future.set_result(tx)
+                else:  # its caller is gone: nobody will end it
+                    self._apply(self._core.abort_owner(tx.owner, "its owner gave up", now=time.monotonic()))
+            elif isinstance(effect, TxEnded):
+                ended = self._txs.pop(effect.tx, None)
+                if ended is not None:
+                    ended.ended = True
+                    if effect.action == "abort":
+                        ended.abort_reason = effect.reason
+            elif isinstance(effect, Closed):
+                self._on_closed()
+        self._arm_timer()
+
+    def _write(self, data: bytes, fds: Sequence[int]) -> None:
+        """Every write goes through here, so bytes reach QEMU in the order they are given."""
+        if not fds and not self._pending_writes and (self._write_task is None or self._write_task.done()):
+            self._transport.write(data)
+            return
+        self._pending_writes.append((data, fds))
+        if self._write_task is None or self._write_task.done():
+            self._write_task = asyncio.get_running_loop().create_task(self._write_loop(), name="qmprr-fds")
+
+    async def _write_loop(self) -> None:
+        while self._pending_writes:
+            data, fds = self._pending_writes.popleft()
+            try:
+                if fds:
+                    await self._send_with_fds(data, fds)
+                else:
+                    self._transport.write(data)
+            except (ConnectionResetError, BrokenPipeError):
+                self._shutdown("eof", "QEMU closed the monitor connection")
+            except (OSError, ChannelError) as exc:
+                self._shutdown("error", f"write to QEMU failed: {exc}")
+
+    async def _send_with_fds(self, data: bytes, fds: Sequence[int]) -> None:
+        """Write *data* with *fds* attached, once everything before it has left the transport.
+
+        The socket is shared with the transport, so it stays non-blocking: a full
+        send buffer is waited for, never spun on, and the rest of a partial send
+        follows through the (empty) transport, still in order.
+        """
+        while self._transport.get_write_buffer_size():
+            await self._writer.drain()  # returns once the buffer is empty (no high-water mark)
+            if self._transport.get_write_buffer_size():
+                await asyncio.sleep(0.001)  # a transport that ignored the limits: wait for it
+        raw = self._transport.get_extra_info("socket")
+        if raw is None:
+            raise ChannelError("this connection to QEMU cannot pass file descriptors")
+        loop = asyncio.get_running_loop()
+        with socket.socket(fileno=os.dup(raw.fileno())) as sock:
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+            while True:
+                try:
+                    sent = sock.sendmsg([data], ancillary)
+                    break
+                except (BlockingIOError, InterruptedError):
+                    writable: asyncio.Future[None] = loop.create_future()
+                    loop.add_writer(sock.fileno(), _set_once, writable)
+                    try:
+                        await writable
+                    finally:
+                        loop.remove_writer(sock.fileno())
+        if sent < len(data):
+            self._transport.write(data[sent:])
+
+    def _arm_timer(self) -> None:
+        at = self._core.next_deadline()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, at
+        if at is not None:
+            delay = max(0.0, at - time.monotonic()) + 0.001
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, None
+        self._apply(self._core.tick(time.monotonic()))
+
+    async def _read_loop(self) -> None:
         reason, detail = "eof", "QEMU closed the monitor connection"
         try:
-            for msg in early:
-                self._dispatch(msg)
             while True:
                 data = await self._reader.read(READ_CHUNK)
                 if not data:
                     break
-                for item in self._decoder.feed(data):
-                    if isinstance(item, wire.FramingError):
-                        self.note(f"unparsable data from QEMU: {item!r}")
-                    else:
-                        self._dispatch(item)
-        except ConnectionResetError:
+                self._apply(self._core.receive(data, now=time.monotonic()))
+        except (ConnectionResetError, BrokenPipeError):
             reason, detail = "eof", "QEMU closed the monitor connection (reset)"
         except (ConnectionError, OSError) as exc:
             reason, detail = "error", f"reading from QEMU failed: {exc}"
-        except QmprrError as exc:  # the log cannot be written: nothing may pass unrecorded
-            reason, detail = "error", f"cannot record QEMU's output: {exc}"
         except asyncio.CancelledError:
-            reason, detail = "stopped", "qmprr closed the connection"
-            self._shutdown(reason, detail)
+            self._shutdown("stopped", "qmprr closed the connection")
             raise
         self._shutdown(reason, detail)
 
-    def _dispatch(self, msg: dict[str, Any]) -> None:
-        kind = wire.classify(msg)
-        if kind is wire.MessageKind.EVENT:
-            self.log.append(Event(msg=Msg(msg)))
-            for sub in list(self._subscribers):
-                sub.offer(msg)
-            return
-        if kind in (wire.MessageKind.RETURN, wire.MessageKind.ERROR) and self._in_flight:
-            wire_id, command, future = self._in_flight
-            if msg.get("id") == wire_id or "id" not in msg:
-                self.log.append(Reply(cmd=command.seq, msg=Msg(msg)))
-                if not future.done():
-                    future.set_result(msg)
-                return
-        self.note("unexpected message from QEMU", {"msg": msg})
-
     def _shutdown(self, reason: str, detail: str) -> None:
-        if self.closed_reason is not None:
-            return
-        self.closed_reason = reason
-        if self._in_flight is not None:
-            _, command, future = self._in_flight
+        self._apply(self._core.eof(reason, detail, now=time.monotonic()))
+
+    def _on_closed(self) -> None:
+        for future in self._futures.values():  # the core answered everyone; this is a safety net
             if not future.done():
-                future.set_exception(CommandInterrupted(self._interrupted_text(command)))
-        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
-            self._watchdog.cancel()
-        if self._tx is not None:
-            tx = self._tx
-            self._tx = None
-            tx.ended = True
-            tx.abort_reason = f"the connection to QEMU closed ({reason})"
-            self._lock.release()
-        if not self.log.closed:
-            with contextlib.suppress(QmprrError, OSError):  # a failing log must not stop the shutdown
-                self.log.append(Close(reason=reason, detail=detail))
-        self._close_logged = True
+                future.set_exception(ChannelClosed(f"the connection to QEMU is closed ({self.closed_reason})"))
         for sub in list(self._subscribers):
             sub.close()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         with contextlib.suppress(Exception):
             self._writer.close()
         self.closed.set()
@@ -632,6 +623,10 @@ class Channel:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader_task
         self._shutdown("stopped", "qmprr closed the connection")
+        if self._write_task is not None and not self._write_task.done():
+            self._write_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._write_task
 
     async def wait_closed(self) -> None:
         """Wait until the connection to QEMU has ended."""

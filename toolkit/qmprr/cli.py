@@ -122,6 +122,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     argv = list(args.qemu_argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
+    if args.monitor_socket is not None and not args.keep_vm:
+        raise UsageError("--monitor-socket goes with --keep-vm (without it QEMU's monitor has no path)")
+    keep = {"keep_vm": args.keep_vm, "monitor_socket": args.monitor_socket}
     if args.domain is not None:
         if argv:
             raise UsageError("give either --domain XML or a QEMU command line after '--', not both")
@@ -131,16 +134,18 @@ def cmd_launch(args: argparse.Namespace) -> int:
         for warning in spec.warnings:
             print(f"qmprr: warning: {warning}", file=sys.stderr)
         options = _service_options(args)
-        return _run_async(run_launch(spec.argv, options, env=spec.env, domain_xml=spec.xml))
+        return _run_async(run_launch(spec.argv, options, env=spec.env, domain_xml=spec.xml, **keep))
     if not argv:
         raise UsageError("give the QEMU command line after '--' (e.g. -- qemu-system-x86_64 -machine none), or --domain XML")
-    return _run_async(run_launch(argv, _service_options(args)))
+    return _run_async(run_launch(argv, _service_options(args), **keep))
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
     from .service import run_proxy
 
-    return _run_async(run_proxy(args.upstream, _service_options(args)))
+    if args.upstream is None and args.reattach is None:
+        raise UsageError("give --upstream QEMU_QMP_SOCKET, or --reattach RECORDING (from 'launch --keep-vm')")
+    return _run_async(run_proxy(args.upstream, _service_options(args), reattach=args.reattach))
 
 
 def cmd_inject(args: argparse.Namespace) -> int:
@@ -400,15 +405,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="start QEMU with a private monitor, record, and serve QMP sockets",
         description="Start QEMU (the command line after '--') with a private QMP monitor, record "
         "every exchange to FILE, and serve QMP on --socket (and --debug-socket). Exits with "
-        "QEMU's exit status. SIGINT/SIGTERM: quit QEMU cleanly (killed after 10 s), close the log.",
+        "QEMU's exit status. SIGINT/SIGTERM: quit QEMU through the channel (logged); if that "
+        "cannot go through (e.g. the log cannot be written) or QEMU lingers 10 s, SIGTERM, then "
+        "SIGKILL 10 s later. If qmprr itself is killed, QEMU is killed with it (parent-death "
+        "signal), unless --keep-vm. Refused: -daemonize (QEMU would escape qmprr), and -runas "
+        "without --keep-vm (it clears the parent-death signal).",
         epilog=service_epilog + " Example: qmprr launch --record s.jsonl --socket /tmp/q.sock "
-        "--debug-socket /tmp/dbg.sock -- qemu-system-x86_64 -machine none -display none",
+        "--debug-socket /tmp/dbg.sock -- qemu-system-x86_64 -machine none -display none. "
+        "Surviving a crash of qmprr: qmprr launch --keep-vm --record s.jsonl --socket /tmp/q.sock "
+        "-- qemu-system-x86_64 ...; after qmprr died: qmprr proxy --reattach s.jsonl --record "
+        "s-2.jsonl --socket /tmp/q.sock",
     )
     add_service_options(p)
     p.add_argument("--domain", metavar="DOMAIN.xml",
                    help="build the QEMU command line from libvirt domain XML (see 'qmprr domain argv')")
     p.add_argument("--ignore-unsupported", action="store_true",
                    help="with --domain: warn about unsupported XML instead of failing")
+    p.add_argument("--keep-vm", action="store_true",
+                   help="QEMU survives if qmprr is killed: its monitor listens on a socket (mode 0600) "
+                   "whose path is in the header, for 'qmprr proxy --reattach FILE'")
+    p.add_argument("--monitor-socket", metavar="PATH",
+                   help="with --keep-vm: QEMU's monitor socket (default: FILE without .jsonl + .monitor.sock)")
     p.add_argument("qemu_argv", nargs=argparse.REMAINDER, metavar="-- QEMU ARGV...")
     p.set_defaults(func=cmd_launch)
 
@@ -417,10 +434,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="attach to a running QEMU's QMP socket, record, and serve QMP sockets",
         description="Connect to a running QEMU's QMP socket (started with "
         "-qmp unix:PATH,server=on,wait=off), record every exchange, serve QMP to clients. "
-        "Runs until QEMU closes the monitor or SIGINT/SIGTERM (QEMU keeps running).",
-        epilog=service_epilog,
+        "Runs until QEMU closes the monitor or SIGINT/SIGTERM (QEMU keeps running). "
+        "--reattach OLD takes back the monitor of a QEMU started by 'launch --keep-vm' whose "
+        "recorder died: it connects to the monitor socket named in OLD's header and starts a new "
+        "recording (a segment) whose header names OLD and the hash of its last complete record "
+        "(a torn last line is ignored). OLD is not changed.",
+        epilog=service_epilog + " Example: qmprr proxy --reattach s.jsonl --record s-2.jsonl "
+        "--socket /tmp/q.sock (a segment can be reattached again: --reattach s-2.jsonl ...).",
     )
-    p.add_argument("--upstream", required=True, metavar="QEMU_QMP_SOCKET", help="QEMU's QMP socket")
+    p.add_argument("--upstream", metavar="QEMU_QMP_SOCKET",
+                   help="QEMU's QMP socket (with --reattach: instead of the one the header names)")
+    p.add_argument("--reattach", metavar="RECORDING",
+                   help="continue RECORDING (from 'launch --keep-vm' or an earlier --reattach) in a new segment")
     add_service_options(p)
     p.set_defaults(func=cmd_proxy)
 

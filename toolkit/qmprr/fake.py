@@ -287,10 +287,10 @@ class _FakeBackend:
         for event in after:
             self._broadcast(event)
 
-    async def begin_transaction(self, label: str, owner: str) -> _FakeTx:
+    async def begin_transaction(self, label: str, owner: str, **_client: Any) -> _FakeTx:
         return _FakeTx(next(self._tx_ids), label, owner)
 
-    async def end_transaction(self, tx: _FakeTx) -> None:
+    async def end_transaction(self, tx: _FakeTx, **_client: Any) -> None:
         tx.ended = True
 
     def abort_transactions_of(self, owner: str, reason: str) -> None:

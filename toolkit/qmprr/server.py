@@ -171,9 +171,9 @@ class Backend(Protocol):
         self, msg: dict[str, Any], *, src: str, role: str, client_id: Any, tx: Any
     ) -> dict[str, Any]: ...
 
-    async def begin_transaction(self, label: str, owner: str) -> Any: ...
+    async def begin_transaction(self, label: str, owner: str, *, role: str, client_id: Any) -> Any: ...
 
-    async def end_transaction(self, tx: Any) -> None: ...
+    async def end_transaction(self, tx: Any, *, role: str, client_id: Any) -> None: ...
 
     def abort_transactions_of(self, owner: str, reason: str) -> None: ...
 
@@ -495,8 +495,8 @@ class _Connection:
                     self.backend.abort_transactions_of(self.name, "its owner disconnected")
             if self.withdrawn:
                 self.server._note(
-                    f"{self.name} disconnected: withdrew {self.withdrawn} queued command(s) not yet"
-                    " sent to QEMU (a command already sent has its command record before this note)",
+                    f"{self.name} disconnected: withdrew {self.withdrawn} more command(s) it had sent,"
+                    " never passed on to QEMU",
                     {"client": self.name, "withdrawn": self.withdrawn},
                 )
             self.server._record(
@@ -548,8 +548,7 @@ class _Connection:
                 self._withdrawing = False
                 task = asyncio.current_task()
                 if task is not None and task.uncancel() == 0:
-                    self.withdrawn += 1
-                    return None
+                    return None  # the channel notes the withdrawal (it alone knows it was not sent)
             raise
         finally:
             self._in_command = False
@@ -622,11 +621,16 @@ class _Connection:
                 {"client": self.name, "count": count, "errors": kinds},
             )
 
-    def _refused(self, desc: str, action: Forward | BeginTx | EndTx) -> dict[str, Any]:
-        """An error qmprr answers for a command it could not run: recorded like any local answer."""
-        reply = qmp_error(desc, id=action.client_id)
+    def _refused(self, error: QmprrError, action: Forward | BeginTx | EndTx) -> dict[str, Any]:
+        """The error for a command qmprr could not run, recorded as a local answer.
+
+        Unless the backend recorded it already (the channel records the refusals
+        it makes: ``error.recorded``).
+        """
+        reply = qmp_error(str(error), id=action.client_id)
         self._finish_burst()
-        self._record_local(reply, action.msg, None)
+        if not getattr(error, "recorded", False):
+            self._record_local(reply, action.msg, None)
         return reply
 
     async def _forward(self, action: Forward) -> dict[str, Any]:
@@ -638,16 +642,18 @@ class _Connection:
                 tx=self.server.tx_of.get(self.name),
             )
         except QmprrError as exc:  # the channel's errors, and a log that cannot be written
-            return self._refused(str(exc), action)
+            return self._refused(exc, action)
 
     async def _begin(self, action: BeginTx) -> dict[str, Any]:
         held = self.server.tx_of.get(self.name)
         if held is not None and not held.ended:
-            return self._refused(f"{self.name} already holds transaction {held.id}", action)
+            return self._refused(QmprrError(f"{self.name} already holds transaction {held.id}"), action)
         try:
-            tx = await self.backend.begin_transaction(action.label, owner=self.name)
+            tx = await self.backend.begin_transaction(
+                action.label, owner=self.name, role=self.role, client_id=action.client_id
+            )
         except QmprrError as exc:
-            return self._refused(str(exc), action)
+            return self._refused(exc, action)
         self.server.tx_of[self.name] = tx
         return qmp_return({"tx": tx.id}, id=action.client_id)
 
@@ -655,12 +661,12 @@ class _Connection:
         tx = self.server.tx_of.pop(self.name, None)
         if tx is None:
             return self._refused(
-                "no transaction is open for this client (it may have been aborted; see the log)", action
+                QmprrError("no transaction is open for this client (it may have been aborted; see the log)"), action
             )
         try:
-            await self.backend.end_transaction(tx)
+            await self.backend.end_transaction(tx, role=self.role, client_id=action.client_id)
         except QmprrError as exc:
-            return self._refused(str(exc), action)
+            return self._refused(exc, action)
         return qmp_return({"tx": tx.id}, id=action.client_id)
 
 

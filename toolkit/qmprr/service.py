@@ -3,8 +3,15 @@
 Wires a :class:`~qmprr.channel.Channel` (to a QEMU we start, or one already
 running) to a :class:`~qmprr.server.QmpServer` and a recording, and runs until
 QEMU exits or we are told to stop (SIGINT/SIGTERM). On a signal, ``launch``
-asks QEMU to ``quit`` (logged, role ``internal``) and kills it after a timeout;
-``proxy`` just closes the connection and leaves QEMU running.
+asks QEMU to ``quit`` (logged, role ``internal``); if that cannot go through
+the channel (the log cannot be written, QEMU does not answer) or QEMU lingers,
+it sends SIGTERM, then SIGKILL. ``proxy`` just closes the connection and
+leaves QEMU running.
+
+If ``launch`` itself is killed, QEMU dies with it (see :mod:`qmprr.launch`),
+unless ``keep_vm``: then QEMU's monitor listens at a path kept in the header
+(``monitor_socket``), and ``proxy --reattach OLD`` connects to it and starts a
+new recording whose header names OLD's last record (``previous``).
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ from .channel import INTERNAL_SRC, Channel, ChannelError
 from .errors import QmprrError, RecordingError
 from .launch import LaunchedQemu, start_qemu
 from .recording import RecordWriter, Redactor, SyncPolicy, new_header, relevant_env
+from .recording.segment import SegmentEnd, segment_end
 from .server import Limits, QmpServer, SocketPathError, check_socket_path
 from .session import Policy
 
-QUIT_TIMEOUT = 10.0
+QUIT_TIMEOUT = 10.0  # for quit through the channel, then for QEMU to exit after it
+TERM_GRACE = 10.0  # after SIGTERM, before SIGKILL
 
 
 @attrs.frozen
@@ -50,6 +59,7 @@ def _log_factory(
     argv: list[str] | None,
     env: dict[str, str] | None = None,
     domain_xml: str | None = None,
+    **header_fields: Any,
 ) -> Callable[[dict[str, Any]], RecordWriter]:
     def make_log(greeting: dict[str, Any]) -> RecordWriter:
         version = greeting.get("QMP", {}).get("version")
@@ -59,6 +69,7 @@ def _log_factory(
             qemu_env={**relevant_env(), **(env or {})} if argv is not None else None,
             domain_xml=domain_xml,
             labels=options.labels,
+            **header_fields,
         )
         return RecordWriter.create(options.record, header, sync=options.sync, redactor=options.redactor)
 
@@ -78,13 +89,28 @@ def _say(options: ServiceOptions, text: str) -> None:
         print(f"qmprr: {text}", file=sys.stderr, flush=True)
 
 
-def _check_socket_paths(options: ServiceOptions) -> None:
+def _check_socket_paths(options: ServiceOptions, monitor: str | None = None) -> None:
     """Fail before QEMU starts when a socket path cannot be served."""
     paths = [options.socket] + ([options.debug_socket] if options.debug_socket else [])
     if len(set(paths)) != len(paths):
         raise SocketPathError("--socket and --debug-socket must be different paths")
+    if monitor is not None and os.path.abspath(monitor) in map(os.path.abspath, paths):
+        raise SocketPathError(f"{monitor}: QEMU's monitor socket must differ from --socket and --debug-socket")
     for path in paths:
         check_socket_path(path)
+
+
+def default_monitor_socket(record: str) -> str:
+    """Where ``launch --keep-vm`` puts QEMU's monitor by default: beside the recording."""
+    root, ext = os.path.splitext(record)
+    return (root if ext == ".jsonl" else record) + ".monitor.sock"
+
+
+def _remove_if_stale(path: str | None) -> None:
+    """Remove a socket file nobody listens on any more (QEMU's monitor after it exited)."""
+    if path is not None:
+        with contextlib.suppress(QmprrError, OSError):
+            check_socket_path(path)
 
 
 async def _serve(channel: Channel, options: ServiceOptions) -> QmpServer:
@@ -126,32 +152,45 @@ async def run_launch(
     *,
     env: dict[str, str] | None = None,
     domain_xml: str | None = None,
+    keep_vm: bool = False,
+    monitor_socket: str | None = None,
 ) -> int:
     """Start QEMU from *argv* (with *env* added), record and serve until it exits.
 
     Returns QEMU's exit status. *domain_xml*, when QEMU was built from one,
-    goes into the recording's header with the argv.
+    goes into the recording's header with the argv. With *keep_vm*, QEMU
+    outlives a killed qmprr and its monitor listens at *monitor_socket*
+    (default: beside the recording), recorded in the header.
     """
     _check_record_path(options.record)
-    _check_socket_paths(options)
+    monitor = (monitor_socket or default_monitor_socket(options.record)) if keep_vm else None
+    _check_socket_paths(options, monitor)
     stop = _stop_event()
-    qemu = await start_qemu(argv, env)
+    qemu = await start_qemu(argv, env, keep_vm=keep_vm, monitor_path=monitor)
+    fields: dict[str, Any] = {"qemu_pid": qemu.process.pid}
+    if monitor is not None:
+        fields["monitor_socket"] = os.path.abspath(monitor)
     reader, writer = await asyncio.open_unix_connection(sock=qemu.monitor)
     try:
         channel = await Channel.open(
             reader,
             writer,
-            _log_factory(options, argv, env, domain_xml),
+            _log_factory(options, argv, env, domain_xml, **fields),
             tx_idle_timeout=options.tx_idle_timeout,
         )
     except QmprrError as exc:
-        raise await qemu.fail_startup(exc) from None
+        error = await qemu.fail_startup(exc)
+        _remove_if_stale(monitor)
+        raise error from None
     server = None
     try:
         server = await _serve(channel, options)
+        if monitor is not None:
+            _say(options, f"QEMU (pid {qemu.process.pid}) survives qmprr's death: its monitor is {monitor}"
+                 f" ('qmprr proxy --reattach {options.record}' takes it back)")
         await _first(qemu.process.wait(), stop.wait())
         if qemu.process.returncode is None:
-            await _quit(channel, qemu)
+            await _quit(channel, qemu, options)
         status = await qemu.wait()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(channel.wait_closed(), 5.0)
@@ -160,36 +199,119 @@ async def run_launch(
         if qemu.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 qemu.process.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(qemu.process.wait(), 5.0)
         if server is not None:
             await server.close()
         await channel.close()
         channel.log.close()
+        if qemu.process.returncode is not None:
+            _remove_if_stale(monitor)
 
 
-async def _quit(channel: Channel, qemu: LaunchedQemu) -> None:
-    """Ask QEMU to quit through the channel (so it is logged); kill it if it lingers."""
+async def _quit(channel: Channel, qemu: LaunchedQemu, options: ServiceOptions) -> None:
+    """Ask QEMU to quit through the channel (so it is logged); then SIGTERM, then SIGKILL.
+
+    The signals are for a QEMU that did not get the ``quit`` (the log cannot
+    be written, the channel is closed or wedged) or does not exit after it.
+    """
     channel.abort_all_transactions("qmprr is stopping")
-    with contextlib.suppress(ChannelError, TimeoutError):
+    try:
         await asyncio.wait_for(
             channel.execute({"execute": "quit"}, src=INTERNAL_SRC, role="internal"), QUIT_TIMEOUT
         )
-    try:
-        await asyncio.wait_for(qemu.process.wait(), QUIT_TIMEOUT)
     except TimeoutError:
+        why = f"QEMU did not answer 'quit' within {QUIT_TIMEOUT:g} s"
+    except QmprrError as exc:  # ChannelError, or the log failing (RecordingError)
+        why = f"'quit' could not go through the channel ({exc})"
+    else:
+        if await _exited(qemu, QUIT_TIMEOUT):
+            return
+        why = f"QEMU did not exit within {QUIT_TIMEOUT:g} s of 'quit'"
+    for sig, grace in ((signal.SIGTERM, TERM_GRACE), (signal.SIGKILL, None)):
+        if qemu.process.returncode is not None:
+            return
+        _say(options, f"{why}: sending QEMU {sig.name}")
+        with contextlib.suppress(QmprrError, OSError):
+            channel.note(f"qmprr is stopping: {why}: sending QEMU {sig.name}")
         with contextlib.suppress(ProcessLookupError):
-            qemu.process.kill()
+            qemu.process.send_signal(sig)
+        if grace is not None and await _exited(qemu, grace):
+            return
+        why = f"QEMU did not exit within {TERM_GRACE:g} s of SIGTERM"
 
 
-async def run_proxy(upstream: str, options: ServiceOptions) -> int:
-    """Attach to a running QEMU's QMP socket; record and serve until it goes or we stop."""
+async def _exited(qemu: LaunchedQemu, timeout: float) -> bool:
+    try:
+        await asyncio.wait_for(qemu.process.wait(), timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _reattach_fields(previous: str, options: ServiceOptions) -> tuple[SegmentEnd, dict[str, Any]]:
+    """Where *previous* ends, and the header fields of the segment continuing it."""
+    end = segment_end(previous)
+    fields: dict[str, Any] = {"previous": end.previous(options.record)}
+    for name in ("qemu_pid", "monitor_socket"):
+        value = getattr(end.header, name)
+        if value is not None:
+            fields[name] = value
+    return end, fields
+
+
+def _reattach_hint(end: SegmentEnd) -> str:
+    """Why a reattach could not talk to QEMU's monitor, as far as we can tell."""
+    pid = end.header.qemu_pid
+    if pid is not None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return f" (QEMU, pid {pid} in {end.path}, is no longer running)"
+        except PermissionError:
+            pass
+    return " (QEMU's monitor serves one client at a time: is another one connected to it?)"
+
+
+async def run_proxy(upstream: str | None, options: ServiceOptions, *, reattach: str | None = None) -> int:
+    """Attach to a running QEMU's QMP socket; record and serve until it goes or we stop.
+
+    With *reattach* (a recording made by ``launch --keep-vm``, or a segment
+    continuing one), connect to the monitor its header names (unless
+    *upstream* is given) and start a new segment whose header names it.
+    """
     _check_record_path(options.record)
-    _check_socket_paths(options)
+    fields: dict[str, Any] = {}
+    end = None
+    if reattach is not None:
+        end, fields = _reattach_fields(reattach, options)
+        if upstream is None:
+            upstream = fields.get("monitor_socket")
+        if upstream is None:
+            raise QmprrError(
+                f"{reattach}: its header names no monitor socket (QEMU was not launched with --keep-vm);"
+                " give --upstream QEMU_QMP_SOCKET"
+            )
+    if upstream is None:
+        raise QmprrError("give --upstream QEMU_QMP_SOCKET or --reattach RECORDING")
+    _check_socket_paths(options, upstream)
     stop = _stop_event()
-    channel = await Channel.open_unix(
-        upstream, _log_factory(options, None), tx_idle_timeout=options.tx_idle_timeout
-    )
+    try:
+        channel = await Channel.open_unix(
+            upstream, _log_factory(options, None, **fields), tx_idle_timeout=options.tx_idle_timeout
+        )
+    except ChannelError as exc:
+        if end is None:
+            raise
+        raise ChannelError(f"{exc}{_reattach_hint(end)}") from None
     server = None
     try:
+        if end is not None:
+            torn = f", ignoring a torn last line of {end.torn_bytes} bytes" if end.torn_bytes else ""
+            text = (f"reattached to QEMU's monitor {upstream}: continues {reattach} after its seq "
+                    f"{end.final_seq}{torn}; what QEMU said while no recorder was attached is not recorded")
+            channel.note(text, fields["previous"])
+            _say(options, text)
         server = await _serve(channel, options)
         await _first(channel.wait_closed(), stop.wait())
         return 0
@@ -199,3 +321,5 @@ async def run_proxy(upstream: str, options: ServiceOptions) -> int:
             await server.close()
         await channel.close()
         channel.log.close()
+        if channel.closed_reason == "eof" and reattach is not None:
+            _remove_if_stale(upstream)

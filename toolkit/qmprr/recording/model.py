@@ -71,6 +71,10 @@ class Header(Record):
     qemu_env: dict[str, str] | None = None
     domain_xml: str | None = None
     labels: dict[str, str] = attrs.Factory(dict)
+    qemu_pid: int | None = None  # QEMU's process id, when qmprr launched it (or reattached to it)
+    monitor_socket: str | None = None  # QEMU's listening monitor (launch --keep-vm): where to reattach
+    #: The recording this one continues (proxy --reattach): {"file", "final_seq", "final_hash", "torn_bytes"}
+    previous: dict[str, Any] | None = None
 
 
 @attrs.define(kw_only=True)

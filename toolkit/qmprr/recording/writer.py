@@ -65,6 +65,9 @@ def new_header(
     qemu_env: dict[str, str] | None = None,
     domain_xml: str | None = None,
     labels: dict[str, str] | None = None,
+    qemu_pid: int | None = None,
+    monitor_socket: str | None = None,
+    previous: dict[str, Any] | None = None,
 ) -> Header:
     """A header stamped with the current time, host and qmprr version."""
     now = time.time()
@@ -80,6 +83,9 @@ def new_header(
         qemu_env=qemu_env,
         domain_xml=domain_xml,
         labels=dict(labels or {}),
+        qemu_pid=qemu_pid,
+        monitor_socket=monitor_socket,
+        previous=previous,
     )
 
 
