@@ -20,6 +20,7 @@ import sys
 import attrs
 
 from .errors import QmprrError
+from .sandbox import Sandbox, SandboxError
 
 MONITOR_ID = "qmprr-monitor"
 
@@ -76,10 +77,13 @@ def monitor_args(fd: int) -> list[str]:
     return ["-chardev", f"socket,id={MONITOR_ID},fd={fd}", "-mon", f"chardev={MONITOR_ID},mode=control"]
 
 
-async def start_qemu(argv: list[str], env: dict[str, str] | None = None) -> LaunchedQemu:
+async def start_qemu(
+    argv: list[str], env: dict[str, str] | None = None, *, sandbox: Sandbox | None = None, cwd: str | None = None
+) -> LaunchedQemu:
     """Start ``argv`` (QEMU binary first) with a private QMP monitor.
 
-    *env* adds variables to qmprr's own environment for QEMU.
+    *env* adds variables to qmprr's own environment for QEMU; *cwd* is the
+    folder it runs in; with *sandbox*, QEMU runs inside it (:mod:`qmprr.sandbox`).
     """
     if not argv:
         raise LaunchError("no QEMU command line given (put it after '--')")
@@ -90,12 +94,18 @@ async def start_qemu(argv: list[str], env: dict[str, str] | None = None) -> Laun
             " or give its full path"
         )
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    args = [*argv[1:], *monitor_args(theirs.fileno())]
+    try:
+        command = sandbox.command(binary, args) if sandbox is not None else [binary, *args]
+    except SandboxError as exc:
+        ours.close()
+        theirs.close()
+        raise LaunchError(f"cannot sandbox QEMU: {exc}") from None
     try:
         process = await asyncio.create_subprocess_exec(
-            binary,
-            *argv[1:],
-            *monitor_args(theirs.fileno()),
+            *command,
             pass_fds=(theirs.fileno(),),
+            cwd=cwd,
             stdin=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             env={**os.environ, **env} if env else None,
