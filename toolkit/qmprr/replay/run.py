@@ -33,6 +33,7 @@ class RunOptions:
     workdir: str | None = None  # None: a fresh temporary folder
     keep_workdir: bool = False
     sandbox: bool = True  # run QEMU in qmprr.sandbox (off only with --allow-unsafe)
+    checks: bool = True  # safety checks (off only with --allow-unsafe; alone, to test the sandbox)
     record: str | None = None
     report: str | None = None
     progress: bool = False
@@ -64,14 +65,14 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
             raise QmprrError(f"{record}: file exists; recordings are never overwritten")
         make_log = log_factory(record, None, {"replay-of": os.path.basename(path)})
         report = ReplayReport(recording=path, target=run.target)
-        policy = options.policy()
+        policy = options.policy(checks=run.checks)
         exit_signal = None
         if run.target == "fake":
             policy = options.policy(checks=False)  # the fake runs nothing
             target = fake_target(script, make_log)
         elif run.target == "qemu":
             workdir = run.workdir or _fresh_workdir(stack, run.keep_workdir)
-            policy = options.policy(roots=(os.path.realpath(workdir),))
+            policy = options.policy(checks=run.checks, roots=(os.path.realpath(workdir),))
             sandbox = None
             if run.sandbox and not options.allow_unsafe:
                 try:
@@ -94,6 +95,9 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
                 checks=policy.checks and run.domain is None,  # domain XML is the user's own
                 workdir=workdir,
             )
+            recorded = script.header.qemu_argv[0] if script.header and script.header.qemu_argv else None
+            if recorded and run.argv_file is None and run.qemu is None and recorded != argv[0]:
+                report.warnings.append(f"the recorded program {recorded!r} is replaced by the local {argv[0]!r}")
             make_log = log_factory(record, argv, {"replay-of": os.path.basename(path)})
             launched: list[LaunchedQemu] = []
             target = qemu_target(argv, make_log, workdir, env, sandbox=sandbox, started=launched.append)
