@@ -23,6 +23,7 @@ As root, ``unshare --mount --net``; otherwise an unprivileged user namespace
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -50,7 +51,7 @@ class Sandbox:
 
     def command(self, program: str, args: list[str]) -> list[str]:
         """The command line that runs ``program args`` (a QEMU) inside the sandbox."""
-        return [*_unshare(), sys.executable, "-I", "-S", _INIT,
+        return [*_unshare(), _interpreter(), "-I", "-S", _INIT,
                 *(a for d in self.writable for a in ("--rw", d)), "--", program, *args, "-sandbox", SECCOMP]
 
 
@@ -64,11 +65,21 @@ def _unshare() -> list[str]:
 
 def probe() -> None:
     """Raise :class:`SandboxError` saying why the sandbox cannot be made here; else nothing."""
-    try:
-        done = subprocess.run([*_unshare(), "true"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SandboxError(f"unshare: {exc}") from None
-    if done.returncode != 0:
-        detail = done.stderr.strip().splitlines()[-1:] or [f"status {done.returncode}"]
-        hint = "" if os.geteuid() == 0 else " (unprivileged user namespaces may be disabled: kernel.unprivileged_userns_clone)"
-        raise SandboxError(f"cannot make the namespaces: {detail[0]}{hint}")
+    _interpreter()
+
+
+@functools.cache
+def _interpreter() -> str:
+    """A Python that runs inside the namespaces: ours, else the system's (ours may not be reachable there)."""
+    candidates = [sys.executable] + [p for p in ("/usr/bin/python3",) if os.path.exists(p) and p != sys.executable]
+    detail = ""
+    for python in candidates:
+        try:
+            done = subprocess.run([*_unshare(), python, "-I", "-S", "-c", ""], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SandboxError(f"unshare: {exc}") from None
+        if done.returncode == 0:
+            return python
+        detail = (done.stderr.strip().splitlines() or [f"status {done.returncode}"])[-1]
+    hint = "" if os.geteuid() == 0 else " (unprivileged user namespaces may be disabled: kernel.unprivileged_userns_clone)"
+    raise SandboxError(f"cannot make the namespaces: {detail}{hint}")
