@@ -241,3 +241,36 @@ def test_nothing_replayed_is_not_reproduced(tmp_path: Path, capsys: pytest.Captu
     status, out, _ = replay(capsys, str(rec), "--target", target, "--only-src", "nobody")
     assert status == 1
     assert "nothing replayed" in out and "reproduced" not in out
+
+
+@pytest.mark.qemu
+def test_a_start_up_spawn_is_reported_as_the_sandbox(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    rec = write_recording(tmp_path / "in.jsonl", [Step("query-status", reply={"return": RUNNING})],
+                          argv=[*QEMU_NONE, "-incoming", f"exec:touch {marker}"])
+    with pytest.raises(Exception, match=r"killed at start-up by its sandbox \(SIGSYS\)"):
+        _replay_api(rec, RunOptions(target="qemu", checks=False))
+    assert not marker.exists()
+
+
+@pytest.mark.qemu
+def test_the_pytest_plugin_records_in_the_sandbox(tmp_path: Path) -> None:
+    from qmprr.pytest_plugin import _Recorder
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+
+    async def go() -> tuple[Any, str]:
+        recorder = await _Recorder.start(list(QEMU_NONE), tmp_path / "rec.jsonl", str(tmp_path / "s.sock"), "t")
+        try:
+            await recorder.channel.execute({"execute": "human-monitor-command",
+                                            "arguments": {"command-line": "log guest_errors"}}, src="t", role="primary")
+            reply = await recorder.channel.execute({"execute": "human-monitor-command", "arguments": {
+                "command-line": f"logfile {outside}/x.log"}}, src="t", role="primary")
+        finally:
+            await recorder.stop()
+        return reply, recorder.workdir
+
+    reply, workdir = asyncio.run(go())
+    assert "Read-only file system" in reply["return"]
+    assert not list(outside.iterdir()) and not os.path.exists(workdir)  # its work folder is removed too

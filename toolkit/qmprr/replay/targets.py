@@ -19,7 +19,7 @@ from ..errors import QmprrError
 from ..fake import FakeQemu
 from ..launch import LaunchedQemu, LaunchError, start_qemu
 from ..recording import RecordWriter, new_header
-from ..sandbox import Sandbox
+from ..sandbox import SECCOMP_SIGNAL, Sandbox
 from .safety import PathMap, argv_refusal, resolve_qemu
 from .script import Script
 
@@ -119,7 +119,13 @@ async def qemu_target(
         try:
             channel = await Channel.open(reader, writer, make_log)
         except QmprrError as exc:
-            raise await qemu.fail_startup(exc) from None
+            failure = await qemu.fail_startup(exc)
+            if qemu.process.returncode == -SECCOMP_SIGNAL:
+                raise TargetError(
+                    "QEMU was killed at start-up by its sandbox (SIGSYS): the command line made a forbidden"
+                    " system call, such as running a program"
+                ) from None
+            raise failure from None
         try:
             yield channel
         finally:
