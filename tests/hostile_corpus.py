@@ -36,7 +36,7 @@ import attrs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_replay_support import QEMU_NONE, Step, write_recording  # noqa: E402
+from test_replay_support import QEMU_NONE, Step, event, write_recording  # noqa: E402
 
 Marker = Literal["created", "modified", "connect"]
 UNTOUCHED = b"untouched\n"
@@ -164,7 +164,9 @@ CASES: tuple[Case, ...] = (
     Case("hmp-migrate-exec", "created", _steps(_hmp("migrate exec:touch${{IFS}}{m}"))),
     Case("hmp-migrate-d-quoted", "created", _steps(_hmp('migrate -d"exec:touch {m}"'))),
     Case("hmp-migrate-incoming-exec", "created", _steps(_hmp("migrate_incoming exec:touch${{IFS}}{m}"), base=[*QEMU_NONE, "-incoming", "defer"])),
-    Case("qmp-migrate-tcp", "connect", _steps(Step("migrate", {"uri": "tcp:{m}"}))),
+    Case("qmp-migrate-tcp", "connect", _steps(  # the MIGRATION event makes replay wait for the connection
+        Step("migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]}),
+        Step("migrate", {"uri": "tcp:{m}"}, after=[event("MIGRATION", {"status": "active"})]))),
     Case("hmp-logfile", "created", _steps(_hmp("log guest_errors"), _hmp("logfile {m}"))),
     Case("hmp-logfile-relative-escape", "created", _steps_up(_hmp("log guest_errors"), _hmp("logfile {m}"))),
     Case("hmp-drive-add-commas", "modified", _steps(
@@ -280,7 +282,7 @@ def replay(prepared: Prepared, mode: Mode) -> tuple[int, str]:
             else:
                 extra = ["--allow-unsafe"] if mode == "unsafe" else []
                 status = main(["replay", str(prepared.recording), "--target", "qemu", "--keep-going",
-                               "--event-timeout", "0.2", *extra])
+                               "--event-timeout", "1", *extra])
     finally:
         os.chdir(old)
     return status, out.getvalue()
@@ -295,7 +297,7 @@ def _replay_sandbox_only(prepared: Prepared) -> int:
     try:
         report = asyncio.run(run_replay(
             str(prepared.recording), RunOptions(target="qemu", checks=False),
-            ReplayOptions(keep_going=True, event_timeout=0.2)))
+            ReplayOptions(keep_going=True, event_timeout=1.0)))
     except QmprrError as exc:
         print(f"qmprr: {exc}")
         return 2
