@@ -96,7 +96,7 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
                 workdir=workdir,
             )
             recorded = script.header.qemu_argv[0] if script.header and script.header.qemu_argv else None
-            if recorded and run.argv_file is None and run.qemu is None and recorded != argv[0]:
+            if recorded and os.sep in recorded and run.argv_file is None and run.qemu is None and recorded != argv[0]:
                 report.warnings.append(f"the recorded program {recorded!r} is replaced by the local {argv[0]!r}")
             make_log = log_factory(record, argv, {"replay-of": os.path.basename(path)})
             launched: list[LaunchedQemu] = []
