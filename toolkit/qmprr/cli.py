@@ -214,6 +214,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         argv_file=args.argv_file,
         domain=args.domain,
         workdir=args.workdir,
+        keep_workdir=args.keep_workdir,
         record=args.record,
         report=args.report,
         progress=sys.stderr.isatty(),
@@ -422,17 +423,22 @@ def build_parser() -> argparse.ArgumentParser:
         "from the recording's argv (--target qemu), a running QEMU (--target socket:PATH) or the "
         "fake serving the recording (--target fake). Replies are compared after normalization "
         "(same kind, same error class, equal data); events are compared as a set per window "
-        "between commands. On a real target, commands that run host programs or reach host "
-        "paths outside --map-path roots are refused unless --allow-unsafe; fds and redacted "
-        "secrets (without --secret) are skipped and reported.",
-        epilog="Exit status: 0 reproduced with no divergence, 1 diverged (or refused), 2 could not run.",
+        "between commands. A recording is untrusted: QEMU runs in a sandbox (QEMU's seccomp "
+        "filter; the host read-only but for the work folder and --map-path roots; loopback only), "
+        "and commands that run host programs or reach host paths outside those roots are refused "
+        "and reported; fds get a placeholder, redacted secrets (without --secret) are skipped. "
+        "--allow-unsafe turns the sandbox and the checks off.",
+        epilog="Exit status: 0 reproduced with no divergence, 1 diverged, refused or nothing replayed, "
+        "2 could not run.",
     )
     p.add_argument("file", help="recording to replay")
     p.add_argument("--target", default="qemu", help="qemu (default), fake, or socket:PATH")
     p.add_argument("--qemu", metavar="BINARY", help="QEMU binary instead of the recorded one")
     p.add_argument("--argv-file", metavar="FILE", help="QEMU command line, one argument per line")
     p.add_argument("--domain", metavar="XML", help="build the QEMU command line from libvirt domain XML")
-    p.add_argument("--workdir", metavar="DIR", help="folder QEMU runs in (relative paths resolve there)")
+    p.add_argument("--workdir", metavar="DIR",
+                   help="folder QEMU runs in and may write (relative paths resolve there); default: a fresh temporary one")
+    p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work folder and print where it is")
     p.add_argument("--keep-going", action="store_true", help="do not stop at the first divergence")
     p.add_argument("--until", type=int, metavar="SEQ", help="stop after the command recorded at SEQ")
     p.add_argument("--only-src", action="append", default=[], metavar="NAME",
@@ -443,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rewrite recorded paths under FROM to TO (argv and arguments); TO is an allowed root")
     p.add_argument("--secret", action="append", default=[], metavar="ID=VALUE",
                    help="value of a redacted secret (by object id, protocol or command)")
-    p.add_argument("--allow-unsafe", action="store_true", help="send exec: migrations and outside paths too")
+    p.add_argument("--allow-unsafe", action="store_true",
+                   help="no sandbox and no checks: run the recording's command line and commands as they are")
     p.add_argument("--event-timeout", type=float, default=3.0, metavar="SECONDS",
                    help="how long to wait for a window's recorded events (default 3)")
     p.add_argument("--report", metavar="FILE.json", help="write every step as JSON")

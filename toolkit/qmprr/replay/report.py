@@ -31,6 +31,9 @@ def summary(report: ReplayReport, out: TextIO) -> None:
     first = report.first_divergence
     if report.error:
         print(f"could not replay: {report.error}", file=out)
+    elif first is None and report.replayed == 0:
+        print("nothing replayed: every step was skipped (see --only-src, --until, --secret)", file=out)
+        return
     elif first is None:
         print("reproduced: no divergence", file=out)
         return
