@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -274,3 +275,46 @@ def test_the_pytest_plugin_records_in_the_sandbox(tmp_path: Path) -> None:
     reply, workdir = asyncio.run(go())
     assert "Read-only file system" in reply["return"]
     assert not list(outside.iterdir()) and not os.path.exists(workdir)  # its work folder is removed too
+
+
+_PRINT_PDEATHSIG = (
+    "import ctypes, sys; v = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(v), 0, 0, 0);"
+    " print(v.value)"
+)
+
+
+@pytest.mark.parametrize("user", ["root", "nobody"])
+def test_a_sandboxed_program_dies_with_its_starter(user: str) -> None:
+    """The parent-death signal holds inside the sandbox, also where a user namespace cleared it."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root (and setpriv to become nobody)")
+    tmp_path = Path(tempfile.mkdtemp(prefix="qmprr-pdeath-"))
+    try:
+        tmp_path.chmod(0o777)
+        _check_dies_with_starter(tmp_path, user)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _check_dies_with_starter(tmp_path: Path, user: str) -> None:
+    from qmprr.sandbox import Sandbox
+
+    become = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if user == "nobody" else []
+    # The starter: a Python that builds the sandboxed command line for itself and runs it.
+    starter = (
+        "import subprocess, sys; from qmprr.sandbox import Sandbox;"
+        f" cmd = Sandbox([{str(tmp_path)!r}]).command('/usr/bin/python3', ['-c', {_PRINT_PDEATHSIG!r}]);"
+        " sys.exit(subprocess.run(cmd).returncode)"
+    )
+    done = subprocess.run([*become, sys.executable, "-c", starter], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+    if "cannot make the namespaces" in done.stderr or "Operation not permitted" in done.stderr:
+        pytest.skip(f"no user namespace for {user} here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(int(signal.SIGKILL))
+    # And the check after it: a sandbox told of a parent that is not its parent runs nothing.
+    cmd = Sandbox([str(tmp_path)]).command("/usr/bin/touch", [str(tmp_path / "ran")])
+    cmd[cmd.index("--parent") + 1] = "1"
+    refused = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert refused.returncode == 125 and "is gone" in refused.stderr
+    assert not (tmp_path / "ran").exists()

@@ -192,7 +192,7 @@ async def start_qemu(
     ours, theirs = _monitor_sockets(monitor_path if keep_vm else None)
     args = [*argv[1:], *monitor_args(theirs.fileno(), listening=keep_vm)]
     try:
-        command = sandbox.command(binary, args) if sandbox is not None else [binary, *args]
+        command = sandbox.command(binary, args, die_with_parent=not keep_vm) if sandbox is not None else [binary, *args]
     except SandboxError as exc:
         ours.close()
         theirs.close()

@@ -49,10 +49,16 @@ class Sandbox:
 
     writable: tuple[str, ...] = attrs.field(converter=lambda ds: tuple(os.path.abspath(d) for d in ds))
 
-    def command(self, program: str, args: list[str]) -> list[str]:
-        """The command line that runs ``program args`` (a QEMU) inside the sandbox."""
+    def command(self, program: str, args: list[str], *, die_with_parent: bool = True) -> list[str]:
+        """The command line that runs ``program args`` (a QEMU) inside the sandbox.
+
+        With *die_with_parent* QEMU dies with this process, even where entering
+        the user namespace cleared the parent-death signal set before the exec.
+        """
+        parent = ["--parent", str(os.getpid())] if die_with_parent else []
         return [*_unshare(), _interpreter(), "-I", "-S", _INIT,
-                *(a for d in self.writable for a in ("--rw", d)), "--", program, *args, "-sandbox", SECCOMP]
+                *(a for d in self.writable for a in ("--rw", d)), *parent, "--", program, *args,
+                "-sandbox", SECCOMP]
 
 
 def _unshare() -> list[str]:

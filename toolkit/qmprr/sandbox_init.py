@@ -8,7 +8,9 @@ library only (it runs with ``-I -S``, before anything of qmprr is importable).
    keeping its nosuid/nodev/noexec flags, which a user namespace cannot drop);
 3. the loopback interface of the fresh network namespace is brought up;
 4. the current folder is entered again (so that it is the writable bind mount);
-5. PROGRAM is exec'd in place (same pid; open fds such as the monitor survive).
+5. with ``--parent PID``, the parent-death signal is set again (SIGKILL) and
+   the parent checked: entering a user namespace clears the one the launcher set;
+6. PROGRAM is exec'd in place (same pid; open fds such as the monitor survive).
 
 Any failure is one line ``qmprr-sandbox: ...`` on stderr and exit status 125:
 QEMU never runs half-sandboxed.
@@ -29,6 +31,7 @@ MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 ST_TO_MS = {os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV, os.ST_NOEXEC: MS_NOEXEC,
             os.ST_NOATIME: MS_NOATIME, os.ST_NODIRATIME: MS_NODIRATIME, os.ST_RELATIME: MS_RELATIME}
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+PR_SET_PDEATHSIG, SIGKILL = 1, 9
 EXIT_SANDBOX = 125
 
 
@@ -82,17 +85,31 @@ def lock_down(writable: list[str]) -> None:
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", current | IFF_UP))
 
 
+def die_with(parent: int) -> None:
+    """Step 5: die when *parent* does (and now, if it already has)."""
+    if _libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0:
+        raise SandboxFailure(f"prctl(PR_SET_PDEATHSIG): {os.strerror(ctypes.get_errno())}")
+    if os.getppid() != parent:
+        raise SandboxFailure("the process that started QEMU is gone")
+
+
 def main(argv: list[str]) -> int:
     writable = []
-    while argv and argv[0] == "--rw":
-        writable.append(argv[1])
+    parent = None
+    while argv and argv[0] in ("--rw", "--parent") and len(argv) > 1:
+        if argv[0] == "--rw":
+            writable.append(argv[1])
+        else:
+            parent = int(argv[1])
         argv = argv[2:]
     if not argv or argv[0] != "--" or len(argv) < 2:
-        print("qmprr-sandbox: usage: sandbox_init.py [--rw DIR]... -- PROGRAM ARGS...", file=sys.stderr)
+        print("qmprr-sandbox: usage: sandbox_init.py [--rw DIR]... [--parent PID] -- PROGRAM ARGS...", file=sys.stderr)
         return EXIT_SANDBOX
     program = argv[1:]
     try:
         lock_down(writable)
+        if parent is not None:
+            die_with(parent)
         os.execv(program[0], program)
     except (SandboxFailure, OSError) as exc:
         print(f"qmprr-sandbox: {exc}", file=sys.stderr)
