@@ -71,6 +71,10 @@ class Header(Record):
     qemu_env: dict[str, str] | None = None
     domain_xml: str | None = None
     labels: dict[str, str] = attrs.Factory(dict)
+    #: Sealed recordings: ``{"alg": ..., "key_id": ...}`` (never the key itself).
+    seal: Msg | None = None
+    #: Written by ``qmprr rechain``/``edit``: ``{"file", "final_hash", "file_sha256", "how", ...}``.
+    derived_from: Msg | None = None
 
 
 @attrs.define(kw_only=True)
@@ -114,8 +118,11 @@ class Local(Record):
     """A client message qmprr answered itself, never sent to QEMU.
 
     Negotiation, transaction control, policy refusals, unparsable input.
-    ``msg`` is the message as received (absent when it was not JSON; then
-    ``input`` holds the start of the raw bytes) and ``reply`` what was sent back.
+    ``msg`` is the message as received (absent when it was not JSON) and
+    ``reply`` what was sent back. Unparsable input is logged as the SHA-256
+    and length of its start (``input_sha256``, ``input_len``): it may hold a
+    secret. With ``keep_input`` the bytes themselves are kept in ``input``
+    (the writer takes them as bytes or text).
     """
 
     kind: Literal["local"] = _kind("local")
@@ -124,6 +131,8 @@ class Local(Record):
     msg: Msg | None = None
     input: str | None = None
     reply: Msg
+    input_sha256: str | None = None
+    input_len: int | None = None
 
 
 @attrs.define(kw_only=True)
