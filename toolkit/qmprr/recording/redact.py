@@ -494,7 +494,7 @@ class RecordScrubber:
 
     def __init__(self, redactor: Redactor) -> None:
         self.redactor = redactor
-        self.values: set[str] = {v for v in redactor.values if len(v) >= MIN_GLOBAL_LEN}
+        self.values: set[str] = {v for v in redactor.values if len(v) >= MIN_ECHO_LEN}  # given: trusted
         self.secret_ids: set[str] = set()
         self._pending: dict[int, tuple[set[str], bool]] = {}
 

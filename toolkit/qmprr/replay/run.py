@@ -13,7 +13,8 @@ import attrs
 from ..errors import QmprrError
 from .engine import ReplayOptions, ReplayReport, replay
 from .normalize import package_warning
-from .report import summary, write_json
+from ..recording import Redactor
+from .report import ScrubbingWriter, summary, write_json
 from .script import load_script
 from .targets import TargetError, fake_target, log_factory, qemu_argv, qemu_target, socket_target
 
@@ -48,7 +49,9 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
             record = os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), "replay.jsonl")
         elif os.path.exists(record):
             raise QmprrError(f"{record}: file exists; recordings are never overwritten")
-        make_log = log_factory(record, None, {"replay-of": os.path.basename(path)})
+        # --secret values never reach the replay's own recording, report or summary.
+        redactor = Redactor().with_values(options.secrets.values())
+        make_log = log_factory(record, None, {"replay-of": os.path.basename(path)}, redactor)
         report = ReplayReport(recording=path, target=run.target)
         if run.target == "fake":
             options.real_target = False
@@ -69,7 +72,7 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
                 allow_unsafe=options.allow_unsafe or run.domain is not None,
                 workdir=run.workdir,
             )
-            make_log = log_factory(record, argv, {"replay-of": os.path.basename(path)})
+            make_log = log_factory(record, argv, {"replay-of": os.path.basename(path)}, redactor)
             target = qemu_target(argv, make_log, run.workdir, env)
         elif run.target.startswith("socket:"):
             target = socket_target(run.target[len("socket:") :], make_log)
@@ -85,9 +88,10 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
                 await replay(script, channel, options, report, tick)
         if run.record:
             report.warnings.append(f"the replay was recorded to {run.record}")
-    summary(report, sys.stdout)
+    secrets = tuple(options.secrets.values())
+    summary(report, ScrubbingWriter(sys.stdout, secrets) if secrets else sys.stdout)
     if run.report:
-        write_json(report, run.report)
+        write_json(report, run.report, secrets=secrets)
     return report
 
 
