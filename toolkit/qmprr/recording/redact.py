@@ -27,6 +27,8 @@ from typing import Any
 
 import attrs
 
+from .. import codec
+
 #: What a redacted secret becomes in the log.
 REDACTED = "<qmprr-redacted>"
 
@@ -235,7 +237,7 @@ def redact_object_spec(spec: str) -> tuple[str, set[str], set[str]]:
                     values |= _strings(obj[key])
                     obj[key] = REDACTED
         ids = {obj["id"]} if is_secret and isinstance(obj.get("id"), str) else set()
-        return (json.dumps(obj) if values else spec), values, ids
+        return (json.dumps(obj, separators=(",", ":")) if values else spec), values, ids
     parts = _split_keyval(spec)
     qom_type = obj_id = None
     for i, part in enumerate(parts):
@@ -343,15 +345,16 @@ def scrub_text(text: str, values: Iterable[str], *, xml_escape: bool = False) ->
     """*text* with every occurrence of *values* (longest first) replaced by :data:`REDACTED`."""
     from xml.sax.saxutils import escape, quoteattr
 
+    marker = escape(REDACTED) if xml_escape else REDACTED  # XML stays well-formed
     for value in sorted(set(values), key=len, reverse=True):
         if not value:
             continue
         forms = {value}
         if xml_escape:
-            forms |= {escape(value), quoteattr(value)[1:-1]}
-        for form in forms:
+            forms |= {escape(value), quoteattr(value)[1:-1], escape(value, {'"': "&quot;", "'": "&apos;"})}
+        for form in sorted(forms, key=len, reverse=True):
             if form in text:
-                text = text.replace(form, REDACTED)
+                text = text.replace(form, marker)
     return text
 
 
@@ -497,6 +500,7 @@ class RecordScrubber:
         self.values: set[str] = {v for v in redactor.values if len(v) >= MIN_ECHO_LEN}  # given: trusted
         self.secret_ids: set[str] = set()
         self._pending: dict[int, tuple[set[str], bool]] = {}
+        self._enc: dict[str, bytes] = {}
 
     def record(self, d: dict[str, Any]) -> dict[str, Any]:
         """*d* (a record's on-disk dict, not changed) with its secrets taken out."""
@@ -525,8 +529,17 @@ class RecordScrubber:
             d = {**d, "input": d["input"].decode("utf-8", "backslashreplace")}
         values = self.values | {v for v in echo if len(v) >= MIN_ECHO_LEN}
         if values and kind != "header":
-            d = scrub(d, values) if any(v in s for s in _strings(d) for v in values) else d
+            body = codec.dumps(d)  # one fast look at the whole record, keys too
+            if any(self._encoded(v) in body for v in values):
+                d = scrub(d, values)
         return d
+
+    def _encoded(self, value: str) -> bytes:
+        """*value* as it appears inside a JSON string (escaping is per character)."""
+        enc = self._enc.get(value)
+        if enc is None:
+            enc = self._enc[value] = codec.dumps(value)[1:-1]
+        return enc
 
     def _header(self, d: dict[str, Any]) -> dict[str, Any]:
         d = dict(d)
