@@ -113,12 +113,15 @@ def cmd_edit(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"{args.input}: cannot read: {exc.strerror}") from None
         os.chmod(copy, 0o600)
-        before = open(copy, "rb").read()
+        with open(copy, "rb") as f:
+            before = f.read()
         status = subprocess.call([*command, copy])
         if status != 0:
             print(f"qmprr: the editor exited with status {status}; nothing written", file=sys.stderr)
             return EXIT_PROBLEMS
-        if open(copy, "rb").read() == before:
+        with open(copy, "rb") as f:
+            after = f.read()
+        if after == before:
             print(f"{args.input}: unchanged; {args.output} not written")
             return EXIT_OK
         result = rechain(copy, args.output, seal_key=key, how="edited")

@@ -63,7 +63,8 @@ class SealKey:
     def from_file(cls, path: str) -> SealKey:
         """Read a key file (its bytes, exactly; 16 bytes or more, at most 64 KiB)."""
         try:
-            with open(path, "rb") as f:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block us
+            with os.fdopen(fd, "rb") as f:
                 if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                     raise SealKeyError(f"{path}: not a regular file")
                 data = f.read(MAX_KEY_FILE + 1)

@@ -482,6 +482,9 @@ def _object_name(path: Any) -> str | None:
     return path.rstrip("/").rsplit("/", 1)[-1] if isinstance(path, str) else None
 
 
+#: Commands the stateful rules look at (besides the argument rules' commands).
+_STATEFUL_COMMANDS = frozenset({"human-monitor-command", "object-add", "qom-get", "qom-set", "qom-list-properties"})
+
 #: Record kinds whose ``msg`` is a client's command, and so may hold secrets.
 COMMAND_KINDS = frozenset({"command", "local"})
 
@@ -501,6 +504,9 @@ class RecordScrubber:
         self.secret_ids: set[str] = set()
         self._pending: dict[int, tuple[set[str], bool]] = {}
         self._enc: dict[str, bytes] = {}
+        patterns = {r.command for r in redactor.argument_rules}
+        self._globs = tuple(p for p in patterns if any(c in p for c in "*?["))
+        self._names = frozenset(patterns - set(self._globs)) | _STATEFUL_COMMANDS
 
     def record(self, d: dict[str, Any]) -> dict[str, Any]:
         """*d* (a record's on-disk dict, not changed) with its secrets taken out."""
@@ -512,27 +518,35 @@ class RecordScrubber:
             return d
         if kind == "header":
             d = self._header(d)
-        elif kind in COMMAND_KINDS and isinstance(d.get("msg"), dict):
+        elif kind in COMMAND_KINDS and isinstance(d.get("msg"), dict) and self._may_hold(d["msg"]):
             msg, echo, reads = self._command(d["msg"])
-            d = {**d, "msg": msg}
-            if kind == "command":
+            if msg is not d["msg"]:
+                d = {**d, "msg": msg}
+            if kind == "command" and (echo or reads):
                 self._pending[d.get("seq", -1)] = (echo, reads)
-            elif isinstance(d.get("reply"), dict) and reads:
-                d["reply"] = _redact_return(d["reply"])
-        elif kind == "reply":
-            echo, reads = self._pending.pop(d.get("cmd", -1), (set(), False))
+            elif kind == "local" and isinstance(d.get("reply"), dict) and reads:
+                d = {**d, "reply": _redact_return(d["reply"])}
+        elif kind == "reply" and self._pending:
+            echo, reads = self._pending.pop(d.get("cmd", -1), (echo, False))
             if reads and isinstance(d.get("msg"), dict):
                 d = {**d, "msg": _redact_return(d["msg"])}
         if kind == "local" and d.get("input") is not None and not self.redactor.keep_input:
             d = _hash_input(d)
         elif kind == "local" and isinstance(d.get("input"), bytes):
             d = {**d, "input": d["input"].decode("utf-8", "backslashreplace")}
-        values = self.values | {v for v in echo if len(v) >= MIN_ECHO_LEN}
+        values = (self.values | {v for v in echo if len(v) >= MIN_ECHO_LEN}) if echo else self.values
         if values and kind != "header":
             body = codec.dumps(d)  # one fast look at the whole record, keys too
             if any(self._encoded(v) in body for v in values):
                 d = scrub(d, values)
         return d
+
+    def _may_hold(self, msg: dict[str, Any]) -> bool:
+        """Whether a rule could apply to *msg* (the fast path skips all others)."""
+        name = msg.get("execute", msg.get("exec-oob"))
+        if not isinstance(name, str):
+            return False
+        return name in self._names or any(fnmatch.fnmatchcase(name, g) for g in self._globs)
 
     def _encoded(self, value: str) -> bytes:
         """*value* as it appears inside a JSON string (escaping is per character)."""
