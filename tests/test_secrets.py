@@ -304,3 +304,42 @@ def test_marker_reaches_no_file_end_to_end(tmp_path: Path) -> None:
     assert (out / "stats-rec.out").stat().st_size > 0 and (out / "rec.html").stat().st_size > 0
     replay_report = json.loads((out / "replay-report.json").read_text())
     assert replay_report["counts"]["matched"] + replay_report["counts"]["diverged"] > 0
+
+
+# -- properties ------------------------------------------------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from qmprr.recording.redact import Redactor, hmp_tokens, redact_argv  # noqa: E402
+
+PASSWORDS = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30)
+
+
+def hmp_quote(text: str, bare: bool) -> str:
+    """*text* as an HMP argument: bare when that reads back the same, else double-quoted."""
+    if bare and text and not any(c in text for c in ' \t"\\') and not text.startswith('"'):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@given(PASSWORDS, st.booleans(), st.sampled_from(["set_password vnc", "set_password spice", "change vnc password",
+                                                   "change vnc passwd", "block_passwd drive0"]))
+def test_hmp_password_token_is_redacted_however_quoted(password: str, bare: bool, prefix: str) -> None:
+    line = f"{prefix} {hmp_quote(password, bare)}"
+    assert hmp_tokens(line)[-1][2] == password  # the tokenizer reads it back as HMP would
+    out = Redactor().redact(hmp(line))["arguments"]["command-line"]
+    tokens = hmp_tokens(out)
+    assert [t[2] for t in tokens] == prefix.split() + [REDACTED]
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=4, max_size=30), st.booleans())
+def test_argv_secret_data_never_survives(data: str, json_form: bool) -> None:
+    if json_form:
+        spec = json.dumps({"qom-type": "secret", "id": "s0", "data": data})
+    else:
+        spec = "secret,id=s0,data=" + data.replace(",", ",,")
+    argv, found, ids = redact_argv(["qemu-system-x86_64", "-object", spec])
+    assert data in found and ids == {"s0"}
+    assert argv[2].count(REDACTED) == 1
+    assert ("data=" + REDACTED in argv[2]) or json.loads(argv[2])["data"] == REDACTED

@@ -141,7 +141,7 @@ def _check_new_output(path: str) -> None:
 
 
 def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from .recording import SyncPolicy
+    from .recording import Redactor, SyncPolicy
     from .recording.chain import SealKey
     from .service import ServiceOptions
     from .session import Policy
@@ -161,6 +161,7 @@ def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         tx_idle_timeout=args.tx_timeout,
         labels=labels,
         seal_key=SealKey.from_file(args.seal_key) if args.seal_key else None,
+        redactor=Redactor(keep_input=args.keep_input),
     )
 
 
@@ -467,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                        help="label stored in the recording's header; repeatable")
         add_seal_key_option(p)
+        p.add_argument("--keep-input", action="store_true",
+                       help="log the first bytes of unparsable client input as text (default: only their "
+                       "SHA-256 and length, since they may hold a secret)")
 
     p = sub.add_parser(
         "launch",
