@@ -200,7 +200,9 @@ class HmpPasswordRule:
         words = [t[2] for t in tokens]
         first = None
         if words[:1] == ["set_password"]:
-            first = 2 if len(words) > 1 and words[1] in ("vnc", "spice") and tokens[1][2] == line[tokens[1][0]:tokens[1][1]] else 1
+            # The protocol is kept only as a bare vnc/spice: anything else may be a misplaced secret.
+            bare_protocol = len(words) > 1 and words[1] in ("vnc", "spice") and line[tokens[1][0]] != '"'
+            first = 2 if bare_protocol else 1
         elif words[:1] == ["block_passwd"]:
             first = 2
         elif words[:2] == ["change", "vnc"]:
