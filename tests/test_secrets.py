@@ -59,9 +59,20 @@ class RawQmp:
     """A bare QMP connection straight to QEMU (no qmprr in between)."""
 
     def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(20)
-        self.sock.connect(path)
+        import time
+
+        deadline = time.monotonic() + 20
+        while True:  # the socket file appears at bind(), before QEMU listens
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.settimeout(20)
+            try:
+                self.sock.connect(path)
+                break
+            except ConnectionRefusedError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         self.file = self.sock.makefile("rwb")
         self._read()
         self.execute({"execute": "qmp_capabilities"})
