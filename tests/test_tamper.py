@@ -371,10 +371,13 @@ def test_bad_key_file_is_one_line_status_2(clean: tuple[Path, list[bytes]], tmp_
         key.mkdir()
     for args in (["verify", "--key", str(key), str(path)],
                  ["rechain", "--seal-key", str(key), str(path), str(tmp_path / "o.jsonl")],
-                 ["import", "replies", "--seal-key", str(key), "x.replies", "-o", str(tmp_path / "i.jsonl")]):
+                 ["import", "replies", "--seal-key", str(key), "x.replies", "-o", str(tmp_path / "i.jsonl")],
+                 ["launch", "--record", str(tmp_path / "l.jsonl"), "--socket", str(tmp_path / "l.sock"),
+                  "--seal-key", str(key), "--", "qemu-system-x86_64", "-machine", "none", "-display", "none"]):
         res = qmprr(*args)
         assert res.returncode == 2, (args, res.stderr)
         one_error_line(res)
+    assert not (tmp_path / "l.jsonl").exists() and not (tmp_path / "l.sock").exists()  # before QEMU starts
     with pytest.raises(SealKeyError):
         SealKey.from_file(str(key))
 
