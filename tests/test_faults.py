@@ -832,12 +832,11 @@ async def test_hostile_input_is_answered_locally_and_others_keep_working(tmp_pat
     bad = src_of["marker-bad"]
     locals_ = [r for r in records if isinstance(r, Local) and r.src == bad]
     garbage = [r for r in locals_ if r.msg is None]
-    # One local record per answered piece of garbage, with the reply it got and the raw input.
+    # One local record per answered piece of garbage, with the reply it got and the SHA-256 and
+    # length of the raw input's start (not the bytes: they may hold a secret, issue 10).
     assert [dict(r.reply) for r in garbage] == answered
-    assert all(r.input for r in garbage)
-    assert any("\\xff" in r.input for r in garbage), [r.input for r in garbage]
-    assert any(r.input.startswith("xyz") for r in garbage)
-    assert all(len(r.input.encode()) <= 4 * 64 for r in garbage)  # an excerpt, not the whole input
+    assert all(r.input is None and r.input_sha256 and r.input_len for r in garbage)
+    assert all(r.input_len <= 4 * 64 for r in garbage)  # an excerpt, not the whole input
     # Negotiation was answered locally too.
     assert [r for r in locals_ if r.msg is not None and r.msg.get("execute") == "qmp_capabilities"]
     # Only the valid commands reached QEMU.

@@ -27,8 +27,10 @@ EXIT_OK, EXIT_PROBLEMS, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .recording import verify
+    from .recording.chain import SealKey
 
-    report = verify(args.file)
+    key = SealKey.from_file(args.key) if args.key else None
+    report = verify(args.file, key=key)
     for problem in report.problems:
         print(f"{report.path}:{problem.line}: {problem.message}")
     if report.torn:
@@ -37,29 +39,110 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for cmd in report.in_flight:
         name = cmd.msg.get("execute", cmd.msg.get("exec-oob", "?"))
         print(f"{report.path}: in flight when the log ended: seq {cmd.seq} {name} from {cmd.src}")
+    header = report.header
+    if header.derived_from:
+        d = header.derived_from
+        print(f"{report.path}: derived ({d.get('how')}) from {d.get('file')}, whose final hash was {d.get('final_hash')}")
+    if not report.chain_checked:
+        print(f"{report.path}: sealed (key id {header.seal.get('key_id') if header.seal else '?'}): "
+              "the chain was not checked; give --key KEYFILE to check it")
     verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
+    if key is not None and report.ok:
+        verdict += f", sealed with key {key.key_id}"
     print(f"{report.path}: {report.records} records, {verdict}")
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from .recording import RecordWriter, RecordingReader
+    from .recording import Note, RecordWriter, RecordingReader
+    from .recording.chain import SealKey
+    from .recording.encode import END_SEAL_TEXT
 
-    with RecordingReader(args.file, errors="skip") as reader:
-        for _ in reader:
+    key = SealKey.from_file(args.seal_key) if args.seal_key else None
+    with RecordingReader(args.file, errors="skip", key=key) as reader:
+        last = None
+        for last in reader:
             pass
         torn = reader.torn
+        sealed = reader.header.seal is not None
+    if torn is None and key is not None and sealed and not (isinstance(last, Note) and last.text == END_SEAL_TEXT):
+        RecordWriter.append_to(args.file, seal_key=key).close()  # close seals the end
+        print(f"{args.file}: sealed the end its writer did not reach")
+        return EXIT_OK
     if torn is None:
         print(f"{args.file}: last line is complete; nothing to repair")
         return EXIT_OK
-    RecordWriter.append_to(args.file, repair=True).close()
+    RecordWriter.append_to(args.file, repair=True, seal_key=key).close()
     print(f"{args.file}: truncated the torn last line ({torn.size} bytes at offset {torn.offset});"
           " a note records the repair")
     return EXIT_OK
 
 
+def cmd_rechain(args: argparse.Namespace) -> int:
+    from .recording.chain import SealKey
+    from .recording.rechain import rechain
+
+    key = SealKey.from_file(args.seal_key) if args.seal_key else None
+    _check_new_output(args.output)
+    result = rechain(args.input, args.output, seal_key=key, how=args.how)
+    print(f"{args.output}: {result.records} records rechained from {args.input}"
+          f" (final hash {result.source_hash}){f', {result.renumbered} renumbered' if result.renumbered else ''}"
+          f"{f', sealed with key {key.key_id}' if key else ''}")
+    return EXIT_OK
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    import shlex
+    import shutil
+    import subprocess
+    import tempfile
+
+    from .recording.chain import SealKey
+    from .recording.rechain import rechain
+
+    key = SealKey.from_file(args.seal_key) if args.seal_key else None
+    _check_new_output(args.output)
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    command = shlex.split(editor)
+    if not command or shutil.which(command[0]) is None:
+        raise UsageError(f"editor {editor!r} not found; set VISUAL or EDITOR")
+    with tempfile.TemporaryDirectory(prefix="qmprr-edit-") as folder:
+        copy = os.path.join(folder, os.path.basename(args.input))
+        try:
+            shutil.copyfile(args.input, copy)
+        except OSError as exc:
+            raise UsageError(f"{args.input}: cannot read: {exc.strerror}") from None
+        os.chmod(copy, 0o600)
+        with open(copy, "rb") as f:
+            before = f.read()
+        status = subprocess.call([*command, copy])
+        if status != 0:
+            print(f"qmprr: the editor exited with status {status}; nothing written", file=sys.stderr)
+            return EXIT_PROBLEMS
+        with open(copy, "rb") as f:
+            after = f.read()
+        if after == before:
+            print(f"{args.input}: unchanged; {args.output} not written")
+            return EXIT_OK
+        result = rechain(copy, args.output, seal_key=key, how="edited")
+    print(f"{args.output}: {result.records} records, edited from {args.input}"
+          f"{f', sealed with key {key.key_id}' if key else ''}")
+    return EXIT_OK
+
+
+def _check_new_output(path: str) -> None:
+    from .errors import RecordingError
+
+    if os.path.lexists(path):
+        raise RecordingError(f"{path}: file exists; recordings are never overwritten, choose another name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise RecordingError(f"{path}: folder {folder} does not exist")
+
+
 def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from .recording import SyncPolicy
+    from .recording import Redactor, SyncPolicy
+    from .recording.chain import SealKey
     from .service import ServiceOptions
     from .session import Policy
 
@@ -77,6 +160,8 @@ def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         policy=Policy.build(deny=args.deny, allow=args.allow),
         tx_idle_timeout=args.tx_timeout,
         labels=labels,
+        seal_key=SealKey.from_file(args.seal_key) if args.seal_key else None,
+        redactor=Redactor(keep_input=args.keep_input),
     )
 
 
@@ -311,13 +396,47 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check a recording: JSON, record schema, seq continuity, the hash chain "
         "(edits, deletions, insertions, reordering), and that every reply names an earlier "
         "command. Lists commands still in flight when the log ended.",
-        epilog="Exit status: 0 clean, 1 problems found (each printed with its line), "
-        "2 unreadable or not a recording.",
+        epilog="A sealed recording's chain is keyed: without --key it is not checked (said so). "
+        "With --key, verify proves the recording was written by a holder of the key: the header "
+        "names the key, every link matches, the end seal is there. "
+        "Exit status: 0 clean, 1 problems found (each printed with its line; with --key also: not "
+        "sealed, sealed with another key, no end seal), 2 unreadable, not a recording, bad key file.",
     )
     p.add_argument("file", help="recording (.jsonl)")
+    p.add_argument("--key", metavar="KEYFILE", help="check the seal with this key (the file given to --seal-key)")
     p.set_defaults(func=cmd_verify)
 
+    p = sub.add_parser(
+        "rechain",
+        help="give an edited recording a new, valid chain that names the original",
+        description="Read IN (its chain may be broken by an intended edit; every line must still be a "
+        "record), renumber seq if lines were deleted or inserted (and the cmd of replies and fds with "
+        "it), and write OUT with a new chain whose header says derived_from: the original file, its "
+        "final hash and SHA-256, and how (edited). Redaction applies again.",
+        epilog="Exit status: 0 written; 2 IN cannot be rechained (the line is named), OUT exists, bad key file.",
+    )
+    p.add_argument("input", metavar="IN", help="recording to rechain")
+    p.add_argument("output", metavar="OUT", help="new recording (must not exist)")
+    p.add_argument("--seal-key", metavar="KEYFILE", help="seal OUT with this key")
+    p.add_argument("--how", default="edited", help="what was done, for the header (default: edited)")
+    p.set_defaults(func=cmd_rechain)
+
+    p = sub.add_parser(
+        "edit",
+        help="edit a recording in $EDITOR, then rechain it into a new file",
+        description="Copy IN to a private temporary file, open it in $VISUAL or $EDITOR (default vi), "
+        "and when the editor exits successfully write the result to OUT as 'qmprr rechain' does. IN "
+        "is never changed.",
+        epilog="Exit status: 0 written (or unchanged: nothing written); 1 the editor failed; 2 the edited "
+        "text cannot be rechained, OUT exists, no editor, bad key file.",
+    )
+    p.add_argument("input", metavar="IN", help="recording to edit")
+    p.add_argument("output", metavar="OUT", help="new recording (must not exist)")
+    p.add_argument("--seal-key", metavar="KEYFILE", help="seal OUT with this key")
+    p.set_defaults(func=cmd_edit)
+
     from .analysis.commands import register as register_analysis
+    from .importers.commands import add_seal_key_option
 
     register_analysis(sub)
 
@@ -325,9 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
         "repair",
         help="truncate a torn last line left by a crash",
         description="Truncate an incomplete last line (a writer crashed mid-record) and "
-        "append a note that says so. Complete records are never touched.",
+        "append a note that says so. Complete records are never touched. A sealed recording "
+        "needs its key (--seal-key); with it, a crashed one also gets its end seal.",
+        epilog="Exit status: 0 repaired or nothing to repair; 2 unreadable, sealed and no key, bad key file.",
     )
     p.add_argument("file", help="recording (.jsonl)")
+    p.add_argument("--seal-key", metavar="KEYFILE", help="the key a sealed recording was written with")
     p.set_defaults(func=cmd_repair)
 
     service_epilog = (
@@ -351,6 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="abort a transaction idle this long (default 30)")
         p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                        help="label stored in the recording's header; repeatable")
+        add_seal_key_option(p)
+        p.add_argument("--keep-input", action="store_true",
+                       help="log the first bytes of unparsable client input as text (default: only their "
+                       "SHA-256 and length, since they may hold a secret)")
 
     p = sub.add_parser(
         "launch",

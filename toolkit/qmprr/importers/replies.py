@@ -134,7 +134,7 @@ def _answered(pending: list[Item], reply_id: object) -> Item | None:
     return None
 
 
-def write_replies(result: RepliesImport, out: str) -> int:
+def write_replies(result: RepliesImport, out: str, seal_key: Any = None) -> int:
     """Write the recording; returns its number of records."""
     now = time.time()
     header = Header(
@@ -149,6 +149,6 @@ def write_replies(result: RepliesImport, out: str) -> int:
             "timing": "none: a .replies file records no times (every t is 0; started is the import's time)",
         },
     )
-    with ImportWriter.create(out, header) as writer:
+    with ImportWriter.create(out, header, seal_key=seal_key) as writer:
         writer.extend(result.items)
         return writer.next_seq

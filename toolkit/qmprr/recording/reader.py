@@ -7,6 +7,9 @@ apart from corruption elsewhere: it is never an exception, it is reported in
 choice (``errors``): ``"raise"`` a :class:`~qmprr.errors.CorruptRecord`,
 ``"stop"`` reading there, or ``"skip"`` it and go on; every problem is listed
 in :attr:`RecordingReader.problems` either way.
+
+A sealed recording's chain is keyed: with its key (``key``) the reader checks
+it; without, it checks everything but the chain (:attr:`chain_checked` False).
 """
 
 from __future__ import annotations
@@ -58,10 +61,13 @@ class RecordingReader:
         *,
         errors: ErrorMode = "raise",
         check_chain: bool = True,
+        key: chain.SealKey | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.errors = errors
         self.check_chain = check_chain
+        self.key = key
+        self._link_key: bytes | None = None
         self.problems: list[Problem] = []
         self.torn: Torn | None = None
         self.line = 0
@@ -101,9 +107,27 @@ class RecordingReader:
             raise NotARecording(f"{self.path}: not a {FORMAT} recording: {problem}")
         self._offset = len(first)
         self._prev_hash = h
+        if record.seal is not None and self.key is not None:
+            key_id = record.seal.get("key_id")
+            if record.seal.get("alg") != chain.SEAL_ALG:
+                self._file.close()
+                raise RecordingError(f"{self.path}: sealed with {record.seal.get('alg')!r}, which this qmprr does not know")
+            if key_id != self.key.key_id:
+                self._file.close()
+                raise RecordingError(
+                    f"{self.path}: sealed with key id {key_id}, not with the key given ({self.key.key_id})"
+                )
+            self._link_key = self.key.key
+        elif record.seal is not None:
+            self.check_chain = False  # keyed: cannot be checked without the key
         self._expected_seq = record.seq + 1
         self.line = 1
         return record
+
+    @property
+    def chain_checked(self) -> bool:
+        """False when the chain is not checked (asked so, or sealed and no key)."""
+        return self.check_chain
 
     def __iter__(self) -> Iterator[Record]:
         if self._iterating:
@@ -150,7 +174,7 @@ class RecordingReader:
         except convert.RecordSchemaError as exc:
             raise _LineProblem(str(exc)) from None
         expected, self._expected_seq = self._expected_seq, record.seq + 1
-        if self.check_chain and chain.link(prev, body) != h:
+        if self.check_chain and chain.link(prev, body, self._link_key) != h:
             raise _LineProblem(
                 "hash chain broken: the line was edited, or a line before it was"
                 " deleted, inserted or moved"

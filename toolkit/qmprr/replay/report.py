@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any, TextIO
 
 import attrs
 
 from ..errors import QmprrError
+from ..recording.redact import scrub, scrub_text
 from .engine import ReplayReport, Step
 
 CONTEXT_STEPS = 3
@@ -73,10 +75,24 @@ def _step(step: Step) -> dict[str, Any]:
     return d
 
 
-def write_json(report: ReplayReport, path: str) -> None:
+class ScrubbingWriter:
+    """A text stream that takes *values* (replay's ``--secret`` values) out of what it writes."""
+
+    def __init__(self, out: TextIO, values: Iterable[str]) -> None:
+        self.out, self.values = out, tuple(values)
+
+    def write(self, text: str) -> int:
+        return self.out.write(scrub_text(text, self.values))
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def write_json(report: ReplayReport, path: str, *, secrets: Iterable[str] = ()) -> None:
+    data = scrub(json.loads(json.dumps(to_json(report), default=repr)), secrets)
     try:
         with open(path, "w") as f:
-            json.dump(to_json(report), f, indent=2, default=repr)
+            json.dump(data, f, indent=2)
             f.write("\n")
     except OSError as exc:
         raise QmprrError(f"{path}: cannot write the report: {exc.strerror}") from None

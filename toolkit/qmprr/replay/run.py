@@ -14,10 +14,11 @@ import attrs
 
 from ..errors import QmprrError
 from ..launch import LaunchedQemu
+from ..recording import Redactor
 from ..sandbox import Sandbox, SandboxError, probe
 from .engine import ReplayOptions, ReplayReport, replay
 from .normalize import package_warning
-from .report import summary, write_json
+from .report import ScrubbingWriter, summary, write_json
 from .script import load_script
 from .targets import TargetError, fake_target, log_factory, qemu_argv, qemu_target, socket_target
 
@@ -63,7 +64,9 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
             record = os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), "replay.jsonl")
         elif os.path.exists(record):
             raise QmprrError(f"{record}: file exists; recordings are never overwritten")
-        make_log = log_factory(record, None, {"replay-of": os.path.basename(path)})
+        # --secret values never reach the replay's own recording, report or summary.
+        redactor = Redactor().with_values(options.secrets.values())
+        make_log = log_factory(record, None, {"replay-of": os.path.basename(path)}, redactor)
         report = ReplayReport(recording=path, target=run.target)
         policy = options.policy(checks=run.checks)
         exit_signal = None
@@ -98,7 +101,7 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
             recorded = script.header.qemu_argv[0] if script.header and script.header.qemu_argv else None
             if recorded and os.sep in recorded and run.argv_file is None and run.qemu is None and recorded != argv[0]:
                 report.warnings.append(f"the recorded program {recorded!r} is replaced by the local {argv[0]!r}")
-            make_log = log_factory(record, argv, {"replay-of": os.path.basename(path)})
+            make_log = log_factory(record, argv, {"replay-of": os.path.basename(path)}, redactor)
             launched: list[LaunchedQemu] = []
             target = qemu_target(argv, make_log, workdir, env, sandbox=sandbox, started=launched.append)
             exit_signal = functools.partial(_exit_signal, launched)
@@ -116,9 +119,10 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
                 await replay(script, channel, options, report, tick, policy=policy, exit_signal=exit_signal)
         if run.record:
             report.warnings.append(f"the replay was recorded to {run.record}")
-    summary(report, sys.stdout)
+    secrets = tuple(options.secrets.values())
+    summary(report, ScrubbingWriter(sys.stdout, secrets) if secrets else sys.stdout)
     if run.report:
-        write_json(report, run.report)
+        write_json(report, run.report, secrets=secrets)
     return report
 
 

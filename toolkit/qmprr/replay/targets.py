@@ -18,7 +18,7 @@ from ..channel import Channel
 from ..errors import QmprrError
 from ..fake import FakeQemu
 from ..launch import LaunchedQemu, LaunchError, start_qemu
-from ..recording import RecordWriter, new_header
+from ..recording import RecordWriter, Redactor, new_header
 from ..sandbox import SECCOMP_SIGNAL, Sandbox
 from .safety import PathMap, argv_refusal, resolve_qemu
 from .script import Script
@@ -31,11 +31,13 @@ class TargetError(QmprrError):
 LogFactory = Callable[[dict[str, Any]], RecordWriter]
 
 
-def log_factory(path: str, argv: list[str] | None, labels: dict[str, str]) -> LogFactory:
+def log_factory(
+    path: str, argv: list[str] | None, labels: dict[str, str], redactor: Redactor | None = None
+) -> LogFactory:
     def make(greeting: dict[str, Any]) -> RecordWriter:
         version = greeting.get("QMP", {}).get("version")
         header = new_header(qemu_version=version if isinstance(version, dict) else None, qemu_argv=argv, labels=labels)
-        return RecordWriter.create(path, header)
+        return RecordWriter.create(path, header, redactor=redactor)
 
     return make
 
