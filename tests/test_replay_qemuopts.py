@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from qmprr import qemuopts
@@ -49,3 +49,10 @@ def test_keyval_split_agrees_with_parse(text: str) -> None:
         items = qemuopts.parse(text, implied=True)
         assert [i.value for i in items] == [v for _, v in pairs]
         assert bare == (items[0].key is None)
+
+
+@given(st.text(alphabet=",=ab\\\"x", max_size=30), st.booleans())
+def test_unparse_reads_back_as_parsed(text: str, implied: bool) -> None:
+    items = qemuopts.parse(text, implied=implied)
+    assume(all(item.key != "" and (item.key is not None or item.value) for item in items))  # empty items (',,' at the start, a trailing ',') vanish
+    assert qemuopts.parse(qemuopts.unparse(items), implied=implied) == items

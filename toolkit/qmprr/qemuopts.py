@@ -75,6 +75,13 @@ def parse(text: str, implied: bool = False) -> list[Item]:
     return items
 
 
+def unparse(items: list[Item]) -> str:
+    """*items* as an option string that :func:`parse` reads back the same."""
+    return ",".join(
+        escape(i.value) if i.key is None else i.key if i.flag else f"{i.key}={escape(i.value)}" for i in items
+    )
+
+
 def values(text: str) -> list[str]:
     """Every key and value of *text* as QEMU reads them (for scanning, keys included)."""
     out: list[str] = []

@@ -27,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from .. import codec
+from .. import codec, qemuopts
 
 #: What a redacted secret becomes in the log.
 REDACTED = "<qmprr-redacted>"
@@ -79,65 +79,9 @@ class HmpRule:
         return self.pattern.sub(replace, line)
 
 
-@attrs.frozen
-class HmpObjectAddSecretRule:
-    """Redact ``data`` of HMP ``object_add`` creating a ``secret``, in any syntax QEMU takes.
-
-    QEMU parses the argument as JSON when it starts with ``{``, and otherwise
-    as ``key=value`` pairs split on single commas (``,,`` is a literal comma)
-    whose first bare word is the ``qom-type``.
-    """
-
-    def apply(self, line: str) -> str:
-        m = re.match(r"(\s*object_add\s+)(.*)", line, re.S)
-        if m is None:
-            return line
-        prefix, spec = m.groups()
-        if spec.lstrip().startswith("{"):
-            try:
-                obj = json.loads(spec)
-            except ValueError:
-                return line
-            if isinstance(obj, dict) and obj.get("qom-type") == "secret" and "data" in obj:
-                obj["data"] = REDACTED
-                return prefix + json.dumps(obj)
-            return line
-        parts = _split_keyval(spec)
-        qom_type = None
-        for i, part in enumerate(parts):
-            key, sep, value = part.partition("=")
-            if not sep and i == 0:
-                qom_type = key
-            elif key == "qom-type":
-                qom_type = value
-        if qom_type != "secret":
-            return line
-        redacted = [f"data={REDACTED}" if p.partition("=")[0] == "data" and "=" in p else p for p in parts]
-        return prefix + ",".join(p.replace(",", ",,") for p in redacted)
-
-
-def _split_keyval(spec: str) -> list[str]:
-    """Split QEMU keyval text on single commas; ``,,`` stands for a literal comma."""
-    parts, current, i = [], [], 0
-    while i < len(spec):
-        if spec[i] == ",":
-            if spec[i + 1 : i + 2] == ",":
-                current.append(",")
-                i += 2
-                continue
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(spec[i])
-        i += 1
-    parts.append("".join(current))
-    return parts
-
-
 # -- QEMU's own tokenizers (HMP arguments, keyval option strings) -------------
 #
-# NOTE(merge): _split_keyval above and hmp_tokens below are qmprr's minimal
-# splitting of QEMU option strings; switch them to toolkit/qmprr/qemuopts.py.
+# Option strings are read by :mod:`qmprr.qemuopts`, the one parser replay's checks use too.
 
 _HMP_SPACE = " \t\n\r\v\f"  # qemu_isspace
 _HMP_ESCAPES = {"n": "\n", "r": "\r", "\\": "\\", "'": "'", '"': '"'}
@@ -240,26 +184,26 @@ def redact_object_spec(spec: str) -> tuple[str, set[str], set[str]]:
                     obj[key] = REDACTED
         ids = {obj["id"]} if is_secret and isinstance(obj.get("id"), str) else set()
         return (json.dumps(obj, separators=(",", ":")) if values else spec), values, ids
-    parts = _split_keyval(spec)
+    items = qemuopts.parse(spec, implied=True)
     qom_type = obj_id = None
-    for i, part in enumerate(parts):
-        key, sep, value = part.partition("=")
-        if not sep and i == 0:
-            qom_type = key
-        elif key == "qom-type":
-            qom_type = value
-        elif key == "id":
-            obj_id = value
+    for item in items:
+        if item.key is None:
+            qom_type = item.value
+        elif item.key == "qom-type":
+            qom_type = item.value
+        elif item.key == "id":
+            obj_id = item.value
     values = set()
     out = []
-    for part in parts:
-        key, sep, value = part.partition("=")
-        if sep and value != REDACTED and ((key == "data" and qom_type == "secret") or key.rsplit(".", 1)[-1] == "password"):
-            values.add(value)
-            part = f"{key}={REDACTED}"
-        out.append(part)
+    for item in items:
+        key = item.key
+        if (key is not None and not item.flag and item.value != REDACTED
+                and ((key == "data" and qom_type == "secret") or key.rsplit(".", 1)[-1] == "password")):
+            values.add(item.value)
+            item = qemuopts.Item(key, REDACTED)
+        out.append(item)
     ids = {obj_id} if qom_type == "secret" and obj_id else set()
-    return (",".join(p.replace(",", ",,") for p in out) if values else spec), values, ids
+    return (qemuopts.unparse(out) if values else spec), values, ids
 
 
 @attrs.frozen

@@ -219,13 +219,15 @@ def scan(text: str, roots: list[str]) -> str | None:
         found = _path_problem(piece, roots)
         if found:
             return found
-    decoded: list[str] = []
     if text.startswith(("{", "json:{")):
-        strings = _json_strings(text[text.index("{") :])
-        if strings is None:
+        # QEMU reads it as JSON, not as an option string (whose comma-split
+        # fragments of JSON would be unreadable JSON); the pieces above caught paths.
+        decoded = _json_strings(text[text.index("{") :])
+        if decoded is None:
             return f"{text[:80]!r}: JSON qmprr cannot read, so cannot check"
-        decoded = strings
-    for value in decoded + qemuopts.values(text):
+    else:
+        decoded = qemuopts.values(text)
+    for value in decoded:
         found = scan(value, roots) if value != text else None
         if found:
             return found
