@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from ..files import check_output
 from .context import CommandInfo, Tracker, command_name, error_class
 from .output import clip, replace_file
 from .source import Scanner
@@ -167,7 +168,9 @@ def _local_name(d: dict[str, Any]) -> str:
 
 
 def write_chrome_trace(path: str | os.PathLike[str], output: str | os.PathLike[str]) -> int:
-    """Write recording *path* as a Chrome trace to *output* (``-``: stdout); the number of trace events."""
+    """Write recording *path* as a Chrome trace to *output* (``-``: stdout, else mode 0600); the number
+    of trace events."""
+    check_output(output, inputs=[path])
     with Scanner(path, check_chain=False) as scanner, replace_file(output) as out:
         writer = _TraceWriter(out)
         trace = _ChromeTrace(writer, scanner.path)

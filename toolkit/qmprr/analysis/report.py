@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 import attrs
 import orjson
 
+from ..files import check_output
 from .context import CommandInfo, Tracker, command_name, error_class
 from .output import clip, replace_file
 from .report_summary import summary_html
@@ -191,7 +192,8 @@ class _Timeline:
 
 def write_report(path: str | os.PathLike[str], output: str | os.PathLike[str], *,
                  title: str | None = None) -> ReportSummary:
-    """Write the HTML report of recording *path* to *output* (replaced atomically)."""
+    """Write the HTML report of recording *path* to *output* (replaced atomically, mode 0600)."""
+    check_output(output, inputs=[path])  # before the work, not after it
     stats = compute(path)
     title = title or os.path.basename(os.fspath(path))
     with Scanner(path, check_chain=False) as scanner, replace_file(output) as out:

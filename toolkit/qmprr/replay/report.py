@@ -8,6 +8,7 @@ from typing import Any, TextIO
 import attrs
 
 from ..errors import QmprrError
+from ..files import replace_file
 from .engine import ReplayReport, Step
 
 CONTEXT_STEPS = 3
@@ -71,9 +72,10 @@ def _step(step: Step) -> dict[str, Any]:
 
 
 def write_json(report: ReplayReport, path: str) -> None:
+    """Write the report to *path* (mode 0600, replaced once complete; never through a link)."""
+    data = json.dumps(to_json(report), indent=2, default=repr).encode() + b"\n"
     try:
-        with open(path, "w") as f:
-            json.dump(to_json(report), f, indent=2, default=repr)
-            f.write("\n")
+        with replace_file(path, option="--report") as f:
+            f.write(data)
     except OSError as exc:
-        raise QmprrError(f"{path}: cannot write the report: {exc.strerror}") from None
+        raise QmprrError(f"--report {path}: cannot write the report: {exc.strerror}") from None
