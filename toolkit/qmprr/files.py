@@ -17,6 +17,7 @@ use it).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -80,6 +81,28 @@ def read_limited(path: str | os.PathLike[str], limit: int, *, option: str | None
         raise InputError(f"{label}: cannot read {what}: {exc.strerror}", exc.strerror) from None
     finally:
         os.close(fd)
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """*path* open for binary reading; :class:`OSError` unless it is a regular file.
+
+    Opened without blocking, so a FIFO with no writer fails at once instead
+    of hanging; a folder fails with EISDIR, a pipe or device with ESPIPE
+    (what is read more than once, or seeked, must be a file).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.ESPIPE, "not a regular file (a pipe or a device cannot be read twice)",
+                          os.fspath(path))
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_fd_limited(fd: int, limit: int, *, label: str, what: str = "file") -> bytes:
