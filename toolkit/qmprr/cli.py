@@ -246,8 +246,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             pace = 1.0 if args.pace == "recorded" else float(args.pace)
         except ValueError:
             raise UsageError(f"--pace takes asap, recorded or a speed factor, not {args.pace!r}") from None
-        if pace <= 0:
-            raise UsageError("--pace factor must be positive")
+        if not 0 < pace < float("inf"):  # nan and inf too
+            raise UsageError(f"--pace factor must be a positive number, not {args.pace!r}")
     options = ReplayOptions(
         keep_going=args.keep_going,
         until=args.until,
