@@ -188,3 +188,26 @@ def test_fifo_input_does_not_block(hostile: dict[str, str], tmp_path: Path) -> N
     assert res.returncode == 2 and "not a regular file" in res.stderr
     res = run("diff", GOOD, GOOD, "--rules", hostile["fifo"], cwd=str(tmp_path))
     assert res.returncode == 0 and res.stderr == ""  # an empty rules file: no rules
+
+
+def test_arguments_and_names_that_are_not_utf8(tmp_path: Path) -> None:
+    """Bytes from argv that are not UTF-8 (surrogates in Python) in text options and file names."""
+    bad = b"\xff\xfe"
+    named = tmp_path / os.fsdecode(b"rec-" + bad + b".jsonl")
+    named.write_bytes(Path(GOOD).read_bytes())
+    cases = [
+        [b"show", GOOD.encode(), b"--grep", bad],
+        [b"show", GOOD.encode(), b"--src", bad, b"--command", bad, b"--event", bad],
+        [b"report", GOOD.encode(), b"-o", b"out.html", b"--title", bad],
+        [b"report", os.fsencode(named), b"-o", b"out-" + bad + b".html"],
+        [b"export", os.fsencode(named), b"-o", b"trace.json"],
+        [b"stats", os.fsencode(named)],
+        [b"diff", os.fsencode(named), GOOD.encode()],
+        [b"verify", bad],
+    ]
+    for argv in cases:
+        res = subprocess.run([*(os.fsencode(a) for a in QMPRR), *argv], capture_output=True, timeout=60,
+                             cwd=tmp_path)
+        err = res.stderr.decode("utf-8", "replace")
+        assert "Traceback" not in err and "internal error" not in err, (argv, err)
+        assert res.returncode in (0, 2), (argv, err)

@@ -50,6 +50,11 @@ class OutputError(QmprrError):
     """An output file cannot be written (or must not be: a link, a folder, the input itself)."""
 
 
+def display_name(path: str | os.PathLike[str]) -> str:
+    """*path* as text that can go into JSON or HTML: bytes that are not UTF-8 become U+FFFD."""
+    return os.fsencode(path).decode("utf-8", "replace")
+
+
 def _label(path: str, option: str | None) -> str:
     return f"{option} {path}" if option else path
 

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from ..files import check_output
+from ..files import check_output, display_name
 from .context import CommandInfo, Tracker, command_name, error_class
 from .output import clip, replace_file
 from .source import Scanner
@@ -57,7 +57,7 @@ class _ChromeTrace:
         self.tracker = Tracker(on_drop=lambda info: self._slice(info, None, None, None))
         self.waits = WaitTracker()
         self.tx_open: dict[int, tuple[str, str, float]] = {}
-        self._meta("process_name", PID, 0, f"qmprr {os.path.basename(path)}")
+        self._meta("process_name", PID, 0, f"qmprr {display_name(os.path.basename(path))}")
         for tid, name in ((EVENTS_TID, "QEMU events"), (TX_TID, "transactions"), (QMPRR_TID, "qmprr")):
             self._meta("thread_name", PID, tid, name)
             self._meta("thread_sort_index", PID, tid, tid)
@@ -178,6 +178,6 @@ def write_chrome_trace(path: str | os.PathLike[str], output: str | os.PathLike[s
             trace.add(d)
         trace.finish()
         h = scanner.header
-        writer.close({"recording": os.path.basename(scanner.path), "started": h.started, "host": h.host,
+        writer.close({"recording": display_name(os.path.basename(scanner.path)), "started": h.started, "host": h.host,
                       "qemu_version": h.qemu_version, "format": h.format})
     return writer.count
