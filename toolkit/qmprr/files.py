@@ -189,7 +189,7 @@ def replace_file(output: str | os.PathLike[str], *, option: str | None = None) -
     label = _label(path, option)
     try:
         # mkstemp: O_CREAT|O_EXCL (never follows a link), mode 0600 before the umask.
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".qmprr-tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)[:64]}.", suffix=".qmprr-tmp", dir=folder)
     except OSError as exc:
         raise OutputError(f"{label}: cannot write there: {exc.strerror}") from None
     try:
