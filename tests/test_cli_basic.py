@@ -136,7 +136,7 @@ def test_version() -> None:
 def test_no_command_is_a_usage_error() -> None:
     res = run()
     assert res.returncode == 2
-    assert "usage:" in res.stderr and "Traceback" not in res.stderr
+    assert res.stderr == "qmprr: the following arguments are required: COMMAND; see 'qmprr --help'\n"
 
 
 # -- verify -------------------------------------------------------------------
