@@ -207,7 +207,7 @@ class Channel:
         self.tx_idle_timeout = tx_idle_timeout
         self._reader = reader
         self._writer = writer
-        self._decoder = decoder or wire.StreamDecoder()
+        self._decoder = decoder or wire.StreamDecoder(limits=None, strict=False)
         self._lock = asyncio.Lock()  # FIFO: the wire, or a transaction's hold on it
         self._tx_lock = asyncio.Lock()  # one command at a time inside a transaction
         self._tx: Transaction | None = None
@@ -240,7 +240,7 @@ class Channel:
         The greeting and ``qmp_capabilities`` exchange are logged like
         everything else (``qmp_capabilities`` with role ``internal``).
         """
-        decoder = wire.StreamDecoder()
+        decoder = wire.StreamDecoder(limits=None, strict=False)
         greeting: dict[str, Any] | None = None
         leftover: list[dict[str, Any]] = []
         try:

@@ -324,7 +324,7 @@ def parse_string(token: bytes) -> str:
                 else:
                     cp = -1
             if not _valid_codepoint(cp):
-                raise _error(s[beg:i] + b" is not a valid Unicode character")
+                raise _error(s[beg:i].split(b"\0", 1)[0] + b" is not a valid Unicode character")
             out.append(chr(cp))
         else:
             cp, i = mod_utf8_codepoint(s, i)
