@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from qemu_json_ref import reference
 from qmprr import codec, session
+from qmprr.codec import LCURLY, LSQUARE, RCURLY, RSQUARE
 from qmprr.wire import (
     NESTING_EXCEEDED,
     QEMU_LIMITS,
@@ -270,3 +271,33 @@ def test_loads_still_refuses_invalid_json() -> None:
     for bad in (b"{", b"[1,]", b"\xff", b"nul", b'{"a":1}x'):
         with pytest.raises(codec.JSONDecodeError):
             codec.loads(bad)
+
+
+CORPUS = [
+    b'{"execute":"x","arguments":{"e":[],"a":[0,0]}}',
+    b'{ "execute" : "qom-set", "arguments" : { "path" : "/a", "value" : 1.5e3 , "b": true } }',
+    b"{'execute':'x','arguments':{'list':[null,false,-1,'s\\'q',\"d\"]}}",
+    b'{"a":[[{"b":[1,2,{"c":"\\u00e9"}]}],"x"],"n":18446744073709551616}',
+]
+
+
+@pytest.mark.parametrize("raw", CORPUS)
+def test_every_limit_at_below_and_above_matches_the_reference(raw: bytes) -> None:
+    tokens = codec.tokenize(raw)
+    depth = max(
+        sum((k in (LCURLY, LSQUARE)) - (k in (RCURLY, RSQUARE)) for k, _ in tokens[: i + 1]) for i in range(len(tokens))
+    )
+    size = sum(len(t) for _, t in tokens)
+    stream = raw + b" " + encode(NEXT)
+    for limits in [
+        *(Limits(token_count=len(tokens) + d) for d in (-1, 0, 1)),
+        *(Limits(nesting=depth + d) for d in (-1, 0, 1)),
+        *(Limits(token_size=size + d) for d in (0, 1, 2)),
+    ]:
+        expected = reference(stream, limits)
+        assert decode([stream], limits=limits) == expected, limits
+        assert decode([stream[i : i + 1] for i in range(len(stream))], limits=limits) == expected, limits
+        accepted = expected[0][0] == "msg"
+        assert accepted == (
+            len(tokens) <= limits.token_count and depth <= limits.nesting and size < limits.token_size
+        ), limits

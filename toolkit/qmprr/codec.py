@@ -151,8 +151,8 @@ def _self_loop(state: int) -> Callable[[Any, int, int], Any] | None:
 
 _RUNS = [_self_loop(s) for s in range(16)]
 
-#: ``emit(token_type, start, end)``: the token is ``buf[start:end]``.
-Emit = Callable[[int, int, int], None]
+#: ``emit(token_type, start, end)``: the token is ``buf[start:end]``; a true result pauses :meth:`Lexer.run`.
+Emit = Callable[[int, int, int], Any]
 
 
 class Lexer:
@@ -178,7 +178,10 @@ class Lexer:
         return self.state not in (IN_START, IN_RECOVERY)
 
     def run(self, buf: bytes | bytearray, pos: int, stop: int, emit: Emit) -> int:
-        """Lex ``buf[pos:stop]``, calling *emit* per token; returns *stop*."""
+        """Lex ``buf[pos:stop]``, calling *emit* per token; returns where it stopped.
+
+        That is *stop*, or just after a token for which *emit* returned true.
+        """
         state, start, table, runs = self.state, self.start, TABLE, _RUNS
         while pos < stop:
             run = runs[state]
@@ -195,7 +198,9 @@ class Lexer:
                 pos += 1
             if new >= TOKEN_MIN:
                 self.state = IN_START
-                emit(new, start, pos)
+                if emit(new, start, pos):
+                    self.start = pos
+                    return pos
                 state, start = IN_START, pos
             elif new == IN_START:
                 state, start = IN_START, pos
