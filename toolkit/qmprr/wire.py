@@ -233,33 +233,38 @@ _SIMPLE = (
 )
 _SIMPLE_TOKEN = re.compile(_SIMPLE)
 _SIMPLE_RUN = re.compile(b"(?:" + _SIMPLE + b")+")
-# orjson and QEMU read a number like 0e5 differently (QEMU: 0, then a keyword).
-_ZERO_EXPONENT = re.compile(rb"[^0-9.]0[eE]")
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+# A number like 0e5 is 0 then a keyword to QEMU, 0.0 to orjson (10e5 and the
+# like just take the exact path).
+_ZERO_E = re.compile(rb"0[eE]")
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 
 
-def _key_count(value: Any) -> int:
-    count, stack = 0, [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
+def _key_count(value: dict[str, Any]) -> int:
+    """Keys in *value* and every object inside it (no recursion: any depth)."""
+    count, todo = 0, [value]
+    while todo:
+        item = todo.pop()
+        if type(item) is dict:
             count += len(item)
-            stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
+            todo += [v for v in item.values() if type(v) is dict or type(v) is list]
         else:
-            stack.extend(v for v in item if isinstance(v, (dict, list)))
+            todo += [v for v in item if type(v) is dict or type(v) is list]
     return count
 
 
-def _orjson_agrees(raw: bytes, value: Any) -> bool:
+def _orjson_agrees(raw: bytes, value: dict[str, Any]) -> bool:
     """Whether QEMU reads *raw* (ASCII, no ``\\u``, parsed by orjson as *value*) the same.
 
-    Left to check: duplicate keys (orjson keeps the last, QEMU refuses) and
-    ``0e`` numbers. Every key is followed by a colon outside strings.
+    Left to check (the caller excluded the rest): duplicate keys (orjson keeps the
+    last, QEMU refuses the message). Without ``\\u`` a colon inside a string
+    is a colon in the raw bytes and in orjson's re-encoding alike, and every
+    key has its colon: the counts are equal exactly when no key was dropped.
     """
-    if _ZERO_EXPONENT.search(raw):
-        return False
-    keys = _key_count(value)
-    return raw.count(b":") == keys or _STRING.sub(b"", raw).count(b":") == keys
+    colons = raw.count(b":")
+    try:
+        return orjson.dumps(value).count(b":") == colons
+    except orjson.JSONEncodeError:  # deeper than orjson writes: count keys outside strings
+        return _STRING.sub(b"", raw).count(b":") == _key_count(value)
 
 
 class StreamDecoder:
@@ -313,15 +318,14 @@ class StreamDecoder:
         """Add *data* and return every item it completes, in stream order."""
         if (
             data[:1] == b"{"
-            and len(data) <= self._fast_max
             and not self._buf
             and self._ntok == 0
             and self._lexer.state in (codec.IN_START, codec.IN_RECOVERY)  # "{" ends recovery
         ):
-            msg = self._fast(bytes(data))
-            if msg is not None:
+            msgs = self._fast_lines(data if type(data) is bytes else bytes(data))
+            if msgs is not None:
                 self._lexer.state = codec.IN_START
-                return [msg]
+                return msgs
         buf = self._buf
         buf += data
         out = self._out = []
@@ -334,9 +338,33 @@ class StreamDecoder:
         self._compact()
         return out
 
+    def _fast_lines(self, data: bytes) -> list[dict[str, Any] | FramingError] | None:
+        """The hot path: a read of one whole object, or of whole objects one per line."""
+        if len(data) <= self._fast_max:
+            msg = self._fast(data)
+            if msg is not None:
+                return [msg]
+        if not data.endswith(b"\n") or data.count(b"\n") < 2:
+            return None
+        out: list[dict[str, Any] | FramingError] = []
+        for line in data.split(b"\n"):
+            if line[:1] != b"{" or len(line) > self._fast_max:
+                if not line.strip(b" \t\r"):
+                    continue  # QEMU's whitespace between messages
+                return None
+            msg = self._fast(line)
+            if msg is None:
+                return None
+            out.append(msg)
+        return out
+
     def _fast(self, data: bytes) -> dict[str, Any] | None:
         """*data* as one message, if orjson and QEMU read it alike; else None."""
-        if self.strict and (not data.isascii() or b"\\u" in data):
+        if self.strict and (
+            # what orjson and QEMU may read differently: non-ASCII (noncharacters,
+            # modified UTF-8), \u escapes (noncharacters, lone surrogates), 0e
+            not data.isascii() or (b"\\" in data and b"\\u" in data) or _ZERO_E.search(data)
+        ):
             return None
         try:
             msg = orjson.loads(data)
@@ -359,7 +387,7 @@ class StreamDecoder:
         # The run's last number or keyword was ended by the byte after it (QEMU's
         # lookahead), so the count looks one byte further (nothing else fits there).
         window = end + 1 if end < stop else end
-        if not self._discard:
+        if not self._discard and self.limits is not None:  # without limits, counts do not matter
             tokens = _SIMPLE_TOKEN.findall(buf, pos, window)
             count, size = len(tokens), sum(map(len, tokens))
             limits = self.limits
