@@ -79,7 +79,8 @@ CASES = [
     b"\x00\x01\x7f ", b"%d", Q + b"%d}", Q + b"tru}", Q + b"True}", Q + b"1,\"id\":2}", Q + b"[1,]}", Q + b"[1 2]}",
     b'{"execute":"query-name" "id":1}', b"{1:2}", b'{"execute":"query-name","id":1}{"execute":"query-name","id":2}',
     b'{"execute":"qmp_capabilities","id":"again"}', b'{"execute":"query-name","id":3,"extra":1}',
-    b'{"execute":"nonexistent","id":4}', b"[" * 20 + b"}" + b"]" * 20, deep(1023), deep(1024),
+    b'{"execute":"nonexistent","id":4}', b'{"execute": "query-name", "id": "\xff\xfe"}', b"\xff\xfe\x80\xc3 ",
+    b'{"execute": "query-\xc3\x28name"} ', b"xyz \n", b"}}} ", b"[1, 2] 42 ", b"[" * 20 + b"}" + b"]" * 20, deep(1023), deep(1024),
 ]  # fmt: skip
 
 
