@@ -301,3 +301,21 @@ def test_every_limit_at_below_and_above_matches_the_reference(raw: bytes) -> Non
         assert accepted == (
             len(tokens) <= limits.token_count and depth <= limits.nesting and size < limits.token_size
         ), limits
+
+
+# -- reading QEMU's own output ---------------------------------------------------
+
+
+@given(st.data(), st.lists(json_objects, max_size=6))
+def test_qemu_output_decoder_reads_plain_json_any_chunking(data: st.DataObject, objs: list[dict]) -> None:
+    stream = b"".join(encode(o) for o in objs)
+    out = decode(data.draw(chunked(stream), label="chunks"), limits=None, strict=False)
+    assert out == [("msg", o) for o in objs]
+
+
+def test_qemu_output_decoder_has_no_input_limits() -> None:
+    deep_reply = b'{"return":' + b"[" * 2000 + b"]" * 2000 + b',"id":"qmprr-1"}\r\n'
+    many = b'{"return":[' + b",".join([b"1"] * (2**20 + 5)) + b'],"id":"qmprr-2"}\r\n'
+    out = decode([deep_reply, many[:100_000], many[100_000:]], limits=None, strict=False)
+    assert [o[0] for o in out] == ["msg", "msg"]
+    assert out[1][1]["id"] == "qmprr-2" and len(out[1][1]["return"]) == 2**20 + 5

@@ -320,6 +320,7 @@ class StreamDecoder:
             data[:1] == b"{"
             and not self._buf
             and self._ntok == 0
+            and not self._discard
             and self._lexer.state in (codec.IN_START, codec.IN_RECOVERY)  # "{" ends recovery
         ):
             msgs = self._fast_lines(data if type(data) is bytes else bytes(data))
