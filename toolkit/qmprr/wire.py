@@ -40,11 +40,24 @@ byte to its last) is refused the same way (:class:`MessageTooLarge`),
 reported as soon as it passes the cap and skipped without being buffered.
 The server should use :data:`DEFAULT_MAX_PARTIAL` or lower for clients.
 
+Re-encoding can change what QEMU counts (``1e9`` becomes ``1000000000.0``,
+and qmprr adds its own id): :func:`limit_error` checks the bytes the channel
+will send (qmprr.session.qemu_would_split), with QEMU's error if they are over.
+
 The decoder never depends on how the stream is cut into reads. The hot path
-(a read holding exactly one whole object that orjson parses, in ASCII, with
-no ``\\u`` escape, no duplicate key and no ``0e`` number) skips the lexer:
-on such input orjson and QEMU agree (orjson also stops at depth 1024, and a
-message shorter than MAX_TOKEN_COUNT bytes cannot have more tokens).
+(a read holding one whole object, or whole objects one per line, that orjson
+parses, in ASCII, with no ``\\u`` escape, no duplicate key and no ``0e``
+number) skips the lexer: on such input orjson and QEMU agree (orjson also
+stops at depth 1024, and a read shorter than MAX_TOKEN_COUNT bytes cannot
+hold more tokens). Inside a message, runs of simple tokens are counted by
+regex in bulk. tests/test_wire_grammar.py checks all of it against a per-byte
+port of QEMU's loop; tests/test_wire_qemu.py checks replies against QEMU 7.2.
+
+Sources: QEMU's qobject/json-lexer.c (``json_lexer[][]``,
+``json_lexer_feed_char``), qobject/json-streamer.c (``MAX_*``,
+``json_message_process_token``), qobject/json-parser.c, util/unicode.c, as
+in QEMU 7.2 (unchanged since the 2018 rework that added ``IN_RECOVERY``; the
+error texts are in Debian's 7.2 binary and its behaviour is the test).
 
 Driving code (asyncio adapters elsewhere) owns the sockets::
 
@@ -67,7 +80,7 @@ import attrs
 import orjson
 
 from . import codec
-from .codec import COLON, ERROR, LCURLY, LSQUARE, RCURLY, RSQUARE
+from .codec import ERROR, LCURLY, LSQUARE, RCURLY, RSQUARE
 
 #: Default largest message accepted, in bytes (first to last byte of the message).
 DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
