@@ -208,6 +208,20 @@ def test_redacted_value_is_taken_out_of_later_records(tmp_path: Path) -> None:
     assert records[2].msg["error"]["desc"] == f"bad {REDACTED}!"
 
 
+def test_redaction_works_at_the_deepest_nesting_qemu_accepts(tmp_path: Path) -> None:
+    # QEMU takes 1024 levels; Python's recursion stops near 1000: redaction must not recurse.
+    deep: Any = MARKER
+    for _ in range(1020):
+        deep = [deep]
+    with RecordWriter.create(tmp_path / "rec.jsonl", sync="none") as log:
+        c = log.append(Command(src="p", role="primary", msg={"execute": "object-add", "arguments": {
+            "qom-type": "secret", "id": "s", "data": MARKER, "x": deep}}))
+        log.append(Reply(cmd=c.seq, msg={"return": {"echo": deep}}))
+        log.append(Command(src="p", role="primary", msg={"execute": "x-later", "arguments": {"v": deep}}))
+    assert files_holding(tmp_path, MARKER) == []
+    assert len(list(read_records(tmp_path / "rec.jsonl"))) == 4
+
+
 def test_other_commands_replies_are_untouched(tmp_path: Path) -> None:
     with RecordWriter.create(tmp_path / "rec.jsonl", sync="none") as log:
         c = log.append(Command(src="p", role="primary", msg={"execute": "qom-get", "arguments": {
