@@ -195,7 +195,7 @@ def test_record_the_replay_against_qemu(tmp_path: Path, capsys: pytest.CaptureFi
     with RecordingReader(out_rec) as reader:
         header = reader.header
         records = list(reader)
-    assert header.qemu_argv and header.qemu_argv[0] == "qemu-system-x86_64"
+    assert header.qemu_argv and os.path.basename(header.qemu_argv[0]) == "qemu-system-x86_64"  # the local one ran
     assert header.qemu_version is not None
     assert sum(isinstance(r, Command) for r in records) == 8  # negotiation + 7 replayed
 

@@ -17,7 +17,9 @@ import pytest
 
 from qmprr.cli import main
 from qmprr.recording import REDACTED, Command, Fd, Record, RecordingReader, Reply, read_records
-from qmprr.replay.safety import PathMap, fill_secrets, refusal
+from qmprr.replay.engine import ReplayOptions
+from qmprr.replay.safety import PathMap, fill_secrets, refusal, secret_missing
+from qmprr.replay.script import Exchange
 from test_replay_support import RUNNING, Step, event, write_recording
 
 pytestmark = pytest.mark.qemu
@@ -91,9 +93,11 @@ def test_hmp_exec_migration_refused(tmp_path: Path, capsys: pytest.CaptureFixtur
     ],
 )
 def test_refusal_exec(command: str, arguments: dict[str, Any]) -> None:
-    refused = refusal(command, arguments, allow_unsafe=False, roots=[], secrets={})
-    assert refused is not None and refused[0] == "unsafe" and "exec" in refused[1]
-    assert refusal(command, arguments, allow_unsafe=True, roots=[], secrets={}) is None
+    refused = refusal(command, arguments, roots=[])
+    assert refused is not None and "exec" in refused
+    ex = Exchange(command, arguments)
+    assert ReplayOptions().policy().decide(ex).action == "refuse"
+    assert ReplayOptions(allow_unsafe=True).policy().decide(ex).action == "send"
 
 
 @pytest.mark.parametrize(
@@ -108,7 +112,7 @@ def test_refusal_exec(command: str, arguments: dict[str, Any]) -> None:
     ],
 )
 def test_refusal_lets_harmless_commands_through(command: str, arguments: dict[str, Any]) -> None:
-    assert refusal(command, arguments, allow_unsafe=False, roots=[], secrets={}) is None
+    assert refusal(command, arguments, roots=[]) is None
 
 
 @pytest.mark.parametrize(
@@ -126,8 +130,7 @@ def test_refusal_lets_harmless_commands_through(command: str, arguments: dict[st
     ],
 )
 def test_refusal_other_ways_to_reach_the_host(command: str, arguments: dict[str, Any]) -> None:
-    refused = refusal(command, arguments, allow_unsafe=False, roots=["/srv/replay"], secrets={})
-    assert refused is not None and refused[0] == "unsafe"
+    assert refusal(command, arguments, roots=["/srv/replay"]) is not None
 
 
 def test_recorded_argv_cannot_run_any_program(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -189,8 +192,8 @@ def test_path_map_unit() -> None:
             PathMap.parse([bad])
     # Rewritten paths are inside the roots; anything else is not.
     roots = pm.allowed_roots()
-    assert refusal("blockdev-add", pm.rewrite({"filename": "/srv/bug/x"}), allow_unsafe=False, roots=roots, secrets={}) is None
-    assert refusal("blockdev-add", {"filename": "/data/here/../../etc/passwd"}, allow_unsafe=False, roots=roots, secrets={})
+    assert refusal("blockdev-add", pm.rewrite({"filename": "/srv/bug/x"}), roots=roots) is None
+    assert refusal("blockdev-add", {"filename": "/data/here/../../etc/passwd"}, roots=roots)
 
 
 def test_map_path_bad_syntax_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -288,7 +291,7 @@ def test_redacted_secret_sent_with_secret(tmp_path: Path, capsys: pytest.Capture
     status, out, _ = replay(capsys, str(rec), "--target", "qemu", "--secret", "sec0=aHVudGVyMg==",
                             "--report", str(report), "--record", str(out_rec))
     assert status == 0, out
-    assert steps(report)[0] == ("object-add", "matched", None)
+    assert steps(report)[0] == ("object-add", "matched", "sent with the --secret value")
     # The replay's own recording redacts it again.
     assert "aHVudGVyMg==" not in out_rec.read_text()
     # QEMU got the value, not the marker: with format=base64 it checks it.
@@ -300,11 +303,11 @@ def test_redacted_secret_sent_with_secret(tmp_path: Path, capsys: pytest.Capture
 
 def test_fill_secrets_unit() -> None:
     hmp = {"command-line": f"object_add secret,id=sec1,data={REDACTED},format=raw"}
-    assert refusal("human-monitor-command", hmp, allow_unsafe=False, roots=[], secrets={})[0] == "secret"  # type: ignore[index]
+    assert secret_missing("human-monitor-command", hmp, {})
     assert fill_secrets("set_password", {"protocol": "vnc", "password": REDACTED}, {"vnc": "pw"}) == {"protocol": "vnc", "password": "pw"}
     assert fill_secrets("object-add", {"id": "s", "data": REDACTED}, {"other": "x"}) == {"id": "s", "data": REDACTED}
 
 
 def test_hmp_secret_by_object_id() -> None:
     hmp = {"command-line": f"object_add secret,id=sec1,data={REDACTED},format=raw"}
-    assert refusal("human-monitor-command", hmp, allow_unsafe=False, roots=[], secrets={"sec1": "pw"}) is None
+    assert secret_missing("human-monitor-command", hmp, {"sec1": "pw"}) is None

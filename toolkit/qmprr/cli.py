@@ -2,7 +2,9 @@
 
 Exit status (all subcommands): 0 success; 1 the check found problems
 (``verify``); 2 the command could not run (bad arguments, unreadable file,
-not a recording); 130 interrupted.
+not a recording, an output that cannot be written); 130 interrupted. Every
+error is one line on stderr, ``qmprr: ...``; an internal error (a bug) too,
+with exit status 2 (``QMPRR_DEBUG=1`` shows its traceback).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
 from .errors import QmprrError
@@ -22,13 +25,54 @@ class UsageError(QmprrError):
 EXIT_OK, EXIT_PROBLEMS, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``qmprr: ...; see 'qmprr CMD --help'``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CANNOT_RUN, f"qmprr: {message}; see '{self.prog} --help'\n")
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def size(text: str) -> int:
+    """An argparse type: a size in bytes, at least 2: ``65536``, ``64K``, ``8M``, ``1G`` (powers of 1024)."""
+    value = text.strip()
+    scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(value[-1:].upper(), 1)
+    digits = value[:-1] if scale != 1 else value
+    if not digits.isdigit() or int(digits) * scale < 2:
+        raise argparse.ArgumentTypeError(f"not a size of at least 2 bytes (e.g. 65536, 64K, 8M): {text!r}")
+    return int(digits) * scale
+
+
+def count(text: str) -> int:
+    """An argparse type: a positive whole number."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text!r}")
+    return value
+
+
 # -- subcommands -------------------------------------------------------------
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .recording import verify
+    from .recording.chain import SealKey
 
-    report = verify(args.file)
+    key = SealKey.from_file(args.key) if args.key else None
+    report = verify(args.file, key=key)
     for problem in report.problems:
         print(f"{report.path}:{problem.line}: {problem.message}")
     if report.torn:
@@ -37,29 +81,110 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for cmd in report.in_flight:
         name = cmd.msg.get("execute", cmd.msg.get("exec-oob", "?"))
         print(f"{report.path}: in flight when the log ended: seq {cmd.seq} {name} from {cmd.src}")
+    header = report.header
+    if header.derived_from:
+        d = header.derived_from
+        print(f"{report.path}: derived ({d.get('how')}) from {d.get('file')}, whose final hash was {d.get('final_hash')}")
+    if not report.chain_checked:
+        print(f"{report.path}: sealed (key id {header.seal.get('key_id') if header.seal else '?'}): "
+              "the chain was not checked; give --key KEYFILE to check it")
     verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
+    if key is not None and report.ok:
+        verdict += f", sealed with key {key.key_id}"
     print(f"{report.path}: {report.records} records, {verdict}")
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from .recording import RecordWriter, RecordingReader
+    from .recording import Note, RecordWriter, RecordingReader
+    from .recording.chain import SealKey
+    from .recording.encode import END_SEAL_TEXT
 
-    with RecordingReader(args.file, errors="skip") as reader:
-        for _ in reader:
+    key = SealKey.from_file(args.seal_key) if args.seal_key else None
+    with RecordingReader(args.file, errors="skip", key=key) as reader:
+        last = None
+        for last in reader:
             pass
         torn = reader.torn
+        sealed = reader.header.seal is not None
+    if torn is None and key is not None and sealed and not (isinstance(last, Note) and last.text == END_SEAL_TEXT):
+        RecordWriter.append_to(args.file, seal_key=key).close()  # close seals the end
+        print(f"{args.file}: sealed the end its writer did not reach")
+        return EXIT_OK
     if torn is None:
         print(f"{args.file}: last line is complete; nothing to repair")
         return EXIT_OK
-    RecordWriter.append_to(args.file, repair=True).close()
+    RecordWriter.append_to(args.file, repair=True, seal_key=key).close()
     print(f"{args.file}: truncated the torn last line ({torn.size} bytes at offset {torn.offset});"
           " a note records the repair")
     return EXIT_OK
 
 
+def cmd_rechain(args: argparse.Namespace) -> int:
+    from .recording.chain import SealKey
+    from .recording.rechain import rechain
+
+    key = SealKey.from_file(args.seal_key) if args.seal_key else None
+    _check_new_output(args.output)
+    result = rechain(args.input, args.output, seal_key=key, how=args.how)
+    print(f"{args.output}: {result.records} records rechained from {args.input}"
+          f" (final hash {result.source_hash}){f', {result.renumbered} renumbered' if result.renumbered else ''}"
+          f"{f', sealed with key {key.key_id}' if key else ''}")
+    return EXIT_OK
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    import shlex
+    import shutil
+    import subprocess
+    import tempfile
+
+    from .recording.chain import SealKey
+    from .recording.rechain import rechain
+
+    key = SealKey.from_file(args.seal_key) if args.seal_key else None
+    _check_new_output(args.output)
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    command = shlex.split(editor)
+    if not command or shutil.which(command[0]) is None:
+        raise UsageError(f"editor {editor!r} not found; set VISUAL or EDITOR")
+    with tempfile.TemporaryDirectory(prefix="qmprr-edit-") as folder:
+        copy = os.path.join(folder, os.path.basename(args.input))
+        try:
+            shutil.copyfile(args.input, copy)
+        except OSError as exc:
+            raise UsageError(f"{args.input}: cannot read: {exc.strerror}") from None
+        os.chmod(copy, 0o600)
+        with open(copy, "rb") as f:
+            before = f.read()
+        status = subprocess.call([*command, copy])
+        if status != 0:
+            print(f"qmprr: the editor exited with status {status}; nothing written", file=sys.stderr)
+            return EXIT_PROBLEMS
+        with open(copy, "rb") as f:
+            after = f.read()
+        if after == before:
+            print(f"{args.input}: unchanged; {args.output} not written")
+            return EXIT_OK
+        result = rechain(copy, args.output, seal_key=key, how="edited")
+    print(f"{args.output}: {result.records} records, edited from {args.input}"
+          f"{f', sealed with key {key.key_id}' if key else ''}")
+    return EXIT_OK
+
+
+def _check_new_output(path: str) -> None:
+    from .errors import RecordingError
+
+    if os.path.lexists(path):
+        raise RecordingError(f"{path}: file exists; recordings are never overwritten, choose another name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise RecordingError(f"{path}: folder {folder} does not exist")
+
+
 def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from .recording import SyncPolicy
+    from .recording import Redactor, SyncPolicy
+    from .recording.chain import SealKey
     from .server import Limits
     from .service import ServiceOptions
     from .session import Policy
@@ -71,10 +196,10 @@ def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             raise UsageError(f"--label takes KEY=VALUE, not {item!r}")
         labels[key] = value
     limits = Limits(
-        output_budget=_size(args.client_output_budget, "--client-output-budget"),
-        max_clients=_size(args.max_clients, "--max-clients", suffixes=False),
-        max_message=_size(args.max_message, "--max-message", minimum=2),
-        debug_max_message=_size(args.debug_max_message, "--debug-max-message", minimum=2),
+        output_budget=args.client_output_budget,
+        max_clients=args.max_clients,
+        max_message=args.max_message,
+        debug_max_message=args.debug_max_message,
     )
     return ServiceOptions(
         limits=limits,
@@ -85,19 +210,9 @@ def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         policy=Policy.build(deny=args.deny, allow=args.allow),
         tx_idle_timeout=args.tx_timeout,
         labels=labels,
+        seal_key=SealKey.from_file(args.seal_key) if args.seal_key else None,
+        redactor=Redactor(keep_input=args.keep_input),
     )
-
-
-def _size(text: str, option: str, *, suffixes: bool = True, minimum: int = 1) -> int:
-    """A count of bytes of at least *minimum*: ``65536``, ``64K``, ``8M``, ``1G`` (powers of 1024)."""
-    units = {"K": 1024, "M": 1024**2, "G": 1024**3} if suffixes else {}
-    value = text.strip()
-    scale = units.get(value[-1:].upper(), 1) if value else 1
-    digits = value[:-1] if scale != 1 else value
-    if not digits.isdigit() or int(digits) * scale < minimum:
-        what = f"a size of at least {minimum} bytes (e.g. 65536, 64K, 8M)" if suffixes else "a whole number above 0"
-        raise UsageError(f"{option} takes {what}, not {text!r}")
-    return int(digits) * scale
 
 
 def _run_async(coro) -> int:  # type: ignore[no-untyped-def]
@@ -151,8 +266,6 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 def cmd_inject(args: argparse.Namespace) -> int:
     import json
 
-    import math
-
     from . import codec
     from .client import ClientError, QmpClient, ReplyTimeout
 
@@ -172,8 +285,6 @@ def cmd_inject(args: argparse.Namespace) -> int:
             msg = {"execute": text}
         if not isinstance(msg, dict) or not isinstance(msg.get("execute"), str):
             raise UsageError('the command must be a JSON object with "execute", e.g. \'{"execute": "query-status"}\'')
-    if not math.isfinite(args.timeout) or args.timeout <= 0:
-        raise UsageError(f"--timeout takes a number of seconds above 0, not {args.timeout:g}")
     with QmpClient(args.socket, timeout=args.timeout) as client:
         if not args.cancel_on_timeout:
             client.detach()  # if we time out and leave, qmprr still runs the command
@@ -214,11 +325,35 @@ def _pairs(items: list[str], option: str) -> dict[str, str]:
     return out
 
 
+#: Largest --argv-file read (a QEMU command line is a few KiB).
+MAX_ARGV_FILE_BYTES = 1024 * 1024
+
+
+def check_replay_files(args: argparse.Namespace) -> None:
+    """Refuse unusable inputs and outputs of ``replay`` before anything starts (not after the replay)."""
+    from .files import check_output, read_text_limited
+
+    if args.argv_file is not None:
+        text = read_text_limited(args.argv_file, MAX_ARGV_FILE_BYTES, option="--argv-file",
+                                 what="QEMU command line")
+        if "\0" in text:
+            raise UsageError(f"--argv-file {args.argv_file}: holds a NUL byte, which no argument can")
+        if not any(line.strip() for line in text.splitlines()):
+            raise UsageError(f"--argv-file {args.argv_file}: no QEMU command line in it"
+                             " (one argument per line, the binary first)")
+    if args.report is not None:
+        check_output(args.report, option="--report", inputs=[args.file])
+    if args.record is not None:
+        check_output(args.record, option="--record", exist_ok=False)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from .replay.engine import ReplayOptions
     from .replay.normalize import Normalizer, load_rules
     from .replay.run import RunOptions
     from .replay.safety import PathMap
+
+    check_replay_files(args)
 
     try:
         path_map = PathMap.parse(args.map_path)
@@ -233,8 +368,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             pace = 1.0 if args.pace == "recorded" else float(args.pace)
         except ValueError:
             raise UsageError(f"--pace takes asap, recorded or a speed factor, not {args.pace!r}") from None
-        if pace <= 0:
-            raise UsageError("--pace factor must be positive")
+        if not 0 < pace < float("inf"):  # nan and inf too
+            raise UsageError(f"--pace factor must be a positive number, not {args.pace!r}")
     options = ReplayOptions(
         keep_going=args.keep_going,
         until=args.until,
@@ -252,6 +387,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         argv_file=args.argv_file,
         domain=args.domain,
         workdir=args.workdir,
+        keep_workdir=args.keep_workdir,
         record=args.record,
         report=args.report,
         progress=sys.stderr.isatty(),
@@ -333,7 +469,7 @@ def cmd_bench_log(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="qmprr",
         description="Record and replay QEMU monitor (QMP) sessions.",
         epilog="Exit status: 0 ok, 1 problems found, 2 could not run. "
@@ -348,13 +484,47 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check a recording: JSON, record schema, seq continuity, the hash chain "
         "(edits, deletions, insertions, reordering), and that every reply names an earlier "
         "command. Lists commands still in flight when the log ended.",
-        epilog="Exit status: 0 clean, 1 problems found (each printed with its line), "
-        "2 unreadable or not a recording.",
+        epilog="A sealed recording's chain is keyed: without --key it is not checked (said so). "
+        "With --key, verify proves the recording was written by a holder of the key: the header "
+        "names the key, every link matches, the end seal is there. "
+        "Exit status: 0 clean, 1 problems found (each printed with its line; with --key also: not "
+        "sealed, sealed with another key, no end seal), 2 unreadable, not a recording, bad key file.",
     )
     p.add_argument("file", help="recording (.jsonl)")
+    p.add_argument("--key", metavar="KEYFILE", help="check the seal with this key (the file given to --seal-key)")
     p.set_defaults(func=cmd_verify)
 
+    p = sub.add_parser(
+        "rechain",
+        help="give an edited recording a new, valid chain that names the original",
+        description="Read IN (its chain may be broken by an intended edit; every line must still be a "
+        "record), renumber seq if lines were deleted or inserted (and the cmd of replies and fds with "
+        "it), and write OUT with a new chain whose header says derived_from: the original file, its "
+        "final hash and SHA-256, and how (edited). Redaction applies again.",
+        epilog="Exit status: 0 written; 2 IN cannot be rechained (the line is named), OUT exists, bad key file.",
+    )
+    p.add_argument("input", metavar="IN", help="recording to rechain")
+    p.add_argument("output", metavar="OUT", help="new recording (must not exist)")
+    p.add_argument("--seal-key", metavar="KEYFILE", help="seal OUT with this key")
+    p.add_argument("--how", default="edited", help="what was done, for the header (default: edited)")
+    p.set_defaults(func=cmd_rechain)
+
+    p = sub.add_parser(
+        "edit",
+        help="edit a recording in $EDITOR, then rechain it into a new file",
+        description="Copy IN to a private temporary file, open it in $VISUAL or $EDITOR (default vi), "
+        "and when the editor exits successfully write the result to OUT as 'qmprr rechain' does. IN "
+        "is never changed.",
+        epilog="Exit status: 0 written (or unchanged: nothing written); 1 the editor failed; 2 the edited "
+        "text cannot be rechained, OUT exists, no editor, bad key file.",
+    )
+    p.add_argument("input", metavar="IN", help="recording to edit")
+    p.add_argument("output", metavar="OUT", help="new recording (must not exist)")
+    p.add_argument("--seal-key", metavar="KEYFILE", help="seal OUT with this key")
+    p.set_defaults(func=cmd_edit)
+
     from .analysis.commands import register as register_analysis
+    from .importers.commands import add_seal_key_option
 
     register_analysis(sub)
 
@@ -362,9 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
         "repair",
         help="truncate a torn last line left by a crash",
         description="Truncate an incomplete last line (a writer crashed mid-record) and "
-        "append a note that says so. Complete records are never touched.",
+        "append a note that says so. Complete records are never touched. A sealed recording "
+        "needs its key (--seal-key); with it, a crashed one also gets its end seal.",
+        epilog="Exit status: 0 repaired or nothing to repair; 2 unreadable, sealed and no key, bad key file.",
     )
     p.add_argument("file", help="recording (.jsonl)")
+    p.add_argument("--seal-key", metavar="KEYFILE", help="the key a sealed recording was written with")
     p.set_defaults(func=cmd_repair)
 
     service_epilog = (
@@ -385,18 +558,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="refuse CMD (glob; hmp:WORD for HMP) to debug clients; repeatable")
         p.add_argument("--allow", action="append", default=[], metavar="CMD",
                        help="permit CMD to debug clients even if denied by default; repeatable")
-        p.add_argument("--tx-timeout", type=float, default=30.0, metavar="SECONDS",
+        p.add_argument("--tx-timeout", type=seconds, default=30.0, metavar="SECONDS",
                        help="abort a transaction idle this long (default 30)")
         p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                        help="label stored in the recording's header; repeatable")
-        p.add_argument("--max-clients", default="64", metavar="N",
+        add_seal_key_option(p)
+        p.add_argument("--keep-input", action="store_true",
+                       help="log the first bytes of unparsable client input as text (default: only their "
+                       "SHA-256 and length, since they may hold a secret)")
+        p.add_argument("--max-clients", type=count, default=64, metavar="N",
                        help="clients connected at once per socket; more are refused (default 64)")
-        p.add_argument("--client-output-budget", default="8M", metavar="SIZE",
+        p.add_argument("--client-output-budget", type=size, default="8M", metavar="SIZE",
                        help="bytes queued to a client that does not read before it is disconnected "
                        "(default 8M; K, M, G suffixes are powers of 1024)")
-        p.add_argument("--max-message", default="8M", metavar="SIZE",
+        p.add_argument("--max-message", type=size, default="8M", metavar="SIZE",
                        help="largest message from a primary client (default 8M)")
-        p.add_argument("--debug-max-message", default="64K", metavar="SIZE",
+        p.add_argument("--debug-max-message", type=size, default="64K", metavar="SIZE",
                        help="largest message from a debug client (default 64K: QEMU parses big "
                        "arguments slowly, holding the wire for everyone)")
 
@@ -462,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("qmp_command", nargs="?", metavar="COMMAND")
     p.add_argument("--hmp", metavar="TEXT", help="send an HMP command line (human-monitor-command)")
     p.add_argument("--json", action="store_true", help="print the raw reply as one JSON line")
-    p.add_argument("--timeout", type=float, default=30.0,
+    p.add_argument("--timeout", type=seconds, default=30.0,
                    help="seconds to wait for the reply (default 30); when it expires the command may "
                    "still run, and its reply goes to the recording")
     p.add_argument("--cancel-on-timeout", action="store_true",
@@ -476,17 +653,22 @@ def build_parser() -> argparse.ArgumentParser:
         "from the recording's argv (--target qemu), a running QEMU (--target socket:PATH) or the "
         "fake serving the recording (--target fake). Replies are compared after normalization "
         "(same kind, same error class, equal data); events are compared as a set per window "
-        "between commands. On a real target, commands that run host programs or reach host "
-        "paths outside --map-path roots are refused unless --allow-unsafe; fds and redacted "
-        "secrets (without --secret) are skipped and reported.",
-        epilog="Exit status: 0 reproduced with no divergence, 1 diverged (or refused), 2 could not run.",
+        "between commands. A recording is untrusted: QEMU runs in a sandbox (QEMU's seccomp "
+        "filter; the host read-only but for the work folder and --map-path roots; loopback only), "
+        "and commands that run host programs or reach host paths outside those roots are refused "
+        "and reported; fds get a placeholder, redacted secrets (without --secret) are skipped. "
+        "--allow-unsafe turns the sandbox and the checks off.",
+        epilog="Exit status: 0 reproduced with no divergence, 1 diverged, refused or nothing replayed, "
+        "2 could not run.",
     )
     p.add_argument("file", help="recording to replay")
     p.add_argument("--target", default="qemu", help="qemu (default), fake, or socket:PATH")
     p.add_argument("--qemu", metavar="BINARY", help="QEMU binary instead of the recorded one")
     p.add_argument("--argv-file", metavar="FILE", help="QEMU command line, one argument per line")
     p.add_argument("--domain", metavar="XML", help="build the QEMU command line from libvirt domain XML")
-    p.add_argument("--workdir", metavar="DIR", help="folder QEMU runs in (relative paths resolve there)")
+    p.add_argument("--workdir", metavar="DIR",
+                   help="folder QEMU runs in and may write (relative paths resolve there); default: a fresh temporary one")
+    p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work folder and print where it is")
     p.add_argument("--keep-going", action="store_true", help="do not stop at the first divergence")
     p.add_argument("--until", type=int, metavar="SEQ", help="stop after the command recorded at SEQ")
     p.add_argument("--only-src", action="append", default=[], metavar="NAME",
@@ -497,8 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rewrite recorded paths under FROM to TO (argv and arguments); TO is an allowed root")
     p.add_argument("--secret", action="append", default=[], metavar="ID=VALUE",
                    help="value of a redacted secret (by object id, protocol or command)")
-    p.add_argument("--allow-unsafe", action="store_true", help="send exec: migrations and outside paths too")
-    p.add_argument("--event-timeout", type=float, default=3.0, metavar="SECONDS",
+    p.add_argument("--allow-unsafe", action="store_true",
+                   help="no sandbox and no checks: run the recording's command line and commands as they are")
+    p.add_argument("--event-timeout", type=seconds, default=3.0, metavar="SECONDS",
                    help="how long to wait for a window's recorded events (default 3)")
     p.add_argument("--report", metavar="FILE.json", help="write every step as JSON")
     p.add_argument("--record", metavar="OUT.jsonl", help="record the replay itself through the channel")
@@ -530,8 +713,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a synthetic recording under each sync policy, then read and verify "
         "it, against a plain json.loads loop over the same file; and the reader's peak memory.",
     )
-    b.add_argument("--records", type=int, default=1_000_000, help="records to write (default 1,000,000)")
-    b.add_argument("--always-records", type=int, default=2_000,
+    b.add_argument("--records", type=count, default=1_000_000, help="records to write (default 1,000,000)")
+    b.add_argument("--always-records", type=count, default=2_000,
                    help="records to write with sync=always, one fsync each (default 2,000)")
     b.add_argument("--dir", help="folder for the temporary files (default: the system's)")
     b.set_defaults(func=cmd_bench_log)
@@ -541,8 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time query-status round trips four ways against one QEMU: a raw socket client "
         "and qemu.qmp's QMPClient, straight and through 'qmprr proxy'; print medians and ratios.",
     )
-    b.add_argument("--commands", type=int, default=2000, help="round trips per way (default 2,000)")
-    b.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
+    b.add_argument("--commands", type=count, default=2000, help="round trips per way (default 2,000)")
+    b.add_argument("--rounds", type=count, default=10, help="interleaved rounds (default 10)")
     b.set_defaults(func=cmd_bench_proxy)
     b = bench.add_parser(
         "replay",
@@ -550,9 +733,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="(a) fake QEMU throughput with a pipelining raw client, against a real QEMU and a "
         "minimal responder; (b) replaying N commands against a real QEMU vs a raw client.",
     )
-    b.add_argument("--exchanges", type=int, default=20_000, help="pipelined exchanges for (a)")
-    b.add_argument("--commands", type=int, default=10_000, help="commands replayed for (b)")
-    b.add_argument("--rounds", type=int, default=3)
+    b.add_argument("--exchanges", type=count, default=20_000, help="pipelined exchanges for (a)")
+    b.add_argument("--commands", type=count, default=10_000, help="commands replayed for (b)")
+    b.add_argument("--rounds", type=count, default=3)
     b.add_argument("--only", choices=("fake", "replay"))
     b.set_defaults(func=cmd_bench_replay)
 
@@ -563,7 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
         "time and peak memory (a child process), 'show --command ... --json' throughput, and the "
         "same selection counted with jq over the same file.",
     )
-    b.add_argument("--records", type=int, default=1_000_000, help="records to write (default 1,000,000)")
+    b.add_argument("--records", type=count, default=1_000_000, help="records to write (default 1,000,000)")
     b.add_argument("--dir", help="folder for the temporary file (default: the system's)")
     b.set_defaults(func=cmd_bench_analysis)
 
@@ -599,6 +782,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except OSError as exc:  # a file or socket problem no command foresaw: still one line
         print(f"qmprr: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    except Exception as exc:  # a bug: still one line (tests fail on it); QMPRR_DEBUG=1 for the traceback
+        if os.environ.get("QMPRR_DEBUG"):
+            raise
+        text = " ".join(str(exc).split())[:300]
+        print(f"qmprr: internal error (a bug; QMPRR_DEBUG=1 shows where): {type(exc).__name__}: {text}",
+              file=sys.stderr)
         return EXIT_CANNOT_RUN
 
 

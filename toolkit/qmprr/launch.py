@@ -41,6 +41,7 @@ from typing import Any
 import attrs
 
 from .errors import QmprrError
+from .sandbox import Sandbox, SandboxError
 
 MONITOR_ID = "qmprr-monitor"
 
@@ -164,12 +165,16 @@ async def start_qemu(
     *,
     keep_vm: bool = False,
     monitor_path: str | None = None,
+    sandbox: Sandbox | None = None,
+    cwd: str | None = None,
 ) -> LaunchedQemu:
     """Start ``argv`` (QEMU binary first) with a private QMP monitor.
 
     *env* adds variables to qmprr's own environment for QEMU. By default QEMU
     dies with the thread that started it; with *keep_vm* it survives, and its
     monitor listens at *monitor_path* (required then) for whoever comes next.
+    *cwd* is the folder it runs in; with *sandbox*, QEMU runs inside it
+    (:mod:`qmprr.sandbox`).
     """
     if not argv:
         raise LaunchError("no QEMU command line given (put it after '--')")
@@ -185,12 +190,18 @@ async def start_qemu(
             " or give its full path"
         )
     ours, theirs = _monitor_sockets(monitor_path if keep_vm else None)
+    args = [*argv[1:], *monitor_args(theirs.fileno(), listening=keep_vm)]
+    try:
+        command = sandbox.command(binary, args, die_with_parent=not keep_vm) if sandbox is not None else [binary, *args]
+    except SandboxError as exc:
+        ours.close()
+        theirs.close()
+        raise LaunchError(f"cannot sandbox QEMU: {exc}") from None
     try:
         process = await asyncio.create_subprocess_exec(
-            binary,
-            *argv[1:],
-            *monitor_args(theirs.fileno(), listening=keep_vm),
+            *command,
             pass_fds=(theirs.fileno(),),
+            cwd=cwd,
             preexec_fn=None if keep_vm else die_with_parent_hook(),
             stdin=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,

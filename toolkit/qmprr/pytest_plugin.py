@@ -38,6 +38,9 @@ Marker: ``qmp_recording(path, mode="strict", reuse=False, qemu_argv=None, rules=
 * ``rewrite``: always record again (the old file is replaced only when the
   test passes).
 
+A recording QEMU runs in :mod:`qmprr.sandbox` (QEMU's seccomp filter, the
+host read-only, loopback only), in a fresh temporary folder it may write.
+
 Fixture ``qmp_serve``: a function serving any :class:`~qmprr.fake.FakeQemu`
 (e.g. built with ``FakeQemu.builder()``) the same way:
 ``endpoint = qmp_serve(fake)``.
@@ -449,11 +452,13 @@ class _Recorder:
     qemu: Any
     channel: Any
     server: Any
+    workdir: str  # QEMU's folder: the only one it may write (the host is read-only in its sandbox)
 
     @classmethod
     async def start(cls, argv: list[str], record: Path, socket_path: str, nodeid: str) -> _Recorder:
         from .channel import Channel
         from .launch import start_qemu
+        from .sandbox import Sandbox
         from .recording import RecordWriter, new_header, relevant_env
         from .server import QmpServer
 
@@ -467,7 +472,12 @@ class _Recorder:
             )
             return RecordWriter.create(record, header)
 
-        qemu = await start_qemu(argv)
+        workdir = tempfile.mkdtemp(prefix="qmprr-record-")
+        try:
+            qemu = await start_qemu(argv, {"TMPDIR": workdir}, sandbox=Sandbox((workdir,)), cwd=workdir)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         channel = None
         try:
             reader, writer = await asyncio.open_unix_connection(sock=qemu.monitor)
@@ -488,8 +498,9 @@ class _Recorder:
                 with contextlib.suppress(ProcessLookupError):
                     qemu.process.kill()
                 await qemu.wait()
+            shutil.rmtree(workdir, ignore_errors=True)
             raise
-        return cls(qemu, channel, server)
+        return cls(qemu, channel, server, workdir)
 
     async def stop(self) -> None:
         """Disconnect the clients, close the channel and the log (no ``quit`` is recorded), stop QEMU."""
@@ -501,3 +512,4 @@ class _Recorder:
                 self.qemu.process.kill()
         with contextlib.suppress(Exception):
             await self.qemu.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -116,7 +116,7 @@ def bind_unix(path: str) -> socket.socket:
         sock.close()
         with contextlib.suppress(OSError):
             os.unlink(temporary)
-        raise SocketPathError(f"{path}: cannot create socket: {exc.strerror}") from None
+        raise SocketPathError(f"{path}: cannot create socket: {exc.strerror or exc}") from None
     finally:
         os.umask(old_umask)
     return sock

@@ -31,6 +31,7 @@ from .errors import QmprrError, RecordingError
 from .launch import LaunchedQemu, start_qemu
 from .recording import RecordWriter, Redactor, SyncPolicy, new_header, relevant_env
 from .recording.segment import SegmentEnd, segment_end
+from .recording.chain import SealKey
 from .server import Limits, QmpServer, SocketPathError, check_socket_path
 from .session import Policy
 
@@ -51,6 +52,7 @@ class ServiceOptions:
     labels: dict[str, str] = attrs.field(factory=dict)
     redactor: Redactor = attrs.field(factory=Redactor)
     quiet: bool = False
+    seal_key: SealKey | None = None  # key the recording's chain (``--seal-key``)
     limits: Limits = attrs.field(factory=Limits)  # per-client bounds (output, message size, clients)
 
 
@@ -71,7 +73,9 @@ def _log_factory(
             labels=options.labels,
             **header_fields,
         )
-        return RecordWriter.create(options.record, header, sync=options.sync, redactor=options.redactor)
+        return RecordWriter.create(
+            options.record, header, sync=options.sync, redactor=options.redactor, seal_key=options.seal_key
+        )
 
     return make_log
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from . import wire
+from . import codec, wire
 from .recording import ABSENT
 
 TX_BEGIN = "qmprr-transaction-begin"
@@ -112,6 +112,19 @@ def check_shape(msg: dict[str, Any]) -> str | None:
     if "arguments" in msg and not isinstance(msg["arguments"], dict):
         return "QMP input member 'arguments' must be an object"
     return None
+
+
+def qemu_would_split(msg: dict[str, Any]) -> str | None:
+    """QEMU's limit error if *msg*, as the channel sends it (its id replaced by
+    qmprr's), would be over QEMU's parser limits; else None.
+
+    The decoder checked the client's bytes; re-encoding can grow a message
+    (``1e9`` becomes ``1000000000.0``, ``\xC0\x80`` becomes ``\u0000``) and
+    qmprr's id adds tokens, so the bytes QEMU will read are checked too. QEMU
+    answers such input without an id, and so does this refusal.
+    """
+    body = {k: v for k, v in msg.items() if k != "id"}
+    return wire.limit_error(codec.dumps(body), extra_tokens=wire.ID_TOKENS, extra_bytes=wire.ID_BYTES)
 
 
 # -- actions -------------------------------------------------------------------
@@ -234,6 +247,9 @@ class ClientSession:
                     ),
                     msg=msg,
                 )
+        too_big = qemu_would_split(msg)
+        if too_big is not None:
+            return Answer(qmp_error(too_big), msg=msg)
         return Forward(msg, cid)
 
     def _negotiate(self, msg: dict[str, Any], cid: Any) -> Action:

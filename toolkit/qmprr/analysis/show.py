@@ -134,7 +134,8 @@ class ShowFormatter:
                 name = r.msg.get("execute", r.msg.get("exec-oob", "?"))
                 what = f"{name} (answered by qmprr)"
             else:
-                what = f"unparsable input {r.input!r}"
+                what = (f"unparsable input {r.input!r}" if r.input is not None
+                        else f"unparsable input ({r.input_len} bytes, sha256 {str(r.input_sha256)[:16]})")
             if "error" in r.reply:
                 err = r.reply["error"]
                 detail = f"{err.get('class', '?')}: {err.get('desc', '')}" if isinstance(err, dict) else ""

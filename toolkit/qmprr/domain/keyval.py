@@ -9,12 +9,10 @@ option has an implied key (the driver of ``-device``, the type of
 
 from __future__ import annotations
 
+from .. import qemuopts
+from ..qemuopts import escape as escape  # re-exported: it used to live here
+
 Pair = tuple[str, str]
-
-
-def escape(value: str) -> str:
-    """*value* as QEMU reads it inside an option string (each ``,`` doubled)."""
-    return value.replace(",", ",,")
 
 
 def can_be_bare(value: str) -> bool:
@@ -41,51 +39,14 @@ def split(text: str, implied: str | None = None) -> tuple[list[Pair], bool] | No
 
     None covers what has no exact key/value form: an empty string, empty
     items, flags without ``=`` (``server``, ``nowait``), a bare first item when
-    there is no implied key, and JSON (``{...}``).
+    there is no implied key, and JSON (``{...}``). The reading itself is
+    :func:`qmprr.qemuopts.parse`.
     """
     if not text or text.startswith("{"):
         return None
-    pairs: list[Pair] = []
-    bare = False
-    pos = 0
-    while True:
-        stop = _find_first(text, "=,", pos)
-        if stop < len(text) and text[stop] == "=":
-            key = text[pos:stop]
-            if not key:
-                return None
-            value, pos = _read_value(text, stop + 1)
-        elif pos == 0 and implied is not None:
-            key, bare = implied, True
-            value, pos = _read_value(text, 0)
-            if not value:
-                return None
-        else:
-            return None  # a flag, or an empty item
-        pairs.append((key, value))
-        if pos >= len(text):
-            break
-        pos += 1  # the single comma ending the value
-        if pos >= len(text):
-            return None  # a trailing comma: an empty last item
+    items = qemuopts.parse(text, implied=implied is not None)
+    if any(item.flag or item.key == "" for item in items) or (items and items[0].key is None and not items[0].value):
+        return None
+    pairs = [(item.key if item.key is not None else implied or "", item.value) for item in items]
+    bare = bool(items) and items[0].key is None
     return (pairs, bare) if join(pairs, bare) == text else None
-
-
-def _find_first(text: str, chars: str, start: int) -> int:
-    hits = [i for i in (text.find(c, start) for c in chars) if i >= 0]
-    return min(hits, default=len(text))
-
-
-def _read_value(text: str, pos: int) -> tuple[str, int]:
-    """The value starting at *pos* (``,,`` read as ``,``) and the index of its ending comma."""
-    out = []
-    while pos < len(text):
-        if text[pos] == ",":
-            if text.startswith(",,", pos):
-                out.append(",")
-                pos += 2
-                continue
-            break
-        out.append(text[pos])
-        pos += 1
-    return "".join(out), pos

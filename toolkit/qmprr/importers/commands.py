@@ -17,7 +17,23 @@ import os
 import sys
 from typing import Any, TextIO
 
+from ..files import check_output
+
 EXIT_OK, EXIT_PROBLEMS = 0, 1
+
+
+def add_seal_key_option(p: argparse.ArgumentParser) -> None:
+    """``--seal-key FILE``: shared by every command that writes a recording."""
+    p.add_argument("--seal-key", metavar="KEYFILE",
+                   help="seal the recording: key its hash chain with this file's bytes (16 or more; the key "
+                   "is never written, the header names its fingerprint); check with 'qmprr verify --key'")
+
+
+def load_seal_key(path: str | None) -> Any:
+    """The :class:`~qmprr.recording.chain.SealKey` in *path* (None: no sealing)."""
+    from ..recording.chain import SealKey
+
+    return SealKey.from_file(path) if path else None
 
 
 def register(subparsers: Any) -> None:
@@ -59,6 +75,7 @@ def register(subparsers: Any) -> None:
     which.add_argument("--all", action="store_true", help="write every connection into the folder OUT")
     which.add_argument("--list", action="store_true", help="list the connections and import nothing")
     q.add_argument("-o", "--output", metavar="OUT", help="recording to write (a folder with --all); must not exist")
+    add_seal_key_option(q)
     q.set_defaults(func=cmd_import_libvirt)
 
     r = kinds.add_parser(
@@ -71,6 +88,7 @@ def register(subparsers: Any) -> None:
     )
     r.add_argument("file", metavar="FILE.replies")
     r.add_argument("-o", "--output", metavar="OUT", required=True, help="recording to write (must not exist)")
+    add_seal_key_option(r)
     r.set_defaults(func=cmd_import_replies)
 
 
@@ -90,6 +108,7 @@ def cmd_import_libvirt(args: argparse.Namespace, out: TextIO | None = None) -> i
         raise LogImportError("--list writes nothing: drop -o")
     if not os.path.isfile(args.log):
         raise LogImportError(f"{args.log}: no such file")
+    seal_key = load_seal_key(args.seal_key)
     qemu_logs = [read_qemu_log(path) for path in args.qemu_log]
     selector = parse_selector(args.monitor) if args.monitor else None
     written = []
@@ -108,7 +127,7 @@ def cmd_import_libvirt(args: argparse.Namespace, out: TextIO | None = None) -> i
             return True
 
         def finished(conn: Connection) -> None:
-            written.append(write_connection(conn, parser, os.path.join(folder, output_name(conn)), qemu_logs))
+            written.append(write_connection(conn, parser, os.path.join(folder, output_name(conn)), qemu_logs, seal_key))
             conn.items = []  # written: memory holds only the connections still open
 
     elif args.list:
@@ -118,8 +137,7 @@ def cmd_import_libvirt(args: argparse.Namespace, out: TextIO | None = None) -> i
 
         finished = None  # type: ignore[assignment]
     else:
-        if os.path.exists(args.output):
-            raise LogImportError(f"{args.output}: file exists; recordings are never overwritten")
+        check_output(args.output, exist_ok=False)  # before the log is read, not after
 
         def keep(conn: Connection) -> bool:
             return conn.index == 1 if selector is None else selects(conn, selector)
@@ -156,7 +174,7 @@ def cmd_import_libvirt(args: argparse.Namespace, out: TextIO | None = None) -> i
                 f"{args.monitor} names {len(chosen)} connections (the address was reused): {numbers}; "
                 "give --monitor N"
             )
-        written.append(write_connection(chosen[0], parser, args.output, qemu_logs))
+        written.append(write_connection(chosen[0], parser, args.output, qemu_logs, seal_key))
     print_summary(parser, written, qemu_logs, out)
     return EXIT_PROBLEMS if parser.problems or any(q.problems for q in qemu_logs) else EXIT_OK
 
@@ -226,10 +244,10 @@ def cmd_import_replies(args: argparse.Namespace, out: TextIO | None = None) -> i
     from .writer import LogImportError
 
     out = out or sys.stdout
-    if os.path.exists(args.output):
-        raise LogImportError(f"{args.output}: file exists; recordings are never overwritten")
+    check_output(args.output, exist_ok=False)
+    seal_key = load_seal_key(args.seal_key)
     result = read_replies(args.file)
-    records = write_replies(result, args.output)
+    records = write_replies(result, args.output, seal_key)
     print(f"{args.file}: {result.commands} commands, {result.replies} replies"
           + (f", {result.events} events" if result.events else "")
           + (f", {result.unanswered} without reply" if result.unanswered else "")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 import attrs
 
@@ -176,13 +177,15 @@ def build_header(conn: Connection, parser: LibvirtLogParser, items: list[Item], 
     )
 
 
-def write_connection(conn: Connection, parser: LibvirtLogParser, path: str, qemu_logs: list[QemuLog]) -> Written:
-    """Write one connection as a recording at *path*."""
+def write_connection(
+    conn: Connection, parser: LibvirtLogParser, path: str, qemu_logs: list[QemuLog], seal_key: Any = None
+) -> Written:
+    """Write one connection as a recording at *path* (sealed with *seal_key*, a ``SealKey``)."""
     warnings: list[str] = []
     match = match_qemu_log(conn, parser, qemu_logs, warnings)
     items = recording_items(conn, match)
     header = build_header(conn, parser, items, match)
-    with ImportWriter.create(path, header) as writer:
+    with ImportWriter.create(path, header, seal_key=seal_key) as writer:
         writer.extend(items)
         records = writer.next_seq
     return Written(conn, path, records, match.log.name if match else None, warnings)

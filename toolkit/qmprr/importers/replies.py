@@ -38,6 +38,7 @@ from typing import Any
 import attrs
 
 from .. import __version__
+from ..files import open_regular
 from ..recording import Command, Event, Header, Msg, Reply
 from .libvirt_log import Problem
 from .writer import ImportWriter, Item, LogImportError, iso_utc
@@ -85,7 +86,7 @@ def _objects(text: str, problems: list[Problem]) -> Iterator[tuple[int, Any]]:
 def read_replies(path: str) -> RepliesImport:
     """Parse a ``.replies`` file into items."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a FIFO or a device would block or never end
             data = f.read()
     except OSError as exc:
         raise LogImportError(f"{path}: cannot read: {exc.strerror}") from None
@@ -134,7 +135,7 @@ def _answered(pending: list[Item], reply_id: object) -> Item | None:
     return None
 
 
-def write_replies(result: RepliesImport, out: str) -> int:
+def write_replies(result: RepliesImport, out: str, seal_key: Any = None) -> int:
     """Write the recording; returns its number of records."""
     now = time.time()
     header = Header(
@@ -149,6 +150,6 @@ def write_replies(result: RepliesImport, out: str) -> int:
             "timing": "none: a .replies file records no times (every t is 0; started is the import's time)",
         },
     )
-    with ImportWriter.create(out, header) as writer:
+    with ImportWriter.create(out, header, seal_key=seal_key) as writer:
         writer.extend(result.items)
         return writer.next_seq

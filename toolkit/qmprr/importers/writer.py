@@ -28,13 +28,11 @@ from typing import Any
 
 import attrs
 
-from .. import codec
 from ..errors import QmprrError
-from ..recording import Header, Record, Redactor
-from ..recording import chain, convert
-
-#: Record kinds whose ``msg`` is a command, and so may hold secrets.
-_REDACTED_KINDS = frozenset({"command", "local"})
+from ..recording import Header, Msg, Note, Record, Redactor
+from ..recording import convert
+from ..recording.chain import SealKey
+from ..recording.encode import END_SEAL_TEXT, LineEncoder
 
 
 class LogImportError(QmprrError):
@@ -73,29 +71,44 @@ class ImportWriter:
     when closed, so an import that fails leaves no half recording behind.
     """
 
-    def __init__(self, path: str, header: Header, *, redactor: Redactor | None = None) -> None:
+    def __init__(
+        self, path: str, header: Header, *, redactor: Redactor | None = None, seal_key: SealKey | None = None
+    ) -> None:
         self.path = path
         self.redactor = redactor or Redactor()
+        self.seal_key = seal_key
+        self._encoder = LineEncoder(self.redactor, seal_key)
         self._part = path + ".part"
         try:
-            self._file = open(self._part, "xb")  # noqa: SIM115
+            # O_EXCL never follows a link; 0600 like every recording, whatever the umask.
+            fd = os.open(self._part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            os.fchmod(fd, 0o600)
+            self._file = open(fd, "wb")  # noqa: SIM115
         except FileExistsError:
             raise LogImportError(f"{self._part}: exists (another import running?); remove it") from None
         except OSError as exc:
             raise LogImportError(f"{path}: cannot create: {exc.strerror}") from None
         self._started = header.started_epoch
-        self._last_hash = chain.GENESIS
         self._last_t = 0.0
         self._next_seq = 0
         self._write(header, 0.0, None)
 
     @classmethod
-    def create(cls, path: str | os.PathLike[str], header: Header, *, overwrite: bool = False) -> ImportWriter:
-        """Start the recording at *path* (refused when it exists, unless *overwrite*)."""
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        header: Header,
+        *,
+        overwrite: bool = False,
+        seal_key: SealKey | None = None,
+    ) -> ImportWriter:
+        """Start the recording at *path* (refused when it exists, unless *overwrite*); sealed with *seal_key*."""
         path = os.fspath(path)
+        if os.path.islink(path):
+            raise LogImportError(f"{path}: is a symbolic link; qmprr does not write through links (give the real path)")
         if os.path.exists(path) and not overwrite:
             raise LogImportError(f"{path}: file exists; recordings are never overwritten (choose another name)")
-        return cls(path, header)
+        return cls(path, header, seal_key=seal_key)
 
     @property
     def next_seq(self) -> int:
@@ -125,25 +138,29 @@ class ImportWriter:
         if with_field:
             record.orig = orig  # type: ignore[attr-defined]
         d = convert.unstructure(record)
-        if record.kind in _REDACTED_KINDS and isinstance(d.get("msg"), dict):  # type: ignore[attr-defined]
-            d["msg"] = self.redactor.redact(d["msg"])
         if orig is not None and not with_field:
             d["orig"] = orig
         elif orig is not None:
             d["orig"] = d.pop("orig", orig)  # last, whatever the model's field order
-        line, self._last_hash = chain.seal(codec.dumps(d), self._last_hash)
+        line, h = self._encoder.encode(d)
         self._file.write(line)
+        self._encoder.commit(h)
         self._next_seq += 1
         self._last_t = t
         return record.seq
 
     def close(self) -> None:
-        """Flush, sync and move the file to its name."""
+        """End the seal (sealed imports), flush, sync and move the file to its name."""
         if self._file.closed:
             return
+        if self.seal_key is not None:
+            self._write(Note(text=END_SEAL_TEXT, data=Msg({"key_id": self.seal_key.key_id})), self._last_t, None)
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+        if os.path.islink(self.path):  # planted while importing: the rename would replace it, refuse instead
+            self.abort()
+            raise LogImportError(f"{self.path}: is a symbolic link; qmprr does not write through links")
         os.replace(self._part, self.path)
 
     def abort(self) -> None:
@@ -165,8 +182,10 @@ class ImportWriter:
             self.abort()
 
 
-def write_recording(path: str, header: Header, items: Iterable[Item], *, overwrite: bool = False) -> int:
-    """Write a whole recording; returns the number of records (header included)."""
-    with ImportWriter.create(path, header, overwrite=overwrite) as writer:
+def write_recording(
+    path: str, header: Header, items: Iterable[Item], *, overwrite: bool = False, seal_key: SealKey | None = None
+) -> int:
+    """Write a whole recording; returns the number of records (header included, end seal not)."""
+    with ImportWriter.create(path, header, overwrite=overwrite, seal_key=seal_key) as writer:
         writer.extend(items)
         return writer.next_seq

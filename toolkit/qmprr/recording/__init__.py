@@ -21,6 +21,7 @@ from .model import (
     Taint,
     Tx,
 )
+from .chain import SealKey, SealKeyError
 from .reader import Problem, RecordingReader, Torn, read_records
 from .redact import REDACTED, ArgumentRule, HmpRule, Redactor
 from .verify import VerifyReport, verify
@@ -48,6 +49,8 @@ __all__ = [
     "RecordingReader",
     "Redactor",
     "Reply",
+    "SealKey",
+    "SealKeyError",
     "SyncPolicy",
     "Taint",
     "Torn",

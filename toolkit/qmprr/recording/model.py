@@ -75,6 +75,10 @@ class Header(Record):
     monitor_socket: str | None = None  # QEMU's listening monitor (launch --keep-vm): where to reattach
     #: The recording this one continues (proxy --reattach): {"file", "final_seq", "final_hash", "torn_bytes"}
     previous: dict[str, Any] | None = None
+    #: Sealed recordings: ``{"alg": ..., "key_id": ...}`` (never the key itself).
+    seal: Msg | None = None
+    #: Written by ``qmprr rechain``/``edit``: ``{"file", "final_hash", "file_sha256", "how", ...}``.
+    derived_from: Msg | None = None
 
 
 @attrs.define(kw_only=True)
@@ -118,8 +122,11 @@ class Local(Record):
     """A client message qmprr answered itself, never sent to QEMU.
 
     Negotiation, transaction control, policy refusals, unparsable input.
-    ``msg`` is the message as received (absent when it was not JSON; then
-    ``input`` holds the start of the raw bytes) and ``reply`` what was sent back.
+    ``msg`` is the message as received (absent when it was not JSON) and
+    ``reply`` what was sent back. Unparsable input is logged as the SHA-256
+    and length of its start (``input_sha256``, ``input_len``): it may hold a
+    secret. With ``keep_input`` the bytes themselves are kept in ``input``
+    (the writer takes them as bytes or text).
     """
 
     kind: Literal["local"] = _kind("local")
@@ -128,6 +135,8 @@ class Local(Record):
     msg: Msg | None = None
     input: str | None = None
     reply: Msg
+    input_sha256: str | None = None
+    input_len: int | None = None
 
 
 @attrs.define(kw_only=True)

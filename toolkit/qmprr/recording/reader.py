@@ -7,6 +7,9 @@ apart from corruption elsewhere: it is never an exception, it is reported in
 choice (``errors``): ``"raise"`` a :class:`~qmprr.errors.CorruptRecord`,
 ``"stop"`` reading there, or ``"skip"`` it and go on; every problem is listed
 in :attr:`RecordingReader.problems` either way.
+
+A sealed recording's chain is keyed: with its key (``key``) the reader checks
+it; without, it checks everything but the chain (:attr:`chain_checked` False).
 """
 
 from __future__ import annotations
@@ -19,8 +22,12 @@ import attrs
 
 from .. import codec
 from ..errors import CorruptRecord, NotARecording, RecordingError
+from ..files import open_regular
 from . import chain, convert
 from .model import FORMAT, Header, Record
+
+#: Longest header line read (it holds the QEMU argv and a domain XML of at most 4 MiB).
+MAX_HEADER_BYTES = 16 * 1024 * 1024
 
 ErrorMode = Literal["raise", "stop", "skip"]
 
@@ -58,16 +65,19 @@ class RecordingReader:
         *,
         errors: ErrorMode = "raise",
         check_chain: bool = True,
+        key: chain.SealKey | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.errors = errors
         self.check_chain = check_chain
+        self.key = key
+        self._link_key: bytes | None = None
         self.problems: list[Problem] = []
         self.torn: Torn | None = None
         self.line = 0
         self.records_read = 0
         try:
-            self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115
+            self._file: BinaryIO = open_regular(self.path)  # a FIFO or /dev/zero: refused, no hang
         except OSError as exc:
             raise RecordingError(f"{self.path}: cannot read recording: {exc.strerror}") from None
         self._offset = 0
@@ -77,10 +87,12 @@ class RecordingReader:
         self.header = self._read_header()
 
     def _read_header(self) -> Header:
-        first = self._file.readline()
+        first = self._file.readline(MAX_HEADER_BYTES + 1)
         problem = None
         if not first:
             problem = "file is empty"
+        elif len(first) > MAX_HEADER_BYTES:
+            problem = f"its first line is over {MAX_HEADER_BYTES:,} bytes, more than any header"
         elif not first.endswith(b"\n"):
             problem = "its only line is incomplete"
         else:
@@ -101,9 +113,27 @@ class RecordingReader:
             raise NotARecording(f"{self.path}: not a {FORMAT} recording: {problem}")
         self._offset = len(first)
         self._prev_hash = h
+        if record.seal is not None and self.key is not None:
+            key_id = record.seal.get("key_id")
+            if record.seal.get("alg") != chain.SEAL_ALG:
+                self._file.close()
+                raise RecordingError(f"{self.path}: sealed with {record.seal.get('alg')!r}, which this qmprr does not know")
+            if key_id != self.key.key_id:
+                self._file.close()
+                raise RecordingError(
+                    f"{self.path}: sealed with key id {key_id}, not with the key given ({self.key.key_id})"
+                )
+            self._link_key = self.key.key
+        elif record.seal is not None:
+            self.check_chain = False  # keyed: cannot be checked without the key
         self._expected_seq = record.seq + 1
         self.line = 1
         return record
+
+    @property
+    def chain_checked(self) -> bool:
+        """False when the chain is not checked (asked so, or sealed and no key)."""
+        return self.check_chain
 
     def __iter__(self) -> Iterator[Record]:
         if self._iterating:
@@ -150,7 +180,7 @@ class RecordingReader:
         except convert.RecordSchemaError as exc:
             raise _LineProblem(str(exc)) from None
         expected, self._expected_seq = self._expected_seq, record.seq + 1
-        if self.check_chain and chain.link(prev, body) != h:
+        if self.check_chain and chain.link(prev, body, self._link_key) != h:
             raise _LineProblem(
                 "hash chain broken: the line was edited, or a line before it was"
                 " deleted, inserted or moved"

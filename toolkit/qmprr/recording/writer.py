@@ -10,6 +10,11 @@
   comes first by construction. Callers forward their own message object; the
   writer never changes it (redaction applies to the logged copy only).
 * Sync policy: see :class:`SyncPolicy`.
+* Redaction (:mod:`.redact`) of every record, the header's argv and domain
+  XML included, so no caller can forget it.
+* Sealing: with a :class:`~.chain.SealKey` the chain is keyed, and
+  :meth:`RecordWriter.close` ends it with a sealed note (so a truncated file
+  shows). The key is never written; the header names its fingerprint.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any, TypeVar
 from .. import __version__, codec
 from ..errors import NotARecording, RecordingError, RecordingLocked, TornTail
 from . import chain, convert
+from .encode import END_SEAL_TEXT, LineEncoder
 from .model import FORMAT, Header, Msg, Note, Record
 from .redact import Redactor
 
@@ -53,9 +59,6 @@ class SyncPolicy(enum.Enum):
 
 
 BATCH_INTERVAL = 0.1
-
-#: Record kinds whose ``msg`` is a client's command, and so may hold secrets.
-_REDACTED_KINDS = frozenset({"command", "local"})
 
 
 def new_header(
@@ -102,13 +105,15 @@ class RecordWriter:
         t_offset: float,
         sync: SyncPolicy,
         redactor: Redactor,
+        seal_key: chain.SealKey | None = None,
     ) -> None:
         self.path = path
         self.sync = sync
         self.redactor = redactor
+        self.seal_key = seal_key
         self._fd = fd
         self._next_seq = next_seq
-        self._last_hash = last_hash
+        self._encoder = LineEncoder(redactor, seal_key, head=last_hash)
         self._t0 = time.monotonic() - t_offset
         self._last_t = t_offset
         self._lock = threading.Lock()
@@ -133,11 +138,12 @@ class RecordWriter:
         sync: SyncPolicy | str = SyncPolicy.BATCH,
         redactor: Redactor | None = None,
         overwrite: bool = False,
+        seal_key: chain.SealKey | None = None,
     ) -> RecordWriter:
         """Start a new recording at *path* and write its header.
 
         Fails if the file exists, unless *overwrite* (which still refuses a
-        file another writer holds).
+        file another writer holds). With *seal_key* the chain is keyed.
         """
         path = os.fspath(path)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
@@ -166,6 +172,7 @@ class RecordWriter:
             t_offset=0.0,
             sync=SyncPolicy(sync),
             redactor=redactor or Redactor(),
+            seal_key=seal_key,
         )
         writer.append(header or new_header())
         return writer
@@ -178,11 +185,13 @@ class RecordWriter:
         sync: SyncPolicy | str = SyncPolicy.BATCH,
         redactor: Redactor | None = None,
         repair: bool = False,
+        seal_key: chain.SealKey | None = None,
     ) -> RecordWriter:
         """Reopen an existing recording to add records after its last one.
 
         The tail is checked first. A torn last line raises :class:`TornTail`
         unless *repair*, which truncates it and logs a ``note`` saying so.
+        A sealed recording can only be continued with its key (*seal_key*).
         """
         path = os.fspath(path)
         try:
@@ -192,6 +201,7 @@ class RecordWriter:
         try:
             _lock(fd, path)
             tail = _read_tail(fd, path)
+            _check_seal_key(path, tail.seal, seal_key)
             if tail.torn_size and not repair:
                 raise TornTail(path, tail.torn_offset, tail.torn_size)
             if tail.torn_size:
@@ -208,6 +218,7 @@ class RecordWriter:
             t_offset=max(tail.last_t, round(elapsed, 6)),
             sync=SyncPolicy(sync),
             redactor=redactor or Redactor(),
+            seal_key=seal_key,
         )
         if tail.torn_size:
             writer.append(
@@ -248,10 +259,7 @@ class RecordWriter:
                 t = max(round(time.monotonic() - self._t0, 6), self._last_t)
             record.seq = self._next_seq
             record.t = t
-            d = convert.unstructure(record)
-            if record.kind in _REDACTED_KINDS and isinstance(d.get("msg"), dict):  # type: ignore[attr-defined]
-                d["msg"] = self.redactor.redact(d["msg"])
-            line, h = chain.seal(codec.dumps(d), self._last_hash)
+            line, h = self._encoder.encode(convert.unstructure(record))
             try:
                 written = os.write(self._fd, line)
                 if written != len(line):
@@ -268,7 +276,7 @@ class RecordWriter:
                 ) from None
             self._size += written
             self._next_seq += 1
-            self._last_hash = h
+            self._encoder.commit(h)
             self._last_t = t
             if self.sync is not SyncPolicy.ALWAYS:
                 self._dirty = True
@@ -292,9 +300,16 @@ class RecordWriter:
                 raise RecordingError(f"{self.path}: cannot flush to disk: {exc.strerror}") from None
 
     def close(self) -> None:
-        """Flush (except with sync ``none``), unlock and close. Idempotent."""
+        """Seal the end (sealed recordings), flush (except with sync ``none``), unlock, close.
+
+        Idempotent. A failed end seal leaves the file as it was (verify
+        ``--key`` then says the end is not sealed).
+        """
         if self._closed:
             return
+        if self.seal_key is not None:
+            with contextlib.suppress(RecordingError):
+                self.append(Note(text=END_SEAL_TEXT, data=Msg({"key_id": self.seal_key.key_id})))
         self._stop.set()
         if self._syncer is not None:
             self._syncer.join()
@@ -321,6 +336,17 @@ class RecordWriter:
                     pass  # reported by the next append or close
 
 
+def _check_seal_key(path: str, seal: Any, key: chain.SealKey | None) -> None:
+    """Refuse to continue a sealed chain without its key, or to start sealing midway."""
+    key_id = seal.get("key_id") if isinstance(seal, dict) else None
+    if seal is not None and key is None:
+        raise RecordingError(f"{path}: the recording is sealed (key id {key_id}); give its key (--seal-key) to add records")
+    if seal is None and key is not None:
+        raise RecordingError(f"{path}: the recording is not sealed; a seal cannot start midway (use 'qmprr rechain --seal-key')")
+    if key is not None and key_id != key.key_id:
+        raise RecordingError(f"{path}: sealed with key id {key_id}, not with this key ({key.key_id})")
+
+
 def _lock(fd: int, path: str) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -338,6 +364,7 @@ class _Tail:
         self.last_hash = chain.GENESIS
         self.torn_offset = 0
         self.torn_size = 0
+        self.seal: Any = None
 
 
 def _read_tail(fd: int, path: str, block: int = 65536) -> _Tail:
@@ -353,6 +380,7 @@ def _read_tail(fd: int, path: str, block: int = 65536) -> _Tail:
     if not isinstance(header, Header) or header.format != FORMAT:
         raise NotARecording(f"{path}: not a {FORMAT} recording (first line is not its header)")
     tail.started_epoch = header.started_epoch
+    tail.seal = header.seal
     # Walk back from the end to the last newline: what follows it is torn.
     end = size
     pos = size

@@ -16,16 +16,18 @@ import asyncio
 import collections
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import attrs
 
 from ..channel import Channel, ChannelError
+from ..sandbox import SECCOMP_SIGNAL
 from .compare import RATE_LIMITED_EVENTS, Difference, compare_replies, event_key
 from .compare import field_differences as field_differences  # re-exported: it used to live here
 from .normalize import Normalizer
-from .safety import FD_COMMANDS, PLACEHOLDER_FD, PathMap, fill_secrets, refusal
+from .policy import Decision, ReplayPolicy
+from .safety import PLACEHOLDER_FD, PathMap
 from .script import Exchange, Script
 
 Status = Literal["matched", "diverged", "skipped", "refused", "interrupted"]
@@ -55,13 +57,22 @@ class ReplayOptions:
     until: int | None = None
     only_src: tuple[str, ...] = ()
     pace: float | None = None  # None: as fast as possible; 1.0: recorded timing; 2.0: twice as fast
-    real_target: bool = True
-    allow_unsafe: bool = False
+    allow_unsafe: bool = False  # no checks and no sandbox
     path_map: PathMap = attrs.Factory(PathMap)
     secrets: dict[str, str] = attrs.Factory(dict)
     normalizer: Normalizer = attrs.Factory(Normalizer)
     event_timeout: float = 3.0
     command_timeout: float = 60.0
+
+    def policy(self, *, checks: bool = True, roots: tuple[str, ...] = ()) -> ReplayPolicy:
+        """The decisions for a target: *checks* for a real QEMU, *roots* besides the --map-path targets."""
+        return ReplayPolicy(
+            path_map=self.path_map,
+            roots=(*roots, *self.path_map.allowed_roots()),
+            secrets=self.secrets,
+            only_src=self.only_src,
+            checks=checks and not self.allow_unsafe,
+        )
 
 
 @attrs.define
@@ -82,8 +93,14 @@ class ReplayReport:
         return next((s for s in self.steps if s.status in ("diverged", "refused", "interrupted")), None)
 
     @property
+    def replayed(self) -> int:
+        """Steps whose command was sent."""
+        return sum(1 for s in self.steps if s.status in ("matched", "diverged", "interrupted"))
+
+    @property
     def reproduced(self) -> bool:
-        return self.error is None and self.first_divergence is None
+        """No error, no divergence, and something was replayed at all."""
+        return self.error is None and self.first_divergence is None and self.replayed > 0
 
 
 async def replay(
@@ -92,8 +109,17 @@ async def replay(
     options: ReplayOptions,
     report: ReplayReport,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    policy: ReplayPolicy | None = None,
+    exit_signal: Callable[[], Awaitable[int | None]] | None = None,
 ) -> ReplayReport:
-    """Replay *script* through *channel*, filling and returning *report*."""
+    """Replay *script* through *channel*, filling and returning *report*.
+
+    *policy* decides each step (default: ``options.policy()``); *exit_signal*
+    tells, once the channel broke, which signal ended the target (QEMU's
+    seccomp sandbox kills with SIGSYS: such a step is refused, not interrupted).
+    """
+    policy = policy if policy is not None else options.policy()
     events = channel.subscribe("replay", maxsize=100_000)
     norm = options.normalizer
     exchanges = script.exchanges
@@ -105,14 +131,24 @@ async def replay(
                 break
             if progress is not None:
                 progress(index, len(exchanges))
-            if options.only_src and ex.src not in options.only_src:
-                report.steps.append(Step(index, ex.seq, ex.command, ex.src, "skipped", "source not selected"))
+            decision = policy.decide(ex)
+            if not decision.sends:
+                status: Status = "skipped" if decision.action == "skip" else "refused"
+                report.steps.append(Step(index, ex.seq, ex.command, ex.src, status, decision.reason))
+                if status == "refused" and not options.keep_going:
+                    break
                 continue
             if options.pace:
                 delay = (ex.t - first_t) / options.pace - (time.monotonic() - start)
                 if delay > 0:
                     await asyncio.sleep(delay)
-            step = await _run_step(index, ex, channel, events, options, norm)
+            step = await _run_step(index, ex, decision, channel, events, options, norm)
+            if step.status == "interrupted" and exit_signal is not None and await exit_signal() == SECCOMP_SIGNAL:
+                step.status = "refused"
+                step.reason = ("refused by QEMU's sandbox: QEMU was killed by SIGSYS (seccomp) when this"
+                               " command made a forbidden system call, such as running a program")
+                report.steps.append(step)
+                break
             report.steps.append(step)
             if step.status == "interrupted":
                 break
@@ -124,30 +160,14 @@ async def replay(
 
 
 async def _run_step(
-    index: int, ex: Exchange, channel: Channel, events: Any, options: ReplayOptions, norm: Normalizer
+    index: int, ex: Exchange, decision: Decision, channel: Channel, events: Any, options: ReplayOptions, norm: Normalizer
 ) -> Step:
-    step = Step(index, ex.seq, ex.command, ex.src, "matched", recorded_reply=ex.reply)
-    arguments = options.path_map.rewrite(ex.arguments) if options.path_map.pairs else ex.arguments
-    if options.real_target:
-        refused = refusal(
-            ex.command,
-            arguments,
-            allow_unsafe=options.allow_unsafe,
-            roots=options.path_map.allowed_roots(),
-            secrets=options.secrets,
-        )
-        if refused is not None:
-            kind, reason = refused
-            step.status, step.reason = ("refused", reason) if kind == "unsafe" else ("skipped", reason)
-            return step
-    arguments = fill_secrets(ex.command, arguments, options.secrets) if options.secrets else arguments
+    step = Step(index, ex.seq, ex.command, ex.src, "matched", decision.reason, recorded_reply=ex.reply)
     msg: dict[str, Any] = {"execute": ex.command}
-    if arguments is not None:
-        msg["arguments"] = arguments
+    if decision.arguments is not None:
+        msg["arguments"] = decision.arguments
     started = time.monotonic()
-    placeholder = os.open(PLACEHOLDER_FD, os.O_RDWR) if ex.command in FD_COMMANDS else None
-    if placeholder is not None:
-        step.reason = f"a placeholder fd ({PLACEHOLDER_FD}) stood in for the recorded one"
+    placeholder = os.open(PLACEHOLDER_FD, os.O_RDWR) if decision.action == "placeholder" else None
     try:
         async with asyncio.timeout(options.command_timeout):  # unlike wait_for, no extra task per command
             actual = await channel.execute(

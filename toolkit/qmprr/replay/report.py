@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any, TextIO
 
 import attrs
 
 from ..errors import QmprrError
+from ..recording.redact import scrub, scrub_text
+from ..files import replace_file
 from .engine import ReplayReport, Step
 
 CONTEXT_STEPS = 3
@@ -31,6 +34,9 @@ def summary(report: ReplayReport, out: TextIO) -> None:
     first = report.first_divergence
     if report.error:
         print(f"could not replay: {report.error}", file=out)
+    elif first is None and report.replayed == 0:
+        print("nothing replayed: every step was skipped (see --only-src, --until, --secret)", file=out)
+        return
     elif first is None:
         print("reproduced: no divergence", file=out)
         return
@@ -70,10 +76,24 @@ def _step(step: Step) -> dict[str, Any]:
     return d
 
 
-def write_json(report: ReplayReport, path: str) -> None:
+class ScrubbingWriter:
+    """A text stream that takes *values* (replay's ``--secret`` values) out of what it writes."""
+
+    def __init__(self, out: TextIO, values: Iterable[str]) -> None:
+        self.out, self.values = out, tuple(values)
+
+    def write(self, text: str) -> int:
+        return self.out.write(scrub_text(text, self.values))
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def write_json(report: ReplayReport, path: str, *, secrets: Iterable[str] = ()) -> None:
+    """Write the report to *path* (mode 0600, replaced once complete; never through a link)."""
+    data = scrub(json.loads(json.dumps(to_json(report), default=repr)), secrets)
     try:
-        with open(path, "w") as f:
-            json.dump(to_json(report), f, indent=2, default=repr)
-            f.write("\n")
+        with replace_file(path, option="--report") as f:
+            f.write(json.dumps(data, indent=2).encode() + b"\n")
     except OSError as exc:
-        raise QmprrError(f"{path}: cannot write the report: {exc.strerror}") from None
+        raise QmprrError(f"--report {path}: cannot write the report: {exc.strerror}") from None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import os
 import sys
 import tempfile
@@ -11,9 +13,13 @@ from typing import Any
 import attrs
 
 from ..errors import QmprrError
+from ..files import display_name
+from ..launch import LaunchedQemu
+from ..recording import Redactor
+from ..sandbox import Sandbox, SandboxError, probe
 from .engine import ReplayOptions, ReplayReport, replay
 from .normalize import package_warning
-from .report import summary, write_json
+from .report import ScrubbingWriter, summary, write_json
 from .script import load_script
 from .targets import TargetError, fake_target, log_factory, qemu_argv, qemu_target, socket_target
 
@@ -26,14 +32,22 @@ class RunOptions:
     qemu: str | None = None
     argv_file: str | None = None
     domain: str | None = None  # domain XML to build the QEMU command line from
-    workdir: str | None = None
+    workdir: str | None = None  # None: a fresh temporary folder
+    keep_workdir: bool = False
+    sandbox: bool = True  # run QEMU in qmprr.sandbox (off only with --allow-unsafe)
+    checks: bool = True  # safety checks (off only with --allow-unsafe; alone, to test the sandbox)
     record: str | None = None
     report: str | None = None
     progress: bool = False
 
 
 async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> ReplayReport:
-    """Replay the recording at *path*; print the summary; return the report."""
+    """Replay the recording at *path*; print the summary; return the report.
+
+    A QEMU target runs in a work folder (``--workdir``, else a fresh temporary
+    one, removed afterwards unless ``--keep-workdir``), where the recording's
+    relative paths resolve, inside :mod:`qmprr.sandbox` unless ``--allow-unsafe``.
+    """
     if run.workdir and not os.path.isdir(run.workdir):
         raise TargetError(f"--workdir {run.workdir}: not a folder")
     for option, out in (("--report", run.report), ("--record", run.record)):
@@ -42,35 +56,56 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
     script = load_script(path)
     if not script.exchanges:
         raise QmprrError(f"{path}: the recording has no commands to replay")
+    if options.allow_unsafe:
+        print("qmprr: --allow-unsafe: no sandbox and no checks: the recording's commands run on this host as recorded",
+              file=sys.stderr)
     with contextlib.ExitStack() as stack:
         record = run.record
         if record is None:
             record = os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), "replay.jsonl")
         elif os.path.exists(record):
             raise QmprrError(f"{record}: file exists; recordings are never overwritten")
-        make_log = log_factory(record, None, {"replay-of": os.path.basename(path)})
+        # --secret values never reach the replay's own recording, report or summary.
+        redactor = Redactor().with_values(options.secrets.values())
+        make_log = log_factory(record, None, {"replay-of": display_name(os.path.basename(path))}, redactor)
         report = ReplayReport(recording=path, target=run.target)
+        policy = options.policy(checks=run.checks)
+        exit_signal = None
         if run.target == "fake":
-            options.real_target = False
+            policy = options.policy(checks=False)  # the fake runs nothing
             target = fake_target(script, make_log)
         elif run.target == "qemu":
-            env: dict[str, str] = {}
+            workdir = run.workdir or _fresh_workdir(stack, run.keep_workdir)
+            policy = options.policy(checks=run.checks, roots=(os.path.realpath(workdir),))
+            sandbox = None
+            if run.sandbox and not options.allow_unsafe:
+                try:
+                    probe()
+                except SandboxError as exc:
+                    raise TargetError(f"cannot sandbox QEMU: {exc}; --allow-unsafe replays without a sandbox") from None
+                sandbox = Sandbox((workdir, *options.path_map.allowed_roots()))
+            env: dict[str, str] = {"TMPDIR": workdir}
             if run.domain is not None:
                 from ..domain import build_launch
 
                 spec = build_launch(run.domain)
                 script.header = attrs.evolve(script.header, qemu_argv=spec.argv) if script.header else None
-                env = spec.env
+                env.update(spec.env)
             argv = qemu_argv(
                 script,
                 qemu=run.qemu,
                 argv_file=run.argv_file,
                 path_map=options.path_map,
-                allow_unsafe=options.allow_unsafe or run.domain is not None,
-                workdir=run.workdir,
+                checks=policy.checks and run.domain is None,  # domain XML is the user's own
+                workdir=workdir,
             )
-            make_log = log_factory(record, argv, {"replay-of": os.path.basename(path)})
-            target = qemu_target(argv, make_log, run.workdir, env)
+            recorded = script.header.qemu_argv[0] if script.header and script.header.qemu_argv else None
+            if recorded and os.sep in recorded and run.argv_file is None and run.qemu is None and recorded != argv[0]:
+                report.warnings.append(f"the recorded program {recorded!r} is replaced by the local {argv[0]!r}")
+            make_log = log_factory(record, argv, {"replay-of": display_name(os.path.basename(path))}, redactor)
+            launched: list[LaunchedQemu] = []
+            target = qemu_target(argv, make_log, workdir, env, sandbox=sandbox, started=launched.append)
+            exit_signal = functools.partial(_exit_signal, launched)
         elif run.target.startswith("socket:"):
             target = socket_target(run.target[len("socket:") :], make_log)
         else:
@@ -82,13 +117,33 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
             if warning:
                 report.warnings.append(warning)
             with _progress(run.progress, len(script.exchanges)) as tick:
-                await replay(script, channel, options, report, tick)
+                await replay(script, channel, options, report, tick, policy=policy, exit_signal=exit_signal)
         if run.record:
             report.warnings.append(f"the replay was recorded to {run.record}")
-    summary(report, sys.stdout)
+    secrets = tuple(options.secrets.values())
+    summary(report, ScrubbingWriter(sys.stdout, secrets) if secrets else sys.stdout)
     if run.report:
-        write_json(report, run.report)
+        write_json(report, run.report, secrets=secrets)
     return report
+
+
+def _fresh_workdir(stack: contextlib.ExitStack, keep: bool) -> str:
+    """A new temporary work folder: removed when *stack* closes, unless *keep* (then its path is printed)."""
+    if keep:
+        folder = tempfile.mkdtemp(prefix="qmprr-replay-")
+        print(f"qmprr: the work folder is kept: {folder}", file=sys.stderr)
+        return folder
+    return stack.enter_context(tempfile.TemporaryDirectory(prefix="qmprr-replay-", ignore_cleanup_errors=True))
+
+
+async def _exit_signal(launched: list[LaunchedQemu]) -> int | None:
+    """The signal that ended the launched QEMU (waiting a little for it to end), or None."""
+    if not launched:
+        return None
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(launched[0].process.wait(), 2.0)
+    code = launched[0].process.returncode
+    return -code if code is not None and code < 0 else None
 
 
 @contextlib.contextmanager

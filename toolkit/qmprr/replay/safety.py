@@ -1,47 +1,75 @@
 """A recording is untrusted input: what replay refuses to send to a real QEMU.
 
-* ``migrate`` / ``migrate-incoming`` with an ``exec:`` URI, and HMP
-  ``migrate exec:…``: they run host programs;
-* file paths in arguments outside the mapped roots (``--map-path FROM=TO``
-  rewrites recorded paths; the rewritten ones are allowed);
+This is the second wall (the first is :mod:`qmprr.sandbox`): it reports
+*what* was refused and why, before anything runs. Conservative by design: a
+string is scanned as raw text as well as through QEMU's own option syntax
+(:mod:`qmprr.qemuopts`) and JSON, so a harmless value may be refused, but a
+value QEMU reads as a host path or program is not let through.
+
+* ``exec:`` anywhere (migrations, QMP or HMP, however quoted) runs a host program;
+  so do the netdev keys ``script``/``downscript``/``helper``/``guestfwd``/``smb``;
+* a host path (any piece of a value starting with ``/``, after splitting on
+  QEMU's separators) outside the roots (the work folder, ``--map-path``
+  targets, QEMU's firmware folders and a few devices); a relative path with
+  ``..`` leaves the work folder;
+* on the command line: options that escape qmprr (``-daemonize``,
+  ``-readconfig``, ``-plugin``, ``-add-fd``, ``-runas``, ``-chroot``, ``-sandbox``,
+  ``-s``), fd numbers (``fd=``), and network monitors and serial ports
+  (``-qmp tcp:``, ``-chardev socket,host=``);
 * file descriptors (``getfd``, ``add-fd``) cannot come from a log: a
   placeholder (``/dev/null``) is passed instead, and the step says so;
 * redacted secrets: sent only with ``--secret ID=VALUE``, never as the marker.
 
-``--allow-unsafe`` lifts the first two refusals.
+:class:`~qmprr.replay.policy.ReplayPolicy` applies these; ``--allow-unsafe``
+turns them (and the sandbox) off.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from collections.abc import Iterable
+import shutil
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import attrs
 
+from .. import qemuopts
 from ..recording import REDACTED
 
 #: Commands that pass a file descriptor with them: replay sends a placeholder.
 FD_COMMANDS = frozenset({"getfd", "add-fd"})
 PLACEHOLDER_FD = "/dev/null"
-_HMP_EXEC_MIGRATE = re.compile(r"^\s*migrate(?:_incoming)?\s+(?:-\w+\s+)*\"?exec:")
-#: Keys whose values are host paths (QMP arguments, -option key=value, HMP key=value).
-_PATH_KEYS = frozenset(
-    {"filename", "file", "path", "protocol", "uri", "out", "in", "target", "snapshot-file",
-     "mem-path", "backing-file", "mountpoint", "logfile", "dir", "fsdev", "sock", "socket",
-     "device", "smb", "tftp", "romfile", "evdev", "serial", "parallel", "monitor", "incoming"}
-)
-#: Keys whose values name a host program QEMU runs (netdev tap/bridge).
-_PROGRAM_KEYS = frozenset({"script", "downscript", "helper", "guestfwd"})
-#: Value prefixes that make QEMU run a host program.
-_PROGRAM_VALUES = ("exec:", "|")
-_PROGRAM_MARKERS = ("-cmd:",)
+#: Keys whose value names a host program QEMU runs (or a host service it starts).
+_PROGRAM_KEYS = frozenset({"script", "downscript", "helper", "guestfwd", "smb"})
+#: Keys whose value is an fd number of QEMU's: never meaningful in a recording.
+_FD_KEYS = frozenset({"fd", "fds", "vhostfd", "vhostfds", "sock_fd"})
+#: Keys whose values are QOM paths or names, not host paths.
+_NAME_KEYS = frozenset({"id", "qom-path"})
 #: Host paths any replay may use: devices and QEMU's own firmware folders.
 SAFE_ROOTS = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/usr/share/qemu",
               "/usr/share/seabios", "/usr/share/ovmf", "/usr/share/OVMF", "/usr/lib/ipxe")
 #: Program names a recorded QEMU command line may start with.
-_QEMU_BINARY = re.compile(r"^qemu-(?:system-[\w.-]+|kvm)$")
+QEMU_BINARY = re.compile(r"^qemu-system-[A-Za-z0-9_.-]+$")
+#: Command-line options refused outright, and why.
+_REFUSED_OPTIONS = {
+    "-daemonize": "detaches QEMU from qmprr",
+    "-readconfig": "reads options from a file qmprr does not check",
+    "-plugin": "loads host code into QEMU",
+    "-add-fd": "passes a file descriptor, which cannot come from a recording",
+    "-runas": "changes QEMU's user",
+    "-chroot": "changes QEMU's root",
+    "-sandbox": "replay sets QEMU's sandbox itself",
+    "-s": "opens a gdb server on a TCP port",
+}
+#: Options whose value is a character device spec (``tcp:...``, ``mon:...``).
+_CHARDEV_SPEC_OPTIONS = frozenset({"-qmp", "-qmp-pretty", "-monitor", "-serial", "-parallel", "-debugcon", "-gdb", "-incoming"})
+_NETWORK_SPECS = ("tcp:", "telnet:", "udp:", "websocket:", "tls:")
+#: Options whose value is text for the guest, not for the host.
+_GUEST_TEXT_OPTIONS = frozenset({"-append", "-name"})
+#: Separators QEMU's option, URI and JSON syntaxes use: a path ends at any of them.
+_PIECES = re.compile(r"""[\s=,:"'{}\[\]()<>|;]+""")
 
 
 @attrs.frozen
@@ -87,72 +115,166 @@ class PathMap:
         return [dst for _, dst in self.pairs]
 
 
-def refusal(
-    command: str,
-    arguments: Any,
-    *,
-    allow_unsafe: bool,
-    roots: list[str],
-    secrets: dict[str, str],
-) -> tuple[str, str] | None:
-    """``(kind, reason)`` when the command must not be sent, else None.
-
-    Kinds: ``unsafe`` (``--allow-unsafe`` lifts it), ``secret``.
-    """
+def secret_missing(command: str, arguments: Any, secrets: dict[str, str]) -> str | None:
+    """Why a command with a redaction marker cannot be sent (no ``--secret`` for it), or None."""
     args = arguments if isinstance(arguments, dict) else {}
     if _contains(args, REDACTED) and not _secret_for(command, args, secrets):
         what = args.get("id") or command
-        return "secret", f"a redacted secret ({what}); give it with --secret {what}=VALUE"
-    if allow_unsafe:
-        return None
-    if command in ("migrate", "migrate-incoming") and str(args.get("uri", "")).startswith("exec:"):
-        return "unsafe", f"{command} with an exec: URI runs a host program: {args['uri']!r}"
-    if command in ("migrate", "migrate-incoming") and ("transport", "exec") in set(_pairs(args)):
-        return "unsafe", f"{command} with an exec transport runs a host program"
+        return f"a redacted secret ({what}); give it with --secret {what}=VALUE"
+    return None
+
+
+def refusal(command: str, arguments: Any, roots: Iterable[str]) -> str | None:
+    """Why a QMP command must not be sent to a real QEMU (runs a program, reaches the host), or None."""
+    roots = [*roots, *SAFE_ROOTS]
+    args = arguments if isinstance(arguments, dict) else {}
+    if command in ("migrate", "migrate-incoming"):
+        if str(args.get("uri", "")).startswith("exec:"):
+            return f"{command} with an exec: URI runs a host program: {args['uri']!r}"
+        if ("transport", "exec") in set(_pairs(args)):
+            return f"{command} with an exec transport runs a host program"
     line = args.get("command-line") if command == "human-monitor-command" else None
     if isinstance(line, str):
-        if _HMP_EXEC_MIGRATE.match(line):
-            return "unsafe", f"HMP migrate to exec: runs a host program: {line!r}"
-        return _check_pairs(_hmp_pairs(line), roots)
+        return _hmp_refusal(line, roots)
     if command.startswith("qom-"):  # QOM paths are not host paths
         return None
-    return _check_pairs(_pairs(args), roots)
-
-
-def argv_refusal(argv: list[str], roots: list[str]) -> str | None:
-    """Why a recorded QEMU command line must not run here, or None.
-
-    Its program must be a QEMU (``qemu-system-*``, ``qemu-kvm``), and its
-    options must not name host programs or paths outside the mapped roots.
-    """
-    if not argv or not _QEMU_BINARY.match(os.path.basename(argv[0])):
-        return f"the recorded command line does not start QEMU: {argv[:1]!r}"
-    pairs = [pair for arg in argv[1:] for pair in _keyval_pairs(arg)]
-    found = _check_pairs(pairs, roots)
-    return found[1] if found else None
-
-
-def _check_pairs(pairs: Iterable[tuple[str, str]], roots: list[str]) -> tuple[str, str] | None:
-    for key, value in pairs:
+    for key, value in _pairs(args):
         if key in _PROGRAM_KEYS and value not in ("", "no"):
-            return "unsafe", f"{key}={value!r} runs a host program"
-        if value.startswith(_PROGRAM_VALUES) or any(m in value for m in _PROGRAM_MARKERS):
-            return "unsafe", f"{value!r} runs a host program"
-        if value.startswith("json:"):
-            found = _check_pairs(_keyval_pairs(value[len("json:") :]), roots)
+            return f"{key}={value!r} runs a host program"
+        if key not in _NAME_KEYS:
+            found = scan(value, roots)
             if found:
                 return found
-            continue
-        if key not in _PATH_KEYS and key != "":
-            continue
-        path = value.split(":", 1)[1] if value.startswith(("file:", "unix:", "pipe:")) else value
-        if path.startswith("/"):
-            norm = os.path.normpath(path)
-            if not any(norm == r or norm.startswith(r.rstrip("/") + "/") for r in (*roots, *SAFE_ROOTS)):
-                return "unsafe", f"reaches host path {path!r} outside the mapped roots (use --map-path)"
-        elif key and ".." in path.split("/"):
-            return "unsafe", f"reaches {path!r} outside the replay's folder"
     return None
+
+
+def _hmp_refusal(line: str, roots: list[str]) -> str | None:
+    words = line.split()
+    name = words[0] if words else ""
+    if "exec:" in line and name.startswith("migrate"):
+        return f"HMP migrate to exec: runs a host program: {line!r}"
+    if name.startswith(("qom-", "qom_", "device_del", "info", "help")):
+        return None
+    for key, value in qemuopts_pairs(line):
+        if key in _PROGRAM_KEYS and value not in ("", "no"):
+            return f"{key}={value!r} runs a host program"
+    return scan(line, roots)
+
+
+def argv_refusal(args: list[str], roots: Iterable[str]) -> str | None:
+    """Why a recorded QEMU command line (its options, after the program) must not run here, or None."""
+    roots = [*roots, *SAFE_ROOTS]
+    option = None
+    for arg in args:
+        name = "-" + arg[2:] if arg.startswith("--") and len(arg) > 2 else arg
+        if name in _REFUSED_OPTIONS:
+            return f"{name} {_REFUSED_OPTIONS[name]}"
+        if option in _GUEST_TEXT_OPTIONS:
+            option = None
+            continue
+        if option in _CHARDEV_SPEC_OPTIONS and arg.removeprefix("mon:").startswith(_NETWORK_SPECS):
+            return f"{option} {arg!r} opens a network socket"
+        for key, value in qemuopts_pairs(arg):
+            if key in _PROGRAM_KEYS and value not in ("", "no"):
+                return f"{key}={value!r} runs a host program"
+            if key in _FD_KEYS:
+                return f"{key}={value!r}: a file descriptor cannot come from a recording"
+        if option == "-chardev":
+            items = qemuopts.parse(arg, implied=True)
+            keys = {item.key for item in items}
+            backend = items[0].value if items else ""
+            if backend == "udp" or (backend == "socket" and keys & {"host", "port"}):
+                return f"-chardev {arg!r} opens a network socket"
+        found = scan(arg, roots)
+        if found:
+            return found
+        option = name if name.startswith("-") else None
+    return None
+
+
+def qemuopts_pairs(text: str) -> Iterator[tuple[str, str]]:
+    """``(key, value)`` of *text* read as a QEMU option string, and of JSON in it (innermost keys)."""
+    body = text[len("json:") :] if text.startswith("json:") else text
+    if body.startswith("{"):
+        try:
+            yield from _pairs(json.loads(body))
+        except ValueError:
+            pass
+        return
+    for item in qemuopts.parse(text, implied=True):
+        if item.key is not None and not item.flag:
+            yield item.key.rsplit(".", 1)[-1], item.value
+
+
+def scan(text: str, roots: list[str]) -> str | None:
+    """Why *text* reaches outside the roots or runs a program, or None.
+
+    Every piece of *text* between QEMU's separators is checked, then every
+    value QEMU's option parser and JSON read from it (``,,`` unescaped,
+    ``\\/`` decoded), so no spelling of a path hides it.
+    """
+    if "exec:" in text or text.lstrip().startswith("|"):
+        return f"{text!r} runs a host program"
+    for piece in _PIECES.split(text):
+        found = _path_problem(piece, roots)
+        if found:
+            return found
+    if text.startswith(("{", "json:{")):
+        # QEMU reads it as JSON, not as an option string (whose comma-split
+        # fragments of JSON would be unreadable JSON); the pieces above caught paths.
+        decoded = _json_strings(text[text.index("{") :])
+        if decoded is None:
+            return f"{text[:80]!r}: JSON qmprr cannot read, so cannot check"
+    else:
+        decoded = qemuopts.values(text)
+    for value in decoded:
+        found = scan(value, roots) if value != text else None
+        if found:
+            return found
+    return None
+
+
+def _path_problem(piece: str, roots: list[str]) -> str | None:
+    if piece.startswith("/"):
+        norm = "/" + os.path.normpath(piece).lstrip("/")
+        if not any(norm == r or norm.startswith(r.rstrip("/") + "/") for r in roots):
+            return f"reaches host path {piece!r} outside the mapped roots (use --map-path)"
+    elif ".." in piece.split("/"):
+        return f"reaches {piece!r} outside the work folder"
+    return None
+
+
+def _json_strings(text: str) -> list[str] | None:
+    """Every key and string of the JSON in *text*; None when it is not JSON Python can read."""
+    try:
+        node = json.loads(text)
+    except ValueError:
+        return None
+    out: list[str] = []
+    for key, value in _pairs(node):
+        out += [key, value]
+    return out
+
+
+def resolve_qemu(recorded: str, qemu: str | None) -> str:
+    """The local QEMU to run for a recorded ``argv[0]``: ``--qemu``, else the same-named emulator on PATH.
+
+    A recorded path is never run: only its name counts, and it must be a
+    QEMU system emulator. Raises ValueError saying why not, LookupError when it is not installed.
+    """
+    if qemu is not None:
+        found = shutil.which(qemu)
+        if found is None:
+            raise LookupError(f"QEMU binary {qemu!r} not found: install qemu-system-x86 or use --qemu BINARY")
+        return found
+    name = os.path.basename(recorded)
+    if not QEMU_BINARY.match(name):
+        raise ValueError(f"the recorded command line does not start a QEMU system emulator: {recorded!r}")
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if os.path.isabs(p))
+    found = shutil.which(name, path=path)
+    if found is None:
+        raise LookupError(f"QEMU binary {name!r} not found on PATH: install qemu-system-x86 or use --qemu BINARY")
+    return found
 
 
 def _pairs(node: Any, key: str | None = None) -> Iterable[tuple[str, str]]:
@@ -165,30 +287,6 @@ def _pairs(node: Any, key: str | None = None) -> Iterable[tuple[str, str]]:
             yield from _pairs(v, key)
     elif isinstance(node, str) and key is not None:
         yield key, node
-
-
-def _keyval_pairs(text: str) -> Iterable[tuple[str, str]]:
-    """``key=value`` pairs of a QEMU option string (JSON options too); bare paths as key ''."""
-    if text.startswith("{"):
-        try:
-            import json
-
-            yield from _pairs(json.loads(text))
-        except ValueError:
-            pass
-        return
-    for part in re.split(r"(?<!,),(?!,)", text):
-        key, sep, value = part.partition("=")
-        if sep:
-            yield key.rsplit(".", 1)[-1], value.replace(",,", ",")
-        elif part.startswith(("/", "file:", "pipe:", "exec:", "unix:")):
-            yield "", part
-
-
-def _hmp_pairs(line: str) -> Iterable[tuple[str, str]]:
-    """Pairs of an HMP command line: its key=value options, and bare absolute paths."""
-    for token in line.split()[1:]:
-        yield from _keyval_pairs(token.strip("'\""))
 
 
 def fill_secrets(command: str, arguments: Any, secrets: dict[str, str]) -> Any:

@@ -17,9 +17,10 @@ from typing import Any
 from ..channel import Channel
 from ..errors import QmprrError
 from ..fake import FakeQemu
-from ..launch import LaunchError, start_qemu
-from ..recording import RecordWriter, new_header
-from .safety import PathMap, argv_refusal
+from ..launch import LaunchedQemu, LaunchError, start_qemu
+from ..recording import RecordWriter, Redactor, new_header
+from ..sandbox import SECCOMP_SIGNAL, Sandbox
+from .safety import PathMap, argv_refusal, resolve_qemu
 from .script import Script
 
 
@@ -30,11 +31,13 @@ class TargetError(QmprrError):
 LogFactory = Callable[[dict[str, Any]], RecordWriter]
 
 
-def log_factory(path: str, argv: list[str] | None, labels: dict[str, str]) -> LogFactory:
+def log_factory(
+    path: str, argv: list[str] | None, labels: dict[str, str], redactor: Redactor | None = None
+) -> LogFactory:
     def make(greeting: dict[str, Any]) -> RecordWriter:
         version = greeting.get("QMP", {}).get("version")
         header = new_header(qemu_version=version if isinstance(version, dict) else None, qemu_argv=argv, labels=labels)
-        return RecordWriter.create(path, header)
+        return RecordWriter.create(path, header, redactor=redactor)
 
     return make
 
@@ -45,14 +48,15 @@ def qemu_argv(
     qemu: str | None,
     argv_file: str | None,
     path_map: PathMap,
-    allow_unsafe: bool = False,
+    checks: bool = True,
     workdir: str | None = None,
 ) -> list[str]:
-    """The QEMU command line to replay with: recorded, from a file, binary overridden, paths mapped.
+    """The QEMU command line to replay with: recorded or from a file, the local QEMU first, paths mapped.
 
-    A recorded command line is untrusted: unless the user gave the program
-    (``--qemu``) or the whole line (``--argv-file``), or ``--allow-unsafe``,
-    it must start QEMU and stay within the mapped roots.
+    A recorded command line is untrusted: its program is replaced by the local
+    QEMU of the same name (:func:`~qmprr.replay.safety.resolve_qemu`) and, with
+    *checks* (unless the user gave the whole line with ``--argv-file``), its
+    options must stay within the work folder and the mapped roots.
     """
     if argv_file is not None:
         try:
@@ -68,38 +72,62 @@ def qemu_argv(
             "the recording has no QEMU command line (made with 'qmprr proxy'?):"
             " give one with --argv-file, or replay into a running QEMU with --target socket:PATH"
         )
-    if qemu is not None:
-        argv[0] = qemu
+    if not argv:
+        raise TargetError(f"{argv_file}: no QEMU command line in it")
     if path_map.pairs:
         argv = [path_map.rewrite(a) for a in argv]
-    if argv_file is None and not allow_unsafe:
+    if argv_file is not None:
+        program = qemu if qemu is not None else argv[0]
+        found = shutil.which(program)
+        if found is None:
+            raise TargetError(f"QEMU binary {program!r} not found: install qemu-system-x86 or use --qemu BINARY")
+        return [found, *argv[1:]]
+    try:
+        program = resolve_qemu(argv[0], qemu) if checks or qemu is not None else shutil.which(argv[0]) or argv[0]
+    except ValueError as exc:
+        raise TargetError(f"refusing the recorded QEMU command line: {exc}") from None
+    except LookupError as exc:
+        raise TargetError(str(exc.args[0])) from None
+    if checks:
         roots = path_map.allowed_roots() + ([os.path.abspath(workdir)] if workdir else [])
-        problem = argv_refusal(argv if qemu is None else ["qemu-system-x86_64", *argv[1:]], roots)
+        problem = argv_refusal(argv[1:], roots)
         if problem:
             raise TargetError(f"refusing the recorded QEMU command line: {problem} (--allow-unsafe to run it anyway)")
-    if shutil.which(argv[0]) is None:
-        raise TargetError(f"QEMU binary {argv[0]!r} not found: install qemu-system-x86 or use --qemu BINARY")
-    return argv
+    return [program, *argv[1:]]
 
 
 @contextlib.asynccontextmanager
 async def qemu_target(
-    argv: list[str], make_log: LogFactory, workdir: str | None, env: dict[str, str] | None = None
+    argv: list[str],
+    make_log: LogFactory,
+    workdir: str | None,
+    env: dict[str, str] | None = None,
+    *,
+    sandbox: Sandbox | None = None,
+    started: Callable[[LaunchedQemu], None] | None = None,
 ) -> AsyncIterator[Channel]:
-    """Start QEMU from *argv* (in *workdir*, with *env* added) with a private monitor; yield the channel."""
-    old = os.getcwd()
-    if workdir:
-        os.chdir(workdir)
+    """Start QEMU from *argv* (in *workdir*, with *env* added, in *sandbox*) with a private monitor; yield the channel.
+
+    *started* is told the launched QEMU (to watch how it ends).
+    """
     try:
-        qemu = await start_qemu(argv, env)
-    finally:
-        os.chdir(old)
+        qemu = await start_qemu(argv, env, sandbox=sandbox, cwd=workdir)
+    except LaunchError as exc:
+        raise TargetError(str(exc)) from None
+    if started is not None:
+        started(qemu)
     try:
         reader, writer = await asyncio.open_unix_connection(sock=qemu.monitor)
         try:
             channel = await Channel.open(reader, writer, make_log)
         except QmprrError as exc:
-            raise await qemu.fail_startup(exc) from None
+            failure = await qemu.fail_startup(exc)
+            if qemu.process.returncode == -SECCOMP_SIGNAL:
+                raise TargetError(
+                    "QEMU was killed at start-up by its sandbox (SIGSYS): the command line made a forbidden"
+                    " system call, such as running a program"
+                ) from None
+            raise failure from None
         try:
             yield channel
         finally:
