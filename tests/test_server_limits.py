@@ -255,7 +255,7 @@ async def test_a_garbage_burst_is_one_record_and_a_count(tmp_path: Path) -> None
 
 
 async def test_a_debug_clients_4_mib_argument_is_refused_locally_and_never_reaches_qemu(tmp_path: Path) -> None:
-    async with proxy(tmp_path) as p:  # default debug limit: 64 KiB
+    async with proxy(tmp_path) as p:  # default debug limit: 16 KiB
         debug = await Raw.connect(p.debug_socket)
         primary = await Raw.connect(p.socket)
         # Half of a 4 MiB command: already far over the limit, refused before it ends.

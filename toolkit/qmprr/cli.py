@@ -573,8 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default 8M; K, M, G suffixes are powers of 1024)")
         p.add_argument("--max-message", type=size, default="8M", metavar="SIZE",
                        help="largest message from a primary client (default 8M)")
-        p.add_argument("--debug-max-message", type=size, default="64K", metavar="SIZE",
-                       help="largest message from a debug client (default 64K: QEMU parses big "
+        p.add_argument("--debug-max-message", type=size, default="16K", metavar="SIZE",
+                       help="largest message from a debug client (default 16K: QEMU parses big "
                        "arguments slowly, holding the wire for everyone)")
 
     p = sub.add_parser(

@@ -60,7 +60,7 @@ DEFAULT_MAX_CLIENTS = 64
 DEFAULT_MAX_MESSAGE = 8 * MiB
 #: Largest message from a debug client: QEMU parses big arguments at seconds per
 #: MiB, and the wire is everyone's meanwhile.
-DEFAULT_DEBUG_MAX_MESSAGE = 64 * 1024
+DEFAULT_DEBUG_MAX_MESSAGE = 16 * 1024
 #: In a long burst of local errors, a ``note`` with the count every this many.
 BURST_NOTE_EVERY = 10_000
 #: Bytes read from a client at a time (and the StreamReader's buffer limit).
