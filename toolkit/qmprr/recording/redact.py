@@ -169,11 +169,12 @@ def redact_object_spec(spec: str) -> tuple[str, set[str], set[str]]:
     """
     if spec.lstrip().startswith("{"):
         try:
-            obj = json.loads(spec)
-        except ValueError:
-            return spec, set(), set()
+            obj = codec.loads(spec)  # QEMU's grammar: single quotes too
+        except codec.JSONDecodeError:
+            obj = None
         if not isinstance(obj, dict):
-            return spec, set(), set()
+            # Not JSON this parser reads, yet QEMU may: the whole argument goes, to be safe.
+            return REDACTED, {spec}, set()
         values: set[str] = set()
         is_secret = obj.get("qom-type") == "secret"
         for key in list(obj):
