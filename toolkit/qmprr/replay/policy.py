@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import attrs
 
+from ..recording.redact import hmp_tokens
 from .safety import FD_COMMANDS, PLACEHOLDER_FD, PathMap, fill_secrets, refusal, secret_missing
 from .script import Exchange
 
@@ -59,7 +60,7 @@ def _safety(policy: ReplayPolicy, ex: Exchange, args: Any) -> Decision | None:
 
 def _fd(policy: ReplayPolicy, ex: Exchange, args: Any) -> Decision | None:
     hmp = args.get("command-line", "") if isinstance(args, dict) and ex.command == "human-monitor-command" else ""
-    if ex.command in FD_COMMANDS or (isinstance(hmp, str) and hmp.split()[:1] == ["getfd"]):
+    if ex.command in FD_COMMANDS or (isinstance(hmp, str) and [t[2] for t in hmp_tokens(hmp)[:1]] == ["getfd"]):
         return Decision("placeholder", f"a placeholder fd ({PLACEHOLDER_FD}) stood in for the recorded one", args)
     return None
 

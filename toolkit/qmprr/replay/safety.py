@@ -36,6 +36,7 @@ import attrs
 
 from .. import codec, qemuopts
 from ..recording import REDACTED
+from ..recording.redact import hmp_tokens
 
 #: Commands that pass a file descriptor with them: replay sends a placeholder.
 FD_COMMANDS = frozenset({"getfd", "add-fd"})
@@ -148,12 +149,12 @@ def refusal(command: str, arguments: Any, roots: Iterable[str]) -> str | None:
 
 
 def _hmp_refusal(line: str, roots: list[str]) -> str | None:
-    words = line.split()
-    name = words[0] if words else ""
+    words = hmp_tokens(line)  # QEMU's own HMP tokenizer, the one redaction uses
+    name = words[0][2] if words else ""
     if "exec:" in line and name.startswith("migrate"):
         return f"HMP migrate to exec: runs a host program: {line!r}"
-    if name.startswith(("qom-", "qom_", "device_del", "info", "help")):
-        return None
+    if name in ("qom-get", "qom-list", "qom_get", "qom_list", "device_del", "info", "help", "?"):
+        return None  # they read, or remove a device; nothing they take names a host file
     for key, value in qemuopts_pairs(line):
         if key in _PROGRAM_KEYS and value not in ("", "no"):
             return f"{key}={value!r} runs a host program"
