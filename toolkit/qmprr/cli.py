@@ -292,12 +292,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         secrets=_pairs(args.secret, "--secret"),
         normalizer=normalizer,
         event_timeout=args.event_timeout,
+        host_differences=args.host_differences,
     )
     run = RunOptions(
         target=args.target,
         qemu=args.qemu,
         argv_file=args.argv_file,
         domain=args.domain,
+        ignore_unsupported=args.ignore_unsupported,
         workdir=args.workdir,
         keep_workdir=args.keep_workdir,
         record=args.record,
@@ -562,6 +564,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qemu", metavar="BINARY", help="QEMU binary instead of the recorded one")
     p.add_argument("--argv-file", metavar="FILE", help="QEMU command line, one argument per line")
     p.add_argument("--domain", metavar="XML", help="build the QEMU command line from libvirt domain XML")
+    p.add_argument("--ignore-unsupported", action="store_true",
+                   help="--domain: drop unsupported parts of the XML with a warning")
+    p.add_argument("--host-differences", choices=("warn", "diverge"), default="warn",
+                   help="differences that depend on the host (CPU model expansion, modules, the monitor): "
+                   "warnings (default) or divergences")
     p.add_argument("--workdir", metavar="DIR",
                    help="folder QEMU runs in and may write (relative paths resolve there); default: a fresh temporary one")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work folder and print where it is")
