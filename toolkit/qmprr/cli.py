@@ -331,7 +331,8 @@ async def _fake_main(args: argparse.Namespace, normalizer) -> int:  # type: igno
 
     from .fake import FakeQemu
 
-    fake = FakeQemu.from_recording(args.file, mode=args.mode, reuse=args.reuse, normalizer=normalizer)
+    fake = FakeQemu.from_recording(args.file, mode=args.mode, reuse=args.reuse, normalizer=normalizer,
+                                   external_events=args.external_events)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -606,6 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reuse", action="store_true", help="lenient: answer consumed commands again")
     p.add_argument("--rules", metavar="FILE", help="normalization rules (TOML) for argument matching")
     p.add_argument("--keep-serving", action="store_true", help="serve until SIGINT/SIGTERM, not one client")
+    p.add_argument("--external-events", action="store_true",
+                   help="also send events no command caused (libvirt's signal: SHUTDOWN), where they were recorded")
     p.set_defaults(func=cmd_fake)
 
     p = sub.add_parser("bench", help="benchmarks that print ratios against a same-run baseline")

@@ -132,6 +132,9 @@ async def replay(
                 break
             if progress is not None:
                 progress(index, len(exchanges))
+            if index and ex.session != exchanges[index - 1].session:
+                report.warnings.append(f"step {index + 1}, seq {ex.seq}: monitor session {ex.session} starts (a new"
+                                       " QEMU and negotiation when recorded); replayed into the same QEMU")
             decision = policy.decide(ex)
             if not decision.sends:
                 status: Status = "skipped" if decision.action == "skip" else "refused"
