@@ -120,7 +120,7 @@ def recording_items(conn: Connection, match: QemuMatch | None) -> list[Item]:
     _, removed = run.replay_argv()
     note = Note(
         text=f"QEMU command line and environment from {match.log.name} (the run started {run.stamp});"
-        " the monitor libvirt used is left out of qemu_argv: a replay gives QEMU its own",
+        " the monitor libvirt used (and its -sandbox) is left out of qemu_argv: a replay gives QEMU its own",
         data=Msg({"qemu_log": match.log.name, "line": run.line, "started": run.stamp, "removed": removed}),
     )
     items.insert(0, Item(note, None, {"ts": run.stamp, "line": run.line, "file": match.log.name}))
