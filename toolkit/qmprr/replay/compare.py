@@ -93,7 +93,8 @@ def _cpu_model_is_host(arguments: dict[str, Any], recorded: Any, diff: Differenc
     name = model.get("name") if isinstance(model, dict) else None
     if name is None and isinstance(recorded, dict):
         name = (recorded.get("return") or {}).get("model", {}).get("name")
-    return name in ("host", "max")
+    # libvirt expands host/max statically, then "base" with those props: the host's CPU either way
+    return name in ("host", "max") or (name == "base" and bool(isinstance(model, dict) and model.get("props")))
 
 
 def _module_entry(arguments: dict[str, Any], recorded: Any, diff: Difference) -> bool:
@@ -136,7 +137,7 @@ def _is_module_type(name: str) -> bool:
 #: The built-in host rules (see docs/replay.md, "Host differences").
 HOST_RULES: tuple[HostRule, ...] = (
     HostRule("cpu-model-expansion", "query-cpu-model-expansion", "return.model.*",
-             "the properties of -cpu host/max are the host CPU's (and the accelerator's)", _cpu_model_is_host),
+             "the properties of -cpu host/max (and of base with their props) are the host CPU's", _cpu_model_is_host),
     HostRule("cpu-unavailable-features", "query-cpu-definitions", "return*unavailable-features*",
              "which CPU features are unavailable depends on the host CPU and the accelerator"),
     HostRule("kvm-availability", "query-kvm", "return.*", "whether KVM is present and enabled is the host's"),
