@@ -320,3 +320,25 @@ def test_replay_domain_from_virsh_dumpxml_runs_qemu(tmp_path: Path, capsys: pyte
     assert status in (0, 1), err
     assert "replayed" in out and "0 interrupted" in out, out
     assert "ignored <alias>" in out + err
+
+
+def test_qmprr_diff_aligns_lists_too(imported: dict[int, Path], tmp_path: Path) -> None:
+    """Two imports of the VM, one with an entry less in a qom-list answer: one difference, named."""
+    from test_replay_support import rewrite_recording
+
+    from qmprr.analysis.diff import diff_recordings
+    from qmprr.recording import Msg, Reply
+
+    seq = next(r["seq"] for r in lines(imported[4]) if r["kind"] == "command" and r["msg"]["execute"] == "qom-list")
+    gone: list[Any] = []
+
+    def edit(record: Any) -> Any:
+        if isinstance(record, Reply) and record.cmd == seq:
+            entries = list(record.msg["return"])
+            gone.append(entries.pop(1))
+            return Reply(seq=record.seq, t=record.t, cmd=record.cmd, msg=Msg({**record.msg, "return": entries}))
+        return record
+
+    other = rewrite_recording(imported[4], tmp_path / "b.jsonl", edit)
+    texts = [item.text for row in diff_recordings(imported[4], other).rows for item in row.items]
+    assert texts == [f"reply return: 1 entry only in A: {gone[0]!r}"], texts

@@ -54,8 +54,8 @@ class Difference:
     summary: str | None = None
     host: str | None = None
 
-    def describe(self, a: str = "recorded", b: str = "got", a_name: str = "recorded", b_name: str = "replay") -> str:
-        """The difference in words: values as ``{a} X, {b} Y``, one-sided entries ``only in the {a_name}``."""
+    def describe(self, a: str = "recorded", b: str = "got", a_name: str = "the recorded", b_name: str = "the replay") -> str:
+        """The difference in words: values as ``{a} X, {b} Y``, one-sided entries ``only in {a_name}``."""
         if self.summary is not None:
             text = f"{self.what} {self.path}: {self.summary.format(a=a, b=b, a_name=a_name, b_name=b_name)}"
         else:
@@ -300,12 +300,12 @@ def _all_scalars(items: list[Any]) -> bool:
 
 
 def _only_text(items: list[Any], side: str, key: str | None) -> str:
-    """``1 entry only in the {side}: {…}``, cut to a few entries."""
+    """``1 entry only in {side}: {…}``, cut to a few entries."""
     n = len(items)
     shown = [short(x, 60) for x in items[:5]]
     more = f", … ({n - 5} more)" if n > 5 else ""
     noun = "entry" if n == 1 else "entries"
-    return f"{n} {noun} only in the {side}: " + _esc(", ".join(shown)) + more
+    return f"{n} {noun} only in {side}: " + _esc(", ".join(shown)) + more
 
 
 def _esc(text: str) -> str:
