@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from support import QEMU, qemu_with_qmp
 from test_import_support import DATA, LOG, QEMU_LOG, REPLIES, lines, run_import
 
@@ -342,3 +344,23 @@ def test_qmprr_diff_aligns_lists_too(imported: dict[int, Path], tmp_path: Path) 
     other = rewrite_recording(imported[4], tmp_path / "b.jsonl", edit)
     texts = [item.text for row in diff_recordings(imported[4], other).rows for item in row.items]
     assert texts == [f"reply return: 1 entry only in A: {gone[0]!r}"], texts
+
+
+_entries = st.lists(st.fixed_dictionaries({"name": st.text(min_size=1, max_size=8), "v": st.integers(0, 3)}),
+                    max_size=12, unique_by=lambda e: e["name"])
+
+
+@given(_entries, st.randoms(use_true_random=False), st.data())
+def test_property_set_answers_permuted_and_cut(entries: list[dict[str, Any]], rnd: Any, data: Any) -> None:
+    """Any order is no difference; removing k entries is one difference naming k entries."""
+    shuffled = entries[:]
+    rnd.shuffle(shuffled)
+    assert compare_replies("qom-list-types", {"return": entries}, {"return": shuffled}, NORM) == []
+    k = data.draw(st.integers(0, len(entries)))
+    kept = shuffled[k:]
+    diffs = compare_replies("qom-list-types", {"return": entries}, {"return": kept}, NORM)
+    if k == 0:
+        assert diffs == []
+    else:
+        assert len(diffs) == 1 and sorted(e["name"] for e in diffs[0].recorded) == sorted(e["name"] for e in shuffled[:k])
+        assert str(diffs[0]).startswith(f"reply return: {k} {'entry' if k == 1 else 'entries'} only in the recorded: ")
