@@ -318,3 +318,67 @@ def _check_dies_with_starter(tmp_path: Path, user: str) -> None:
     refused = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert refused.returncode == 125 and "is gone" in refused.stderr
     assert not (tmp_path / "ran").exists()
+
+
+# -- found by a hostile review ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spelling", ["json: {", "json:\t{", "json:\n{", "json:{"])
+@pytest.mark.parametrize("quote", ['"', "'"])
+def test_json_filenames_are_read_as_qemu_reads_them(spelling: str, quote: str) -> None:
+    """QEMU's JSON parser skips whitespace after ``json:`` and reads single quotes and ``\\/``."""
+    from qmprr.replay.safety import argv_refusal
+
+    q = quote
+    spec = (f"file={spelling}{q}driver{q}:{q}raw{q},,{q}file{q}:{{{q}driver{q}:{q}file{q},,"
+            f"{q}filename{q}:{q}\\/etc\\/hosts{q}}}}},if=none,id=d0")
+    why = argv_refusal(["-drive", spec], ["/work/nothing"])
+    assert why is not None and "/etc/hosts" in why
+
+
+def test_unreadable_json_filename_is_refused() -> None:
+    from qmprr.replay.safety import argv_refusal
+
+    assert "cannot read" in argv_refusal(["-drive", "file=json: {bad,if=none"], ["/w"])
+
+
+def _in_sandbox(folder: Path, code: str) -> subprocess.CompletedProcess[str]:
+    from qmprr.sandbox import Sandbox
+
+    return subprocess.run(Sandbox([str(folder)]).command("/usr/bin/python3", ["-c", code]),
+                          capture_output=True, text=True, cwd=folder, timeout=60)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to bind-mount a file")
+def test_a_file_bind_mount_is_read_only_in_the_sandbox(tmp_path: Path) -> None:
+    """Container runtimes bind files (/etc/hosts): those mount points must be remounted too."""
+    src, dst, work = tmp_path / "src", tmp_path / "dst", tmp_path / "work"
+    src.write_text("host file\n")
+    dst.write_text("")
+    work.mkdir()
+    inner = f"open({str(dst)!r}, 'a').write('PWNED')"
+    starter = tmp_path / "starter.py"
+    starter.write_text(
+        "import subprocess, sys\nfrom qmprr.sandbox import Sandbox\n"
+        f"cmd = Sandbox([{str(work)!r}]).command('/usr/bin/python3', ['-c', {inner!r}])\n"
+        f"sys.exit(subprocess.run(cmd, cwd={str(work)!r}).returncode)\n"
+    )
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           f"mount --bind {src} {dst} && exec {sys.executable} {starter}"],
+                          capture_output=True, text=True, timeout=60)
+    assert "Read-only file system" in done.stderr, done.stderr
+    assert src.read_text() == "host file\n"
+
+
+def test_the_sandbox_shows_no_host_device_nodes(tmp_path: Path) -> None:
+    code = ("import os; print(sorted(n for n in os.listdir('/dev') if not n.startswith('.')));"
+            " open('/dev/null', 'w').write('x'); print(len(open('/dev/urandom', 'rb').read(8)))")
+    done = _in_sandbox(tmp_path, code)
+    assert done.returncode == 0, done.stderr
+    listed, random_bytes = done.stdout.splitlines()
+    assert set(eval(listed)) <= {"null", "zero", "full", "random", "urandom", "kvm", "shm",
+                                 "fd", "stdin", "stdout", "stderr"}
+    assert random_bytes == "8"
+    for node in ("/dev/kmsg", "/dev/mem", "/dev/vda", "/dev/sda"):
+        assert _in_sandbox(tmp_path, f"open({node!r}, 'w')").returncode != 0  # neither there nor creatable
+    assert _in_sandbox(tmp_path, "open('/dev/shm/scratch', 'w').write('x')").returncode == 0

@@ -208,6 +208,20 @@ def test_redacted_value_is_taken_out_of_later_records(tmp_path: Path) -> None:
     assert records[2].msg["error"]["desc"] == f"bad {REDACTED}!"
 
 
+def test_redaction_works_at_the_deepest_nesting_qemu_accepts(tmp_path: Path) -> None:
+    # QEMU takes 1024 levels; Python's recursion stops near 1000: redaction must not recurse.
+    deep: Any = MARKER
+    for _ in range(1020):
+        deep = [deep]
+    with RecordWriter.create(tmp_path / "rec.jsonl", sync="none") as log:
+        c = log.append(Command(src="p", role="primary", msg={"execute": "object-add", "arguments": {
+            "qom-type": "secret", "id": "s", "data": MARKER, "x": deep}}))
+        log.append(Reply(cmd=c.seq, msg={"return": {"echo": deep}}))
+        log.append(Command(src="p", role="primary", msg={"execute": "x-later", "arguments": {"v": deep}}))
+    assert files_holding(tmp_path, MARKER) == []
+    assert len(list(read_records(tmp_path / "rec.jsonl"))) == 4
+
+
 def test_other_commands_replies_are_untouched(tmp_path: Path) -> None:
     with RecordWriter.create(tmp_path / "rec.jsonl", sync="none") as log:
         c = log.append(Command(src="p", role="primary", msg={"execute": "qom-get", "arguments": {
@@ -354,3 +368,16 @@ def test_argv_secret_data_never_survives(data: str, json_form: bool) -> None:
     assert data in found and ids == {"s0"}
     assert argv[2].count(REDACTED) == 1
     assert ("data=" + REDACTED in argv[2]) or json.loads(argv[2])["data"] == REDACTED
+
+
+@pytest.mark.parametrize("spec", [
+    "{'qom-type':'secret','id':'s0','data':'%s'}",  # QEMU 7.2 reads single-quoted JSON
+    '{"qom-type":"secret","id":"s0","data":"%s"',  # JSON qmprr cannot read: QEMU may, so all of it goes
+    "{'qom-type':'secret',\t'id':'s0','data':'%s'}",
+])
+def test_json_object_in_any_spelling_qemu_reads_is_redacted(spec: str, tmp_path: Path) -> None:
+    argv, found, _ = redact_argv(["qemu-system-x86_64", "-object", spec % MARKER])
+    assert MARKER not in " ".join(argv) and any(MARKER in v for v in found)
+    with RecordWriter.create(tmp_path / "rec.jsonl", sync="none") as log:
+        log.append(Command(src="p", role="debug", msg=hmp("object_add " + spec % MARKER)))
+    assert files_holding(tmp_path, MARKER) == []

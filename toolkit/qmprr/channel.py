@@ -272,7 +272,7 @@ class Channel:
         *options* are :class:`Channel`'s (``tx_idle_timeout``, ``wire_timeout``,
         ``log_wait_timeout``).
         """
-        decoder = wire.StreamDecoder()
+        decoder = wire.StreamDecoder(limits=None, strict=False)
         greeting: dict[str, Any] | None = None
         leftover: list[dict[str, Any]] = []
         try:

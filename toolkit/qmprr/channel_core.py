@@ -361,7 +361,7 @@ class ChannelCore:
         self.tx_idle_timeout = tx_idle_timeout
         self.log_wait_timeout = log_wait_timeout
         self._offset = offset or getattr(log, "offset", None) or (lambda t: t)
-        self._decoder = decoder or wire.StreamDecoder()
+        self._decoder = decoder or wire.StreamDecoder(limits=None, strict=False)  # QEMU's output: no client limits
         self._queue: collections.deque[_Ask | _Begin] = collections.deque()
         self._tx_queue: collections.deque[_Ask | _End] = collections.deque()
         self._in_flight: _InFlight | None = None

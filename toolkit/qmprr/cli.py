@@ -2,7 +2,9 @@
 
 Exit status (all subcommands): 0 success; 1 the check found problems
 (``verify``); 2 the command could not run (bad arguments, unreadable file,
-not a recording); 130 interrupted.
+not a recording, an output that cannot be written); 130 interrupted. Every
+error is one line on stderr, ``qmprr: ...``; an internal error (a bug) too,
+with exit status 2 (``QMPRR_DEBUG=1`` shows its traceback).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
 from .errors import QmprrError
@@ -20,6 +23,45 @@ class UsageError(QmprrError):
     """The command line is wrong."""
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``qmprr: ...; see 'qmprr CMD --help'``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CANNOT_RUN, f"qmprr: {message}; see '{self.prog} --help'\n")
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def size(text: str) -> int:
+    """An argparse type: a size in bytes, at least 2: ``65536``, ``64K``, ``8M``, ``1G`` (powers of 1024)."""
+    value = text.strip()
+    scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(value[-1:].upper(), 1)
+    digits = value[:-1] if scale != 1 else value
+    if not digits.isdigit() or int(digits) * scale < 2:
+        raise argparse.ArgumentTypeError(f"not a size of at least 2 bytes (e.g. 65536, 64K, 8M): {text!r}")
+    return int(digits) * scale
+
+
+def count(text: str) -> int:
+    """An argparse type: a positive whole number."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text!r}")
+    return value
 
 
 # -- subcommands -------------------------------------------------------------
@@ -143,6 +185,7 @@ def _check_new_output(path: str) -> None:
 def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .recording import Redactor, SyncPolicy
     from .recording.chain import SealKey
+    from .server import Limits
     from .service import ServiceOptions
     from .session import Policy
 
@@ -152,7 +195,14 @@ def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         if not sep or not key:
             raise UsageError(f"--label takes KEY=VALUE, not {item!r}")
         labels[key] = value
+    limits = Limits(
+        output_budget=args.client_output_budget,
+        max_clients=args.max_clients,
+        max_message=args.max_message,
+        debug_max_message=args.debug_max_message,
+    )
     return ServiceOptions(
+        limits=limits,
         record=args.record,
         socket=args.socket,
         debug_socket=args.debug_socket,
@@ -217,7 +267,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
     import json
 
     from . import codec
-    from .client import QmpClient
+    from .client import ClientError, QmpClient, ReplyTimeout
 
     if args.hmp is not None:
         if args.qmp_command is not None:
@@ -236,7 +286,21 @@ def cmd_inject(args: argparse.Namespace) -> int:
         if not isinstance(msg, dict) or not isinstance(msg.get("execute"), str):
             raise UsageError('the command must be a JSON object with "execute", e.g. \'{"execute": "query-status"}\'')
     with QmpClient(args.socket, timeout=args.timeout) as client:
-        reply = client.execute_msg(msg)
+        if not args.cancel_on_timeout:
+            client.detach()  # if we time out and leave, qmprr still runs the command
+        try:
+            reply = client.execute_msg(msg)
+        except ReplyTimeout:
+            if args.cancel_on_timeout:  # leaving withdraws it, if it is still queued
+                raise ClientError(
+                    f"no reply within {args.timeout:g} s; timed out: withdrawn if it had not reached"
+                    " QEMU (see the recording: a command record from this client means it had)"
+                ) from None
+            raise ClientError(
+                f"no reply within {args.timeout:g} s: the command may still run (it is queued behind"
+                " other commands, or in flight in QEMU); its reply will be in the recording"
+                " (--cancel-on-timeout withdraws a queued one instead)"
+            ) from None
     reply.pop("id", None)
     if args.json:
         print(codec.dumps(reply).decode())
@@ -261,11 +325,35 @@ def _pairs(items: list[str], option: str) -> dict[str, str]:
     return out
 
 
+#: Largest --argv-file read (a QEMU command line is a few KiB).
+MAX_ARGV_FILE_BYTES = 1024 * 1024
+
+
+def check_replay_files(args: argparse.Namespace) -> None:
+    """Refuse unusable inputs and outputs of ``replay`` before anything starts (not after the replay)."""
+    from .files import check_output, read_text_limited
+
+    if args.argv_file is not None:
+        text = read_text_limited(args.argv_file, MAX_ARGV_FILE_BYTES, option="--argv-file",
+                                 what="QEMU command line")
+        if "\0" in text:
+            raise UsageError(f"--argv-file {args.argv_file}: holds a NUL byte, which no argument can")
+        if not any(line.strip() for line in text.splitlines()):
+            raise UsageError(f"--argv-file {args.argv_file}: no QEMU command line in it"
+                             " (one argument per line, the binary first)")
+    if args.report is not None:
+        check_output(args.report, option="--report", inputs=[args.file])
+    if args.record is not None:
+        check_output(args.record, option="--record", exist_ok=False)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from .replay.engine import ReplayOptions
     from .replay.normalize import Normalizer, load_rules
     from .replay.run import RunOptions
     from .replay.safety import PathMap
+
+    check_replay_files(args)
 
     try:
         path_map = PathMap.parse(args.map_path)
@@ -280,8 +368,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             pace = 1.0 if args.pace == "recorded" else float(args.pace)
         except ValueError:
             raise UsageError(f"--pace takes asap, recorded or a speed factor, not {args.pace!r}") from None
-        if pace <= 0:
-            raise UsageError("--pace factor must be positive")
+        if not 0 < pace < float("inf"):  # nan and inf too
+            raise UsageError(f"--pace factor must be a positive number, not {args.pace!r}")
     options = ReplayOptions(
         keep_going=args.keep_going,
         until=args.until,
@@ -384,7 +472,7 @@ def cmd_bench_log(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="qmprr",
         description="Record and replay QEMU monitor (QMP) sessions.",
         epilog="Exit status: 0 ok, 1 problems found, 2 could not run. "
@@ -459,7 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Sockets are created with mode 0600. Debug clients' commands are recorded with role "
         "'debug' and taint the recording; the default policy refuses them quit (QMP and HMP). "
         "Proxy-local commands: qmprr-transaction-begin {\"label\": ...} and "
-        "qmprr-transaction-end hold the channel for one client."
+        "qmprr-transaction-end hold the channel for one client; qmprr-detach keeps a client's "
+        "commands running after it leaves (otherwise those not yet sent are withdrawn)."
     )
 
     def add_service_options(p: argparse.ArgumentParser) -> None:
@@ -472,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="refuse CMD (glob; hmp:WORD for HMP) to debug clients; repeatable")
         p.add_argument("--allow", action="append", default=[], metavar="CMD",
                        help="permit CMD to debug clients even if denied by default; repeatable")
-        p.add_argument("--tx-timeout", type=float, default=30.0, metavar="SECONDS",
+        p.add_argument("--tx-timeout", type=seconds, default=30.0, metavar="SECONDS",
                        help="abort a transaction idle this long (default 30)")
         p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                        help="label stored in the recording's header; repeatable")
@@ -480,6 +569,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--keep-input", action="store_true",
                        help="log the first bytes of unparsable client input as text (default: only their "
                        "SHA-256 and length, since they may hold a secret)")
+        p.add_argument("--max-clients", type=count, default=64, metavar="N",
+                       help="clients connected at once per socket; more are refused (default 64)")
+        p.add_argument("--client-output-budget", type=size, default="8M", metavar="SIZE",
+                       help="bytes queued to a client that does not read before it is disconnected "
+                       "(default 8M; K, M, G suffixes are powers of 1024)")
+        p.add_argument("--max-message", type=size, default="8M", metavar="SIZE",
+                       help="largest message from a primary client (default 8M)")
+        p.add_argument("--debug-max-message", type=size, default="16K", metavar="SIZE",
+                       help="largest message from a debug client (default 16K: QEMU parses big "
+                       "arguments slowly, holding the wire for everyone)")
 
     p = sub.add_parser(
         "launch",
@@ -536,13 +635,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Connect to SOCKET (a qmprr debug socket, or any QMP socket), negotiate, send "
         "one command, print the reply. COMMAND is a JSON object ('{\"execute\": \"query-status\"}') "
         "or a bare command name (query-status).",
-        epilog="Exit status: 0 QEMU returned, 1 QEMU answered an error, 2 cannot connect or talk.",
+        epilog="Exit status: 0 QEMU returned, 1 QEMU answered an error, 2 cannot connect or talk, "
+        "or no reply within --timeout.",
     )
     p.add_argument("socket", metavar="SOCKET")
     p.add_argument("qmp_command", nargs="?", metavar="COMMAND")
     p.add_argument("--hmp", metavar="TEXT", help="send an HMP command line (human-monitor-command)")
     p.add_argument("--json", action="store_true", help="print the raw reply as one JSON line")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the reply (default 30)")
+    p.add_argument("--timeout", type=seconds, default=30.0,
+                   help="seconds to wait for the reply (default 30); when it expires the command may "
+                   "still run, and its reply goes to the recording")
+    p.add_argument("--cancel-on-timeout", action="store_true",
+                   help="when --timeout expires, withdraw the command if it has not reached QEMU yet")
     p.set_defaults(func=cmd_inject)
 
     p = sub.add_parser(
@@ -585,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="value of a redacted secret (by object id, protocol or command)")
     p.add_argument("--allow-unsafe", action="store_true",
                    help="no sandbox and no checks: run the recording's command line and commands as they are")
-    p.add_argument("--event-timeout", type=float, default=3.0, metavar="SECONDS",
+    p.add_argument("--event-timeout", type=seconds, default=3.0, metavar="SECONDS",
                    help="how long to wait for a window's recorded events (default 3)")
     p.add_argument("--report", metavar="FILE.json", help="write every step as JSON")
     p.add_argument("--record", metavar="OUT.jsonl", help="record the replay itself through the channel")
@@ -619,8 +723,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a synthetic recording under each sync policy, then read and verify "
         "it, against a plain json.loads loop over the same file; and the reader's peak memory.",
     )
-    b.add_argument("--records", type=int, default=1_000_000, help="records to write (default 1,000,000)")
-    b.add_argument("--always-records", type=int, default=2_000,
+    b.add_argument("--records", type=count, default=1_000_000, help="records to write (default 1,000,000)")
+    b.add_argument("--always-records", type=count, default=2_000,
                    help="records to write with sync=always, one fsync each (default 2,000)")
     b.add_argument("--dir", help="folder for the temporary files (default: the system's)")
     b.set_defaults(func=cmd_bench_log)
@@ -630,8 +734,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time query-status round trips four ways against one QEMU: a raw socket client "
         "and qemu.qmp's QMPClient, straight and through 'qmprr proxy'; print medians and ratios.",
     )
-    b.add_argument("--commands", type=int, default=2000, help="round trips per way (default 2,000)")
-    b.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
+    b.add_argument("--commands", type=count, default=2000, help="round trips per way (default 2,000)")
+    b.add_argument("--rounds", type=count, default=10, help="interleaved rounds (default 10)")
     b.set_defaults(func=cmd_bench_proxy)
     b = bench.add_parser(
         "replay",
@@ -639,9 +743,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="(a) fake QEMU throughput with a pipelining raw client, against a real QEMU and a "
         "minimal responder; (b) replaying N commands against a real QEMU vs a raw client.",
     )
-    b.add_argument("--exchanges", type=int, default=20_000, help="pipelined exchanges for (a)")
-    b.add_argument("--commands", type=int, default=10_000, help="commands replayed for (b)")
-    b.add_argument("--rounds", type=int, default=3)
+    b.add_argument("--exchanges", type=count, default=20_000, help="pipelined exchanges for (a)")
+    b.add_argument("--commands", type=count, default=10_000, help="commands replayed for (b)")
+    b.add_argument("--rounds", type=count, default=3)
     b.add_argument("--only", choices=("fake", "replay"))
     b.set_defaults(func=cmd_bench_replay)
 
@@ -652,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
         "time and peak memory (a child process), 'show --command ... --json' throughput, and the "
         "same selection counted with jq over the same file.",
     )
-    b.add_argument("--records", type=int, default=1_000_000, help="records to write (default 1,000,000)")
+    b.add_argument("--records", type=count, default=1_000_000, help="records to write (default 1,000,000)")
     b.add_argument("--dir", help="folder for the temporary file (default: the system's)")
     b.set_defaults(func=cmd_bench_analysis)
 
@@ -688,6 +792,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except OSError as exc:  # a file or socket problem no command foresaw: still one line
         print(f"qmprr: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    except Exception as exc:  # a bug: still one line (tests fail on it); QMPRR_DEBUG=1 for the traceback
+        if os.environ.get("QMPRR_DEBUG"):
+            raise
+        text = " ".join(str(exc).split())[:300]
+        print(f"qmprr: internal error (a bug; QMPRR_DEBUG=1 shows where): {type(exc).__name__}: {text}",
+              file=sys.stderr)
         return EXIT_CANNOT_RUN
 
 

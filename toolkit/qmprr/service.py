@@ -32,7 +32,7 @@ from .launch import LaunchedQemu, start_qemu
 from .recording import RecordWriter, Redactor, SyncPolicy, new_header, relevant_env
 from .recording.segment import SegmentEnd, segment_end
 from .recording.chain import SealKey
-from .server import QmpServer, SocketPathError, check_socket_path
+from .server import Limits, QmpServer, SocketPathError, check_socket_path
 from .session import Policy
 
 QUIT_TIMEOUT = 10.0  # for quit through the channel, then for QEMU to exit after it
@@ -53,6 +53,7 @@ class ServiceOptions:
     redactor: Redactor = attrs.field(factory=Redactor)
     quiet: bool = False
     seal_key: SealKey | None = None  # key the recording's chain (``--seal-key``)
+    limits: Limits = attrs.field(factory=Limits)  # per-client bounds (output, message size, clients)
 
 
 def _log_factory(
@@ -117,7 +118,7 @@ def _remove_if_stale(path: str | None) -> None:
 
 
 async def _serve(channel: Channel, options: ServiceOptions) -> QmpServer:
-    server = QmpServer(channel, policy=options.policy)
+    server = QmpServer(channel, policy=options.policy, limits=options.limits)
     try:
         await server.listen(options.socket, "primary")
         if options.debug_socket:

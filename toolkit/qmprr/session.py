@@ -3,8 +3,9 @@
 A :class:`ClientSession` takes each item the client's :class:`~qmprr.wire.StreamDecoder`
 produced and says what to do with it: answer locally (:class:`Answer`),
 forward to QEMU through the channel (:class:`Forward`), or begin/end a
-transaction (:class:`BeginTx` / :class:`EndTx`). The asyncio server carries
-the actions out. Error shapes and texts are QEMU 7.2's, so a client cannot
+transaction (:class:`BeginTx` / :class:`EndTx`), or keep this client's
+queued commands when it disconnects (:class:`Detach`). The serve loop in
+:mod:`qmprr.server` carries the actions out. Error shapes and texts are QEMU 7.2's, so a client cannot
 tell the proxy from QEMU except by the ``qmprr-*`` commands it adds.
 """
 
@@ -17,11 +18,14 @@ from typing import Any
 
 import attrs
 
-from . import wire
+from . import codec, wire
 from .recording import ABSENT
 
 TX_BEGIN = "qmprr-transaction-begin"
 TX_END = "qmprr-transaction-end"
+#: Asks that this client's unanswered commands still run after it disconnects
+#: (by default they are withdrawn if not yet sent); ``qmprr inject`` sends it on timeout.
+DETACH = "qmprr-detach"
 #: Capabilities QEMU 7.2 knows (it offers ``oob``; qmprr offers none).
 KNOWN_CAPABILITIES = frozenset({"oob"})
 
@@ -110,6 +114,19 @@ def check_shape(msg: dict[str, Any]) -> str | None:
     return None
 
 
+def qemu_would_split(msg: dict[str, Any]) -> str | None:
+    """QEMU's limit error if *msg*, as the channel sends it (its id replaced by
+    qmprr's), would be over QEMU's parser limits; else None.
+
+    The decoder checked the client's bytes; re-encoding can grow a message
+    (``1e9`` becomes ``1000000000.0``, ``\xC0\x80`` becomes ``\u0000``) and
+    qmprr's id adds tokens, so the bytes QEMU will read are checked too. QEMU
+    answers such input without an id, and so does this refusal.
+    """
+    body = {k: v for k, v in msg.items() if k != "id"}
+    return wire.limit_error(codec.dumps(body), extra_tokens=wire.ID_TOKENS, extra_bytes=wire.ID_BYTES)
+
+
 # -- actions -------------------------------------------------------------------
 
 
@@ -143,7 +160,15 @@ class EndTx:
     client_id: Any = ABSENT
 
 
-Action = Answer | Forward | BeginTx | EndTx
+@attrs.frozen
+class Detach:
+    """Keep running this client's queued commands after it leaves (answered at once)."""
+
+    msg: dict[str, Any]
+    client_id: Any = ABSENT
+
+
+Action = Answer | Forward | BeginTx | EndTx | Detach
 
 
 class State(enum.Enum):
@@ -209,6 +234,8 @@ class ClientSession:
             return BeginTx(label, msg, cid)
         if name == TX_END:
             return EndTx(msg, cid)
+        if name == DETACH:
+            return Detach(msg, cid)
         if self.role == "debug":
             refused = self.policy.refusal(msg)
             if refused is not None:
@@ -220,6 +247,9 @@ class ClientSession:
                     ),
                     msg=msg,
                 )
+        too_big = qemu_would_split(msg)
+        if too_big is not None:
+            return Answer(qmp_error(too_big), msg=msg)
         return Forward(msg, cid)
 
     def _negotiate(self, msg: dict[str, Any], cid: Any) -> Action:

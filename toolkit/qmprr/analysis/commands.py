@@ -239,7 +239,7 @@ def register(subparsers: Any) -> None:
         "red; hover or click for the JSON. Wheel zooms, drag pans, double-click fits.",
     )
     p.add_argument("file", help="recording (.jsonl)")
-    p.add_argument("-o", "--output", required=True, metavar="HTML", help="file to write (replaced)")
+    p.add_argument("-o", "--output", required=True, metavar="HTML", help="file to write (replaced; mode 0600, never through a link)")
     p.add_argument("--title", help="page title (default: the recording's file name)")
     p.set_defaults(func=cmd_report)
 
@@ -253,7 +253,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("file", help="recording (.jsonl)")
     p.add_argument("--format", choices=("chrome-trace",), default="chrome-trace",
                    help="output format (default chrome-trace)")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write, or - for stdout")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write (mode 0600, never through a link), or - for stdout")
     p.set_defaults(func=cmd_export)
 
     _add_diff(subparsers)

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from ..files import check_output, display_name
 from .context import CommandInfo, Tracker, command_name, error_class
 from .output import clip, replace_file
 from .source import Scanner
@@ -56,7 +57,7 @@ class _ChromeTrace:
         self.tracker = Tracker(on_drop=lambda info: self._slice(info, None, None, None))
         self.waits = WaitTracker()
         self.tx_open: dict[int, tuple[str, str, float]] = {}
-        self._meta("process_name", PID, 0, f"qmprr {os.path.basename(path)}")
+        self._meta("process_name", PID, 0, f"qmprr {display_name(os.path.basename(path))}")
         for tid, name in ((EVENTS_TID, "QEMU events"), (TX_TID, "transactions"), (QMPRR_TID, "qmprr")):
             self._meta("thread_name", PID, tid, name)
             self._meta("thread_sort_index", PID, tid, tid)
@@ -167,7 +168,9 @@ def _local_name(d: dict[str, Any]) -> str:
 
 
 def write_chrome_trace(path: str | os.PathLike[str], output: str | os.PathLike[str]) -> int:
-    """Write recording *path* as a Chrome trace to *output* (``-``: stdout); the number of trace events."""
+    """Write recording *path* as a Chrome trace to *output* (``-``: stdout, else mode 0600); the number
+    of trace events."""
+    check_output(output, inputs=[path])
     with Scanner(path, check_chain=False) as scanner, replace_file(output) as out:
         writer = _TraceWriter(out)
         trace = _ChromeTrace(writer, scanner.path)
@@ -175,6 +178,6 @@ def write_chrome_trace(path: str | os.PathLike[str], output: str | os.PathLike[s
             trace.add(d)
         trace.finish()
         h = scanner.header
-        writer.close({"recording": os.path.basename(scanner.path), "started": h.started, "host": h.host,
+        writer.close({"recording": display_name(os.path.basename(scanner.path)), "started": h.started, "host": h.host,
                       "qemu_version": h.qemu_version, "format": h.format})
     return writer.count

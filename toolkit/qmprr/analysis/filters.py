@@ -13,6 +13,7 @@ Positions for ``--from``/``--to`` (both inclusive): a plain integer is a
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -132,7 +133,7 @@ class Filter:
             tx=tx,
             start=parse_position(start) if start is not None else None,
             end=parse_position(end) if end is not None else None,
-            grep=grep.encode() if grep else None,
+            grep=os.fsencode(grep) if grep else None,  # bytes as given, even not UTF-8
         )
 
     def past_end(self, d: dict[str, Any]) -> bool:

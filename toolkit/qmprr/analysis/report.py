@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 import attrs
 import orjson
 
+from ..files import check_output, display_name
 from .context import CommandInfo, Tracker, command_name, error_class
 from .output import clip, replace_file
 from .report_summary import summary_html
@@ -198,9 +199,11 @@ class _Timeline:
 
 def write_report(path: str | os.PathLike[str], output: str | os.PathLike[str], *,
                  title: str | None = None) -> ReportSummary:
-    """Write the HTML report of recording *path* to *output* (replaced atomically)."""
+    """Write the HTML report of recording *path* to *output* (replaced atomically, mode 0600)."""
+    check_output(output, inputs=[path])  # before the work, not after it
     stats = compute(path)
     title = title or os.path.basename(os.fspath(path))
+    title = display_name(title)  # argv and file names may be bytes that are not UTF-8
     with Scanner(path, check_chain=False) as scanner, replace_file(output) as out:
         _head(out, title, stats)
         timeline = _Timeline(_Items(out))

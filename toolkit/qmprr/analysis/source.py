@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 from .. import codec
 from ..errors import NotARecording, RecordingError
+from ..files import open_regular
 from ..recording import RecordingReader, chain
 from ..recording.model import FORMAT, RECORD_TYPES, Header
 from ..recording.reader import Problem, Torn
@@ -59,14 +60,17 @@ class Scanner:
         #: Line number (1-based) of the record last yielded; once iteration has ended, of the last line.
         self.line = 0
         try:
-            self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115
+            self._file: BinaryIO = open_regular(self.path)  # a FIFO or /dev/zero: refused, no hang
         except OSError as exc:
             raise RecordingError(f"{self.path}: cannot read recording: {exc.strerror}") from None
         try:
+            if not follow:  # the reader's bounded header check first: a huge first line is refused unread
+                self.header: Header = self._check_header()
             self._tail = LineTail(self._file, self.path, follow=follow, poll=poll, should_stop=should_stop)
             self._lines = iter(self._tail)
             self._first = self._read_first_line()
-            self.header: Header = self._check_header()
+            if follow:
+                self.header = self._check_header()
         except BaseException:
             self._file.close()
             raise

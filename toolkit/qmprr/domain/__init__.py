@@ -12,17 +12,17 @@ lxml), :mod:`.model`, then :mod:`.argv`/:mod:`.devices`. See docs/domain.md.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import attrs
 
+from ..files import InputError, InputTooLarge, read_limited
 from .argv import domain_argv
 from .check import check_tree, raise_for
 from .errors import DomainError, MalformedXMLError, SchemaError, UnsafeXMLError, UnsupportedError
 from .fromargv import from_argv
 from .informational import strip_informational
 from .model import Domain, read_domain
-from .safe import parse_xml
+from .safe import MAX_BYTES, parse_xml
 from .schema import QEMU_NS, schema_text, validate
 from .schema import grammar as _grammar
 
@@ -71,11 +71,13 @@ def _read(source: Source) -> tuple[bytes, str]:
         return source, "<xml>"
     if isinstance(source, str) and source.lstrip("\ufeff \t\r\n").startswith("<"):
         return source.encode("utf-8"), "<xml>"
-    path = Path(source)
-    try:
-        return path.read_bytes(), str(source)
-    except OSError as exc:
-        raise DomainError(f"cannot read {source}: {exc.strerror or exc}") from None
+    name = os.fspath(source)
+    try:  # the size is checked before reading; a pipe or device is read to MAX_BYTES + 1 at most
+        return read_limited(name, MAX_BYTES, what="domain XML"), name
+    except InputTooLarge as exc:
+        raise UnsafeXMLError(str(exc)) from None
+    except InputError as exc:
+        raise DomainError(f"cannot read {name}: {exc.strerror or exc}") from None
 
 
 def load(source: Source, *, ignore_unsupported: bool = False) -> Loaded:

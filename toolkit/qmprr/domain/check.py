@@ -68,15 +68,23 @@ def raise_for(problems: list[Problem], source: str) -> None:
 def _visit(el: etree._Element, spec: ElementSpec, problems: list[Problem], drop: bool) -> bool:
     """Check *el*; True when it has an unsupported value and must go as a whole."""
     line = el.sourceline or 0
-    for name, value in list(el.attrib.items()):
-        attr = spec.attributes.get(name)
-        if attr is None:
-            if not spec.any_attrs:
+    # Linear in the attributes: lxml's items() and del look each one up by a scan (quadratic), so
+    # values are fetched only for the attributes the schema names, and dropping rebuilds the set.
+    names = el.attrib.keys()
+    known = [name for name in names if name in spec.attributes]
+    if len(known) < len(names) and not spec.any_attrs:
+        for name in names:
+            if name not in spec.attributes:
                 shown = etree.QName(name).localname
                 problems.append(Problem(line, f"unsupported attribute '{shown}' on {label(el)}", True))
-                if drop:
-                    del el.attrib[name]
-            continue
+        if drop:
+            kept = [(name, el.get(name)) for name in known]
+            el.attrib.clear()
+            for name, value in kept:
+                el.set(name, value)
+    for name in known:
+        attr = spec.attributes[name]
+        value = el.get(name)
         why = attr.content.problem(value)
         if why is not None and attr.content.enumerated:
             problems.append(Problem(line, f"unsupported value {name}='{value}' on {label(el)}"

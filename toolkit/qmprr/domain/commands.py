@@ -19,10 +19,21 @@ class DomainUsageError(QmprrError):
     """The ``qmprr domain`` command line is wrong."""
 
 
+def _read_stdin() -> bytes:
+    """Standard input, refused past the domain XML size limit (``/dev/zero`` must not fill memory)."""
+    from .errors import UnsafeXMLError
+    from .safe import MAX_BYTES
+
+    data = sys.stdin.buffer.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise UnsafeXMLError(f"standard input: over {MAX_BYTES:,} bytes is more than a domain XML needs")
+    return data
+
+
 def cmd_argv(args: argparse.Namespace) -> int:
     from . import build_launch
 
-    source: Any = sys.stdin.buffer.read() if args.domain == "-" else args.domain
+    source: Any = _read_stdin() if args.domain == "-" else args.domain
     spec = build_launch(source, ignore_unsupported=args.ignore_unsupported)
     for warning in spec.warnings:
         print(f"qmprr: warning: {warning}", file=sys.stderr)

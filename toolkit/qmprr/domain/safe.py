@@ -2,8 +2,10 @@
 
 A domain XML needs none of these, and a file from a bug report may use them
 to attack (billion laughs, external entities reading local files). A first
-pass stops at any DOCTYPE before its declarations are read; the second pass
-builds the tree with every loader off.
+pass stops at any DOCTYPE before its declarations are read, and at a document
+with more elements, or an element with more attributes, than any domain needs
+(libxml2's RelaxNG validation and lxml's attribute access are quadratic in
+them); the second pass builds the tree with every loader off.
 """
 
 from __future__ import annotations
@@ -14,20 +16,37 @@ from .errors import MalformedXMLError, UnsafeXMLError
 
 #: Largest document accepted, in bytes (a domain XML is a few KiB).
 MAX_BYTES = 4 * 1024 * 1024
+#: Most elements in one document (a large VM's domain XML has a few hundred).
+MAX_ELEMENTS = 10_000
+#: Most attributes on one element (libvirt's elements have a handful).
+MAX_ATTRIBUTES = 64
 
 
 class _DoctypeFound(Exception):
     pass
 
 
+class _TooMany(Exception):
+    pass
+
+
 class _Screen:
-    """Parser target that refuses any DOCTYPE (called before its internal subset is read)."""
+    """Parser target that refuses any DOCTYPE (called before its internal subset is read) and
+    documents over :data:`MAX_ELEMENTS` elements or :data:`MAX_ATTRIBUTES` attributes on one."""
+
+    def __init__(self) -> None:
+        self.elements = 0
 
     def doctype(self, name: str, pubid: str | None, system: str | None) -> None:
         raise _DoctypeFound(system or pubid or name)
 
-    def start(self, tag: str, attrib: object) -> None:
-        pass
+    def start(self, tag: str, attrib: dict[str, str]) -> None:
+        self.elements += 1
+        if self.elements > MAX_ELEMENTS:
+            raise _TooMany(f"more than {MAX_ELEMENTS:,} elements")
+        if len(attrib) > MAX_ATTRIBUTES:
+            local = tag.rpartition("}")[2]
+            raise _TooMany(f"<{local}> has {len(attrib):,} attributes (more than {MAX_ATTRIBUTES})")
 
     def end(self, tag: str) -> None:
         pass
@@ -68,6 +87,8 @@ def parse_xml(data: bytes | str, source: str = "<xml>") -> etree._Element:
     try:
         etree.fromstring(data, _parser(target=_Screen(), encoding=encoding))
         root = etree.fromstring(data, _parser(encoding=encoding))
+    except _TooMany as exc:
+        raise UnsafeXMLError(f"{source}: {exc}; a domain XML needs far fewer") from None
     except _DoctypeFound:
         raise UnsafeXMLError(
             f"{source}: has a DOCTYPE; DTDs and entity declarations are refused (they can expand"

@@ -17,6 +17,8 @@ import os
 import sys
 from typing import Any, TextIO
 
+from ..files import check_output
+
 EXIT_OK, EXIT_PROBLEMS = 0, 1
 
 
@@ -145,8 +147,7 @@ def cmd_import_libvirt(args: argparse.Namespace, out: TextIO | None = None) -> i
 
         finished = None  # type: ignore[assignment]
     else:
-        if os.path.exists(args.output):
-            raise LogImportError(f"{args.output}: file exists; recordings are never overwritten")
+        check_output(args.output, exist_ok=False)  # before the log is read, not after
 
         def keep(conn: Connection) -> bool:
             return conn.index == 1 if selector is None else selects(conn, selector)
@@ -253,8 +254,7 @@ def cmd_import_replies(args: argparse.Namespace, out: TextIO | None = None) -> i
     from .writer import LogImportError
 
     out = out or sys.stdout
-    if os.path.exists(args.output):
-        raise LogImportError(f"{args.output}: file exists; recordings are never overwritten")
+    check_output(args.output, exist_ok=False)
     seal_key = load_seal_key(args.seal_key)
     result = read_replies(args.file)
     records = write_replies(result, args.output, seal_key)

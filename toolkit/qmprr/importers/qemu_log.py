@@ -29,6 +29,7 @@ import shlex
 
 import attrs
 
+from ..files import open_regular
 from .writer import LogImportError
 
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)([+-]\d{4}|Z)?: (.*)$")
@@ -165,7 +166,7 @@ class QemuLog:
 def read_qemu_log(path: str) -> QemuLog:
     """Parse a libvirt QEMU log; lines it cannot read are listed in ``problems``."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a FIFO or a device would block or never end
             data = f.read()
     except OSError as exc:
         raise LogImportError(f"{path}: cannot read the QEMU log: {exc.strerror}") from None

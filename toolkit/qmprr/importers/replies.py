@@ -41,6 +41,7 @@ from typing import Any
 import attrs
 
 from .. import __version__
+from ..files import open_regular
 from ..recording import Command, Event, Header, Msg, Note, Reply
 from .libvirt_log import Problem
 from .writer import ImportWriter, Item, LogImportError, iso_utc
@@ -93,7 +94,7 @@ def _objects(text: str, problems: list[Problem]) -> Iterator[tuple[int, Any]]:
 def read_replies(path: str) -> RepliesImport:
     """Parse a ``.replies`` file into items."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a FIFO or a device would block or never end
             data = f.read()
     except OSError as exc:
         raise LogImportError(f"{path}: cannot read: {exc.strerror}") from None

@@ -80,7 +80,10 @@ class ImportWriter:
         self._encoder = LineEncoder(self.redactor, seal_key)
         self._part = path + ".part"
         try:
-            self._file = open(self._part, "xb")  # noqa: SIM115
+            # O_EXCL never follows a link; 0600 like every recording, whatever the umask.
+            fd = os.open(self._part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            os.fchmod(fd, 0o600)
+            self._file = open(fd, "wb")  # noqa: SIM115
         except FileExistsError:
             raise LogImportError(f"{self._part}: exists (another import running?); remove it") from None
         except OSError as exc:
@@ -101,6 +104,8 @@ class ImportWriter:
     ) -> ImportWriter:
         """Start the recording at *path* (refused when it exists, unless *overwrite*); sealed with *seal_key*."""
         path = os.fspath(path)
+        if os.path.islink(path):
+            raise LogImportError(f"{path}: is a symbolic link; qmprr does not write through links (give the real path)")
         if os.path.exists(path) and not overwrite:
             raise LogImportError(f"{path}: file exists; recordings are never overwritten (choose another name)")
         return cls(path, header, seal_key=seal_key)
@@ -153,6 +158,9 @@ class ImportWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+        if os.path.islink(self.path):  # planted while importing: the rename would replace it, refuse instead
+            self.abort()
+            raise LogImportError(f"{self.path}: is a symbolic link; qmprr does not write through links")
         os.replace(self._part, self.path)
 
     def abort(self) -> None:

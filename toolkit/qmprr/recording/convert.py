@@ -28,6 +28,10 @@ def _structure_msg(value: Any, _type: Any) -> dict:
 _ALWAYS = frozenset({"seq", "t", "kind", "format"})
 
 
+def _as_is(value: Any) -> Any:
+    return value
+
+
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=False)
     conv.register_structure_hook(Msg, _structure_msg)
@@ -35,6 +39,9 @@ def _make_converter() -> cattrs.Converter:
     for cls in RECORD_TYPES.values():
         # Fields on disk even at their default value.
         kept = {a.name: override(omit_if_default=False) for a in attrs.fields(cls) if a.name in _ALWAYS}
+        # JSON values as they are: cattrs would walk them recursively (a client's
+        # id may nest as deep as QEMU allows, 1024 levels).
+        kept.update({a.name: override(unstruct_hook=_as_is) for a in attrs.fields(cls) if a.type in (Any, "Any")})
         conv.register_unstructure_hook(
             cls,
             make_dict_unstructure_fn(

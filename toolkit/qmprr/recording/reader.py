@@ -22,8 +22,12 @@ import attrs
 
 from .. import codec
 from ..errors import CorruptRecord, NotARecording, RecordingError
+from ..files import open_regular
 from . import chain, convert
 from .model import FORMAT, Header, Record
+
+#: Longest header line read (it holds the QEMU argv and a domain XML of at most 4 MiB).
+MAX_HEADER_BYTES = 16 * 1024 * 1024
 
 ErrorMode = Literal["raise", "stop", "skip"]
 
@@ -73,7 +77,7 @@ class RecordingReader:
         self.line = 0
         self.records_read = 0
         try:
-            self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115
+            self._file: BinaryIO = open_regular(self.path)  # a FIFO or /dev/zero: refused, no hang
         except OSError as exc:
             raise RecordingError(f"{self.path}: cannot read recording: {exc.strerror}") from None
         self._offset = 0
@@ -83,10 +87,12 @@ class RecordingReader:
         self.header = self._read_header()
 
     def _read_header(self) -> Header:
-        first = self._file.readline()
+        first = self._file.readline(MAX_HEADER_BYTES + 1)
         problem = None
         if not first:
             problem = "file is empty"
+        elif len(first) > MAX_HEADER_BYTES:
+            problem = f"its first line is over {MAX_HEADER_BYTES:,} bytes, more than any header"
         elif not first.endswith(b"\n"):
             problem = "its only line is incomplete"
         else:

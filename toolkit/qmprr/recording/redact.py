@@ -17,12 +17,11 @@ Add rules with :meth:`Redactor.with_rules`.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import fnmatch
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -170,11 +169,12 @@ def redact_object_spec(spec: str) -> tuple[str, set[str], set[str]]:
     """
     if spec.lstrip().startswith("{"):
         try:
-            obj = json.loads(spec)
-        except ValueError:
-            return spec, set(), set()
+            obj = codec.loads(spec)  # QEMU's grammar: single quotes too
+        except codec.JSONDecodeError:
+            obj = None
         if not isinstance(obj, dict):
-            return spec, set(), set()
+            # Not JSON this parser reads, yet QEMU may: the whole argument goes, to be safe.
+            return REDACTED, {spec}, set()
         values: set[str] = set()
         is_secret = obj.get("qom-type") == "secret"
         for key in list(obj):
@@ -309,27 +309,48 @@ def scrub(node: Any, values: Iterable[str]) -> Any:
     values = sorted({v for v in values if v}, key=len, reverse=True)
     if not values:
         return node
+    return map_strings(node, lambda n: scrub_text(n, values) if any(v in n for v in values) else n)
 
-    def walk(n: Any) -> Any:
-        if isinstance(n, str):
-            return scrub_text(n, values) if any(v in n for v in values) else n
-        if isinstance(n, dict):
-            return {walk(k): walk(v) for k, v in n.items()}
-        if isinstance(n, list):
-            return [walk(v) for v in n]
-        return n
 
-    return walk(node)
+def map_strings(root: Any, fn: Callable[[str], str]) -> Any:
+    """A copy of a JSON value with *fn* applied to every string (keys too), at any depth.
+
+    Iterative: QEMU accepts nesting 1024 deep, past Python's recursion limit.
+    """
+    if isinstance(root, str):
+        return fn(root)
+    if not isinstance(root, (dict, list)):
+        return root
+    top: dict[str, Any] | list[Any] = {} if isinstance(root, dict) else []
+    stack: list[tuple[Any, Any]] = [(root, top)]
+    while stack:
+        src, dst = stack.pop()
+        for key, value in (src.items() if isinstance(src, dict) else enumerate(src)):
+            if isinstance(value, (dict, list)):
+                new: Any = {} if isinstance(value, dict) else []
+                stack.append((value, new))
+            else:
+                new = fn(value) if isinstance(value, str) else value
+            if isinstance(dst, dict):
+                dst[fn(key)] = new
+            else:
+                dst.append(new)
+    return top
 
 
 def _strings(node: Any) -> set[str]:
-    if isinstance(node, str):
-        return {node}
-    if isinstance(node, dict):
-        return set().union(*(_strings(v) for v in node.values())) if node else set()
-    if isinstance(node, list):
-        return set().union(*(_strings(v) for v in node)) if node else set()
-    return set()
+    """Every string value in a JSON value (not keys), at any depth."""
+    found: set[str] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, dict):
+            stack.extend(n.values())
+        elif isinstance(n, list):
+            stack.extend(n)
+        elif isinstance(n, str):
+            found.add(n)
+    return found
 
 
 DEFAULT_ARGUMENT_RULES = (
@@ -402,16 +423,17 @@ class Redactor:
             out = dict(msg)
             out["arguments"] = {**arguments, "command-line": new_line}
             return out, values
-        out, values = None, set()
+        out, values, changed = None, set(), False
         for rule in self.argument_rules:
             if not fnmatch.fnmatchcase(name, rule.command):
                 continue
             if out is None:
-                out = copy.deepcopy(msg)
+                out = map_strings(msg, str)  # a deep copy at any depth
             before = _at(out["arguments"], rule.path)
             if rule.apply(name, out["arguments"]):
+                changed = True
                 values |= _strings(before)
-        return (msg, set()) if out is None or out == msg else (out, values)
+        return (out, values) if changed else (msg, set())
 
     def session(self) -> RecordScrubber:
         """Fresh per-recording state (which commands touch secrets, which values are known)."""

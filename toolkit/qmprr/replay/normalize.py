@@ -39,6 +39,7 @@ from typing import Any, Literal
 import attrs
 
 from ..errors import QmprrError
+from ..files import InputError, read_text_limited
 
 PLACEHOLDER = "<normalized>"
 
@@ -202,16 +203,20 @@ class Normalizer:
         return self._run(arguments, command, None) if arguments else arguments
 
 
+#: Largest rules file read (a rules file is a few lines).
+MAX_RULES_BYTES = 1024 * 1024
+
+
 def load_rules(path: str) -> list[Rule]:
-    """Read ``[[rule]]`` tables from a TOML file, or name a built-in set (:data:`RULE_SETS`)."""
+    """Read ``[[rule]]`` tables from a TOML file (UTF-8, at most :data:`MAX_RULES_BYTES`),
+    or name a built-in set (:data:`RULE_SETS`)."""
     if path in RULE_SETS and not os.path.exists(path):
         return list(RULE_SETS[path])
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        sets = ", ".join(RULE_SETS)
-        raise RulesError(f"{path}: cannot read rules: {exc.strerror} (built-in sets: {sets})") from None
+        data = tomllib.loads(read_text_limited(path, MAX_RULES_BYTES, what="rules file"))
+    except InputError as exc:
+        hint = "" if os.path.exists(path) else f" (built-in sets: {', '.join(RULE_SETS)})"
+        raise RulesError(f"{exc}{hint}") from None
     except tomllib.TOMLDecodeError as exc:
         raise RulesError(f"{path}: invalid TOML: {exc}") from None
     unknown_top = set(data) - {"rule"}

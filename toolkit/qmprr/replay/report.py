@@ -10,6 +10,7 @@ import attrs
 
 from ..errors import QmprrError
 from ..recording.redact import scrub, scrub_text
+from ..files import replace_file
 from .engine import ReplayReport, Step
 
 CONTEXT_STEPS = 3
@@ -89,10 +90,10 @@ class ScrubbingWriter:
 
 
 def write_json(report: ReplayReport, path: str, *, secrets: Iterable[str] = ()) -> None:
+    """Write the report to *path* (mode 0600, replaced once complete; never through a link)."""
     data = scrub(json.loads(json.dumps(to_json(report), default=repr)), secrets)
     try:
-        with open(path, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
+        with replace_file(path, option="--report") as f:
+            f.write(json.dumps(data, indent=2).encode() + b"\n")
     except OSError as exc:
-        raise QmprrError(f"{path}: cannot write the report: {exc.strerror}") from None
+        raise QmprrError(f"--report {path}: cannot write the report: {exc.strerror}") from None

@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from ..errors import QmprrError
+from ..files import display_name
 from ..launch import LaunchedQemu
 from ..recording import Redactor
 from ..sandbox import Sandbox, SandboxError, probe
@@ -67,7 +68,7 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
             raise QmprrError(f"{record}: file exists; recordings are never overwritten")
         # --secret values never reach the replay's own recording, report or summary.
         redactor = Redactor().with_values(options.secrets.values())
-        make_log = log_factory(record, None, {"replay-of": os.path.basename(path)}, redactor)
+        make_log = log_factory(record, None, {"replay-of": display_name(os.path.basename(path))}, redactor)
         report = ReplayReport(recording=path, target=run.target)
         policy = options.policy(checks=run.checks)
         exit_signal = None
@@ -103,7 +104,7 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
             recorded = script.header.qemu_argv[0] if script.header and script.header.qemu_argv else None
             if recorded and os.sep in recorded and run.argv_file is None and run.qemu is None and recorded != argv[0]:
                 report.warnings.append(f"the recorded program {recorded!r} is replaced by the local {argv[0]!r}")
-            make_log = log_factory(record, argv, {"replay-of": os.path.basename(path)}, redactor)
+            make_log = log_factory(record, argv, {"replay-of": display_name(os.path.basename(path))}, redactor)
             launched: list[LaunchedQemu] = []
             target = qemu_target(argv, make_log, workdir, env, sandbox=sandbox, started=launched.append)
             exit_signal = functools.partial(_exit_signal, launched)

@@ -26,7 +26,6 @@ turns them (and the sandbox) off.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -35,7 +34,7 @@ from typing import Any
 
 import attrs
 
-from .. import qemuopts
+from .. import codec, qemuopts
 from ..recording import REDACTED
 
 #: Commands that pass a file descriptor with them: replay sends a placeholder.
@@ -192,14 +191,34 @@ def argv_refusal(args: list[str], roots: Iterable[str]) -> str | None:
     return None
 
 
+def json_body(text: str) -> str | None:
+    """The JSON QEMU reads in *text*, or None when QEMU reads it as an option string.
+
+    Block filenames ``json:...`` are JSON after the prefix, whatever whitespace
+    follows it (``parse_json_filename``); ``-object``/``-device``/``-blockdev``
+    values are JSON when their first byte is ``{``.
+    """
+    if text.startswith("json:"):
+        return text[len("json:") :]
+    return text if text.startswith("{") else None
+
+
+def read_json(body: str) -> Any:
+    """*body* decoded as QEMU decodes it (single quotes, ``\\/``...); ValueError if it cannot."""
+    try:
+        return codec.loads(body)
+    except codec.JSONDecodeError:
+        raise ValueError(f"not JSON QEMU's parser reads: {body[:80]!r}") from None
+
+
 def qemuopts_pairs(text: str) -> Iterator[tuple[str, str]]:
     """``(key, value)`` of *text* read as a QEMU option string, and of JSON in it (innermost keys)."""
-    body = text[len("json:") :] if text.startswith("json:") else text
-    if body.startswith("{"):
+    body = json_body(text)
+    if body is not None:
         try:
-            yield from _pairs(json.loads(body))
+            yield from _pairs(read_json(body))
         except ValueError:
-            pass
+            pass  # scan() refuses what cannot be read
         return
     for item in qemuopts.parse(text, implied=True):
         if item.key is not None and not item.flag:
@@ -219,10 +238,11 @@ def scan(text: str, roots: list[str]) -> str | None:
         found = _path_problem(piece, roots)
         if found:
             return found
-    if text.startswith(("{", "json:{")):
+    body = json_body(text)
+    if body is not None:
         # QEMU reads it as JSON, not as an option string (whose comma-split
         # fragments of JSON would be unreadable JSON); the pieces above caught paths.
-        decoded = _json_strings(text[text.index("{") :])
+        decoded = _json_strings(body)
         if decoded is None:
             return f"{text[:80]!r}: JSON qmprr cannot read, so cannot check"
     else:
@@ -245,9 +265,9 @@ def _path_problem(piece: str, roots: list[str]) -> str | None:
 
 
 def _json_strings(text: str) -> list[str] | None:
-    """Every key and string of the JSON in *text*; None when it is not JSON Python can read."""
+    """Every key and string of the JSON in *text*; None when it is not JSON QEMU's parser reads."""
     try:
-        node = json.loads(text)
+        node = read_json(text)
     except ValueError:
         return None
     out: list[str] = []
@@ -278,15 +298,16 @@ def resolve_qemu(recorded: str, qemu: str | None) -> str:
 
 
 def _pairs(node: Any, key: str | None = None) -> Iterable[tuple[str, str]]:
-    """``(key, value)`` for every string value of a JSON tree, by its nearest key."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _pairs(v, k)
-    elif isinstance(node, list):
-        for v in node:
-            yield from _pairs(v, key)
-    elif isinstance(node, str) and key is not None:
-        yield key, node
+    """``(key, value)`` for every string value of a JSON tree, by its nearest key (at any depth)."""
+    stack = [(node, key)]
+    while stack:
+        n, k = stack.pop()
+        if isinstance(n, dict):
+            stack.extend((v, name) for name, v in reversed(n.items()))
+        elif isinstance(n, list):
+            stack.extend((v, k) for v in reversed(n))
+        elif isinstance(n, str) and k is not None:
+            yield k, n
 
 
 def fill_secrets(command: str, arguments: Any, secrets: dict[str, str]) -> Any:
