@@ -29,8 +29,8 @@ User rules come from a TOML file (``--rules FILE``)::
 from __future__ import annotations
 
 import copy
-import os
 import fnmatch
+import os
 import re
 import tomllib
 from collections.abc import Iterable
