@@ -164,6 +164,7 @@ def test_report_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert step["recorded_reply"] == {"return": RUNNING}
     assert step["actual_reply"] == {"return": PAUSED}
     assert {"what": "reply", "path": "return.status", "recorded": "running", "actual": "paused",
+            "summary": None, "host": None,
             "text": "reply return.status: recorded 'running', got 'paused'"} in step["differences"]
     assert all(isinstance(s["seconds"], float) for s in data["steps"])
 

@@ -126,3 +126,31 @@ def test_screenshot_renders(tmp_path: Path) -> None:
     res = chromium(tmp_path, "--hide-scrollbars", "--window-size=1280,900", f"--screenshot={png}", html.as_uri())
     assert res.returncode == 0, res.stderr[-2000:]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def _libvirt_vm_recording(tmp_path: Path) -> Path:
+    from test_import_support import LOG, QEMU_LOG, run_import
+
+    out = tmp_path / "vm.jsonl"
+    status, text = run_import("libvirt", LOG, "--monitor", "4", "--qemu-log", QEMU_LOG, "-o", out)
+    assert status == 0, text
+    return out
+
+
+def test_libvirts_lane_is_drawn_with_its_commands_role(tmp_path: Path) -> None:
+    """A taint record opens libvirt's lane before its first command: the lane still says primary."""
+    html = tmp_path / "report.html"
+    write_report(_libvirt_vm_recording(tmp_path), html)
+    labels = load(tmp_path, html).found["qmprr-status"]["data-lane-labels"].split("|")
+    assert labels[1:] == ["libvirt (primary)", "qemu-monitor-command (debug)"], labels
+
+
+@pytest.mark.parametrize("view", ["0,6", "0,0.004", "-2,1", "-30,-10", "2.5,2.50002"])
+def test_every_major_tick_is_labelled_with_its_unit_and_none_before_zero(tmp_path: Path, view: str) -> None:
+    html = tmp_path / "report.html"
+    write_report(_libvirt_vm_recording(tmp_path), html)
+    ticks = load(tmp_path, html, f"#view={view}").found["qmprr-status"]["data-ticks"].split("|")
+    assert len(ticks) >= 3, ticks
+    for tick in ticks:
+        assert tick.startswith("+") and not tick.startswith("+-"), ticks
+        assert tick.endswith((" s", " ms", " µs")), ticks

@@ -380,12 +380,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         secrets=_pairs(args.secret, "--secret"),
         normalizer=normalizer,
         event_timeout=args.event_timeout,
+        host_differences=args.host_differences,
     )
     run = RunOptions(
         target=args.target,
         qemu=args.qemu,
         argv_file=args.argv_file,
         domain=args.domain,
+        ignore_unsupported=args.ignore_unsupported,
         workdir=args.workdir,
         keep_workdir=args.keep_workdir,
         record=args.record,
@@ -417,7 +419,8 @@ async def _fake_main(args: argparse.Namespace, normalizer) -> int:  # type: igno
 
     from .fake import FakeQemu
 
-    fake = FakeQemu.from_recording(args.file, mode=args.mode, reuse=args.reuse, normalizer=normalizer)
+    fake = FakeQemu.from_recording(args.file, mode=args.mode, reuse=args.reuse, normalizer=normalizer,
+                                   external_events=args.external_events)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -666,6 +669,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qemu", metavar="BINARY", help="QEMU binary instead of the recorded one")
     p.add_argument("--argv-file", metavar="FILE", help="QEMU command line, one argument per line")
     p.add_argument("--domain", metavar="XML", help="build the QEMU command line from libvirt domain XML")
+    p.add_argument("--ignore-unsupported", action="store_true",
+                   help="--domain: drop unsupported parts of the XML with a warning")
+    p.add_argument("--host-differences", choices=("warn", "diverge"), default="warn",
+                   help="differences that depend on the host (CPU model expansion, modules, the monitor): "
+                   "warnings (default) or divergences")
     p.add_argument("--workdir", metavar="DIR",
                    help="folder QEMU runs in and may write (relative paths resolve there); default: a fresh temporary one")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work folder and print where it is")
@@ -703,6 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reuse", action="store_true", help="lenient: answer consumed commands again")
     p.add_argument("--rules", metavar="FILE", help="normalization rules (TOML) for argument matching")
     p.add_argument("--keep-serving", action="store_true", help="serve until SIGINT/SIGTERM, not one client")
+    p.add_argument("--external-events", action="store_true",
+                   help="also send events no command caused (libvirt's signal: SHUTDOWN), where they were recorded")
     p.set_defaults(func=cmd_fake)
 
     p = sub.add_parser("bench", help="benchmarks that print ratios against a same-run baseline")

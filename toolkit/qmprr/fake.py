@@ -100,6 +100,7 @@ class FakeQemu:
         reuse: bool = False,
         normalizer: Normalizer | None = None,
         internal: bool = False,
+        external_events: bool = False,
         limits: Limits | None = None,
     ) -> None:
         if mode not in MODES:
@@ -109,6 +110,7 @@ class FakeQemu:
         self.script = script
         self.mode = mode
         self.reuse = reuse
+        self.external_events = external_events  # send events no command caused (libvirt's signal), after their exchange
         self.normalizer = normalizer or Normalizer()
         self._consumed = [False] * len(script.exchanges)
         self._next = 0  # strict/ordered: first exchange not yet passed
@@ -155,7 +157,8 @@ class FakeQemu:
                 reply = qmp_error(f"qmprr fake: the recording has no reply to {name} (seq {exchange.seq}): it was in flight when recording ended")
             else:
                 reply = exchange.reply
-            return Response(exchange.events_before, reply, exchange.events_after)
+            after = exchange.events_after + exchange.external_after if self.external_events else exchange.events_after
+            return Response(exchange.events_before, reply, after)
         if self.reuse and key in self._last:
             self._answered += 1
             return Response([], self.script.exchanges[self._last[key]].reply, [])  # type: ignore[arg-type]

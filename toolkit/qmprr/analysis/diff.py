@@ -300,8 +300,9 @@ def _pair(x: Exchange, y: Exchange, norm: Normalizer, *, same_arguments: bool) -
                                   f"(the other has {_summary(other)})", "reply", x.reply, y.reply))
     else:
         for d in compare_replies(name, x.reply, y.reply, norm):
-            row.items.append(Item(d.what, sa, sb, name, f"{d.what} {d.path}: A {_short(d.recorded)}, "
-                                  f"B {_short(d.actual)}", d.path, d.recorded, d.actual))
+            text = d.describe("A", "B", "A", "B") if d.summary or d.host else \
+                f"{d.what} {d.path}: A {_short(d.recorded)}, B {_short(d.actual)}"
+            row.items.append(Item(d.what, sa, sb, name, text, d.path, d.recorded, d.actual))
     row.items += _events(sa, sb, name, x.events_before + x.events_after, y.events_before + y.events_after, norm)
     return row
 

@@ -15,7 +15,8 @@
   const txs = [];
   for (const it of Q.items) {
     switch (it[0]) {
-      case "L": lanes[it[1]] = { name: it[2], role: it[3], spans: [], marks: [], waits: [] }; break;
+      case "L": if (lanes[it[1]]) lanes[it[1]].role = it[3];
+        else lanes[it[1]] = { name: it[2], role: it[3], spans: [], marks: [], waits: [] }; break;
       case "S": lanes[it[2]].spans.push({ seq: it[1], lane: it[2], t0: it[3], t1: it[4], name: it[5], flags: it[6],
         cmd: it[7], reply: it[8], rseq: it[9], tx: it[10] }); break;
       case "E": lanes[0].marks.push({ seq: it[1], t: it[2], kind: "event", label: it[3], flags: 0, rec: it[4] }); break;
@@ -44,10 +45,13 @@
   let width = 0, height = 0, v0 = 0, v1 = 1;
   let selected = null; // what was clicked, outlined
 
+  function pad() { return Math.max(end * 0.02, 1e-6); }
   function fit() {
-    const pad = Math.max(end * 0.02, 1e-6);
-    v0 = -pad; v1 = (end > 0 ? end : 1e-3) + pad;
+    v0 = -pad(); v1 = (end > 0 ? end : 1e-3) + pad();
     draw();
+  }
+  function clamp() { // the view never starts before the recording (zero, and the fit's margin)
+    if (v0 < -pad()) { v1 += -pad() - v0; v0 = -pad(); }
   }
   function plotW() { return Math.max(10, width - LABEL_W); }
   function xOf(t) { return LABEL_W + (t - v0) / (v1 - v0) * plotW(); }
@@ -145,12 +149,18 @@
     // axis and grid
     const step = niceStep(v1 - v0, plotW());
     ctx.font = "11px sans-serif"; ctx.textBaseline = "middle";
-    for (let t = Math.ceil(v0 / step) * step; t <= v1; t += step) {
-      const x = xOf(t);
+    const ticks = [];
+    let labelEnd = -Infinity; // every major tick gets its label (with its unit), none before zero
+    for (let k = Math.max(0, Math.ceil(v0 / step)); k * step <= v1; k++) {
+      const t = k * step, x = xOf(t), label = "+" + fmtTick(t, step);
       ctx.strokeStyle = COLORS.grid; ctx.lineWidth = 1;
       ctx.beginPath(); ctx.moveTo(x, AXIS_H - 4); ctx.lineTo(x, bottom); ctx.stroke();
-      ctx.fillStyle = "#6b7280"; ctx.fillText("+" + fmtTick(Math.abs(t) < step / 1e6 ? 0 : t, step), x + 3, AXIS_H / 2);
+      if (x < LABEL_W || x + 3 <= labelEnd) continue;
+      ctx.fillStyle = "#6b7280"; ctx.fillText(label, x + 3, AXIS_H / 2);
+      labelEnd = x + 3 + ctx.measureText(label).width + 4;
+      ticks.push(label);
     }
+    status.dataset.ticks = ticks.join("|");
     ctx.save();
     ctx.beginPath(); ctx.rect(LABEL_W, 0, width - LABEL_W, height); ctx.clip();
     // transactions: shaded across every lane, labelled on their own bar
@@ -225,16 +235,19 @@
     ctx.strokeStyle = COLORS.grid; ctx.beginPath(); ctx.moveTo(LABEL_W + 0.5, 0); ctx.lineTo(LABEL_W + 0.5, bottom); ctx.stroke();
     ctx.font = "12px sans-serif";
     ctx.fillStyle = "#6b7280"; ctx.fillText("transactions", 8, AXIS_H + TXBAR_H / 2);
+    const laneLabels = [];
     for (let i = 0; i < lanes.length; i++) {
       const lane = lanes[i], mid = laneTop(i) + LANE_H / 2;
       ctx.fillStyle = lane.role === "debug" ? COLORS.debug : "#111827";
       const label = i === 0 ? lane.name : `${lane.name} (${lane.role})`;
+      laneLabels.push(label);
       ctx.save(); ctx.beginPath(); ctx.rect(0, laneTop(i), LABEL_W - 4, LANE_H); ctx.clip();
       ctx.fillText(label, 8, mid); ctx.restore();
     }
     document.getElementById("range").textContent = `+${fmt(Math.max(v0, 0))} … +${fmt(v1)} (${fmt(v1 - v0)} shown)`;
     for (const k in counts) status.dataset[k] = String(counts[k]);
     status.dataset.lanes = String(lanes.length);
+    status.dataset.laneLabels = laneLabels.join("|");
     status.textContent = `drawn: ${counts.spans} command spans, ${counts.events} events, ${counts.markers} markers, ` +
       `${counts.transactions} transactions, ${counts.waits} waits, ${lanes.length} lanes`;
   }
@@ -309,9 +322,9 @@
     const t = tOf(atX === undefined ? LABEL_W + plotW() / 2 : atX);
     let n0 = t - (t - v0) * factor, n1 = t + (v1 - t) * factor;
     if (n1 - n0 < 1e-7) return;
-    v0 = n0; v1 = n1; draw();
+    v0 = n0; v1 = n1; clamp(); draw();
   }
-  function pan(fraction) { const d = (v1 - v0) * fraction; v0 += d; v1 += d; draw(); }
+  function pan(fraction) { const d = (v1 - v0) * fraction; v0 += d; v1 += d; clamp(); draw(); }
 
   let drag = null;
   canvas.addEventListener("wheel", (e) => {
@@ -340,7 +353,7 @@
       if (Math.abs(dx) > 3) drag.moved = true;
       if (drag.moved) {
         const dt = dx / plotW() * (drag.v1 - drag.v0);
-        v0 = drag.v0 - dt; v1 = drag.v1 - dt; draw();
+        v0 = drag.v0 - dt; v1 = drag.v1 - dt; clamp(); draw();
       }
       tip.hidden = true;
       return;
@@ -371,7 +384,9 @@
   });
   window.addEventListener("resize", () => { resize(); draw(); });
 
-  function selectFromHash() { // report.html#seq=N shows record N's JSON
+  function selectFromHash() { // report.html#seq=N shows record N's JSON; #view=T0,T1 shows T0..T1 seconds
+    const v = /^#view=(-?[\d.e-]+),(-?[\d.e-]+)$/.exec(window.location.hash);
+    if (v && Number(v[2]) > Number(v[1])) { v0 = Number(v[1]); v1 = Number(v[2]); clamp(); draw(); return; }
     const m = /^#seq=(\d+)$/.exec(window.location.hash);
     if (!m) return;
     const seq = Number(m[1]);

@@ -9,7 +9,8 @@ data, with ``<`` escaped, and are shown with ``textContent``.
 
 Timeline items (JSON arrays; ``lane`` 0 is QEMU's events and qmprr's notes):
 
-* ``["L", lane, name, role]`` a client's lane
+* ``["L", lane, name, role]`` a client's lane (again, with the role of its commands, when a
+  taint or the negotiation opened it)
 * ``["S", seq, lane, t0, t1|null, name, flags, command, reply|null, reply_seq|null, tx|null]`` a command
 * ``["E", seq, t, name, msg]`` an event
 * ``["M", seq, lane, t, kind, label, flags, record]`` a marker (local answer, taint, fd, client, note, close)
@@ -90,6 +91,7 @@ class _Timeline:
         self.items = items
         self.summary = ReportSummary()
         self.lanes: dict[str, int] = {}
+        self.lane_roles: dict[str, str] = {}  # the role each lane was last drawn with
         self.tracker = Tracker(on_drop=self._unanswered)
         self.waits = WaitTracker()
         self.tx_open: dict[int, tuple[str, str, float]] = {}
@@ -98,7 +100,12 @@ class _Timeline:
         lane = self.lanes.get(name)
         if lane is None:
             lane = self.lanes[name] = len(self.lanes) + 1
-            self.items.add(["L", lane, name, role or self.tracker.roles.get(name, "?")])
+            shown = self.lane_roles[name] = role or self.tracker.roles.get(name, "?")
+            self.items.add(["L", lane, name, shown])
+        elif role not in (None, "internal", "?") and self.lane_roles[name] in ("?", "internal"):
+            # a taint or the negotiation opened the lane: the client's role is its commands' role
+            self.lane_roles[name] = role
+            self.items.add(["L", lane, name, role])
         return lane
 
     def _span(self, info: CommandInfo, t1: float | None, reply: Any, reply_seq: int | None) -> None:

@@ -49,6 +49,10 @@ class _CommandAcc:
         h.max, h.min = max(h.max, o.max), min(h.min, o.min)
 
 
+#: Roles a client has until one of its commands says otherwise (unknown; its negotiation).
+_PROVISIONAL = ("?", "internal")
+
+
 class _ClientAcc:
     __slots__ = ("role", "commands", "errors", "local", "first", "last")
 
@@ -61,7 +65,7 @@ class _ClientAcc:
         self.last = t
 
     def merge(self, other: _ClientAcc) -> None:
-        if self.role == "?":
+        if self.role in _PROVISIONAL and other.role != "?":
             self.role = other.role
         self.commands += other.commands
         self.errors += other.errors
@@ -188,9 +192,11 @@ class StatsBuilder:
                 acc = commands.get(name) or _keyed(commands, name, _CommandAcc)
                 acc.count += 1
                 client = clients.get(src)
+                role = d.get("role")
                 if client is None:
-                    role = d.get("role")
                     client = self._client(src, role if isinstance(role, str) else "?", t)
+                elif client.role != role and client.role in _PROVISIONAL and isinstance(role, str) and role not in _PROVISIONAL:
+                    client.role = role  # a client's role is its commands' role, internal only for negotiation
                 client.commands += 1
                 client.last = t
                 pending[d["seq"]] = (acc, t, client, name, src)

@@ -20,6 +20,7 @@ from .argv import domain_argv
 from .check import check_tree, raise_for
 from .errors import DomainError, MalformedXMLError, SchemaError, UnsafeXMLError, UnsupportedError
 from .fromargv import from_argv
+from .informational import strip_informational
 from .model import Domain, read_domain
 from .safe import MAX_BYTES, parse_xml
 from .schema import QEMU_NS, schema_text, validate
@@ -82,15 +83,18 @@ def _read(source: Source) -> tuple[bytes, str]:
 def load(source: Source, *, ignore_unsupported: bool = False) -> Loaded:
     """Parse and check a domain XML (text, bytes or path).
 
-    Unsupported parts raise :class:`UnsupportedError`, or with
-    *ignore_unsupported* are dropped and listed in ``warnings``.
+    What only libvirt's expanded XML says (aliases, addresses, seclabels:
+    :mod:`.informational`) is dropped and noted in ``warnings``. Unsupported
+    parts raise :class:`UnsupportedError`, or with *ignore_unsupported* are
+    dropped and listed in ``warnings``.
     """
     data, name = _read(source)
     root = parse_xml(data, name)
+    notes = strip_informational(root, name)  # libvirt's expanded XML: aliases, addresses, seclabels
     problems = check_tree(root, _grammar(), drop_unsupported=ignore_unsupported, source=name)
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = notes
     if ignore_unsupported:
-        warnings = tuple(p.warning(name) for p in problems if p.unsupported)
+        warnings += tuple(p.warning(name) for p in problems if p.unsupported)
         problems = [p for p in problems if not p.unsupported]
     raise_for(problems, name)
     validate(root, name)

@@ -70,6 +70,14 @@ def register(subparsers: Any) -> None:
         help="libvirt's QEMU log of a VM (/var/log/libvirt/qemu/NAME.log): argv, environment and taints "
         "into the recordings of that VM; repeatable",
     )
+    q.add_argument(
+        "--domain-xml",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="the VM's domain XML (virsh dumpxml output, or libvirt's status file /run/libvirt/qemu/NAME.xml) "
+        "into the header's domain_xml of that VM's recordings; repeatable",
+    )
     which = q.add_mutually_exclusive_group()
     which.add_argument("--monitor", metavar="N|0xADDR", help="the connection to import: its number in --list, or its address")
     which.add_argument("--all", action="store_true", help="write every connection into the folder OUT")
@@ -96,7 +104,7 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_import_libvirt(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    from .libvirt import output_name, parse_selector, selects, write_connection
+    from .libvirt import output_name, parse_selector, read_domain_xml, selects, write_connection
     from .libvirt_log import Connection, LibvirtLogParser
     from .qemu_log import read_qemu_log
     from .writer import LogImportError
@@ -110,6 +118,7 @@ def cmd_import_libvirt(args: argparse.Namespace, out: TextIO | None = None) -> i
         raise LogImportError(f"{args.log}: no such file")
     seal_key = load_seal_key(args.seal_key)
     qemu_logs = [read_qemu_log(path) for path in args.qemu_log]
+    domains = dict(read_domain_xml(path) for path in args.domain_xml)
     selector = parse_selector(args.monitor) if args.monitor else None
     written = []
     chosen: list[Connection] = []
@@ -127,7 +136,8 @@ def cmd_import_libvirt(args: argparse.Namespace, out: TextIO | None = None) -> i
             return True
 
         def finished(conn: Connection) -> None:
-            written.append(write_connection(conn, parser, os.path.join(folder, output_name(conn)), qemu_logs, seal_key))
+            written.append(write_connection(conn, parser, os.path.join(folder, output_name(conn)), qemu_logs, seal_key,
+                                            domains))
             conn.items = []  # written: memory holds only the connections still open
 
     elif args.list:
@@ -174,7 +184,7 @@ def cmd_import_libvirt(args: argparse.Namespace, out: TextIO | None = None) -> i
                 f"{args.monitor} names {len(chosen)} connections (the address was reused): {numbers}; "
                 "give --monitor N"
             )
-        written.append(write_connection(chosen[0], parser, args.output, qemu_logs, seal_key))
+        written.append(write_connection(chosen[0], parser, args.output, qemu_logs, seal_key, domains))
     print_summary(parser, written, qemu_logs, out)
     return EXIT_PROBLEMS if parser.problems or any(q.problems for q in qemu_logs) else EXIT_OK
 

@@ -120,14 +120,15 @@ def recording_items(conn: Connection, match: QemuMatch | None) -> list[Item]:
     _, removed = run.replay_argv()
     note = Note(
         text=f"QEMU command line and environment from {match.log.name} (the run started {run.stamp});"
-        " the monitor libvirt used is left out of qemu_argv: a replay gives QEMU its own",
+        " the monitor libvirt used (and its -sandbox) is left out of qemu_argv: a replay gives QEMU its own",
         data=Msg({"qemu_log": match.log.name, "line": run.line, "started": run.stamp, "removed": removed}),
     )
     items.insert(0, Item(note, None, {"ts": run.stamp, "line": run.line, "file": match.log.name}))
     return items
 
 
-def build_header(conn: Connection, parser: LibvirtLogParser, items: list[Item], match: QemuMatch | None) -> Header:
+def build_header(conn: Connection, parser: LibvirtLogParser, items: list[Item], match: QemuMatch | None,
+                 domain_xml: str | None = None) -> Header:
     times = [conn.start] + [i.at for i in items if i.at is not None]
     started = min(times)
     daemon = conn.daemon - 1
@@ -173,18 +174,23 @@ def build_header(conn: Connection, parser: LibvirtLogParser, items: list[Item], 
         qemu_version=version,
         qemu_argv=argv or None,
         qemu_env=env or None,
+        domain_xml=domain_xml if domain_xml is not None and not conn.probe else None,
         labels=labels,
     )
 
 
 def write_connection(
-    conn: Connection, parser: LibvirtLogParser, path: str, qemu_logs: list[QemuLog], seal_key: Any = None
+    conn: Connection, parser: LibvirtLogParser, path: str, qemu_logs: list[QemuLog], seal_key: Any = None,
+    domains: dict[str, str] | None = None,
 ) -> Written:
-    """Write one connection as a recording at *path* (sealed with *seal_key*, a ``SealKey``)."""
+    """Write one connection as a recording at *path* (sealed with *seal_key*, a ``SealKey``).
+
+    *domains* maps VM names to their domain XML (``--domain-xml``): the header's ``domain_xml``.
+    """
     warnings: list[str] = []
     match = match_qemu_log(conn, parser, qemu_logs, warnings)
     items = recording_items(conn, match)
-    header = build_header(conn, parser, items, match)
+    header = build_header(conn, parser, items, match, (domains or {}).get(conn.name or ""))
     with ImportWriter.create(path, header, seal_key=seal_key) as writer:
         writer.extend(items)
         records = writer.next_seq
@@ -203,3 +209,24 @@ def parse_selector(text: str) -> int | str:
 
 def selects(conn: Connection, selector: int | str) -> bool:
     return conn.index == selector if isinstance(selector, int) else conn.mon.lower() == selector
+
+
+def read_domain_xml(path: str) -> tuple[str, str]:
+    """``(name, XML)`` of the domain in *path*: a domain XML, ``virsh dumpxml`` output, or libvirt's
+    status file (``/run/libvirt/qemu/NAME.xml``: the ``<domain>`` inside ``<domstatus>``)."""
+    from lxml import etree
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise LogImportError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        root = etree.fromstring(data, etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False))
+    except etree.XMLSyntaxError as exc:
+        raise LogImportError(f"{path}: not XML: {exc}") from None
+    if root.tag == "domstatus":
+        root = root.find("domain")
+    if root is None or root.tag != "domain" or not (root.findtext("name") or "").strip():
+        raise LogImportError(f"{path}: no <domain> with a <name> in it (a domain XML or libvirt's status file)")
+    return root.findtext("name").strip(), etree.tostring(root, encoding="unicode")  # type: ignore[union-attr]

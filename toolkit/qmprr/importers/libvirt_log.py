@@ -63,6 +63,8 @@ _WRITE_TAIL = re.compile(r"\s+len=(\d+) ret=(-?\d+) errno=(-?\d+)\s*$")
 _SEND_FD = re.compile(r"^\s*fd=(-?\d+) ret=(-?\d+) errno=(-?\d+)")
 _ID = re.compile(r'"id"\s*:\s*"([^"]*)"')
 _LIBVIRT_ID = re.compile(r"^libvirt-(\d+)$")
+#: How many nested ``mon:P vm:V`` functions are remembered per thread.
+CALLER_DEPTH = 4
 _MON_CHECK = re.compile(r"^mon:(0x[0-9a-fA-F]+) vm:(0x[0-9a-fA-F]+|\(nil\)) fd:(-?\d+)")
 _CONNECT = re.compile(r"^(?:Connect monitor to vm|Reconnect monitor to def)=(0x[0-9a-fA-F]+) name='([^']*)'")
 _VM_NAME = re.compile(r"\bvm=(0x[0-9a-fA-F]+),? name='?([^',\s]+)'?")
@@ -141,6 +143,7 @@ class Connection:
     ending: str | None = None  # "eof" / "error" from the EOF/error callback line
     last_id: int | None = None
     last_command: Item | None = None
+    killed: bool = False  # libvirt signalled QEMU (qemuProcessKill): its SHUTDOWN comes from outside
 
     @property
     def label(self) -> str:
@@ -206,7 +209,8 @@ class LibvirtLogParser:
     def _daemon_state(self) -> None:
         """Pointers and threads mean something only within one daemon's run."""
         self._context: dict[int, tuple[int, dict[str, str]]] = {}  # tid -> (line, {name|probe|machine|vm})
-        self._caller: dict[int, tuple[str, str]] = {}  # tid -> (function, mon)
+        # tid -> [function, mon, sent a command yet], innermost last
+        self._caller: dict[int, list[list[Any]]] = {}
         self._vm_names: dict[str, str] = {}
         self._greetings: dict[int, collections.deque[Item]] = collections.defaultdict(collections.deque)
         self._pending_taints: dict[str, list[Item]] = collections.defaultdict(list)
@@ -294,7 +298,10 @@ class LibvirtLogParser:
         m = _MON_CHECK.match(msg)
         if m is not None:
             mon, vm = m.group(1), m.group(2)
-            self._caller[e.tid] = (e.func or "", mon)
+            stack = self._caller.setdefault(e.tid, [])
+            if not stack or stack[-1][:2] != [e.func or "", mon]:
+                stack.append([e.func or "", mon, False])  # a function calling another (DumpToFd, SendFileHandle)
+                del stack[:-CALLER_DEPTH]
             conn = self.open.get(mon)
             if conn is not None and vm != "(nil)":
                 conn.vm = conn.vm or vm
@@ -519,7 +526,12 @@ class LibvirtLogParser:
             return
         orig = e.orig()
         src, role = "libvirt", "primary"
-        caller = self._caller.get(e.tid)  # one libvirt function may send several commands
+        stack = self._caller.get(e.tid)
+        caller = stack[-1] if stack else None  # one libvirt function may send several commands
+        if caller is not None:
+            caller[2] = True
+            if len(stack) > 1 and not stack[-2][2]:  # type: ignore[arg-type]
+                stack.pop()  # a helper sent for a function still to send its own (getfd for the dump)
         if caller is not None and caller[1] == conn.mon:
             orig["caller"] = caller[0]
             if caller[0] == "qemuMonitorArbitraryCommand":
@@ -647,6 +659,8 @@ class LibvirtLogParser:
         if event is None:
             self.skipped["events that could not be read"] += 1
             return
+        if _external(conn, event):
+            conn.add(Item(Note(text=EXTERNAL_NOTE, data=Msg({"external": event.get("event")})), e.at, e.orig()))
         conn.add(Item(Event(msg=Msg(event)), e.at, e.orig()))
         conn.events += 1
 
@@ -694,6 +708,7 @@ class LibvirtLogParser:
     def _kill(self, e: Entry, vm: str, name: str, pid: int, flags: str) -> None:
         for conn in self.open.values():
             if conn.vm == vm or (conn.vm is None and conn.name == name):
+                conn.killed = True
                 conn.add(
                     Item(
                         Note(
@@ -710,6 +725,19 @@ class LibvirtLogParser:
         conn.add(item)
         conn.taints += 1
         conn.taint_reasons.append((item.record.reason, item.at or conn.start))  # type: ignore[attr-defined]
+
+
+#: The note before an event that no monitor command caused (``data.external``: the event's name).
+EXTERNAL_NOTE = ("the next event comes from outside the monitor (a signal libvirt sent QEMU): replay does not"
+                 " await it, the fake sends it only with --external-events")
+
+
+def _external(conn: Connection, event: Any) -> bool:
+    """A SHUTDOWN caused by a signal: after libvirt's qemuProcessKill, or one QEMU says came from the host."""
+    if not isinstance(event, dict) or event.get("event") != "SHUTDOWN":
+        return False
+    data = event.get("data")
+    return conn.killed or (isinstance(data, dict) and data.get("reason") == "host-signal")
 
 
 def _name(msg: Any) -> str:

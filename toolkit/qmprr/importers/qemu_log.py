@@ -92,7 +92,8 @@ class QemuRun:
         A replay gives QEMU its own monitor (qmprr's private socketpair), and
         libvirt's was an inherited fd (``-chardev socket,...,fd=24``) or a path
         that no longer exists: every ``-mon`` with ``mode=control`` goes, with
-        the ``-chardev`` it names; so does ``-qmp`` (older libvirt).
+        the ``-chardev`` it names; so does ``-qmp`` (older libvirt). libvirt's
+        ``-sandbox`` goes too: replay runs QEMU under its own seccomp sandbox.
         """
         argv = self.argv
         monitors: set[str] = set()
@@ -112,8 +113,8 @@ class QemuRun:
                 drop = True
             elif value is not None and arg == "-chardev" and _chardev_id(value) in monitors:
                 drop = True
-            elif value is not None and arg == "-qmp":
-                drop = True
+            elif value is not None and arg in ("-qmp", "-sandbox"):
+                drop = True  # -sandbox: replay sets QEMU's seccomp sandbox itself (and refuses a recorded one)
             if drop:
                 removed += [arg, value]  # type: ignore[list-item]
                 i += 2

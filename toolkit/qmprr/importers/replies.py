@@ -23,7 +23,10 @@ The recording: ``qmp_capabilities`` with role ``internal`` (every replay
 target negotiates for itself), every other command from ``libvirt`` with
 role ``primary``, each record's ``orig`` the line its object starts on, every
 ``t`` 0 (the file has no times), and the header's ``qemu_version`` from the
-reply to ``query-version`` when there is one.
+reply to ``query-version`` when there is one. libvirt's corpora hold a KVM
+phase then a TCG phase, each opened by ``qmp_capabilities``: a later one is
+preceded by a ``note`` (``data.session``: 2, …) that marks the new monitor
+session, so replay and ``qmprr show`` can tell.
 """
 
 from __future__ import annotations
@@ -39,9 +42,13 @@ import attrs
 
 from .. import __version__
 from ..files import open_regular
-from ..recording import Command, Event, Header, Msg, Reply
+from ..recording import Command, Event, Header, Msg, Note, Reply
 from .libvirt_log import Problem
 from .writer import ImportWriter, Item, LogImportError, iso_utc
+
+#: The note before a later ``qmp_capabilities`` (``data.session``: its number, from 1).
+SESSION_NOTE = ("monitor session {n} starts here: libvirt probed again (its TCG phase after KVM) with a new QEMU"
+                " and a new negotiation")
 
 _BLANK_LINE = re.compile(r"\n[ \t\r]*\n")
 _decoder = json.JSONDecoder()
@@ -59,6 +66,7 @@ class RepliesImport:
     events: int = 0
     unanswered: int = 0
     qemu_version: dict[str, Any] | None = None
+    sessions: int = 1  # monitor sessions (phases): one more for each later qmp_capabilities
 
 
 def _objects(text: str, problems: list[Problem]) -> Iterator[tuple[int, Any]]:
@@ -100,6 +108,10 @@ def read_replies(path: str) -> RepliesImport:
             continue
         if "execute" in obj or "exec-oob" in obj:
             role = "internal" if obj.get("execute") == "qmp_capabilities" else "primary"
+            if role == "internal" and result.commands:
+                result.sessions += 1  # libvirt's next probe phase (TCG after KVM): a new QEMU, a new negotiation
+                result.items.append(Item(Note(text=SESSION_NOTE.format(n=result.sessions),
+                                              data=Msg({"session": result.sessions})), None, orig))
             item = Item(Command(src="libvirt", role=role, msg=Msg(obj)), None, orig)  # type: ignore[arg-type]
             result.items.append(item)
             pending.append(item)
@@ -135,20 +147,39 @@ def _answered(pending: list[Item], reply_id: object) -> Item | None:
     return None
 
 
+_ARCH = re.compile(r"(?:^|[_.-])(x86_64|i386|aarch64|armv7l|ppc64le|ppc64|s390x|riscv64|mips64|mips|sparc64|sparc)(?:[_.-]|$)")
+
+
+def probe_argv(path: str) -> list[str] | None:
+    """libvirt's probe command line for the architecture the file name gives (``caps_7.2.0_x86_64.replies``)."""
+    from .libvirt import PROBE_ARGS
+
+    m = _ARCH.search(os.path.basename(path))
+    if m is None:
+        return None
+    arch = {"armv7l": "arm", "ppc64le": "ppc64"}.get(m.group(1), m.group(1))
+    return [f"qemu-system-{arch}", *PROBE_ARGS, "-machine", "none,accel=kvm:tcg"]
+
+
 def write_replies(result: RepliesImport, out: str, seal_key: Any = None) -> int:
     """Write the recording; returns its number of records."""
     now = time.time()
+    labels = {
+        "import": "libvirt-replies",
+        "source": os.path.basename(result.path),
+        "timing": "none: a .replies file records no times (every t is 0; started is the import's time)",
+    }
+    argv = probe_argv(result.path)
+    if argv is not None:
+        labels["qemu-argv"] = "reconstructed: libvirt's probe command line, the binary named by the file's architecture"
     header = Header(
         started=iso_utc(now),
         started_epoch=now,
         host="unknown",
         qmprr_version=__version__,
         qemu_version=Msg(result.qemu_version) if result.qemu_version else None,
-        labels={
-            "import": "libvirt-replies",
-            "source": os.path.basename(result.path),
-            "timing": "none: a .replies file records no times (every t is 0; started is the import's time)",
-        },
+        labels=labels,
+        qemu_argv=argv,
     )
     with ImportWriter.create(out, header, seal_key=seal_key) as writer:
         writer.extend(result.items)

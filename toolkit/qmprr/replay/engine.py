@@ -62,6 +62,7 @@ class ReplayOptions:
     secrets: dict[str, str] = attrs.Factory(dict)
     normalizer: Normalizer = attrs.Factory(Normalizer)
     event_timeout: float = 3.0
+    host_differences: Literal["warn", "diverge"] = "warn"  # differences a host rule explains (compare.HOST_RULES)
     command_timeout: float = 60.0
 
     def policy(self, *, checks: bool = True, roots: tuple[str, ...] = ()) -> ReplayPolicy:
@@ -131,6 +132,9 @@ async def replay(
                 break
             if progress is not None:
                 progress(index, len(exchanges))
+            if index and ex.session != exchanges[index - 1].session:
+                report.warnings.append(f"step {index + 1}, seq {ex.seq}: monitor session {ex.session} starts (a new"
+                                       " QEMU and negotiation when recorded); replayed into the same QEMU")
             decision = policy.decide(ex)
             if not decision.sends:
                 status: Status = "skipped" if decision.action == "skip" else "refused"
@@ -150,6 +154,8 @@ async def replay(
                 report.steps.append(step)
                 break
             report.steps.append(step)
+            if step.status == "matched":
+                report.warnings += [f"step {index + 1}, seq {ex.seq} {ex.command}: {d}" for d in step.differences]
             if step.status == "interrupted":
                 break
             if step.status in ("diverged", "refused") and not options.keep_going:
@@ -183,11 +189,13 @@ async def _run_step(
     step.actual_reply = actual
     rewrite = options.path_map.rewrite if options.path_map.pairs else (lambda v: v)
     if ex.reply is not None:
-        step.differences += compare_replies(ex.command, rewrite(ex.reply), actual, norm)
+        step.differences += compare_replies(ex.command, rewrite(ex.reply), actual, norm, ex.arguments)
     expected_events = [rewrite(e) for e in ex.events_before + ex.events_after]
     step.differences += await _compare_events(expected_events, events, options, norm)
-    if step.differences:
+    if any(d.host is None or options.host_differences == "diverge" for d in step.differences):
         step.status = "diverged"
+    elif step.differences:
+        step.reason = "; ".join(filter(None, [step.reason, "host differences only (warnings)"]))
     return step
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import os
 import re
 import tomllib
 from collections.abc import Iterable
@@ -98,7 +99,12 @@ def _apply(node: Any, parts: tuple[str, ...], rule: Rule) -> Any:
         for key, child in list(children):
             _set(node, key, _apply(child, parts, rule))
         return node
-    if isinstance(node, dict):
+    select = _SELECT.fullmatch(head)
+    if select is not None:  # [key=glob]: the list items whose key matches
+        key, glob = select.groups()
+        keys = [i for i, item in enumerate(node) if isinstance(item, dict) and key in item
+                and fnmatch.fnmatchcase(str(item[key]), glob)] if isinstance(node, list) else []
+    elif isinstance(node, dict):
         keys = [k for k in node if head == "*" or fnmatch.fnmatchcase(k, head)]
     elif isinstance(node, list):
         keys = list(range(len(node))) if head in ("*", "[]") else ([int(head)] if head.isdigit() and int(head) < len(node) else [])
@@ -119,6 +125,8 @@ def _set(node: Any, key: Any, value: Any) -> None:
         node[key] = value
 
 
+_SELECT = re.compile(r"\[([^=\]]+)=([^\]]*)\]")
+
 _TMP_PATH = r"(?:unix:|file:)?(?:/tmp|/var/tmp|/run|/dev/shm)/[^,\s\"']*"
 
 BUILTIN_RULES: tuple[Rule, ...] = (
@@ -133,7 +141,29 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("offset", event="BLOCK_JOB_*"),
     Rule("len", event="BLOCK_JOB_*"),
     Rule("**.package", command="query-version"),
+    # I/O timing: nanoseconds QEMU spent, different on every run and host.
+    *(Rule(f"**.{name}", command="query-blockstats")
+      for name in ("rd_total_time_ns", "wr_total_time_ns", "zone_append_total_time_ns",
+                   "flush_total_time_ns", "idle_time_ns", "timed_stats")),
+    Rule("*.stats.[name=*_time_ns].value", command="query-stats"),
+    Rule("*.stats.[name=timed_stats].value", command="query-stats"),
 )
+
+#: Named rule sets ``--rules NAME`` switches on (docs/replay.md, Normalization).
+RULE_SETS: dict[str, tuple[Rule, ...]] = {
+    # What the guest did meanwhile (firmware reading its disk while commands run): counts of I/O.
+    "guest-progress": (
+        *(Rule(f"**.{name}", command="query-blockstats")
+          for name in ("rd_bytes", "wr_bytes", "zone_append_bytes", "unmap_bytes", "rd_operations",
+                       "wr_operations", "zone_append_operations", "flush_operations", "unmap_operations",
+                       "rd_merged", "wr_merged", "zone_append_merged", "unmap_merged", "wr_highest_offset",
+                       "unmap_total_time_ns")),
+        Rule("*.stats.[name=*_bytes].value", command="query-stats"),
+        Rule("*.stats.[name=*_operations].value", command="query-stats"),
+        Rule("*.stats.[name=*_merged].value", command="query-stats"),
+        Rule("*.stats.[name=wr_highest_offset].value", command="query-stats"),
+    ),
+}
 
 
 @attrs.frozen
@@ -178,11 +208,15 @@ MAX_RULES_BYTES = 1024 * 1024
 
 
 def load_rules(path: str) -> list[Rule]:
-    """Read ``[[rule]]`` tables from a TOML file (UTF-8, at most :data:`MAX_RULES_BYTES`)."""
+    """Read ``[[rule]]`` tables from a TOML file (UTF-8, at most :data:`MAX_RULES_BYTES`),
+    or name a built-in set (:data:`RULE_SETS`)."""
+    if path in RULE_SETS and not os.path.exists(path):
+        return list(RULE_SETS[path])
     try:
         data = tomllib.loads(read_text_limited(path, MAX_RULES_BYTES, what="rules file"))
     except InputError as exc:
-        raise RulesError(str(exc)) from None
+        hint = "" if os.path.exists(path) else f" (built-in sets: {', '.join(RULE_SETS)})"
+        raise RulesError(f"{exc}{hint}") from None
     except tomllib.TOMLDecodeError as exc:
         raise RulesError(f"{path}: invalid TOML: {exc}") from None
     unknown_top = set(data) - {"rule"}

@@ -32,6 +32,7 @@ class RunOptions:
     qemu: str | None = None
     argv_file: str | None = None
     domain: str | None = None  # domain XML to build the QEMU command line from
+    ignore_unsupported: bool = False  # --domain: drop unsupported parts of the XML with a warning
     workdir: str | None = None  # None: a fresh temporary folder
     keep_workdir: bool = False
     sandbox: bool = True  # run QEMU in qmprr.sandbox (off only with --allow-unsafe)
@@ -88,7 +89,8 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
             if run.domain is not None:
                 from ..domain import build_launch
 
-                spec = build_launch(run.domain)
+                spec = build_launch(run.domain, ignore_unsupported=run.ignore_unsupported)
+                report.warnings += list(spec.warnings)
                 script.header = attrs.evolve(script.header, qemu_argv=spec.argv) if script.header else None
                 env.update(spec.env)
             argv = qemu_argv(

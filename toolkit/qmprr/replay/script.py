@@ -2,7 +2,9 @@
 
 Each :class:`Exchange` is one command as QEMU ran it, its reply, and the
 events QEMU sent between the command and its reply (``events_before``) and
-between the reply and the next command (``events_after``). qmprr's own
+between the reply and the next command (``events_after``); events no command
+caused (an import's note ``data.external``: libvirt's signal) are kept apart
+(``external_after``), out of every window. qmprr's own
 negotiation is left out: every target negotiates for itself.
 """
 
@@ -14,7 +16,7 @@ from typing import Any
 import attrs
 
 from .. import wire
-from ..recording import Close, Command, Event, Fd, Greeting, Header, RecordingReader, Reply
+from ..recording import Close, Command, Event, Fd, Greeting, Header, Note, RecordingReader, Reply
 
 
 @attrs.define
@@ -31,6 +33,9 @@ class Exchange:
     src: str = "script"
     role: str = "primary"
     fds: list[Fd] = attrs.Factory(list)
+    # events after this exchange that no command caused (a signal: the import's "external" note)
+    external_after: list[dict[str, Any]] = attrs.Factory(list)
+    session: int = 1  # the monitor session (a .replies import's probe phase: a new negotiation)
 
     @property
     def msg(self) -> dict[str, Any]:
@@ -64,6 +69,8 @@ def load_script(path: str | os.PathLike[str]) -> Script:
         by_seq: dict[int, Exchange] = {}
         current: Exchange | None = None
         replied = False
+        external = False  # the next event comes from outside the monitor
+        session = 1
         for record in reader:
             if isinstance(record, Greeting):
                 script.greeting = record.msg
@@ -78,6 +85,7 @@ def load_script(path: str | os.PathLike[str]) -> Script:
                     t=record.t,
                     src=record.src,
                     role=record.role,
+                    session=session,
                 )
                 replied = False
                 by_seq[record.seq] = current
@@ -87,8 +95,15 @@ def load_script(path: str | os.PathLike[str]) -> Script:
                 if exchange is not None:
                     exchange.reply = {k: v for k, v in record.msg.items() if k != "id"}
                     replied = exchange is current
+            elif isinstance(record, Note) and record.data and record.data.get("external"):
+                external = True
+            elif isinstance(record, Note) and record.data and isinstance(record.data.get("session"), int):
+                session = record.data["session"]
             elif isinstance(record, Event):
-                if current is None:
+                if external and current is not None:
+                    external = False
+                    current.external_after.append(record.msg)
+                elif current is None:
                     script.initial_events.append(record.msg)
                 elif replied:
                     current.events_after.append(record.msg)
