@@ -382,3 +382,21 @@ def test_the_sandbox_shows_no_host_device_nodes(tmp_path: Path) -> None:
     for node in ("/dev/kmsg", "/dev/mem", "/dev/vda", "/dev/sda"):
         assert _in_sandbox(tmp_path, f"open({node!r}, 'w')").returncode != 0  # neither there nor creatable
     assert _in_sandbox(tmp_path, "open('/dev/shm/scratch', 'w').write('x')").returncode == 0
+
+
+@pytest.mark.qemu
+def test_a_recorded_sandbox_option_is_replaced_by_the_replays(tmp_path: Path) -> None:
+    """libvirt records -sandbox on,...; a hostile recording may say -sandbox off: neither applies."""
+    marker = tmp_path / "pwned"
+    rec = write_recording(tmp_path / "in.jsonl", [Step("query-status", reply={"return": RUNNING})],
+                          argv=[*QEMU_NONE, "-sandbox", "off", "-incoming", f"exec:touch {marker}"])
+    with pytest.raises(Exception, match=r"killed at start-up by its sandbox \(SIGSYS\)"):
+        _replay_api(rec, RunOptions(target="qemu", checks=False))
+    assert not marker.exists()
+
+
+def test_recorded_sandbox_options_are_dropped_from_the_argv() -> None:
+    from qmprr.replay.targets import drop_recorded_sandbox
+
+    argv = ["qemu-system-x86_64", "-sandbox", "off", "-m", "64", "--sandbox", "on", "-name", "x"]
+    assert drop_recorded_sandbox(argv) == ["qemu-system-x86_64", "-m", "64", "-name", "x"]

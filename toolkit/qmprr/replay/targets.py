@@ -66,7 +66,7 @@ def qemu_argv(
             raise TargetError(f"{argv_file}: cannot read: {exc.strerror}") from None
         argv = [line for line in text.splitlines() if line.strip()]
     elif script.header is not None and script.header.qemu_argv:
-        argv = list(script.header.qemu_argv)
+        argv = drop_recorded_sandbox(list(script.header.qemu_argv))
     else:
         raise TargetError(
             "the recording has no QEMU command line (made with 'qmprr proxy'?):"
@@ -94,6 +94,24 @@ def qemu_argv(
         if problem:
             raise TargetError(f"refusing the recorded QEMU command line: {problem} (--allow-unsafe to run it anyway)")
     return [program, *argv[1:]]
+
+
+def drop_recorded_sandbox(argv: list[str]) -> list[str]:
+    """*argv* without its ``-sandbox`` options: replay sets QEMU's sandbox itself.
+
+    libvirt starts QEMU with one (``-sandbox on,obsolete=deny,...``); a hostile
+    recording could carry ``-sandbox off``. Either way the replay's own applies.
+    """
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("-sandbox", "--sandbox"):
+            skip = True
+        else:
+            out.append(arg)
+    return out
 
 
 @contextlib.asynccontextmanager
