@@ -873,7 +873,7 @@ class ChannelCore:
             self.log.append(record)
             return True
         except Exception as exc:  # noqa: BLE001 - a log that fails must not stop the channel
-            self.lost[record.kind] += 1  # type: ignore[attr-defined]
+            self.lost[record.kind] += 1
             if isinstance(exc, (QmprrError, OSError)) and self.paused_since is None:
                 self.paused_since = self._now
                 self._log_error = str(exc)
