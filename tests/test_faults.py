@@ -1025,7 +1025,7 @@ async def test_slow_subscriber_does_not_block_and_drops_are_noted(tmp_path: Path
         fast = await RawClient.connect(p.sock)
         cycles = 30
         t0 = time.monotonic()
-        for i in range(cycles):
+        for _ in range(cycles):
             assert await asyncio.wait_for(ch.execute({"execute": "cont"}), 2) == {"return": {}}
             assert await asyncio.wait_for(ch.execute({"execute": "stop"}), 2) == {"return": {}}
         assert time.monotonic() - t0 < 10

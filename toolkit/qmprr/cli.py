@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__
 from .errors import QmprrError
@@ -103,8 +103,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
     key = SealKey.from_file(args.seal_key) if args.seal_key else None
     with RecordingReader(args.file, errors="skip", key=key) as reader:
         last = None
-        for last in reader:
-            pass
+        for record in reader:
+            last = record
         torn = reader.torn
         sealed = reader.header.seal is not None
     if torn is None and key is not None and sealed and not (isinstance(last, Note) and last.text == END_SEAL_TEXT):
@@ -424,7 +424,7 @@ async def _fake_main(args: argparse.Namespace, normalizer) -> int:  # type: igno
         loop.add_signal_handler(sig, stop.set)
     await fake.serve_unix(args.socket)
     print(f"qmprr: fake QEMU serving {args.file} ({args.mode}) on {args.socket}", file=sys.stderr, flush=True)
-    waits = [asyncio.ensure_future(stop.wait())]
+    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
     if not args.keep_serving:
         waits.append(asyncio.ensure_future(fake.wait_session_end()))
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

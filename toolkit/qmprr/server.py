@@ -161,7 +161,9 @@ class Backend(Protocol):
     """
 
     greeting: dict[str, Any]
-    closed_reason: str | None
+
+    @property
+    def closed_reason(self) -> str | None: ...
 
     def record(self, record: Record) -> object: ...
 
@@ -425,7 +427,7 @@ class _WatchedReader(asyncio.StreamReader):
         if self.on_end is not None:
             self.on_end()
 
-    def set_exception(self, exc: BaseException) -> None:
+    def set_exception(self, exc: Exception) -> None:
         super().set_exception(exc)
         if self.on_end is not None:
             self.on_end()
@@ -558,13 +560,13 @@ class _Connection:
     async def _handle(self, item: dict[str, Any] | wire.FramingError) -> None:
         action = self.session.handle(item)
         if isinstance(action, Answer):
-            reply = action.reply
+            answer = action.reply
             if isinstance(item, wire.MessageTooLarge) and self.role == "debug":
-                reply = qmp_error(
+                answer = qmp_error(
                     f"{item.desc} (qmprr accepts at most {self.decoder.max_message} bytes per message"
                     " from debug clients; see --debug-max-message)"
                 )
-            self._answer(reply, action.msg, action.input)
+            self._answer(answer, action.msg, action.input)
             if self.subscription is None and self.session.negotiated:
                 self.subscription = self.backend.subscribe(self.name, deliver=self.outbox.offer_event)
         elif isinstance(action, Detach):

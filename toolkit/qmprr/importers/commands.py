@@ -241,7 +241,6 @@ def _cut(text: str, width: int) -> str:
 
 def cmd_import_replies(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from .replies import read_replies, write_replies
-    from .writer import LogImportError
 
     out = out or sys.stdout
     check_output(args.output, exist_ok=False)

@@ -136,7 +136,7 @@ class ImportWriter:
         record.t = t
         with_field = _has_orig_field(record)
         if with_field:
-            record.orig = orig  # type: ignore[attr-defined]
+            record.orig = None if orig is None else Msg(orig)
         d = convert.unstructure(record)
         if orig is not None and not with_field:
             d["orig"] = orig
