@@ -12,11 +12,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .errors import QmprrError
+
+if TYPE_CHECKING:  # imported when used: the CLI starts fast
+    from .replay.engine import ReplayOptions
+    from .replay.normalize import Normalizer
+    from .replay.run import RunOptions
+    from .service import ServiceOptions
 
 
 class UsageError(QmprrError):
@@ -182,7 +188,7 @@ def _check_new_output(path: str) -> None:
         raise RecordingError(f"{path}: folder {folder} does not exist")
 
 
-def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _service_options(args: argparse.Namespace) -> ServiceOptions:
     from .recording import Redactor, SyncPolicy
     from .recording.chain import SealKey
     from .server import Limits
@@ -215,7 +221,7 @@ def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     )
 
 
-def _run_async(coro) -> int:  # type: ignore[no-untyped-def]
+def _run_async(coro: Coroutine[Any, Any, int]) -> int:
     """Run *coro* on uvloop when it is installed (QMPRR_EVENT_LOOP=asyncio opts out)."""
     import asyncio
 
@@ -395,7 +401,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return _run_async(_replay_main(args.file, run, options))
 
 
-async def _replay_main(path, run, options) -> int:  # type: ignore[no-untyped-def]
+async def _replay_main(path: str, run: RunOptions, options: ReplayOptions) -> int:
     from .replay.run import run_replay
 
     report = await run_replay(path, run, options)
@@ -411,7 +417,7 @@ def cmd_fake(args: argparse.Namespace) -> int:
     return _run_async(_fake_main(args, normalizer))
 
 
-async def _fake_main(args: argparse.Namespace, normalizer) -> int:  # type: ignore[no-untyped-def]
+async def _fake_main(args: argparse.Namespace, normalizer: Normalizer) -> int:
     import asyncio
     import signal
 

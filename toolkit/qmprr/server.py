@@ -348,7 +348,7 @@ class QmpServer:
         if where.refusals.error(desc):
             name = f"{where.role}-{next(self._names[where.role])}"
             peer = describe_peer(writer.get_extra_info("socket"))
-            self._record(Client(action="refuse", name=name, role=where.role, peer=peer, reason=desc))  # type: ignore[arg-type]
+            self._record(Client(action="refuse", name=name, role=where.role, peer=peer, reason=desc))  # type: ignore[arg-type]  # role strings are the sockets'; Record.role names the known ones
         elif where.refusals.counted >= where.refusals.every:
             self._note_refusals(where, ending=False)
 
@@ -468,7 +468,7 @@ class _Connection:
         self._task = asyncio.current_task()
         if isinstance(self.reader, _WatchedReader):
             self.reader.on_end = self._left
-        self.server._record(Client(action="connect", name=self.name, role=self.role, peer=self.peer))  # type: ignore[arg-type]
+        self.server._record(Client(action="connect", name=self.name, role=self.role, peer=self.peer))  # type: ignore[arg-type]  # role strings are the sockets'; Record.role names the known ones
         self.outbox.send(self.greeting)
         try:
             while not self._done():
@@ -502,7 +502,7 @@ class _Connection:
                     {"client": self.name, "withdrawn": self.withdrawn},
                 )
             self.server._record(
-                Client(action="disconnect", name=self.name, role=self.role, peer=self.peer, reason=self.reason)  # type: ignore[arg-type]
+                Client(action="disconnect", name=self.name, role=self.role, peer=self.peer, reason=self.reason)  # type: ignore[arg-type]  # role strings are the sockets'; Record.role names the known ones
             )
             await self.outbox.close()
 
@@ -605,7 +605,7 @@ class _Connection:
         self.server._record(
             Local(
                 src=self.name,
-                role=self.role,  # type: ignore[arg-type]
+                role=self.role,  # type: ignore[arg-type]  # role strings are the sockets'; Record.role names the known ones
                 msg=Msg(msg) if msg is not None else None,
                 input=raw.decode("utf-8", "backslashreplace") if raw is not None else None,
                 reply=Msg(reply),

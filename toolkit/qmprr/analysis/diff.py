@@ -102,7 +102,7 @@ class Row:
 
     @property
     def command(self) -> str:
-        return (self.a or self.b).command  # type: ignore[union-attr]
+        return (self.a or self.b).command  # type: ignore[union-attr]  # a pair always has one side
 
 
 @attrs.define

@@ -135,7 +135,7 @@ def cmd_import_libvirt(args: argparse.Namespace, out: TextIO | None = None) -> i
         def keep(conn: Connection) -> bool:
             return False
 
-        finished = None  # type: ignore[assignment]
+        finished = None  # type: ignore[assignment]  # no output folder when only listing
     else:
         check_output(args.output, exist_ok=False)  # before the log is read, not after
 

@@ -411,7 +411,7 @@ class LibvirtLogParser:
 
     def _end(self, conn: Connection, e: Entry | None, reason: str | None, detail: str | None) -> None:
         for item in conn.queued:
-            cmd = item.record.msg  # type: ignore[attr-defined]
+            cmd = item.record.msg  # type: ignore[attr-defined]  # this item holds a Command or Greeting
             conn.add(
                 Item(
                     Note(
@@ -526,7 +526,7 @@ class LibvirtLogParser:
                 src, role = "qemu-monitor-command", "debug"
         if msg.get("execute") == "qmp_capabilities" and role == "primary":
             role = "internal"  # negotiation: every replay target does its own
-        conn.queued.append(Item(Command(src=src, role=role, msg=Msg(msg)), e.at, orig))  # type: ignore[arg-type]
+        conn.queued.append(Item(Command(src=src, role=role, msg=Msg(msg)), e.at, orig))  # type: ignore[arg-type]  # role is the log's; Record.role names the known ones
 
     def _write(self, conn: Connection, e: Entry, rest: str) -> None:
         self._claim_greeting(conn, e)
@@ -554,16 +554,16 @@ class LibvirtLogParser:
             return
         if "execute" not in msg and "exec-oob" not in msg:
             return
-        if last is not None and last.record.msg == msg:  # type: ignore[attr-defined]
+        if last is not None and last.record.msg == msg:  # type: ignore[attr-defined]  # this item holds a Command or Greeting
             return  # the same command again (a retried write)
         role = "internal" if msg.get("execute") == "qmp_capabilities" else "primary"
-        self._place(conn, Item(Command(src="libvirt", role=role, msg=Msg(msg)), e.at, e.orig()), e)  # type: ignore[arg-type]
+        self._place(conn, Item(Command(src="libvirt", role=role, msg=Msg(msg)), e.at, e.orig()), e)  # type: ignore[arg-type]  # role is the log's; Record.role names the known ones
 
     def _place(self, conn: Connection, item: Item, e: Entry | None) -> None:
         """The command reached QEMU: into the recording, in wire order."""
         if e is not None:
             item.at = e.at
-        msg = item.record.msg  # type: ignore[attr-defined]
+        msg = item.record.msg  # type: ignore[attr-defined]  # this item holds a Command or Greeting
         number = _libvirt_id(msg)
         if number is not None:
             if conn.last_id is not None and number > conn.last_id + 1:
@@ -599,7 +599,7 @@ class LibvirtLogParser:
         if int(m.group(2)) < 0:
             conn.add(Item(Note(text=f"libvirt failed to pass a file descriptor (errno {m.group(3)})"), e.at, e.orig()))
             return
-        src = command.record.src if command is not None else "libvirt"  # type: ignore[attr-defined]
+        src = command.record.src if command is not None else "libvirt"  # type: ignore[attr-defined]  # this item holds a Command or Greeting
         conn.add(Item(Fd(src=src, placeholder=f"fd:{conn.fds}", cmd=-1 if command else None), e.at, e.orig(), ref=command))
         conn.fds += 1
 
@@ -615,7 +615,7 @@ class LibvirtLogParser:
             m = _ID.search(rest)
             target = self._answered(conn, m.group(1) if m else None)
             if target is not None:
-                conn.add(Item(Note(text=f"the reply to {_name(target.record.msg)} could not be read (line {e.line})"), e.at, e.orig()))  # type: ignore[attr-defined]
+                conn.add(Item(Note(text=f"the reply to {_name(target.record.msg)} could not be read (line {e.line})"), e.at, e.orig()))  # type: ignore[attr-defined]  # this item holds a Command or Greeting
             self.skipped["replies that could not be read"] += 1
             return
         target = self._answered(conn, reply.get("id"))
@@ -631,10 +631,10 @@ class LibvirtLogParser:
         if not conn.awaiting:
             return None
         head = conn.awaiting[0]
-        if reply_id is None or head.record.msg.get("id") == reply_id:  # type: ignore[attr-defined]
+        if reply_id is None or head.record.msg.get("id") == reply_id:  # type: ignore[attr-defined]  # this item holds a Command or Greeting
             return conn.awaiting.pop(0)
         for i, item in enumerate(conn.awaiting):
-            if item.record.msg.get("id") == reply_id:  # type: ignore[attr-defined]
+            if item.record.msg.get("id") == reply_id:  # type: ignore[attr-defined]  # this item holds a Command or Greeting
                 return conn.awaiting.pop(i)
         return None
 
@@ -680,7 +680,7 @@ class LibvirtLogParser:
         if not queue:
             return
         item = queue.popleft()
-        conn.greeting = item.record.msg  # type: ignore[attr-defined]
+        conn.greeting = item.record.msg  # type: ignore[attr-defined]  # this item holds a Command or Greeting
         conn.add(item)
 
     def _taint(self, e: Entry, name: str, reason: str) -> None:
@@ -709,7 +709,7 @@ class LibvirtLogParser:
     def _place_taint(self, conn: Connection, item: Item) -> None:
         conn.add(item)
         conn.taints += 1
-        conn.taint_reasons.append((item.record.reason, item.at or conn.start))  # type: ignore[attr-defined]
+        conn.taint_reasons.append((item.record.reason, item.at or conn.start))  # type: ignore[attr-defined]  # this item holds a Taint
 
 
 def _name(msg: Any) -> str:

@@ -115,7 +115,7 @@ class QemuRun:
             elif value is not None and arg == "-qmp":
                 drop = True
             if drop:
-                removed += [arg, value]  # type: ignore[list-item]
+                removed += [arg, value]  # type: ignore[list-item]  # drop implies value is not None
                 i += 2
                 continue
             kept.append(arg)

@@ -119,7 +119,7 @@ class ImportWriter:
         if item.ref is not None:
             if item.ref.seq < 0:
                 raise ValueError("an item's ref must be written before it")
-            item.record.cmd = item.ref.seq  # type: ignore[attr-defined]
+            item.record.cmd = item.ref.seq  # type: ignore[attr-defined]  # an item with a ref holds a Reply
         if item.at is None:
             t = self._last_t
         else:
