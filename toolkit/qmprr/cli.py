@@ -74,6 +74,7 @@ def count(text: str) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from . import wire
     from .recording import verify
     from .recording.chain import SealKey
 
@@ -85,7 +86,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"{report.path}: the last line is torn (a writer crashed mid-record);"
               " 'qmprr repair' truncates it")
     for cmd in report.in_flight:
-        name = cmd.msg.get("execute", cmd.msg.get("exec-oob", "?"))
+        name = wire.command_name(cmd.msg) or "?"
         print(f"{report.path}: in flight when the log ended: seq {cmd.seq} {name} from {cmd.src}")
     header = report.header
     if header.derived_from:

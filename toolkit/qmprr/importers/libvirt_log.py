@@ -50,7 +50,7 @@ from typing import Any, BinaryIO
 
 import attrs
 
-from .. import codec
+from .. import codec, wire
 from ..recording import Close, Command, Event, Fd, Greeting, Msg, Note, Reply, Taint
 from .qemu_log import parse_stamp
 from .writer import Item, LogImportError
@@ -714,7 +714,7 @@ class LibvirtLogParser:
 
 def _name(msg: Any) -> str:
     if isinstance(msg, dict):
-        name = msg.get("execute", msg.get("exec-oob"))
+        name = wire.command_name(msg)
         if isinstance(name, str):
             return name
     return "?"

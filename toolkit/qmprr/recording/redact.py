@@ -26,7 +26,7 @@ from typing import Any
 
 import attrs
 
-from .. import codec, qemuopts
+from .. import codec, qemuopts, wire
 
 #: What a redacted secret becomes in the log.
 REDACTED = "<qmprr-redacted>"
@@ -408,7 +408,7 @@ class Redactor:
 
     def redact_found(self, msg: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
         """:meth:`redact`, and the secret values it took out."""
-        name = msg.get("execute", msg.get("exec-oob"))
+        name = wire.command_name(msg)
         arguments = msg.get("arguments")
         if not isinstance(name, str) or not isinstance(arguments, dict):
             return msg, set()
@@ -511,7 +511,7 @@ class RecordScrubber:
 
     def _may_hold(self, msg: dict[str, Any]) -> bool:
         """Whether a rule could apply to *msg* (the fast path skips all others)."""
-        name = msg.get("execute", msg.get("exec-oob"))
+        name = wire.command_name(msg)
         if not isinstance(name, str):
             return False
         return name in self._names or any(fnmatch.fnmatchcase(name, g) for g in self._globs)
@@ -540,7 +540,7 @@ class RecordScrubber:
     def _command(self, msg: dict[str, Any]) -> tuple[dict[str, Any], set[str], bool]:
         """The logged copy of a command, the values taken out, and whether its reply is secret."""
         msg, values = self.redactor.redact_found(msg)
-        name = msg.get("execute", msg.get("exec-oob"))
+        name = wire.command_name(msg)
         args = msg.get("arguments")
         if not isinstance(args, dict):
             args = {}
