@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh Debian machine:
 #   make demo   record a session through qmprr against a real QEMU, verify it, show it
-#   make test   run the whole test suite
+#   make test   lint (ruff, mypy), then run the whole test suite
 # Both create .venv, install qmprr with its test extras, and install QEMU
 # (Debian's qemu-system-x86 and qemu-utils) when it is missing and we are root.
 
@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test setup qemu chromium bench clean
+.PHONY: demo test lint setup qemu chromium bench clean
 
 setup: $(STAMP) qemu chromium
 
@@ -43,11 +43,16 @@ chromium:
 demo: setup
 	$(PY) examples/demo.py
 
-test: setup
+# ruff and mypy (configured in pyproject.toml): a few seconds, before the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check toolkit tests
+	$(VENV)/bin/mypy
+
+test: setup lint
 	$(PY) -m pytest
 
 bench: setup
 	$(VENV)/bin/qmprr bench log
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache

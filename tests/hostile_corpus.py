@@ -37,7 +37,7 @@ import attrs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_replay_support import QEMU_NONE, Step, event, write_recording  # noqa: E402
+from replay_support import QEMU_NONE, Step, event, write_recording  # noqa: E402
 
 Marker = Literal["created", "modified", "connect"]
 UNTOUCHED = b"untouched\n"

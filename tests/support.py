@@ -7,14 +7,16 @@ installs Debian's package): nothing here fakes QEMU.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -58,6 +60,26 @@ def wait_for_socket(path: str | Path, timeout: float = 10.0, proc: subprocess.Po
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} did not appear within {timeout} s")
         time.sleep(0.01)
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Poll until *predicate* holds: wait for what a test can observe, not for a time."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout} s")
+        time.sleep(0.01)
+
+
+def records_on_disk(path: str | Path) -> list[dict[str, Any]]:
+    """The complete lines of a recording still being written (the last may be torn)."""
+    return [json.loads(line) for line in Path(path).read_bytes().split(b"\n")[:-1] if line]
+
+
+def logged_disconnect(path: str | Path, *names: str) -> bool:
+    """Whether the recording at *path* holds the disconnect of each client in *names*."""
+    gone = {d.get("name") for d in records_on_disk(path) if d.get("kind") == "client" and d.get("action") == "disconnect"}
+    return gone.issuperset(names)
 
 
 @contextlib.contextmanager

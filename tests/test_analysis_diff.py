@@ -21,7 +21,7 @@ from qmprr.analysis import diff as diff_module
 from qmprr.analysis.diff import align, diff_recordings
 from qmprr.cli import main
 from qmprr.recording import Command, Event, Msg, RecordingReader, RecordWriter, Reply, verify
-from test_replay_support import ALL_RECORDINGS, RECORDINGS, RUNNING, Step, event, write_recording
+from replay_support import ALL_RECORDINGS, RECORDINGS, RUNNING, Step, event, write_recording
 
 LIFECYCLE = RECORDINGS / "lifecycle.jsonl"
 

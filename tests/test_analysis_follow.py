@@ -160,7 +160,7 @@ def test_show_follow_cli_with_a_real_writer(tmp_path: Path) -> None:
         line, _ = chain.seal(codec.dumps(body), chain.unseal(last)[1])
         with open(path, "ab", buffering=0) as raw:
             raw.write(line[:25])
-            time.sleep(0.3)
+            time.sleep(0.3)  # the scenario: a line torn for a while
             raw.write(line[25:])
         got = [json.loads(proc.stdout.readline()) for _ in range(5)]
         assert [g["msg"].get("data", {}).get("i") for g in got[:4]] == [1, 2, 3, 4]

@@ -24,11 +24,11 @@ async def test_abort_during_in_flight_command_waits_for_its_reply(tmp_path: Path
         stuck = asyncio.create_task(
             tx.execute({"execute": "pmemsave", "arguments": {"val": 0, "size": 16, "filename": str(fifo)}}, src="owner")
         )
-        await asyncio.sleep(0.3)
+        await asyncio.to_thread(support.wait_until, lambda: b'"pmemsave"' in log.read_bytes(), "pmemsave on the wire")
         channel.abort_transactions_of("owner", "its owner disconnected")
         other = asyncio.create_task(channel.execute({"execute": "query-status"}, src="other"))
         second_in_tx = asyncio.create_task(tx.execute({"execute": "query-name"}, src="owner"))
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # the scenario: time passes, both stay queued
         assert not other.done() and not stuck.done()
         sent = [r for r in RecordingReader(log) if isinstance(r, Command)]
         assert [r.src for r in sent][-1] == "owner", "a command went out while another was in flight"
@@ -65,7 +65,7 @@ async def test_a_command_that_waited_records_when_it_asked_and_stats_measure_the
         await channel.execute({"execute": "query-name"}, src="quick")  # nothing in its way
         async with channel.transaction("hold", owner="owner") as tx:
             waiter = asyncio.create_task(channel.execute({"execute": "query-status"}, src="waiter"))
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # the scenario: the waiter waits behind the transaction
             await tx.execute({"execute": "query-name"})
         await asyncio.wait_for(waiter, 5)
         await channel.close()

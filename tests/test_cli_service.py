@@ -12,7 +12,6 @@ import signal
 import socket
 import stat
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -278,7 +277,10 @@ def test_launch_error_leaves_no_qemu_and_no_socket_behind(tmp_path: Path, marker
         for s in keep:
             s.close()
     assert status == 2, stderr
-    time.sleep(0.2)
+    try:  # a QEMU qmprr stopped may take a moment to be gone
+        support.wait_until(lambda: not qemu_processes(marker), "QEMU's exit", timeout=2.0)
+    except TimeoutError:
+        pass  # reported below
     problems = []
     if "Traceback" in stderr:
         problems.append(f"traceback on stderr: {stderr}")

@@ -258,7 +258,7 @@ async def test_qemu_qmp_client(tmp_path: Path) -> None:
                 }[name](result), (name, result)
         finally:
             await qmp.disconnect()
-        await asyncio.sleep(0.05)  # let the server log the disconnect
+        await asyncio.to_thread(support.wait_until, lambda: support.logged_disconnect(proxy.record, "primary-1"), "the disconnect record")
     records = load(proxy.record)
     check_channel_records(records)
     assert client_names(records) == ["primary-1"] and client_names(records, "disconnect") == ["primary-1"]
@@ -431,7 +431,7 @@ def test_raw_client_without_newlines_in_one_byte_writes(launched: support.Launch
     debug.send(b'{"execute":"qmp_capabilities"}{"execute":"query-status","id":"d1"}', chunk=1)
     assert debug.replies(2)[1]["id"] == "d1"
     debug.close()
-    time.sleep(0.1)
+    support.wait_until(lambda: support.logged_disconnect(launched.record, "debug-1"), "the debug client's disconnect record")
 
     records = stop(launched)
     check_channel_records(records)
@@ -500,7 +500,7 @@ async def test_two_clients_with_the_same_ids_never_see_each_others_replies(launc
 
     start = asyncio.Event()
     tasks = [asyncio.create_task(client(w, start)) for w in "ab"]
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # the clients connect and wait for start (not observable)
     start.set()
     a, b = await asyncio.gather(*tasks)
     for who, replies in (("a", a), ("b", b)):
@@ -508,7 +508,9 @@ async def test_two_clients_with_the_same_ids_never_see_each_others_replies(launc
         for n, reply in enumerate(replies):
             assert expected(who, n, reply), (who, n, reply)
 
-    await asyncio.sleep(0.05)
+    await asyncio.to_thread(
+        support.wait_until, lambda: support.logged_disconnect(launched.record, "primary-1", "primary-2"), "the disconnect records"
+    )
     records = await asyncio.to_thread(stop, launched)
     check_channel_records(records)
     for name in ("primary-1", "primary-2"):

@@ -24,7 +24,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from qmprr.fake import FakeQemu
 from qmprr.replay.normalize import Normalizer, Rule
-from test_replay_support import (
+from replay_support import (
     PAUSED,
     RECORDINGS,
     RUNNING,

@@ -511,13 +511,13 @@ async def test_qemu_sigkilled_with_commands_in_flight_and_queued(tmp_path: Path)
         blocker = await RawClient.connect(p.sock)
         tasks = [asyncio.create_task(socket_load(k, c)) for k, c in enumerate(clients)]
         tasks += [asyncio.create_task(library_load(k)) for k in range(3)]
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # the scenario: time passes and no one finishes
         assert not any(t.done() for t in tasks), [t for t in tasks if t.done()]
         # pmemsave to a FIFO nobody opens: QEMU blocks in open(), the command
         # stays in flight and everyone else queues behind it.
         blocked = blocker.send("pmemsave", {"val": 0, "size": 4096, "filename": str(fifo)}, id="blocker")
         await wait_for_in_log(p.log, b'"pmemsave"')
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # the scenario: time passes, all stay queued
         assert not blocked.done() and not any(t.done() for t in tasks)
         seq_before_kill = ch.log.next_seq
 
@@ -637,7 +637,7 @@ async def test_recorder_sigkilled_under_load(tmp_path: Path) -> None:
                     received[k][cid] = reply
 
             tasks = [asyncio.create_task(hammer(k, c)) for k, c in enumerate(clients)]
-            await asyncio.sleep(0.8)
+            await asyncio.sleep(0.8)  # the scenario: let the clients hammer a while
             assert not any(t.done() for t in tasks)
             launched.proc.send_signal(signal.SIGKILL)
             assert launched.proc.wait(10) == -signal.SIGKILL
@@ -887,7 +887,7 @@ async def test_idle_transaction_is_aborted_and_waiters_proceed(tmp_path: Path) -
         async with ch.transaction("lib-idle") as tx:
             assert await ch.execute({"execute": "query-name"}) == {"return": {}}
             queued = other.send("query-name", id="queued")
-            await asyncio.sleep(0.6)
+            await asyncio.sleep(0.6)  # the scenario: past the idle timeout
             assert queued.done() and (await queued) == {"return": {}, "id": "queued"}
             with pytest.raises(TransactionAborted, match="idle"):
                 await ch.execute({"execute": "query-name"})
@@ -925,9 +925,9 @@ async def test_owner_disconnect_aborts_its_transaction(tmp_path: Path) -> None:
         assert "return" in await next_tx.execute("query-name", id="marker-next")
         assert (await owner.execute("qmprr-transaction-begin", {"label": "mine"}, id=1))["return"] == {"tx": 1}
         waiting = waiter.send("query-name", id="w")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # not observable: the server has read it
         begin2 = next_tx.send("qmprr-transaction-begin", {"label": "next"}, id="b2")
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # the scenario: time passes, both stay queued
         assert not waiting.done() and not begin2.done()
         t0 = time.monotonic()
         await owner.close()
@@ -992,7 +992,7 @@ async def test_events_fan_out_to_negotiated_clients_after_logging(tmp_path: Path
         while any(len(c.events) < 2 * cycles for c in clients) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         lib_events = [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # the scenario: no late events arrive
         for c in [*clients, unnegotiated]:
             await c.close()
 
@@ -1025,7 +1025,7 @@ async def test_slow_subscriber_does_not_block_and_drops_are_noted(tmp_path: Path
         fast = await RawClient.connect(p.sock)
         cycles = 30
         t0 = time.monotonic()
-        for i in range(cycles):
+        for _ in range(cycles):
             assert await asyncio.wait_for(ch.execute({"execute": "cont"}), 2) == {"return": {}}
             assert await asyncio.wait_for(ch.execute({"execute": "stop"}), 2) == {"return": {}}
         assert time.monotonic() - t0 < 10
@@ -1067,7 +1067,7 @@ async def test_proxy_sigterm_with_clients_connected_stops_cleanly(tmp_path: Path
             owner, waiter, idle = [await RawClient.connect(sock) for _ in range(3)]
             assert (await owner.execute("qmprr-transaction-begin", {"label": "held"}, id=1))["return"]
             queued = waiter.send("query-name", id="queued")
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # the scenario: time passes, it stays queued
             assert not queued.done()
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(proc.wait, 10) == 0
@@ -1160,7 +1160,7 @@ async def test_qemu_dies_while_a_client_transaction_holds_the_channel(tmp_path: 
             return "returned"
 
         lib = [asyncio.create_task(library_execute()), asyncio.create_task(library_transaction())]
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # the scenario: time passes, all stay queued
         assert not queued.done() and not queued_begin.done() and not any(t.done() for t in lib)
         killed_at = time.monotonic()
         p.qemu.send_signal(signal.SIGKILL)
@@ -1205,7 +1205,7 @@ async def test_qemu_dies_inside_a_library_transaction_callers_get_channel_closed
                 tx.execute))
             await wait_for_in_log(p.log, b'"pmemsave"')
             second = asyncio.create_task(call("waiting-in-tx", {"execute": "query-name"}, tx.execute))
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # not observable: the second waits inside the channel
             p.qemu.send_signal(signal.SIGKILL)
             await asyncio.wait_for(asyncio.gather(stuck, second), 1)
             await call("after-death-in-tx", {"execute": "query-name"})
@@ -1249,7 +1249,7 @@ async def test_launched_qemu_sigkilled_under_load(tmp_path: Path) -> None:
                     assert "return" in reply or killed_at, reply
 
             tasks = [asyncio.create_task(hammer(c)) for c in clients]
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # the scenario: let the clients hammer a while
             killed_at.append(time.monotonic())
             os.kill(qemu_pids[0], signal.SIGKILL)
             ends = await asyncio.wait_for(asyncio.gather(*tasks), 5)

@@ -137,7 +137,7 @@ async def _hostile(path: str, items: list[tuple[str, bytes, Any]], rng: random.R
         reading = None if never_reads else asyncio.create_task(_read_replies(reader, result))
         burst = rng.randrange(20, 400)
         try:
-            for kind, data, sent_id in items[pos : pos + burst]:
+            for _kind, data, sent_id in items[pos : pos + burst]:
                 if sent_id is not None:
                     result.sent_ids.add(_key(sent_id))
                 writer.write(data)

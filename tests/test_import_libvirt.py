@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_import_support import LOG, QEMU_LOG, commands, lines, run_import
+from import_support import LOG, QEMU_LOG, commands, lines, run_import
 
 from qmprr.importers.libvirt_log import LibvirtLogParser
 from qmprr.recording import verify

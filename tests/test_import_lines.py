@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_import_support import lines, run_import
+from import_support import lines, run_import
 
 from qmprr.importers.libvirt_log import LibvirtLogParser
 from qmprr.recording import verify

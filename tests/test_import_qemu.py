@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from support import QEMU, require_qemu
-from test_import_support import LOG, QEMU_LOG, run_import
+from import_support import LOG, QEMU_LOG, run_import
 
 from qmprr.importers.qemu_log import read_qemu_log
 from qmprr.recording import RecordingReader

@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from test_import_support import REPLIES, commands, lines, run_import
+from import_support import REPLIES, commands, lines, run_import
 
 from qmprr.importers.replies import read_replies
 from qmprr.recording import verify

@@ -206,7 +206,7 @@ def test_keep_vm_survives_sigkill_and_reattach_continues_the_recording(tmp_path:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    time.sleep(0.5)
+    time.sleep(0.5)  # the scenario: time passes and --keep-vm QEMU stays
     assert support.qemu_processes(name) == [pid]  # --keep-vm: still there, paused as it was left
     # The SIGKILL may have torn the last line; make sure it is: reattach must link to the last complete record.
     final_seq, final_hash = last_line_hash(first)
@@ -358,7 +358,7 @@ def test_sigterm_stops_qemu_when_the_log_cannot_be_written(tmp_path: Path, names
         support.wait_for_socket(sock, proc=proc)
         with QmpClient(sock) as client:
             assert "return" in client.execute("query-status")
-        time.sleep(0.3)  # let the batch syncer settle
+        support.wait_until(lambda: any(d["kind"] == "reply" for d in support.records_on_disk(record)), "the reply on disk")
         size = record.stat().st_size
         # From now on every write to the recording fails (EFBIG; Python ignores SIGXFSZ).
         resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (size, size))

@@ -24,7 +24,7 @@ from qmprr.replay.normalize import (
     package_warning,
 )
 from qmprr.recording import Greeting, Msg, Record
-from test_replay_support import RECORDINGS, RUNNING, VERSION, Step, event, rewrite_recording, write_recording
+from replay_support import RECORDINGS, RUNNING, VERSION, Step, event, rewrite_recording, write_recording
 
 N = Normalizer()
 

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from qmprr.recording import Header, RecordingReader, verify
-from test_replay_support import RECORDINGS, ROOT
+from replay_support import RECORDINGS, ROOT
 
 pytest_plugins = ["pytester"]
 

@@ -19,7 +19,7 @@ import pytest
 
 from qmprr.cli import main
 from qmprr.recording import Command, Event, Header, Msg, Record, RecordingReader, Reply, read_records, verify
-from test_replay_support import (
+from replay_support import (
     ALL_RECORDINGS,
     PAUSED,
     RECORDINGS,

@@ -20,9 +20,9 @@ from qmprr.recording import REDACTED, Command, Fd, Record, RecordingReader, Repl
 from qmprr.replay.engine import ReplayOptions
 from qmprr.replay.safety import PathMap, fill_secrets, refusal, secret_missing
 from qmprr.replay.script import Exchange
-from test_replay_support import RUNNING, Step, event, write_recording
+from replay_support import RUNNING, Step, event, write_recording
 
-pytestmark = pytest.mark.qemu
+# Tests that replay against QEMU are marked qemu one by one; the rest are pure.
 
 
 def replay(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -47,6 +47,7 @@ def steps(report: Path) -> list[tuple[str, str, str | None]]:
 # -- exec: migrations --------------------------------------------------------------------------
 
 
+@pytest.mark.qemu
 def test_exec_migration_refused_by_default_and_allowed_with_allow_unsafe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     marker = tmp_path / "migrated.bin"
     uri = f"exec:cat > {marker}"
@@ -74,6 +75,7 @@ def test_exec_migration_is_not_refused_on_the_fake(tmp_path: Path, capsys: pytes
     assert status == 0, out  # the fake runs nothing
 
 
+@pytest.mark.qemu
 def test_hmp_exec_migration_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     line = 'migrate -d "exec:cat > /dev/null"'
     rec = write_recording(tmp_path / "hmp.jsonl", [Step("human-monitor-command", {"command-line": line}, reply={"return": ""})])
@@ -133,6 +135,7 @@ def test_refusal_other_ways_to_reach_the_host(command: str, arguments: dict[str,
     assert refusal(command, arguments, roots=["/srv/replay"]) is not None
 
 
+@pytest.mark.qemu
 def test_recorded_argv_cannot_run_any_program(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pwned = tmp_path / "pwned"
     rec = write_recording(tmp_path / "evil.jsonl", [Step("query-status", reply={"return": RUNNING})],
@@ -145,6 +148,7 @@ def test_recorded_argv_cannot_run_any_program(tmp_path: Path, capsys: pytest.Cap
 # -- host paths -----------------------------------------------------------------------------------
 
 
+@pytest.mark.qemu
 def test_path_outside_roots_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rec = write_recording(tmp_path / "paths.jsonl", [
         Step("blockdev-add", {"driver": "file", "node-name": "f", "filename": "/etc/passwd", "read-only": True}),
@@ -160,6 +164,7 @@ def test_path_outside_roots_refused(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert steps(report) == [("blockdev-add", "matched", None)]
 
 
+@pytest.mark.qemu
 def test_map_path_rewrites_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     images = tmp_path / "images"
     images.mkdir()
@@ -201,6 +206,7 @@ def test_map_path_bad_syntax_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert status == 2 and "--map-path takes FROM=TO" in err
 
 
+@pytest.mark.qemu
 def test_map_path_rewrites_paths_inside_argv_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     images = tmp_path / "images"
     images.mkdir()
@@ -212,6 +218,7 @@ def test_map_path_rewrites_paths_inside_argv_options(tmp_path: Path, capsys: pyt
     assert status == 0, err
 
 
+@pytest.mark.qemu
 def test_map_path_applies_to_recorded_replies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     images = tmp_path / "images"
     images.mkdir()
@@ -225,7 +232,7 @@ def test_map_path_applies_to_recorded_replies(tmp_path: Path, capsys: pytest.Cap
     here = tmp_path / "here.jsonl"
     replay(capsys, str(probe), "--target", "qemu", "--keep-going", "--map-path", f"/srv/bugreport={images}", "--record", str(here))
 
-    from test_replay_support import rewrite_recording
+    from replay_support import rewrite_recording
 
     def elsewhere(record: Record) -> Record:
         if isinstance(record, (Command, Reply)):
@@ -241,6 +248,7 @@ def test_map_path_applies_to_recorded_replies(tmp_path: Path, capsys: pytest.Cap
 # -- file descriptors ----------------------------------------------------------------------------
 
 
+@pytest.mark.qemu
 def test_getfd_gets_a_placeholder_fd_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rec = write_recording(tmp_path / "fd.jsonl", [
         Step("getfd", {"fdname": "mig"}, fd="fd:0"),
@@ -276,6 +284,7 @@ def _secret_recording(tmp_path: Path) -> Path:
     return rec
 
 
+@pytest.mark.qemu
 def test_redacted_secret_skipped_without_secret(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rec = _secret_recording(tmp_path)
     out_rec = tmp_path / "replayed.jsonl"
@@ -285,6 +294,7 @@ def test_redacted_secret_skipped_without_secret(tmp_path: Path, capsys: pytest.C
     assert [c["execute"] for c in sent_commands(out_rec)] == ["query-status"]  # never sent with the marker
 
 
+@pytest.mark.qemu
 def test_redacted_secret_sent_with_secret(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rec = _secret_recording(tmp_path)
     report, out_rec = tmp_path / "r.json", tmp_path / "replayed.jsonl"

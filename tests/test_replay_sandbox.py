@@ -24,7 +24,7 @@ from qmprr.cli import main
 from qmprr.replay.engine import ReplayOptions
 from qmprr.replay.run import RunOptions, run_replay
 from qmprr.replay.safety import argv_refusal, refusal, resolve_qemu
-from test_replay_support import QEMU_NONE, RUNNING, Step, write_recording
+from replay_support import QEMU_NONE, RUNNING, Step, write_recording
 
 ROOTS = ["/srv/replay"]
 

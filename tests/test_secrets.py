@@ -19,7 +19,6 @@ Two layers of tests:
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import socket
 import subprocess

@@ -507,7 +507,7 @@ class ChannelCore:
         for queue in (self._queue, self._tx_queue):
             for item in queue:
                 if item.token == token:
-                    queue.remove(item)  # type: ignore[arg-type]
+                    queue.remove(item)  # type: ignore[arg-type]  # item was found in this queue
                     self._tokens.discard(token)
                     self._withdrawn(item)
                     self._pump()
@@ -701,7 +701,7 @@ class ChannelCore:
             return
         record = Command(
             src=item.src,
-            role=item.role,  # type: ignore[arg-type]
+            role=item.role,  # type: ignore[arg-type]  # role strings are the callers'; Record.role names the known ones
             msg=Msg(sent),
             client_id=item.client_id if item.client_id != wire_id else ABSENT,
             tx=item.tx,
@@ -809,7 +809,7 @@ class ChannelCore:
             self._refuse_tx_queue(hold)
         self._hold = None
         self._ended[hold.id] = (hold.label, action, why)
-        self._append(Tx(action=action, tx=hold.id, label=hold.label, owner=hold.owner, reason=why))  # type: ignore[arg-type]
+        self._append(Tx(action=action, tx=hold.id, label=hold.label, owner=hold.owner, reason=why))  # type: ignore[arg-type]  # Release values are the Tx actions
         self._out.append(TxEnded(hold.id, action, why))
         return True
 
@@ -826,7 +826,7 @@ class ChannelCore:
     ) -> None:
         for queue in (self._tx_queue, self._queue):
             for item in [i for i in queue if which(i)]:
-                queue.remove(item)  # type: ignore[arg-type]
+                queue.remove(item)  # type: ignore[arg-type]  # item was found in this queue
                 self._tokens.discard(item.token)
                 self._refuse(item, error(item))
 
@@ -851,7 +851,7 @@ class ChannelCore:
         if self.closed_reason is not None:
             return False  # the log has ended with ``close``
         return self._append(Local(
-            src=item.src, role=item.role,  # type: ignore[arg-type]
+            src=item.src, role=item.role,  # type: ignore[arg-type]  # role strings are the callers'; Record.role names the known ones
             msg=Msg(item.as_received()), reply=Msg(qmp_error(text, item.client_id)),
         ))
 
@@ -873,7 +873,7 @@ class ChannelCore:
             self.log.append(record)
             return True
         except Exception as exc:  # noqa: BLE001 - a log that fails must not stop the channel
-            self.lost[record.kind] += 1  # type: ignore[attr-defined]
+            self.lost[record.kind] += 1
             if isinstance(exc, (QmprrError, OSError)) and self.paused_since is None:
                 self.paused_since = self._now
                 self._log_error = str(exc)

@@ -12,11 +12,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .errors import QmprrError
+
+if TYPE_CHECKING:  # imported when used: the CLI starts fast
+    from .replay.engine import ReplayOptions
+    from .replay.normalize import Normalizer
+    from .replay.run import RunOptions
+    from .service import ServiceOptions
 
 
 class UsageError(QmprrError):
@@ -68,6 +74,7 @@ def count(text: str) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from . import wire
     from .recording import verify
     from .recording.chain import SealKey
 
@@ -79,7 +86,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"{report.path}: the last line is torn (a writer crashed mid-record);"
               " 'qmprr repair' truncates it")
     for cmd in report.in_flight:
-        name = cmd.msg.get("execute", cmd.msg.get("exec-oob", "?"))
+        name = wire.command_name(cmd.msg) or "?"
         print(f"{report.path}: in flight when the log ended: seq {cmd.seq} {name} from {cmd.src}")
     header = report.header
     if header.derived_from:
@@ -103,8 +110,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
     key = SealKey.from_file(args.seal_key) if args.seal_key else None
     with RecordingReader(args.file, errors="skip", key=key) as reader:
         last = None
-        for last in reader:
-            pass
+        for record in reader:
+            last = record
         torn = reader.torn
         sealed = reader.header.seal is not None
     if torn is None and key is not None and sealed and not (isinstance(last, Note) and last.text == END_SEAL_TEXT):
@@ -182,7 +189,7 @@ def _check_new_output(path: str) -> None:
         raise RecordingError(f"{path}: folder {folder} does not exist")
 
 
-def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _service_options(args: argparse.Namespace) -> ServiceOptions:
     from .recording import Redactor, SyncPolicy
     from .recording.chain import SealKey
     from .server import Limits
@@ -215,7 +222,7 @@ def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     )
 
 
-def _run_async(coro) -> int:  # type: ignore[no-untyped-def]
+def _run_async(coro: Coroutine[Any, Any, int]) -> int:
     """Run *coro* on uvloop when it is installed (QMPRR_EVENT_LOOP=asyncio opts out)."""
     import asyncio
 
@@ -397,7 +404,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return _run_async(_replay_main(args.file, run, options))
 
 
-async def _replay_main(path, run, options) -> int:  # type: ignore[no-untyped-def]
+async def _replay_main(path: str, run: RunOptions, options: ReplayOptions) -> int:
     from .replay.run import run_replay
 
     report = await run_replay(path, run, options)
@@ -413,7 +420,7 @@ def cmd_fake(args: argparse.Namespace) -> int:
     return _run_async(_fake_main(args, normalizer))
 
 
-async def _fake_main(args: argparse.Namespace, normalizer) -> int:  # type: ignore[no-untyped-def]
+async def _fake_main(args: argparse.Namespace, normalizer: Normalizer) -> int:
     import asyncio
     import signal
 
@@ -427,7 +434,7 @@ async def _fake_main(args: argparse.Namespace, normalizer) -> int:  # type: igno
         loop.add_signal_handler(sig, stop.set)
     await fake.serve_unix(args.socket)
     print(f"qmprr: fake QEMU serving {args.file} ({args.mode}) on {args.socket}", file=sys.stderr, flush=True)
-    waits = [asyncio.ensure_future(stop.wait())]
+    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
     if not args.keep_serving:
         waits.append(asyncio.ensure_future(fake.wait_session_end()))
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

@@ -161,7 +161,7 @@ class FakeQemu:
             return Response(exchange.events_before, reply, after)
         if self.reuse and key in self._last:
             self._answered += 1
-            return Response([], self.script.exchanges[self._last[key]].reply, [])  # type: ignore[arg-type]
+            return Response([], self.script.exchanges[self._last[key]].reply, [])  # type: ignore[arg-type]  # _last holds only exchanges with a reply
         reason = self._explain(name, msg.get("arguments"), key)
         self._unmatched.append(Unmatched(msg, reason))
         return Response([], qmp_error(f"qmprr fake: {reason}"), [])

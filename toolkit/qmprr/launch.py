@@ -214,12 +214,12 @@ async def start_qemu(
         ours.close()
         if keep_vm:
             with contextlib.suppress(OSError):
-                os.unlink(monitor_path)  # type: ignore[arg-type]
+                os.unlink(monitor_path)  # type: ignore[arg-type]  # a path whenever keep_vm
         raise LaunchError(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
     finally:
         theirs.close()
     if keep_vm:
-        await _connect_monitor(process, ours, monitor_path)  # type: ignore[arg-type]
+        await _connect_monitor(process, ours, monitor_path)  # type: ignore[arg-type]  # a path whenever keep_vm
     launched = LaunchedQemu(process=process, monitor=ours, argv=list(argv))
     launched.relay = asyncio.create_task(_relay_stderr(process, launched.stderr_tail))
     return launched

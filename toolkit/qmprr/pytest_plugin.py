@@ -60,7 +60,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +138,9 @@ def _fakes(item: pytest.Item) -> list[QmpEndpoint]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     item.stash.setdefault(_REPORTS, {})[report.when] = report
     return report
@@ -165,7 +167,8 @@ class QmpEndpoint:
         if self.fake is None:
             raise RuntimeError("no fake: this test is recording against a real QEMU")
         assert self._loop is not None
-        return self._loop.call(_report(self.fake))
+        report: FakeReport = self._loop.call(_report(self.fake))
+        return report
 
     def settle(self, timeout: float) -> bool:
         """Wait up to *timeout* for every client connection to end; True when none is left."""
@@ -245,7 +248,7 @@ class _Serving:
         self.folder = tempfile.mkdtemp(prefix="qmprr-pytest-")
         self.loop = _LoopThread()
         self.endpoints: list[QmpEndpoint] = []
-        self._servers: list[tuple[asyncio.AbstractServer, _Connections]] = []
+        self._servers: list[tuple[asyncio.Server, _Connections]] = []
 
     def __enter__(self) -> _Serving:
         return self
@@ -421,7 +424,7 @@ class _Connections:
             return self._cond.wait_for(lambda: self._count == 0, timeout)
 
 
-async def _serve_fake(fake: FakeQemu, path: str, live: _Connections) -> asyncio.AbstractServer:
+async def _serve_fake(fake: FakeQemu, path: str, live: _Connections) -> asyncio.Server:
     from .server import bind_unix
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -434,7 +437,7 @@ async def _serve_fake(fake: FakeQemu, path: str, live: _Connections) -> asyncio.
     return await asyncio.start_unix_server(handle, sock=bind_unix(path), limit=wire.DEFAULT_MAX_MESSAGE)
 
 
-async def _close_fake(server: asyncio.AbstractServer, live: _Connections) -> None:
+async def _close_fake(server: asyncio.Server, live: _Connections) -> None:
     server.close()
     for writer in list(live.writers):
         writer.close()

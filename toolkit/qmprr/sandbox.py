@@ -43,11 +43,15 @@ class SandboxError(Exception):
     """The sandbox cannot be made on this machine."""
 
 
+def _absolute(dirs: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    return tuple(os.path.abspath(d) for d in dirs)
+
+
 @attrs.frozen
 class Sandbox:
     """Where a sandboxed QEMU may write: *writable* folders (made absolute)."""
 
-    writable: tuple[str, ...] = attrs.field(converter=lambda ds: tuple(os.path.abspath(d) for d in ds))
+    writable: tuple[str, ...] = attrs.field(converter=_absolute)
 
     def command(self, program: str, args: list[str], *, die_with_parent: bool = True) -> list[str]:
         """The command line that runs ``program args`` (a QEMU) inside the sandbox.

@@ -161,7 +161,9 @@ class Backend(Protocol):
     """
 
     greeting: dict[str, Any]
-    closed_reason: str | None
+
+    @property
+    def closed_reason(self) -> str | None: ...
 
     def record(self, record: Record) -> object: ...
 
@@ -346,7 +348,7 @@ class QmpServer:
         if where.refusals.error(desc):
             name = f"{where.role}-{next(self._names[where.role])}"
             peer = describe_peer(writer.get_extra_info("socket"))
-            self._record(Client(action="refuse", name=name, role=where.role, peer=peer, reason=desc))  # type: ignore[arg-type]
+            self._record(Client(action="refuse", name=name, role=where.role, peer=peer, reason=desc))  # type: ignore[arg-type]  # role strings are the sockets'; Record.role names the known ones
         elif where.refusals.counted >= where.refusals.every:
             self._note_refusals(where, ending=False)
 
@@ -425,7 +427,7 @@ class _WatchedReader(asyncio.StreamReader):
         if self.on_end is not None:
             self.on_end()
 
-    def set_exception(self, exc: BaseException) -> None:
+    def set_exception(self, exc: Exception) -> None:
         super().set_exception(exc)
         if self.on_end is not None:
             self.on_end()
@@ -466,7 +468,7 @@ class _Connection:
         self._task = asyncio.current_task()
         if isinstance(self.reader, _WatchedReader):
             self.reader.on_end = self._left
-        self.server._record(Client(action="connect", name=self.name, role=self.role, peer=self.peer))  # type: ignore[arg-type]
+        self.server._record(Client(action="connect", name=self.name, role=self.role, peer=self.peer))  # type: ignore[arg-type]  # role strings are the sockets'; Record.role names the known ones
         self.outbox.send(self.greeting)
         try:
             while not self._done():
@@ -500,7 +502,7 @@ class _Connection:
                     {"client": self.name, "withdrawn": self.withdrawn},
                 )
             self.server._record(
-                Client(action="disconnect", name=self.name, role=self.role, peer=self.peer, reason=self.reason)  # type: ignore[arg-type]
+                Client(action="disconnect", name=self.name, role=self.role, peer=self.peer, reason=self.reason)  # type: ignore[arg-type]  # role strings are the sockets'; Record.role names the known ones
             )
             await self.outbox.close()
 
@@ -558,13 +560,13 @@ class _Connection:
     async def _handle(self, item: dict[str, Any] | wire.FramingError) -> None:
         action = self.session.handle(item)
         if isinstance(action, Answer):
-            reply = action.reply
+            answer = action.reply
             if isinstance(item, wire.MessageTooLarge) and self.role == "debug":
-                reply = qmp_error(
+                answer = qmp_error(
                     f"{item.desc} (qmprr accepts at most {self.decoder.max_message} bytes per message"
                     " from debug clients; see --debug-max-message)"
                 )
-            self._answer(reply, action.msg, action.input)
+            self._answer(answer, action.msg, action.input)
             if self.subscription is None and self.session.negotiated:
                 self.subscription = self.backend.subscribe(self.name, deliver=self.outbox.offer_event)
         elif isinstance(action, Detach):
@@ -603,7 +605,7 @@ class _Connection:
         self.server._record(
             Local(
                 src=self.name,
-                role=self.role,  # type: ignore[arg-type]
+                role=self.role,  # type: ignore[arg-type]  # role strings are the sockets'; Record.role names the known ones
                 msg=Msg(msg) if msg is not None else None,
                 input=raw.decode("utf-8", "backslashreplace") if raw is not None else None,
                 reply=Msg(reply),

@@ -183,7 +183,7 @@ class FramingError:
 
     __slots__ = ("excerpt", "size", "detail", "desc")
 
-    def __init__(self, excerpt: bytes, size: int, detail: str = "", desc: str | None = None) -> None:
+    def __init__(self, excerpt: bytes | bytearray, size: int, detail: str = "", desc: str | None = None) -> None:
         self.excerpt = bytes(excerpt[:64])
         self.size = size
         self.detail = detail
@@ -199,12 +199,13 @@ class FramingError:
 
     def __eq__(self, other: object) -> bool:
         return (
-            type(other) is type(self)
-            and self.excerpt == other.excerpt  # type: ignore[attr-defined]
-            and self.desc == other.desc  # type: ignore[attr-defined]
+            isinstance(other, FramingError)
+            and type(other) is type(self)
+            and self.excerpt == other.excerpt
+            and self.desc == other.desc
         )
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable, as it has __eq__; typeshed says a method
 
 
 class JSONSyntaxError(FramingError):
@@ -254,7 +255,8 @@ _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 
 def _key_count(value: dict[str, Any]) -> int:
     """Keys in *value* and every object inside it (no recursion: any depth)."""
-    count, todo = 0, [value]
+    count = 0
+    todo: list[dict[str, Any] | list[Any]] = [value]
     while todo:
         item = todo.pop()
         if type(item) is dict:
@@ -419,7 +421,7 @@ class StreamDecoder:
             self._size += size
         self._pos = self._lexer.start = end
 
-    def _token(self, kind: int, start: int, end: int) -> None:
+    def _token(self, kind: int, start: int, end: int) -> bool:
         buf, out = self._buf, self._out
         if not self._discard:
             first = self._msg_start if self._ntok else start
@@ -432,7 +434,7 @@ class StreamDecoder:
                 first = self._msg_start if self._ntok else start
                 out.append(JSONSyntaxError(buf[first:end], end - first, desc=f"JSON parse error, stray '{stray}'"))
             self._reset()
-            return
+            return False
         if kind == LCURLY:
             self._braces += 1
         elif kind == RCURLY:
@@ -464,6 +466,7 @@ class StreamDecoder:
         if not self._discard:
             out.append(self._parse(bytes(buf[self._msg_start : end])))
         self._reset()
+        return False
 
     def _parse(self, raw: bytes) -> dict[str, Any] | FramingError:
         """One complete message's value (json-parser.c), or QEMU's error for it."""

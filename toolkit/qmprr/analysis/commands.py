@@ -1,7 +1,8 @@
-"""The analysis subcommands of ``qmprr``: show, stats, report, export, diff, bench analysis.
+"""The analysis subcommands of ``qmprr``: show, stats, report, export, diff.
 
-:func:`register` adds them to the main parser's subparsers and
-:func:`register_bench` adds ``analysis`` under ``qmprr bench``. Handlers
+:func:`register` adds them to the main parser's subparsers (``qmprr bench
+analysis`` is registered by :mod:`qmprr.cli`, its code is in
+:mod:`qmprr.bench.analysis`). Handlers
 return an exit status and raise :class:`~qmprr.errors.QmprrError` for what a
 user can get wrong. ``python -m qmprr.analysis.commands`` runs them on their own.
 """
@@ -220,7 +221,8 @@ def register(subparsers: Any) -> None:
         help="what a recording holds: commands, latencies, errors, events, clients, transactions",
         description="Per command: count, errors by class, latency p50/p95/p99/max (exact below "
         "0.256 ms, within 0.5% above). Events by name; clients with roles and command counts; "
-        "taint; transactions (count, longest hold, how long others waited: a lower bound); the "
+        "taint; transactions (count, longest hold, how long others waited: exact where commands "
+        "carry queued, a lower bound in older logs); the "
         "busiest second; commands without a reply. One streaming pass in constant memory; the "
         "hash chain is not checked (qmprr verify does).",
     )

@@ -14,6 +14,8 @@ from typing import Any
 
 import attrs
 
+from .. import wire
+
 MAX_PENDING = 10_000
 MAX_CLIENTS = 10_000
 
@@ -21,7 +23,7 @@ MAX_CLIENTS = 10_000
 def command_name(msg: Any) -> str:
     """The command a QMP message runs (``execute`` or ``exec-oob``), or ``?``."""
     if isinstance(msg, dict):
-        name = msg.get("execute", msg.get("exec-oob"))
+        name = wire.command_name(msg)
         if isinstance(name, str):
             return name
     return "?"

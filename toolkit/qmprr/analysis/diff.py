@@ -102,7 +102,7 @@ class Row:
 
     @property
     def command(self) -> str:
-        return (self.a or self.b).command  # type: ignore[union-attr]
+        return (self.a or self.b).command  # type: ignore[union-attr]  # a pair always has one side
 
 
 @attrs.define
@@ -318,7 +318,9 @@ def _events(
     if count_a == count_b:
         return []
 
-    def surplus(keys: list[tuple[str, str]], mine: collections.Counter, theirs: collections.Counter) -> list:
+    def surplus(
+        keys: list[tuple[str, str]], mine: collections.Counter[tuple[str, str]], theirs: collections.Counter[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
         out = []
         for key in dict.fromkeys(keys):  # in order of first appearance
             if key[0] in RATE_LIMITED_EVENTS:

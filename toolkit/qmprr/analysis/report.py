@@ -131,8 +131,8 @@ class _Timeline:
         info = self.tracker.update(d)
         kind, t = d["kind"], d["t"]
         if kind == "command":
-            self.lane(info.src, info.role)  # type: ignore[union-attr]
-            wait = self.waits.command(info.src, t, _queued(d))  # type: ignore[union-attr]
+            self.lane(info.src, info.role)  # type: ignore[union-attr]  # a command record always has its client
+            wait = self.waits.command(info.src, t, _queued(d))  # type: ignore[union-attr]  # a command record always has its client
             if wait is not None:
                 self.items.add(["W", self.lane(wait.client, None), wait.start, wait.end, wait.tx])
                 self.summary.waits += 1

@@ -97,7 +97,7 @@ def transactions(stats: dict[str, Any]) -> str:
         rows.append("<tr>" + _cell("longest") + _cell(
             f"tx {longest['tx']} {longest['label']!r} by {longest['owner']}: {longest['seconds']:.6f} s") + "</tr>")
     rows.append("<tr>" + _cell("others waited") + _cell(
-        f"{tx['waited_seconds']:.6f} s ({tx['waits']['count']:,} wait(s) seen; a lower bound)") + "</tr>")
+        f"{tx['waited_seconds']:.6f} s ({tx['waits']['count']:,} wait(s) seen; exact, a lower bound in logs without queued)") + "</tr>")
     return _table("Transactions", ["", ""], rows)
 
 

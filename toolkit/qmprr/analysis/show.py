@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from .. import codec
+from .. import codec, wire
 from ..recording.model import (
     Client,
     Close,
@@ -103,7 +103,7 @@ class ShowFormatter:
     def _describe(self, r: Record, command: CommandInfo | None) -> tuple[str, str, str, str]:
         w = self.width
         if isinstance(r, Command):
-            name = r.msg.get("execute", r.msg.get("exec-oob", "?"))
+            name = wire.command_name(r.msg) or "?"
             if command is None:
                 self._pending[r.seq] = CommandInfo(r.seq, r.t, str(name), r.src, r.role, r.tx, r.msg)
             tags = ""
@@ -131,7 +131,7 @@ class ShowFormatter:
             return who, "<-", f"{name} {summarize(r.msg.get('return'), w)}{latency}", "ok"
         if isinstance(r, Local):
             if r.msg is not None:
-                name = r.msg.get("execute", r.msg.get("exec-oob", "?"))
+                name = wire.command_name(r.msg) or "?"
                 what = f"{name} (answered by qmprr)"
             else:
                 what = (f"unparsable input {r.input!r}" if r.input is not None

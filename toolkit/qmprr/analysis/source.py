@@ -178,7 +178,7 @@ class Decoder:
             except TypeError:  # an unhashable "kind"
                 ok = False
             if ok:
-                expected += 1  # type: ignore[operator]
+                expected += 1  # type: ignore[operator]  # ok implies expected is an int
                 self.expected = expected
                 yield d, raw
                 continue

@@ -112,7 +112,7 @@ def transactions(stats: dict[str, Any]) -> Table:
                                     f"{longest['seconds']:.6f} s from +{longest['start']:.6f} ({longest['status']})"))
     waits = tx["waits"]
     table.add_row("others waited", _t(f"{tx['waited_seconds']:.6f} s in all, {waits['count']:,} wait(s) seen "
-                                      "(a lower bound: see docs/analysis.md)"
+                                      "(exact; a lower bound in logs without queued: see docs/analysis.md)"
                                       + ("; the longest:" if waits["longest"] else "")))
     for w in waits["longest"][:5]:
         table.add_row("", _t(f"{w['client']} waited {w['seconds']:.6f} s for tx {w['tx']} from +{w['start']:.6f}"))

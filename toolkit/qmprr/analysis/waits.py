@@ -15,7 +15,7 @@ import attrs
 def queued_of(record: dict[str, object]) -> float | None:
     """A command record's ``queued`` time, when it has a valid one."""
     queued = record.get("queued")
-    return float(queued) if type(queued) in (int, float) else None  # type: ignore[arg-type]
+    return float(queued) if type(queued) in (int, float) else None  # type: ignore[arg-type]  # the type() test (not bool) is one mypy cannot narrow
 
 
 @attrs.frozen

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import orjson
 
@@ -76,7 +76,7 @@ def peak_rss_kib(mode: str, path: str) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
-def _loop_seconds(path: str, loads) -> float:  # type: ignore[no-untyped-def]
+def _loop_seconds(path: str, loads: Callable[[bytes], object]) -> float:
     start = time.perf_counter()
     with open(path, "rb") as f:
         for line in f:

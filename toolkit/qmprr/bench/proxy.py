@@ -26,7 +26,7 @@ from .. import wire
 QUERY = b'{"execute":"query-status","id":1}'
 
 
-def _wait_for(path: str, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+def _wait_for(path: str, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -120,7 +120,8 @@ def run(commands: int = 2000, rounds: int = 10, qemu: str = "qemu-system-x86_64"
             for _ in range(rounds):
                 times["raw"] += raw_direct.timed(per_round)
                 times["raw+proxy"] += raw_proxy.timed(per_round)
-            raw_direct.close(), raw_proxy.close()
+            raw_direct.close()
+            raw_proxy.close()
             times["qmp"], times["qmp+proxy"] = asyncio.run(_qmpclient_times(qsock, psock, per_round, rounds))
         finally:
             if proxy is not None:

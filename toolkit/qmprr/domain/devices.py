@@ -65,6 +65,7 @@ class DeviceBuilder:
 
     def build(self) -> list[str]:
         self.family = machine_family(self.domain.machine)
+        ctl: Controller | None
         for ctl in self.domain.controllers:
             self._declare(ctl)
         disks = self._disk_options()

@@ -83,7 +83,8 @@ def domain_xml(emulator: str, commandline: Commandline) -> str:
             el.set(implied_key, item.implied)
         for key, value in item.props:
             etree.SubElement(el, key).text = value
-    return etree.tostring(root, pretty_print=True, encoding="unicode")
+    text: str = etree.tostring(root, pretty_print=True, encoding="unicode")
+    return text
 
 
 def from_argv(words: list[str]) -> str:

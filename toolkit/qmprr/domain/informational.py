@@ -51,7 +51,7 @@ def strip_informational(root: etree._Element, source: str = "<xml>") -> tuple[st
     def drop(el: etree._Element, key: str, reason: str) -> None:
         found[key].append(el.sourceline or 0)
         why[key] = reason
-        el.getparent().remove(el)  # type: ignore[union-attr]
+        el.getparent().remove(el)
 
     def ours(el: etree._Element) -> bool:  # not comments, not the qemu: namespace (the user's own options)
         return isinstance(el.tag, str) and etree.QName(el).namespace is None

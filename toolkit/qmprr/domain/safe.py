@@ -67,7 +67,7 @@ def _parser(**kwargs: object) -> etree.XMLParser:
         huge_tree=False,
         attribute_defaults=False,
         collect_ids=False,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 

@@ -145,7 +145,7 @@ def cmd_import_libvirt(args: argparse.Namespace, out: TextIO | None = None) -> i
         def keep(conn: Connection) -> bool:
             return False
 
-        finished = None  # type: ignore[assignment]
+        finished = None  # type: ignore[assignment]  # no output folder when only listing
     else:
         check_output(args.output, exist_ok=False)  # before the log is read, not after
 
@@ -251,7 +251,6 @@ def _cut(text: str, width: int) -> str:
 
 def cmd_import_replies(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from .replies import read_replies, write_replies
-    from .writer import LogImportError
 
     out = out or sys.stdout
     check_output(args.output, exist_ok=False)

@@ -229,4 +229,4 @@ def read_domain_xml(path: str) -> tuple[str, str]:
         root = root.find("domain")
     if root is None or root.tag != "domain" or not (root.findtext("name") or "").strip():
         raise LogImportError(f"{path}: no <domain> with a <name> in it (a domain XML or libvirt's status file)")
-    return root.findtext("name").strip(), etree.tostring(root, encoding="unicode")  # type: ignore[union-attr]
+    return (root.findtext("name") or "").strip(), etree.tostring(root, encoding="unicode")

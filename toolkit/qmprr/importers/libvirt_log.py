@@ -50,7 +50,7 @@ from typing import Any, BinaryIO
 
 import attrs
 
-from .. import codec
+from .. import codec, wire
 from ..recording import Close, Command, Event, Fd, Greeting, Msg, Note, Reply, Taint
 from .qemu_log import parse_stamp
 from .writer import Item, LogImportError
@@ -418,7 +418,7 @@ class LibvirtLogParser:
 
     def _end(self, conn: Connection, e: Entry | None, reason: str | None, detail: str | None) -> None:
         for item in conn.queued:
-            cmd = item.record.msg  # type: ignore[attr-defined]
+            cmd = item.record.msg  # type: ignore[attr-defined]  # this item holds a Command or Greeting
             conn.add(
                 Item(
                     Note(
@@ -528,9 +528,9 @@ class LibvirtLogParser:
         src, role = "libvirt", "primary"
         stack = self._caller.get(e.tid)
         caller = stack[-1] if stack else None  # one libvirt function may send several commands
-        if caller is not None:
+        if caller is not None and stack is not None:
             caller[2] = True
-            if len(stack) > 1 and not stack[-2][2]:  # type: ignore[arg-type]
+            if len(stack) > 1 and not stack[-2][2]:
                 stack.pop()  # a helper sent for a function still to send its own (getfd for the dump)
         if caller is not None and caller[1] == conn.mon:
             orig["caller"] = caller[0]
@@ -538,7 +538,7 @@ class LibvirtLogParser:
                 src, role = "qemu-monitor-command", "debug"
         if msg.get("execute") == "qmp_capabilities" and role == "primary":
             role = "internal"  # negotiation: every replay target does its own
-        conn.queued.append(Item(Command(src=src, role=role, msg=Msg(msg)), e.at, orig))  # type: ignore[arg-type]
+        conn.queued.append(Item(Command(src=src, role=role, msg=Msg(msg)), e.at, orig))  # type: ignore[arg-type]  # role is the log's; Record.role names the known ones
 
     def _write(self, conn: Connection, e: Entry, rest: str) -> None:
         self._claim_greeting(conn, e)
@@ -566,16 +566,16 @@ class LibvirtLogParser:
             return
         if "execute" not in msg and "exec-oob" not in msg:
             return
-        if last is not None and last.record.msg == msg:  # type: ignore[attr-defined]
+        if last is not None and last.record.msg == msg:  # type: ignore[attr-defined]  # this item holds a Command or Greeting
             return  # the same command again (a retried write)
         role = "internal" if msg.get("execute") == "qmp_capabilities" else "primary"
-        self._place(conn, Item(Command(src="libvirt", role=role, msg=Msg(msg)), e.at, e.orig()), e)  # type: ignore[arg-type]
+        self._place(conn, Item(Command(src="libvirt", role=role, msg=Msg(msg)), e.at, e.orig()), e)  # type: ignore[arg-type]  # role is the log's; Record.role names the known ones
 
     def _place(self, conn: Connection, item: Item, e: Entry | None) -> None:
         """The command reached QEMU: into the recording, in wire order."""
         if e is not None:
             item.at = e.at
-        msg = item.record.msg  # type: ignore[attr-defined]
+        msg = item.record.msg  # type: ignore[attr-defined]  # this item holds a Command or Greeting
         number = _libvirt_id(msg)
         if number is not None:
             if conn.last_id is not None and number > conn.last_id + 1:
@@ -611,7 +611,7 @@ class LibvirtLogParser:
         if int(m.group(2)) < 0:
             conn.add(Item(Note(text=f"libvirt failed to pass a file descriptor (errno {m.group(3)})"), e.at, e.orig()))
             return
-        src = command.record.src if command is not None else "libvirt"  # type: ignore[attr-defined]
+        src = command.record.src if command is not None else "libvirt"  # type: ignore[attr-defined]  # this item holds a Command or Greeting
         conn.add(Item(Fd(src=src, placeholder=f"fd:{conn.fds}", cmd=-1 if command else None), e.at, e.orig(), ref=command))
         conn.fds += 1
 
@@ -627,7 +627,7 @@ class LibvirtLogParser:
             m = _ID.search(rest)
             target = self._answered(conn, m.group(1) if m else None)
             if target is not None:
-                conn.add(Item(Note(text=f"the reply to {_name(target.record.msg)} could not be read (line {e.line})"), e.at, e.orig()))  # type: ignore[attr-defined]
+                conn.add(Item(Note(text=f"the reply to {_name(target.record.msg)} could not be read (line {e.line})"), e.at, e.orig()))  # type: ignore[attr-defined]  # this item holds a Command or Greeting
             self.skipped["replies that could not be read"] += 1
             return
         target = self._answered(conn, reply.get("id"))
@@ -643,10 +643,10 @@ class LibvirtLogParser:
         if not conn.awaiting:
             return None
         head = conn.awaiting[0]
-        if reply_id is None or head.record.msg.get("id") == reply_id:  # type: ignore[attr-defined]
+        if reply_id is None or head.record.msg.get("id") == reply_id:  # type: ignore[attr-defined]  # this item holds a Command or Greeting
             return conn.awaiting.pop(0)
         for i, item in enumerate(conn.awaiting):
-            if item.record.msg.get("id") == reply_id:  # type: ignore[attr-defined]
+            if item.record.msg.get("id") == reply_id:  # type: ignore[attr-defined]  # this item holds a Command or Greeting
                 return conn.awaiting.pop(i)
         return None
 
@@ -694,7 +694,7 @@ class LibvirtLogParser:
         if not queue:
             return
         item = queue.popleft()
-        conn.greeting = item.record.msg  # type: ignore[attr-defined]
+        conn.greeting = item.record.msg  # type: ignore[attr-defined]  # this item holds a Command or Greeting
         conn.add(item)
 
     def _taint(self, e: Entry, name: str, reason: str) -> None:
@@ -724,7 +724,7 @@ class LibvirtLogParser:
     def _place_taint(self, conn: Connection, item: Item) -> None:
         conn.add(item)
         conn.taints += 1
-        conn.taint_reasons.append((item.record.reason, item.at or conn.start))  # type: ignore[attr-defined]
+        conn.taint_reasons.append((item.record.reason, item.at or conn.start))  # type: ignore[attr-defined]  # this item holds a Taint
 
 
 #: The note before an event that no monitor command caused (``data.external``: the event's name).
@@ -742,7 +742,7 @@ def _external(conn: Connection, event: Any) -> bool:
 
 def _name(msg: Any) -> str:
     if isinstance(msg, dict):
-        name = msg.get("execute", msg.get("exec-oob"))
+        name = wire.command_name(msg)
         if isinstance(name, str):
             return name
     return "?"

@@ -116,7 +116,7 @@ class QemuRun:
             elif value is not None and arg in ("-qmp", "-sandbox"):
                 drop = True  # -sandbox: replay sets QEMU's seccomp sandbox itself (and refuses a recorded one)
             if drop:
-                removed += [arg, value]  # type: ignore[list-item]
+                removed += [arg, value]  # type: ignore[list-item]  # drop implies value is not None
                 i += 2
                 continue
             kept.append(arg)

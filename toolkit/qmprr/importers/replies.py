@@ -112,7 +112,7 @@ def read_replies(path: str) -> RepliesImport:
                 result.sessions += 1  # libvirt's next probe phase (TCG after KVM): a new QEMU, a new negotiation
                 result.items.append(Item(Note(text=SESSION_NOTE.format(n=result.sessions),
                                               data=Msg({"session": result.sessions})), None, orig))
-            item = Item(Command(src="libvirt", role=role, msg=Msg(obj)), None, orig)  # type: ignore[arg-type]
+            item = Item(Command(src="libvirt", role=role, msg=Msg(obj)), None, orig)  # type: ignore[arg-type]  # role is the log's; Record.role names the known ones
             result.items.append(item)
             pending.append(item)
             result.commands += 1
@@ -123,7 +123,7 @@ def read_replies(path: str) -> RepliesImport:
                 continue
             result.items.append(Item(Reply(cmd=-1, msg=Msg(obj)), None, orig, ref=target))
             result.replies += 1
-            if target.record.msg.get("execute") == "query-version" and isinstance(obj.get("return"), dict):  # type: ignore[attr-defined]
+            if target.record.msg.get("execute") == "query-version" and isinstance(obj.get("return"), dict):  # type: ignore[attr-defined]  # this item holds a Command
                 result.qemu_version = obj["return"]
         elif "event" in obj:
             result.items.append(Item(Event(msg=Msg(obj)), None, orig))
@@ -139,10 +139,10 @@ def read_replies(path: str) -> RepliesImport:
 def _answered(pending: list[Item], reply_id: object) -> Item | None:
     if not pending:
         return None
-    if reply_id is None or pending[0].record.msg.get("id") == reply_id:  # type: ignore[attr-defined]
+    if reply_id is None or pending[0].record.msg.get("id") == reply_id:  # type: ignore[attr-defined]  # this item holds a Command
         return pending.pop(0)
     for i, item in enumerate(pending):
-        if item.record.msg.get("id") == reply_id:  # type: ignore[attr-defined]
+        if item.record.msg.get("id") == reply_id:  # type: ignore[attr-defined]  # this item holds a Command
             return pending.pop(i)
     return None
 

@@ -119,7 +119,7 @@ class ImportWriter:
         if item.ref is not None:
             if item.ref.seq < 0:
                 raise ValueError("an item's ref must be written before it")
-            item.record.cmd = item.ref.seq  # type: ignore[attr-defined]
+            item.record.cmd = item.ref.seq  # type: ignore[attr-defined]  # an item with a ref holds a Reply
         if item.at is None:
             t = self._last_t
         else:
@@ -136,7 +136,7 @@ class ImportWriter:
         record.t = t
         with_field = _has_orig_field(record)
         if with_field:
-            record.orig = orig  # type: ignore[attr-defined]
+            record.orig = None if orig is None else Msg(orig)
         d = convert.unstructure(record)
         if orig is not None and not with_field:
             d["orig"] = orig

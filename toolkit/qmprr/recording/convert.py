@@ -19,7 +19,7 @@ class RecordSchemaError(ValueError):
     """A dict that is not a valid record; the message names the field."""
 
 
-def _structure_msg(value: Any, _type: Any) -> dict:
+def _structure_msg(value: Any, _type: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise TypeError(f"expected a JSON object, got {type(value).__name__}")
     return value
@@ -45,7 +45,7 @@ def _make_converter() -> cattrs.Converter:
         conv.register_unstructure_hook(
             cls,
             make_dict_unstructure_fn(
-                cls, conv, _cattrs_omit_if_default=True, _cattrs_include_init_false=True, **kept
+                cls, conv, _cattrs_omit_if_default=True, _cattrs_include_init_false=True, **kept  # type: ignore[arg-type]  # kept's keys are field names, not _cattrs_ options
             ),
         )
         conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv))

@@ -8,14 +8,14 @@ become JSON lines is :mod:`qmprr.recording.convert`'s business, not theirs.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, NewType
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NewType
 
 import attrs
 
 FORMAT = "qmprr/1"
 
 #: A QMP message (a JSON object), kept exactly as it was on the wire.
-Msg = NewType("Msg", dict)
+Msg = NewType("Msg", dict[str, Any])
 
 Role = Literal["primary", "debug", "internal"]
 
@@ -47,6 +47,11 @@ def _kind(name: str) -> Any:
 @attrs.define(kw_only=True, eq=True)
 class Record:
     """Fields every record has; ``kind`` is fixed by each subclass."""
+
+    if TYPE_CHECKING:  # for mypy: each subclass declares kind as a fixed field
+
+        @property
+        def kind(self) -> str: ...
 
     seq: int = -1
     t: float = 0.0
@@ -209,6 +214,6 @@ class Close(Record):
 
 
 RECORD_TYPES: dict[str, type[Record]] = {
-    cls.__attrs_attrs__.kind.default: cls  # type: ignore[attr-defined]
+    str(attrs.fields(cls).kind.default): cls
     for cls in (Header, Greeting, Command, Reply, Local, Event, Client, Tx, Taint, Fd, Note, Close)
 }

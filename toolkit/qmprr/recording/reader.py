@@ -103,7 +103,7 @@ class RecordingReader:
                 problem = f"first line is not a {FORMAT} header ({exc})"
             else:
                 if not isinstance(record, Header):
-                    problem = f"first record is a {record.kind}, not a header"  # type: ignore[attr-defined]
+                    problem = f"first record is a {record.kind}, not a header"
                 elif record.format != FORMAT:
                     problem = f"format {record.format!r} is not {FORMAT!r}"
                 elif self.check_chain and chain.link(chain.GENESIS, body) != h:
@@ -111,6 +111,7 @@ class RecordingReader:
         if problem is not None:
             self._file.close()
             raise NotARecording(f"{self.path}: not a {FORMAT} recording: {problem}")
+        assert isinstance(record, Header)  # no problem: it is one
         self._offset = len(first)
         self._prev_hash = h
         if record.seal is not None and self.key is not None:

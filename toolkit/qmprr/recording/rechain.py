@@ -67,7 +67,7 @@ def read_edited(path: str) -> tuple[list[dict[str, Any]], str | None, str]:
             record = convert.structure(d)
         except convert.RecordSchemaError as exc:
             raise RechainError(f"{path}:{lineno}: {exc}") from None
-        if (record.kind == "header") != (not records):  # type: ignore[attr-defined]
+        if (record.kind == "header") != (not records):
             where = "the first line must be the header" if records else "a second header"
             raise RechainError(f"{path}:{lineno}: {where}")
         d["_line"] = lineno

@@ -26,7 +26,7 @@ from typing import Any
 
 import attrs
 
-from .. import codec, qemuopts
+from .. import codec, qemuopts, wire
 
 #: What a redacted secret becomes in the log.
 REDACTED = "<qmprr-redacted>"
@@ -92,7 +92,8 @@ def hmp_tokens(line: str) -> list[tuple[int, int, str]]:
     A token is a run of non-space characters, or a double-quoted string with
     ``\\n \\r \\\\ \\' \\"`` escapes (an unterminated quote runs to the end).
     """
-    tokens, i, n = [], 0, len(line)
+    tokens: list[tuple[int, int, str]] = []
+    i, n = 0, len(line)
     while True:
         while i < n and line[i] in _HMP_SPACE:
             i += 1
@@ -226,7 +227,8 @@ HmpObjectAddSecretRule = HmpObjectAddRule  # the name before issue 10
 
 def _hmp_apply(rule: Any, line: str) -> tuple[str, set[str]]:
     if hasattr(rule, "apply_found"):
-        return rule.apply_found(line)
+        found: tuple[str, set[str]] = rule.apply_found(line)
+        return found
     new = rule.apply(line)
     if new == line:
         return line, set()
@@ -323,6 +325,7 @@ def map_strings(root: Any, fn: Callable[[str], str]) -> Any:
         return root
     top: dict[str, Any] | list[Any] = {} if isinstance(root, dict) else []
     stack: list[tuple[Any, Any]] = [(root, top)]
+    key: Any  # a str where dst is a dict
     while stack:
         src, dst = stack.pop()
         for key, value in (src.items() if isinstance(src, dict) else enumerate(src)):
@@ -406,7 +409,7 @@ class Redactor:
 
     def redact_found(self, msg: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
         """:meth:`redact`, and the secret values it took out."""
-        name = msg.get("execute", msg.get("exec-oob"))
+        name = wire.command_name(msg)
         arguments = msg.get("arguments")
         if not isinstance(name, str) or not isinstance(arguments, dict):
             return msg, set()
@@ -420,9 +423,7 @@ class Redactor:
                 values |= found
             if new_line == line:
                 return msg, set()
-            out = dict(msg)
-            out["arguments"] = {**arguments, "command-line": new_line}
-            return out, values
+            return {**msg, "arguments": {**arguments, "command-line": new_line}}, values
         out, values, changed = None, set(), False
         for rule in self.argument_rules:
             if not fnmatch.fnmatchcase(name, rule.command):
@@ -433,7 +434,7 @@ class Redactor:
             if rule.apply(name, out["arguments"]):
                 changed = True
                 values |= _strings(before)
-        return (out, values) if changed else (msg, set())
+        return (out, values) if out is not None and changed else (msg, set())
 
     def session(self) -> RecordScrubber:
         """Fresh per-recording state (which commands touch secrets, which values are known)."""
@@ -511,7 +512,7 @@ class RecordScrubber:
 
     def _may_hold(self, msg: dict[str, Any]) -> bool:
         """Whether a rule could apply to *msg* (the fast path skips all others)."""
-        name = msg.get("execute", msg.get("exec-oob"))
+        name = wire.command_name(msg)
         if not isinstance(name, str):
             return False
         return name in self._names or any(fnmatch.fnmatchcase(name, g) for g in self._globs)
@@ -540,8 +541,10 @@ class RecordScrubber:
     def _command(self, msg: dict[str, Any]) -> tuple[dict[str, Any], set[str], bool]:
         """The logged copy of a command, the values taken out, and whether its reply is secret."""
         msg, values = self.redactor.redact_found(msg)
-        name = msg.get("execute", msg.get("exec-oob"))
-        args = msg.get("arguments") if isinstance(msg.get("arguments"), dict) else {}
+        name = wire.command_name(msg)
+        args = msg.get("arguments")
+        if not isinstance(args, dict):
+            args = {}
         reads = False
         if name == "object-add" and args.get("qom-type") == "secret" and isinstance(args.get("id"), str):
             self.secret_ids.add(args["id"])

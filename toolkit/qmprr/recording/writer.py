@@ -441,5 +441,5 @@ def _read_line_before(fd: int, end: int, block: int) -> bytes:
 
 def relevant_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The variables of :data:`RELEVANT_ENV` that are set."""
-    environ = os.environ if environ is None else environ
-    return {k: environ[k] for k in RELEVANT_ENV if k in environ}
+    env = os.environ if environ is None else environ
+    return {k: env[k] for k in RELEVANT_ENV if k in env}

@@ -16,7 +16,7 @@ from .engine import ReplayReport, Step
 CONTEXT_STEPS = 3
 
 
-def summary(report: ReplayReport, out: TextIO) -> None:
+def summary(report: ReplayReport, out: TextIO | ScrubbingWriter) -> None:
     """Counts, warnings, and the first divergence with its differences and context."""
     n = len(report.steps)
     print(

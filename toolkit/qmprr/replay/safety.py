@@ -97,7 +97,7 @@ class PathMap:
         """
         if isinstance(value, str):
             for pattern, dst in self._patterns():
-                value = pattern.sub(lambda _m, d=dst: d, value)  # type: ignore[misc]
+                value = pattern.sub(lambda _m, d=dst: d, value)  # type: ignore[misc]  # default argument binds this dst
             return value
         if isinstance(value, dict):
             return {k: self.rewrite(v) for k, v in value.items()}
