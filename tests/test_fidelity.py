@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from support import QEMU, qemu_with_qmp
-from test_import_support import DATA, LOG, QEMU_LOG, REPLIES, lines, run_import
+from import_support import DATA, LOG, QEMU_LOG, REPLIES, lines, run_import
 
 from qmprr.analysis.stats import compute
 from qmprr.cli import main
@@ -326,7 +326,7 @@ def test_replay_domain_from_virsh_dumpxml_runs_qemu(tmp_path: Path, capsys: pyte
 
 def test_qmprr_diff_aligns_lists_too(imported: dict[int, Path], tmp_path: Path) -> None:
     """Two imports of the VM, one with an entry less in a qom-list answer: one difference, named."""
-    from test_replay_support import rewrite_recording
+    from replay_support import rewrite_recording
 
     from qmprr.analysis.diff import diff_recordings
     from qmprr.recording import Msg, Reply

@@ -129,7 +129,7 @@ def test_screenshot_renders(tmp_path: Path) -> None:
 
 
 def _libvirt_vm_recording(tmp_path: Path) -> Path:
-    from test_import_support import LOG, QEMU_LOG, run_import
+    from import_support import LOG, QEMU_LOG, run_import
 
     out = tmp_path / "vm.jsonl"
     status, text = run_import("libvirt", LOG, "--monitor", "4", "--qemu-log", QEMU_LOG, "-o", out)
