@@ -352,3 +352,22 @@ def test_repair_torn_file(recording: tuple[Path, int]) -> None:
     res = run("verify", str(path))
     assert res.returncode == 0
     assert res.stdout.splitlines()[-1] == f"{path}: {n + 1} records, ok"
+
+
+@pytest.mark.parametrize("timeout", ["-1", "0", "nan", "inf"])
+def test_inject_bad_timeout_is_one_line_exit_2(tmp_path: Path, timeout: str) -> None:
+    res = run("inject", str(tmp_path / "no.sock"), "query-status", "--timeout", timeout)
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("qmprr: ") and "--timeout" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--max-clients", "0"), ("--max-clients", "8M"), ("--client-output-budget", "lots"),
+    ("--max-message", "1"), ("--debug-max-message", "-5K"),
+])
+def test_bad_limit_is_one_line_exit_2(tmp_path: Path, option: str, value: str) -> None:
+    res = run("launch", "--record", str(tmp_path / "r.jsonl"), "--socket", str(tmp_path / "s"),
+              f"{option}={value}", "--", "qemu-system-x86_64")
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("qmprr: ") and option in res.stderr, res.stderr
+    assert not (tmp_path / "r.jsonl").exists()

@@ -333,6 +333,32 @@ async def test_wire_events_after_the_reply_and_initial_events() -> None:
     assert fake.report().ok("strict")
 
 
+async def test_transactions_are_answered_as_the_proxy_answers_them() -> None:
+    """Same serve loop as the proxy: begin returns its tx id, an -end with none open is refused."""
+    fake = FakeQemu.builder().expect("query-status").returns(RUNNING).build()
+    reader, writer, task = await _connect(fake)
+    await reader.readline()
+    writer.write(b'{"execute": "qmp_capabilities"}')
+    assert await _read_until_reply(reader) == [{"return": {}}]
+    writer.write(b'{"execute": "qmprr-transaction-end", "id": "early"}')
+    (early,) = await _read_until_reply(reader)
+    assert early["id"] == "early" and "no transaction is open" in early["error"]["desc"]
+    writer.write(b'{"execute": "qmprr-transaction-begin", "arguments": {"label": "t"}, "id": "b"}')
+    assert await _read_until_reply(reader) == [{"return": {"tx": 1}, "id": "b"}]
+    writer.write(b'{"execute": "qmprr-transaction-begin", "id": "b2"}')
+    (twice,) = await _read_until_reply(reader)
+    assert twice["id"] == "b2" and "already holds transaction 1" in twice["error"]["desc"]
+    writer.write(b'{"execute": "query-status", "id": 1}')
+    assert await _read_until_reply(reader) == [{"return": RUNNING, "id": 1}]
+    writer.write(b'{"execute": "qmprr-transaction-end", "id": "e"}')
+    assert await _read_until_reply(reader) == [{"return": {"tx": 1}, "id": "e"}]
+    writer.write(b'{"execute": "qmprr-transaction-begin", "id": "b3"}')
+    assert await _read_until_reply(reader) == [{"return": {"tx": 2}, "id": "b3"}]
+    writer.close()
+    await asyncio.wait_for(task, 5)
+    assert fake.report().ok("strict")
+
+
 async def test_serve_unix_in_process(tmp_path: Path) -> None:
     fake = FakeQemu.from_recording(LIFECYCLE, mode="lenient", reuse=True)
     sock = str(tmp_path / "fake.sock")

@@ -371,8 +371,9 @@ def test_sigterm_stops_qemu_when_the_log_cannot_be_written(tmp_path: Path, names
     assert wait_gone(name), "qmprr exited and left QEMU running"
     stderr = (tmp_path / "rec.stderr").read_text()
     assert "Traceback" not in stderr, stderr
-    assert "sending QEMU SIGTERM" in stderr, stderr
-    assert status == 0, stderr  # QEMU's own status: it quit on SIGTERM
+    # The channel still sends qmprr's own quit unrecorded while the log fails (see
+    # docs/channel.md); were it refused, the launcher's SIGTERM fallback would stop QEMU.
+    assert status == 0, stderr  # QEMU's own status: it quit (on quit or on SIGTERM)
     report = verify(record)  # the log keeps what it had
     assert report.ok and report.torn is None and record.stat().st_size == size
 

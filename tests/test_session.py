@@ -17,8 +17,10 @@ from qmprr.session import (
     TX_BEGIN,
     TX_END,
     Answer,
+    DETACH,
     BeginTx,
     ClientSession,
+    Detach,
     EndTx,
     Forward,
     Policy,
@@ -471,3 +473,11 @@ def test_policy_does_not_apply_to_primary_or_internal_roles() -> None:
 def test_the_session_default_policy_is_the_default() -> None:
     assert ClientSession(GREETING).policy == Policy()
     assert Policy.build() == Policy()
+
+
+def test_detach_is_local_after_negotiation_only() -> None:
+    msg = {"execute": DETACH, "id": "d"}
+    before = ClientSession(GREETING)
+    assert error_of(before.handle(msg)) == ("CommandNotFound", EXPECTING)
+    assert negotiated().handle(msg) == Detach(msg, "d")
+    assert negotiated("debug", Policy.build(deny=["qmprr-*"])).handle(msg) == Detach(msg, "d")  # not a QEMU command

@@ -43,6 +43,16 @@ def seconds(text: str) -> float:
     return value
 
 
+def size(text: str) -> int:
+    """An argparse type: a size in bytes, at least 2: ``65536``, ``64K``, ``8M``, ``1G`` (powers of 1024)."""
+    value = text.strip()
+    scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(value[-1:].upper(), 1)
+    digits = value[:-1] if scale != 1 else value
+    if not digits.isdigit() or int(digits) * scale < 2:
+        raise argparse.ArgumentTypeError(f"not a size of at least 2 bytes (e.g. 65536, 64K, 8M): {text!r}")
+    return int(digits) * scale
+
+
 def count(text: str) -> int:
     """An argparse type: a positive whole number."""
     try:
@@ -175,6 +185,7 @@ def _check_new_output(path: str) -> None:
 def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .recording import Redactor, SyncPolicy
     from .recording.chain import SealKey
+    from .server import Limits
     from .service import ServiceOptions
     from .session import Policy
 
@@ -188,7 +199,14 @@ def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise UsageError("give --socket PATH or --socket-fd N (an inherited listening socket), one of them")
     if args.socket_fd is not None and args.socket_fd < 3:
         raise UsageError(f"--socket-fd {args.socket_fd}: must be an inherited fd, 3 or more")
+    limits = Limits(
+        output_budget=args.client_output_budget,
+        max_clients=args.max_clients,
+        max_message=args.max_message,
+        debug_max_message=args.debug_max_message,
+    )
     return ServiceOptions(
+        limits=limits,
         record=args.record,
         socket=args.socket,
         socket_fd=args.socket_fd,
@@ -254,7 +272,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
     import json
 
     from . import codec
-    from .client import QmpClient
+    from .client import ClientError, QmpClient, ReplyTimeout
 
     if args.hmp is not None:
         if args.qmp_command is not None:
@@ -273,7 +291,21 @@ def cmd_inject(args: argparse.Namespace) -> int:
         if not isinstance(msg, dict) or not isinstance(msg.get("execute"), str):
             raise UsageError('the command must be a JSON object with "execute", e.g. \'{"execute": "query-status"}\'')
     with QmpClient(args.socket, timeout=args.timeout) as client:
-        reply = client.execute_msg(msg)
+        if not args.cancel_on_timeout:
+            client.detach()  # if we time out and leave, qmprr still runs the command
+        try:
+            reply = client.execute_msg(msg)
+        except ReplyTimeout:
+            if args.cancel_on_timeout:  # leaving withdraws it, if it is still queued
+                raise ClientError(
+                    f"no reply within {args.timeout:g} s; timed out: withdrawn if it had not reached"
+                    " QEMU (see the recording: a command record from this client means it had)"
+                ) from None
+            raise ClientError(
+                f"no reply within {args.timeout:g} s: the command may still run (it is queued behind"
+                " other commands, or in flight in QEMU); its reply will be in the recording"
+                " (--cancel-on-timeout withdraws a queued one instead)"
+            ) from None
     reply.pop("id", None)
     if args.json:
         print(codec.dumps(reply).decode())
@@ -517,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Sockets are created with mode 0600. Debug clients' commands are recorded with role "
         "'debug' and taint the recording; the default policy refuses them quit (QMP and HMP). "
         "Proxy-local commands: qmprr-transaction-begin {\"label\": ...} and "
-        "qmprr-transaction-end hold the channel for one client."
+        "qmprr-transaction-end hold the channel for one client; qmprr-detach keeps a client's "
+        "commands running after it leaves (otherwise those not yet sent are withdrawn)."
     )
 
     def add_service_options(p: argparse.ArgumentParser) -> None:
@@ -541,6 +574,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--keep-input", action="store_true",
                        help="log the first bytes of unparsable client input as text (default: only their "
                        "SHA-256 and length, since they may hold a secret)")
+        p.add_argument("--max-clients", type=count, default=64, metavar="N",
+                       help="clients connected at once per socket; more are refused (default 64)")
+        p.add_argument("--client-output-budget", type=size, default="8M", metavar="SIZE",
+                       help="bytes queued to a client that does not read before it is disconnected "
+                       "(default 8M; K, M, G suffixes are powers of 1024)")
+        p.add_argument("--max-message", type=size, default="8M", metavar="SIZE",
+                       help="largest message from a primary client (default 8M)")
+        p.add_argument("--debug-max-message", type=size, default="16K", metavar="SIZE",
+                       help="largest message from a debug client (default 16K: QEMU parses big "
+                       "arguments slowly, holding the wire for everyone)")
 
     p = sub.add_parser(
         "launch",
@@ -597,13 +640,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Connect to SOCKET (a qmprr debug socket, or any QMP socket), negotiate, send "
         "one command, print the reply. COMMAND is a JSON object ('{\"execute\": \"query-status\"}') "
         "or a bare command name (query-status).",
-        epilog="Exit status: 0 QEMU returned, 1 QEMU answered an error, 2 cannot connect or talk.",
+        epilog="Exit status: 0 QEMU returned, 1 QEMU answered an error, 2 cannot connect or talk, "
+        "or no reply within --timeout.",
     )
     p.add_argument("socket", metavar="SOCKET")
     p.add_argument("qmp_command", nargs="?", metavar="COMMAND")
     p.add_argument("--hmp", metavar="TEXT", help="send an HMP command line (human-monitor-command)")
     p.add_argument("--json", action="store_true", help="print the raw reply as one JSON line")
-    p.add_argument("--timeout", type=seconds, default=30.0, help="seconds to wait for the reply (default 30)")
+    p.add_argument("--timeout", type=seconds, default=30.0,
+                   help="seconds to wait for the reply (default 30); when it expires the command may "
+                   "still run, and its reply goes to the recording")
+    p.add_argument("--cancel-on-timeout", action="store_true",
+                   help="when --timeout expires, withdraw the command if it has not reached QEMU yet")
     p.set_defaults(func=cmd_inject)
 
     p = sub.add_parser(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+import time
 from typing import Any
 
 from . import wire
@@ -19,11 +20,16 @@ class ClientError(QmprrError):
     """Cannot connect to, or talk with, the QMP server."""
 
 
+class ReplyTimeout(ClientError):
+    """The command was sent but its reply did not come in time: it may still run."""
+
+
 class QmpClient:
     """Blocking QMP client over a UNIX socket; use as a context manager."""
 
     def __init__(self, path: str, *, timeout: float | None = 30.0) -> None:
         self.path = path
+        self.timeout = timeout
         self.events: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
         self._decoder = wire.StreamDecoder()
@@ -35,10 +41,17 @@ class QmpClient:
         except OSError as exc:
             self._sock.close()
             raise ClientError(f"cannot connect to {path}: {exc.strerror or exc}") from None
-        self.greeting = self._receive()
-        if "QMP" not in self.greeting:
-            raise ClientError(f"{path} did not greet with QMP: {self.greeting}")
-        reply = self.execute("qmp_capabilities")
+        try:
+            self.greeting = self._receive()
+            if "QMP" not in self.greeting:
+                raise ClientError(f"{path} did not greet with QMP: {self.greeting}")
+            reply = self.execute("qmp_capabilities")
+        except ReplyTimeout:
+            self._sock.close()
+            raise ClientError(f"no greeting or negotiation from {path} in time; nothing was sent") from None
+        except ClientError:
+            self._sock.close()
+            raise
         if "error" in reply:
             raise ClientError(f"negotiation failed: {reply['error'].get('desc')}")
 
@@ -53,12 +66,28 @@ class QmpClient:
         """Send a whole command message (its ``id`` is replaced) and return the reply."""
         cid = f"inject-{next(self._ids)}"
         self._send({**msg, "id": cid})
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
-            reply = self._receive()
+            reply = self._receive(deadline)
             if "event" in reply:
                 self.events.append(reply)
             elif reply.get("id") == cid or "id" not in reply:
                 return reply
+
+    def detach(self) -> bool:
+        """Ask a qmprr server to run this client's commands even if it leaves first.
+
+        By default qmprr withdraws a leaving client's commands that have not
+        reached QEMU; after this they still run, their replies going only to the
+        recording. False when the server is not qmprr (QEMU: ``CommandNotFound``).
+        """
+        self._send({"execute": "qmprr-detach", "id": "qmprr-detach"})
+        while True:
+            reply = self._receive(None if self.timeout is None else time.monotonic() + self.timeout)
+            if "event" in reply:
+                self.events.append(reply)
+            elif reply.get("id") == "qmprr-detach":
+                return "return" in reply
 
     def _send(self, msg: dict[str, Any]) -> None:
         try:
@@ -66,12 +95,18 @@ class QmpClient:
         except OSError as exc:
             raise ClientError(f"lost the connection to {self.path}: {exc.strerror or exc}") from None
 
-    def _receive(self) -> dict[str, Any]:
+    def _receive(self, deadline: float | None = None) -> dict[str, Any]:
+        """The next message; :class:`ReplyTimeout` past *deadline* (or the socket's timeout)."""
         while not self._pending:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ReplyTimeout(f"no answer from {self.path} in time")
+                self._sock.settimeout(left)
             try:
                 data = self._sock.recv(65536)
             except TimeoutError:
-                raise ClientError(f"no answer from {self.path} in time") from None
+                raise ReplyTimeout(f"no answer from {self.path} in time") from None
             except OSError as exc:
                 raise ClientError(f"lost the connection to {self.path}: {exc.strerror or exc}") from None
             if not data:

@@ -1,8 +1,9 @@
 """A fake QEMU that serves a recording (or a script built in code).
 
-It greets with the recorded greeting, negotiates like QEMU (through the same
-:class:`~qmprr.session.ClientSession` the proxy uses), then answers each
-command from the script and sends the recorded events at their recorded
+It is served by the proxy's own serve loop (:class:`~qmprr.server.QmpServer`,
+with this script as its backend): it greets with the recorded greeting,
+negotiates like QEMU, answers ``qmprr-transaction-*`` as the proxy does, has
+the proxy's per-client bounds, then answers each command from the script and sends the recorded events at their recorded
 positions (those QEMU sent before a reply, before it). Matching modes:
 
 ``strict``
@@ -31,28 +32,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import difflib
+import itertools
 import os
+from collections.abc import Callable
 from typing import Any, Literal
 
 import attrs
 
 from . import codec, wire
-from .recording import ABSENT
+from .recording import ABSENT, Client, Record
 from .replay.normalize import Normalizer
 from .replay.script import DEFAULT_GREETING, Exchange, Script, load_script
-from .server import bind_unix
-from .session import (
-    Answer,
-    BeginTx,
-    ClientSession,
-    EndTx,
-    Forward,
-    client_greeting,
-    qmp_error,
-    qmp_return,
-)
+from .server import Limits, QmpServer
+from .session import qmp_error, qmp_return
 
 Mode = Literal["strict", "ordered", "lenient"]
 MODES = ("strict", "ordered", "lenient")
@@ -107,6 +100,7 @@ class FakeQemu:
         reuse: bool = False,
         normalizer: Normalizer | None = None,
         internal: bool = False,
+        limits: Limits | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
@@ -120,9 +114,8 @@ class FakeQemu:
         self._next = 0  # strict/ordered: first exchange not yet passed
         self._answered = 0
         self._unmatched: list[Unmatched] = []
-        self._connections: set[asyncio.StreamWriter] = set()
-        self._server: asyncio.AbstractServer | None = None
-        self._path: str | None = None
+        self.limits = limits or Limits()
+        self._server: QmpServer | None = None
         self._session_ended: asyncio.Event | None = None
         self._keys = [self._key(e.command, e.arguments) for e in script.exchanges]
         # Unconsumed exchanges per key, in recorded order (lenient/ordered matching in O(1)).
@@ -216,66 +209,26 @@ class FakeQemu:
         unused = [e for e, c in zip(self.script.exchanges, self._consumed) if not c]
         return FakeReport(self._answered, unused, list(self._unmatched))
 
-    # -- serving ---------------------------------------------------------------
+    # -- serving: the proxy's serve loop, with this fake as its backend --------
+
+    @property
+    def server(self) -> QmpServer:
+        """The :class:`~qmprr.server.QmpServer` that serves this fake's clients."""
+        if self._server is None:
+            self._server = QmpServer(_FakeBackend(self), limits=self.limits)
+        return self._server
 
     async def serve_unix(self, path: str) -> None:
         """Accept clients on a new UNIX socket at *path* (mode 0600)."""
-        sock = bind_unix(path)
-        self._path = path
-        self._server = await asyncio.start_unix_server(self.handle, sock=sock, limit=wire.DEFAULT_MAX_MESSAGE)
+        await self.server.listen(path, "primary")
 
     async def close(self) -> None:
         if self._server is not None:
-            self._server.close()
-        for writer in list(self._connections):
-            writer.close()
-        if self._path:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._path)
+            await self._server.close()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one client connection until it closes."""
-        greeting = client_greeting(self.script.greeting)  # no oob: as clients saw it through qmprr
-        session = ClientSession(greeting)
-        decoder = wire.StreamDecoder()
-        transport = writer.transport
-
-        def send(msg: dict[str, Any]) -> None:
-            transport.write(wire.encode(msg))
-
-        send(greeting)
-        try:
-            while True:
-                data = await reader.read(256 * 1024)
-                if not data:
-                    break
-                for item in decoder.feed(data):
-                    action = session.handle(item)
-                    if isinstance(action, Answer):
-                        send(action.reply)
-                        if session.negotiated and writer not in self._connections:
-                            self._connections.add(writer)
-                            for event in self.script.initial_events:
-                                self._broadcast(event)
-                    elif isinstance(action, Forward):
-                        response = self.respond(action.msg)
-                        for event in response.events_before:
-                            self._broadcast(event)
-                        reply = dict(response.reply)
-                        if action.client_id is not ABSENT:
-                            reply["id"] = action.client_id
-                        send(reply)
-                        for event in response.events_after:
-                            self._broadcast(event)
-                    elif isinstance(action, (BeginTx, EndTx)):
-                        send(qmp_return(id=action.client_id))
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            self._connections.discard(writer)
-            writer.close()
-            self._ended_event().set()
+        await self.server.serve(reader, writer, "primary")
 
     def _ended_event(self) -> asyncio.Event:
         if self._session_ended is None:
@@ -286,11 +239,84 @@ class FakeQemu:
         """Wait until a client session has ended."""
         await self._ended_event().wait()
 
+
+@attrs.define(eq=False)
+class _FakeTx:
+    id: int
+    label: str
+    owner: str
+    ended: bool = False
+
+
+class _FakeBackend:
+    """A :class:`~qmprr.server.Backend` answering from a :class:`FakeQemu`'s script.
+
+    Transactions behave as the proxy's (ids, one per client, an ``-end`` with
+    none open refused) but hold nothing: the fake answers in script order anyway.
+    """
+
+    closed_reason: str | None = None
+
+    def __init__(self, fake: FakeQemu) -> None:
+        self.fake = fake
+        self.greeting = fake.script.greeting  # the serve loop strips oob: as clients saw it through qmprr
+        self._subscribers: dict[str, Callable[[dict[str, Any]], bool]] = {}
+        self._after: list[dict[str, Any]] = []
+        self._tx_ids = itertools.count(1)
+        self._closed = asyncio.Event()
+
+    def record(self, record: Record) -> None:
+        if isinstance(record, Client) and record.action == "disconnect":
+            self.fake._ended_event().set()
+
+    def note(self, text: str, data: dict[str, Any] | None = None) -> None:
+        pass
+
+    async def execute(self, msg: dict[str, Any], *, src: str, role: str, client_id: Any, tx: Any) -> dict[str, Any]:
+        response = self.fake.respond(msg)
+        for event in response.events_before:
+            self._broadcast(event)
+        self._after = list(response.events_after)
+        reply = dict(response.reply)
+        if client_id is not ABSENT:
+            reply["id"] = client_id
+        return reply
+
+    def after_reply(self) -> None:
+        after, self._after = self._after, []
+        for event in after:
+            self._broadcast(event)
+
+    async def begin_transaction(self, label: str, owner: str, **_client: Any) -> _FakeTx:
+        return _FakeTx(next(self._tx_ids), label, owner)
+
+    async def end_transaction(self, tx: _FakeTx, **_client: Any) -> None:
+        tx.ended = True
+
+    def abort_transactions_of(self, owner: str, reason: str) -> None:
+        pass
+
+    def subscribe(self, name: str, *, deliver: Callable[[dict[str, Any]], bool]) -> _FakeSubscription:
+        self._subscribers[name] = deliver
+        for event in self.fake.script.initial_events:
+            self._broadcast(event)
+        return _FakeSubscription(self, name)
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
     def _broadcast(self, event: dict[str, Any]) -> None:
-        data = wire.encode(event)
-        for writer in list(self._connections):
-            if not writer.transport.is_closing():
-                writer.transport.write(data)
+        for deliver in list(self._subscribers.values()):
+            deliver(event)
+
+
+@attrs.define
+class _FakeSubscription:
+    backend: _FakeBackend
+    name: str
+
+    def close(self) -> None:
+        self.backend._subscribers.pop(self.name, None)
 
 
 def _differences(recorded: Any, actual: Any, path: str = "arguments") -> str:

@@ -1,11 +1,23 @@
-"""QMP endpoint for clients: UNIX sockets in front of a :class:`~qmprr.channel.Channel`.
+"""QMP endpoint for clients: UNIX sockets in front of a :class:`Backend`.
 
-Each client gets QEMU's greeting (its real version; no ``oob`` capability,
-since every command is serialized), negotiates with ``qmp_capabilities``
-(answered here), and then talks QMP as if to QEMU; :mod:`qmprr.session`
-decides what each message is, this module does the I/O. Sockets are created
-with mode 0600. Clients on the debug socket have role ``debug``: their
-commands pass the policy, and the first one taints the recording.
+One serve loop for every client, whatever answers its commands: the proxy's
+backend is the :class:`~qmprr.channel.Channel` to QEMU, the fake's a recording
+(:mod:`qmprr.fake`). Each client gets QEMU's greeting (its real version; no
+``oob`` capability, since every command is serialized), negotiates with
+``qmp_capabilities`` (answered here), and then talks QMP as if to QEMU;
+:mod:`qmprr.session` decides what each message is, this module does the I/O
+and records every answer it gives itself (a ``local`` record). Sockets are
+created with mode 0600. Clients on the debug socket have role ``debug``:
+their commands pass the policy, and the first one taints the recording.
+
+Each client is bounded (:class:`Limits`): bytes queued to it (a client that
+does not read is disconnected, with a ``client`` record saying why), the size
+of one message (a partial message is never held past it; debug clients get a
+much smaller limit), and the number of clients per socket. A burst of errors
+answered locally (garbage, refusals) is recorded once, then counted in a
+``note``, so a client cannot multiply the log. When a client leaves, its
+commands still waiting for the wire are withdrawn (never sent), unless it
+sent ``qmprr-detach``.
 """
 
 from __future__ import annotations
@@ -18,16 +30,19 @@ import os
 import socket
 import stat
 import struct
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import attrs
 
 from . import wire
-from .channel import Channel, ChannelClosed, ChannelError, Transaction, TransactionError
 from .errors import QmprrError
-from .recording import Client, Local, Msg, Taint
+from .recording import Client, Local, Msg, Record, Taint
 from .session import (
     Answer,
     BeginTx,
     ClientSession,
+    Detach,
     EndTx,
     Forward,
     Policy,
@@ -36,8 +51,20 @@ from .session import (
     qmp_return,
 )
 
-#: Bytes of unread output a client may have before events to it are dropped.
-DEFAULT_CLIENT_EVENT_BACKLOG = 4 * 1024 * 1024
+MiB = 1024 * 1024
+#: Bytes of output queued to one client past which it is disconnected.
+DEFAULT_OUTPUT_BUDGET = 8 * MiB
+#: Clients connected at once on one socket.
+DEFAULT_MAX_CLIENTS = 64
+#: Largest message from a primary client (and so the largest partial message held).
+DEFAULT_MAX_MESSAGE = 8 * MiB
+#: Largest message from a debug client: QEMU parses big arguments at seconds per
+#: MiB, and the wire is everyone's meanwhile.
+DEFAULT_DEBUG_MAX_MESSAGE = 16 * 1024
+#: In a long burst of local errors, a ``note`` with the count every this many.
+BURST_NOTE_EVERY = 10_000
+#: Bytes read from a client at a time (and the StreamReader's buffer limit).
+READ_CHUNK = 64 * 1024
 
 
 class SocketPathError(QmprrError):
@@ -112,35 +139,92 @@ def describe_peer(sock: socket.socket | None) -> str | None:
     return f"pid {pid} uid {uid} ({comm})"
 
 
+@attrs.frozen
+class Limits:
+    """What one client may cost (see the module docstring); options of ``launch``/``proxy``."""
+
+    output_budget: int = DEFAULT_OUTPUT_BUDGET
+    max_clients: int = DEFAULT_MAX_CLIENTS
+    max_message: int = DEFAULT_MAX_MESSAGE
+    debug_max_message: int = DEFAULT_DEBUG_MAX_MESSAGE
+
+    def max_message_for(self, role: str) -> int:
+        return self.debug_max_message if role == "debug" else self.max_message
+
+
+class Backend(Protocol):
+    """What answers the commands the serve loop forwards: the channel, or a recording.
+
+    :class:`~qmprr.channel.Channel` is one as it is. A backend may also have
+    ``after_reply()``, called right after each forwarded reply is written (the
+    fake sends the events recorded after a reply there).
+    """
+
+    greeting: dict[str, Any]
+    closed_reason: str | None
+
+    def record(self, record: Record) -> object: ...
+
+    def note(self, text: str, data: dict[str, Any] | None = None) -> None: ...
+
+    async def execute(
+        self, msg: dict[str, Any], *, src: str, role: str, client_id: Any, tx: Any
+    ) -> dict[str, Any]: ...
+
+    async def begin_transaction(self, label: str, owner: str, *, role: str, client_id: Any) -> Any: ...
+
+    async def end_transaction(self, tx: Any, *, role: str, client_id: Any) -> None: ...
+
+    def abort_transactions_of(self, owner: str, reason: str) -> None: ...
+
+    def subscribe(self, name: str, *, deliver: Callable[[dict[str, Any]], bool]) -> Any: ...
+
+    async def wait_closed(self) -> None: ...
+
+
 class _Outbox:
     """Messages to one client, written straight to its transport, in order.
 
-    Replies always go out; an event is dropped (counted) when more than
-    *backlog* bytes already wait in the transport's buffer, so a client that
-    stops reading never holds up the channel or grows memory without bound.
+    Past *budget* bytes waiting in the transport the client is over budget:
+    nothing more is written and the serve loop disconnects it. Events are
+    dropped (counted by the subscription) past half the budget, so a slow
+    reader loses events before it is cut off.
     """
 
-    def __init__(self, writer: asyncio.StreamWriter, backlog: int) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, budget: int, over: Callable[[str], None]) -> None:
         self._writer = writer
         self._transport = writer.transport
-        self.backlog = backlog
-        self.dropped = 0
+        self.budget = budget
+        self._over = over
+        self.overrun = False
+
+    def _write(self, msg: dict[str, Any]) -> None:
+        self._transport.write(wire.encode(msg))
+        queued = self._transport.get_write_buffer_size()
+        if queued > self.budget and not self.overrun:
+            self.overrun = True
+            self._over(
+                f"it does not read its output: {queued} bytes queued, over the budget of"
+                f" {self.budget} (--client-output-budget)"
+            )
 
     def send(self, msg: dict[str, Any]) -> None:
-        if not self._transport.is_closing():
-            self._transport.write(wire.encode(msg))
+        if not self._transport.is_closing() and not self.overrun:
+            self._write(msg)
 
     def offer_event(self, msg: dict[str, Any]) -> bool:
-        if self._transport.is_closing():
+        if self._transport.is_closing() or self.overrun:
             return True  # the client is leaving; nothing is lost but its copy
-        if self._transport.get_write_buffer_size() > self.backlog:
-            self.dropped += 1
+        if self._transport.get_write_buffer_size() > self.budget // 2:
             return False
-        self._transport.write(wire.encode(msg))
+        self._write(msg)
         return True
 
     async def close(self) -> None:
-        """Write what is buffered (briefly), then close the connection."""
+        """Write what is buffered (briefly; not for a client over budget), then close."""
+        if self.overrun:
+            self._transport.abort()
+            return
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._writer.drain(), 2.0)
         with contextlib.suppress(Exception):
@@ -148,48 +232,132 @@ class _Outbox:
             await asyncio.wait_for(self._writer.wait_closed(), 2.0)
 
 
+class _Burst:
+    """Consecutive errors answered locally: the first is recorded in full, the rest counted."""
+
+    def __init__(self, every: int = BURST_NOTE_EVERY) -> None:
+        self.every = every
+        self.counted = 0
+        self.kinds: collections.Counter[str] = collections.Counter()
+        self.active = False
+
+    def error(self, desc: str) -> bool:
+        """Count one error; True when it is the first of a burst (record it in full)."""
+        if not self.active:
+            self.active = True
+            return True
+        self.counted += 1
+        if desc in self.kinds or len(self.kinds) < 10:
+            self.kinds[desc] += 1
+        return False
+
+    def take(self) -> tuple[int, dict[str, int]] | None:
+        """The errors counted but not recorded (if any); the burst goes on."""
+        if not self.counted:
+            return None
+        out = (self.counted, dict(self.kinds))
+        self.counted = 0
+        self.kinds.clear()
+        return out
+
+    def end(self) -> tuple[int, dict[str, int]] | None:
+        self.active = False
+        return self.take()
+
+
+class _Socket:
+    """One listening socket: its role and the clients connected to it."""
+
+    def __init__(self, path: str, role: str) -> None:
+        self.path = path
+        self.role = role
+        self.clients = 0
+        self.refusals = _Burst()
+
+
 class QmpServer:
-    """Serves QMP clients on UNIX sockets, all through one channel."""
+    """Serves QMP clients on UNIX sockets, all through one backend (see :class:`Backend`)."""
 
     def __init__(
         self,
-        channel: Channel,
+        backend: Backend,
         *,
         policy: Policy | None = None,
-        max_message: int = wire.DEFAULT_MAX_MESSAGE,
-        event_backlog: int = DEFAULT_CLIENT_EVENT_BACKLOG,
+        limits: Limits | None = None,
+        max_message: int | None = None,
     ) -> None:
-        self.channel = channel
+        self.backend = backend
         self.policy = policy or Policy()
-        self.max_message = max_message
-        self.event_backlog = event_backlog
+        if max_message is not None:  # one limit for both roles (tests, library use)
+            limits = attrs.evolve(limits or Limits(), max_message=max_message, debug_max_message=max_message)
+        self.limits = limits or Limits()
         self._servers: list[tuple[asyncio.AbstractServer, str]] = []
-        self._names = collections.defaultdict(lambda: itertools.count(1))
+        self._names: collections.defaultdict[str, itertools.count[int]] = collections.defaultdict(
+            lambda: itertools.count(1)
+        )
         self._tainted = False
         self._connections: set[asyncio.Task[None]] = set()
-        self._tx_of: dict[str, Transaction] = {}
-        self._readers: set[asyncio.StreamReader] = set()
+        self._clients: set[_Connection] = set()
+        self._sockets: list[_Socket] = []
+        self.tx_of: dict[str, Any] = {}
         self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def channel(self) -> Backend:
+        """The backend (the proxy's channel), under its old name."""
+        return self.backend
 
     async def listen(self, path: str, role: str = "primary") -> None:
         """Accept clients with *role* on a new UNIX socket at *path* (mode 0600)."""
         sock = bind_unix(path)
         if self._watcher is None:
             self._watcher = asyncio.create_task(self._disconnect_all_when_closed())
+        where = _Socket(path, role)
+        self._sockets.append(where)
 
         async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            self._connections.add(task)
+            if where.clients >= self.limits.max_clients:
+                self._refuse(where, writer)
+                return
+            self._note_refusals(where)
+            where.clients += 1
             try:
-                await self._serve(reader, writer, role)
-            except asyncio.CancelledError:
-                pass  # server closing; _serve has logged the disconnect
+                await self.serve(reader, writer, role)
             finally:
-                self._connections.discard(task)
+                where.clients -= 1
 
-        server = await asyncio.start_unix_server(accept, sock=sock, limit=wire.DEFAULT_MAX_MESSAGE)
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.StreamReaderProtocol:
+            return asyncio.StreamReaderProtocol(_WatchedReader(limit=READ_CHUNK), accept)
+
+        server = await loop.create_unix_server(protocol, sock=sock)
         self._servers.append((server, path))
+
+    def _refuse(self, where: _Socket, writer: asyncio.StreamWriter) -> None:
+        """A connection over the cap: a QMP error instead of a greeting, then closed."""
+        desc = (
+            f"qmprr: too many clients on this socket ({self.limits.max_clients}, the limit;"
+            " see --max-clients): try again later"
+        )
+        with contextlib.suppress(Exception):
+            writer.transport.write(wire.encode(qmp_error(desc)))
+            writer.close()
+        if where.refusals.error(desc):
+            name = f"{where.role}-{next(self._names[where.role])}"
+            peer = describe_peer(writer.get_extra_info("socket"))
+            self._record(Client(action="refuse", name=name, role=where.role, peer=peer, reason=desc))  # type: ignore[arg-type]
+        elif where.refusals.counted >= where.refusals.every:
+            self._note_refusals(where, ending=False)
+
+    def _note_refusals(self, where: _Socket, ending: bool = True) -> None:
+        taken = where.refusals.end() if ending else where.refusals.take()
+        if taken is not None:
+            self._note(
+                f"refused {taken[0]} more connection(s) on {where.path}: over the limit of"
+                f" {self.limits.max_clients} clients",
+                {"socket": where.path, "refused": taken[0]},
+            )
 
     async def close(self) -> None:
         """Stop accepting, disconnect every client, remove the socket files."""
@@ -199,8 +367,10 @@ class QmpServer:
                 os.unlink(path)
         if self._watcher is not None:
             self._watcher.cancel()
-        for reader in list(self._readers):
-            reader.feed_eof()  # each connection ends its read loop and cleans up
+        for where in self._sockets:
+            self._note_refusals(where)
+        for conn in list(self._clients):
+            conn.stop()  # each connection finishes what it is doing and cleans up
         if self._connections:
             _, pending = await asyncio.wait(list(self._connections), timeout=5.0)
             for task in pending:
@@ -208,105 +378,298 @@ class QmpServer:
         self._servers.clear()
 
     async def _disconnect_all_when_closed(self) -> None:
-        """When QEMU is gone, end every client's read loop; each flushes what it owes."""
-        await self.channel.wait_closed()
-        for reader in list(self._readers):
-            reader.feed_eof()
+        """When the backend is gone, stop every client; each flushes what it owes."""
+        await self.backend.wait_closed()
+        for conn in list(self._clients):
+            conn.stop()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: str) -> None:
-        channel = self.channel
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: str = "primary") -> None:
+        """Serve one client connection until it, or the backend, goes."""
+        task = asyncio.current_task()
+        assert task is not None
         name = f"{role}-{next(self._names[role])}"
-        peer = describe_peer(writer.get_extra_info("socket"))
-        channel.record(Client(action="connect", name=name, role=role, peer=peer))  # type: ignore[arg-type]
-        outbox = _Outbox(writer, self.event_backlog)
-        greeting = client_greeting(channel.greeting)
-        session = ClientSession(greeting, role=role, policy=self.policy)
-        decoder = wire.StreamDecoder(self.max_message)
-        subscription = None
-        outbox.send(greeting)
-        self._readers.add(reader)
+        conn = _Connection(self, reader, writer, role, name)
+        self._connections.add(task)
+        self._clients.add(conn)
         try:
-            while channel.closed_reason is None:
-                data = await reader.read(256 * 1024)
+            await conn.run()
+        except asyncio.CancelledError:
+            pass  # server closing; run() has logged the disconnect
+        finally:
+            self._clients.discard(conn)
+            self._connections.discard(task)
+
+    # -- recording: a log that cannot be written must not stop serving ---------
+
+    def _record(self, record: Record) -> None:
+        with contextlib.suppress(QmprrError, OSError):
+            self.backend.record(record)
+
+    def _note(self, text: str, data: dict[str, Any] | None = None) -> None:
+        with contextlib.suppress(QmprrError, OSError):
+            self.backend.note(text, data)
+
+    def taint(self, name: str) -> None:
+        if not self._tainted:
+            self._tainted = True
+            self.backend.record(Taint(reason="custom-monitor", client=name))
+
+
+class _WatchedReader(asyncio.StreamReader):
+    """A StreamReader that says when the client's side ends, even while nobody reads."""
+
+    on_end: Callable[[], None] | None = None
+
+    def feed_eof(self) -> None:
+        super().feed_eof()
+        if self.on_end is not None:
+            self.on_end()
+
+    def set_exception(self, exc: BaseException) -> None:
+        super().set_exception(exc)
+        if self.on_end is not None:
+            self.on_end()
+
+
+class _Connection:
+    """One client: reads, answers each item in turn, and withdraws what waits when it leaves.
+
+    The client leaving is seen at once when its reader is a :class:`_WatchedReader`
+    (the sockets :meth:`QmpServer.listen` serves); with another reader, at the next read.
+    """
+
+    def __init__(
+        self, server: QmpServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: str, name: str
+    ) -> None:
+        self.server = server
+        self.backend = server.backend
+        self.reader = reader
+        self.role = role
+        self.name = name
+        self.peer = describe_peer(writer.get_extra_info("socket"))
+        self.gone = False  # the client left (or must go): withdraw what waits
+        self.stopping = False  # the server or backend is closing: finish the item at hand, then stop
+        self.reason: str | None = None  # why qmprr disconnected it
+        self.detached = False  # qmprr-detach: its commands outlive its connection
+        self.withdrawn = 0
+        self.burst = _Burst()
+        self.decoder = wire.StreamDecoder(server.limits.max_message_for(role))
+        self.outbox = _Outbox(writer, server.limits.output_budget, self._left)
+        self.greeting = client_greeting(self.backend.greeting)
+        self.session = ClientSession(self.greeting, role=role, policy=server.policy)
+        self.subscription: Any = None
+        self._task: asyncio.Task[Any] | None = None
+        self._in_command = False
+        self._withdrawing = False
+
+    async def run(self) -> None:
+        self._task = asyncio.current_task()
+        if isinstance(self.reader, _WatchedReader):
+            self.reader.on_end = self._left
+        self.server._record(Client(action="connect", name=self.name, role=self.role, peer=self.peer))  # type: ignore[arg-type]
+        self.outbox.send(self.greeting)
+        try:
+            while not self._done():
+                try:
+                    data = await self.reader.read(READ_CHUNK)
+                except (ConnectionError, OSError):
+                    break
                 if not data:
                     break
-                for item in decoder.feed(data):
-                    action = session.handle(item)
-                    if isinstance(action, Answer):
-                        self._log_local(name, role, action)
-                        outbox.send(action.reply)
-                        if subscription is None and session.negotiated:
-                            subscription = channel.subscribe(name, deliver=outbox.offer_event)
-                    elif isinstance(action, Forward):
-                        outbox.send(await self._forward(name, role, action))
-                    elif isinstance(action, BeginTx):
-                        outbox.send(await self._begin(name, role, action))
-                    elif isinstance(action, EndTx):
-                        outbox.send(await self._end(name, role, action))
-                    if channel.closed_reason is not None:
+                items = self.decoder.feed(data)
+                for index, item in enumerate(items):
+                    if self._done():
+                        if self.gone:
+                            self.withdrawn += _commands_in(items[index:])
                         break
-        except (ConnectionError, OSError):
-            pass
+                    await self._handle(item)
         finally:
-            self._readers.discard(reader)
-            if subscription is not None:
-                subscription.close()
-            if name in self._tx_of and not self._tx_of[name].ended:
-                channel.abort_transactions_of(name, "its owner disconnected")
-            channel.record(Client(action="disconnect", name=name, role=role, peer=peer))  # type: ignore[arg-type]
-            await outbox.close()
+            if isinstance(self.reader, _WatchedReader):
+                self.reader.on_end = None
+            self._finish_burst()
+            if self.subscription is not None:
+                self.subscription.close()
+            tx = self.server.tx_of.get(self.name)
+            if tx is not None and not tx.ended:
+                with contextlib.suppress(QmprrError):
+                    self.backend.abort_transactions_of(self.name, "its owner disconnected")
+            if self.withdrawn:
+                self.server._note(
+                    f"{self.name} disconnected: withdrew {self.withdrawn} more command(s) it had sent,"
+                    " never passed on to QEMU",
+                    {"client": self.name, "withdrawn": self.withdrawn},
+                )
+            self.server._record(
+                Client(action="disconnect", name=self.name, role=self.role, peer=self.peer, reason=self.reason)  # type: ignore[arg-type]
+            )
+            await self.outbox.close()
 
-    def _log_local(self, name: str, role: str, action: Answer) -> None:
-        self.channel.record(
+    def _done(self) -> bool:
+        return self.gone or self.stopping or self.outbox.overrun or self.backend.closed_reason is not None
+
+    def _wake(self) -> None:
+        """End a read in progress (the loop then sees why it must stop)."""
+        asyncio.StreamReader.feed_eof(self.reader)  # not the watched hook: this is no client EOF
+
+    def _left(self, reason: str | None = None) -> None:
+        """The client is gone (or must go): withdraw the command it waits for, unless detached."""
+        if reason is not None and self.reason is None:
+            self.reason = reason
+        if self.gone:
+            return
+        self.gone = True
+        if self._in_command:
+            if not self.detached and self._task is not None:
+                self._withdrawing = True
+                self._task.cancel()
+        else:
+            self._wake()
+
+    def stop(self) -> None:
+        """The server or backend is closing: finish the command at hand, then end."""
+        self.stopping = True
+        if not self._in_command:
+            self._wake()
+
+    async def _run_command(self, coro: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
+        """Run a command for the client; None when it was withdrawn because the client left.
+
+        A command still waiting for the wire is then never sent; one already
+        sent completes (the channel holds the wire for its reply). When the
+        server stops meanwhile, the command is let finish (the backend fails it
+        if it is closing) and its answer sent; after ``qmprr-detach`` it runs
+        to its end, its reply to the log only.
+        """
+        self._in_command = True
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if self._withdrawing:
+                self._withdrawing = False
+                task = asyncio.current_task()
+                if task is not None and task.uncancel() == 0:
+                    return None  # the channel notes the withdrawal (it alone knows it was not sent)
+            raise
+        finally:
+            self._in_command = False
+
+    # -- one item ----------------------------------------------------------------
+
+    async def _handle(self, item: dict[str, Any] | wire.FramingError) -> None:
+        action = self.session.handle(item)
+        if isinstance(action, Answer):
+            reply = action.reply
+            if isinstance(item, wire.MessageTooLarge) and self.role == "debug":
+                reply = qmp_error(
+                    f"{item.desc} (qmprr accepts at most {self.decoder.max_message} bytes per message"
+                    " from debug clients; see --debug-max-message)"
+                )
+            self._answer(reply, action.msg, action.input)
+            if self.subscription is None and self.session.negotiated:
+                self.subscription = self.backend.subscribe(self.name, deliver=self.outbox.offer_event)
+        elif isinstance(action, Detach):
+            self.detached = True
+            self._answer(qmp_return(id=action.client_id), action.msg)  # kept for the rest of the connection
+        elif isinstance(action, Forward):
+            self._finish_burst()
+            reply = await self._run_command(self._forward(action))
+            if reply is not None:
+                self.outbox.send(reply)
+                after = getattr(self.backend, "after_reply", None)
+                if after is not None:
+                    after()
+        elif isinstance(action, BeginTx):
+            reply = await self._run_command(self._begin(action))
+            if reply is not None:
+                self.outbox.send(reply)
+        elif isinstance(action, EndTx):
+            reply = await self._run_command(self._end(action))
+            if reply is not None:
+                self.outbox.send(reply)
+
+    def _answer(self, reply: dict[str, Any], msg: dict[str, Any] | None = None, raw: bytes | None = None) -> None:
+        """Send a reply qmprr gives itself; record it (an error burst: the first, then a count)."""
+        error = reply.get("error")
+        if not isinstance(error, dict):
+            self._finish_burst()
+            self._record_local(reply, msg, raw)
+        elif self.burst.error(str(error.get("desc"))):
+            self._record_local(reply, msg, raw)
+        elif self.burst.counted >= self.burst.every:
+            self._note_burst(self.burst.take())
+        self.outbox.send(reply)
+
+    def _record_local(self, reply: dict[str, Any], msg: dict[str, Any] | None, raw: bytes | None) -> None:
+        self.server._record(
             Local(
-                src=name,
-                role=role,  # type: ignore[arg-type]
-                msg=Msg(action.msg) if action.msg is not None else None,
-                input=action.input.decode("utf-8", "backslashreplace") if action.input is not None else None,
-                reply=Msg(action.reply),
+                src=self.name,
+                role=self.role,  # type: ignore[arg-type]
+                msg=Msg(msg) if msg is not None else None,
+                input=raw.decode("utf-8", "backslashreplace") if raw is not None else None,
+                reply=Msg(reply),
             )
         )
 
-    async def _forward(self, name: str, role: str, action: Forward) -> dict[str, Any]:
-        if role == "debug" and not self._tainted:
-            self._tainted = True
-            self.channel.record(Taint(reason="custom-monitor", client=name))
+    def _finish_burst(self) -> None:
+        self._note_burst(self.burst.end())
+
+    def _note_burst(self, taken: tuple[int, dict[str, int]] | None) -> None:
+        if taken is not None:
+            count, kinds = taken
+            self.server._note(
+                f"{self.name}: {count} more error(s) answered locally in the same burst, not recorded one by one",
+                {"client": self.name, "count": count, "errors": kinds},
+            )
+
+    def _refused(self, error: QmprrError, action: Forward | BeginTx | EndTx) -> dict[str, Any]:
+        """The error for a command qmprr could not run, recorded as a local answer.
+
+        Unless the backend recorded it already (the channel records the refusals
+        it makes: ``error.recorded``).
+        """
+        reply = qmp_error(str(error), id=action.client_id)
+        self._finish_burst()
+        if not getattr(error, "recorded", False):
+            self._record_local(reply, action.msg, None)
+        return reply
+
+    async def _forward(self, action: Forward) -> dict[str, Any]:
         try:
-            return await self.channel.execute(
-                action.msg, src=name, role=role, client_id=action.client_id, tx=self._tx_of.get(name)
+            if self.role == "debug":
+                self.server.taint(self.name)  # before its first command, or not at all
+            return await self.backend.execute(
+                action.msg, src=self.name, role=self.role, client_id=action.client_id,
+                tx=self.server.tx_of.get(self.name),
             )
         except QmprrError as exc:  # the channel's errors, and a log that cannot be written
-            return qmp_error(str(exc), id=action.client_id)
+            return self._refused(exc, action)
 
-    async def _begin(self, name: str, role: str, action: BeginTx) -> dict[str, Any]:
-        held = self._tx_of.get(name)
+    async def _begin(self, action: BeginTx) -> dict[str, Any]:
+        held = self.server.tx_of.get(self.name)
         if held is not None and not held.ended:
-            reply = qmp_error(f"{name} already holds transaction {held.id}", id=action.client_id)
-            self._log_local(name, role, Answer(reply, action.msg))
-            return reply
+            return self._refused(QmprrError(f"{self.name} already holds transaction {held.id}"), action)
         try:
-            tx = await self.channel.begin_transaction(
-                action.label, owner=name, role=role, client_id=action.client_id
+            tx = await self.backend.begin_transaction(
+                action.label, owner=self.name, role=self.role, client_id=action.client_id
             )
-        except ChannelError as exc:
-            return qmp_error(str(exc), id=action.client_id)
-        self._tx_of[name] = tx
+        except QmprrError as exc:
+            return self._refused(exc, action)
+        self.server.tx_of[self.name] = tx
         return qmp_return({"tx": tx.id}, id=action.client_id)
 
-    async def _end(self, name: str, role: str, action: EndTx) -> dict[str, Any]:
-        tx = self._tx_of.pop(name, None)
+    async def _end(self, action: EndTx) -> dict[str, Any]:
+        tx = self.server.tx_of.pop(self.name, None)
         if tx is None:
-            reply = qmp_error(
-                "no transaction is open for this client (it may have been aborted; see the log)",
-                id=action.client_id,
+            return self._refused(
+                QmprrError("no transaction is open for this client (it may have been aborted; see the log)"), action
             )
-            self._log_local(name, role, Answer(reply, action.msg))
-            return reply
         try:
-            await self.channel.end_transaction(tx, role=role, client_id=action.client_id)
-        except (TransactionError, ChannelClosed) as exc:
-            reply = qmp_error(str(exc), id=action.client_id)
-            if not exc.recorded:  # the channel records the refusals it makes
-                self._log_local(name, role, Answer(reply, action.msg))
-            return reply
+            await self.backend.end_transaction(tx, role=self.role, client_id=action.client_id)
+        except QmprrError as exc:
+            return self._refused(exc, action)
         return qmp_return({"tx": tx.id}, id=action.client_id)
+
+
+def _commands_in(items: list[dict[str, Any] | wire.FramingError]) -> int:
+    """Commands among decoded items (what a leaving client's unread input would have run)."""
+    return sum(1 for i in items if isinstance(i, dict) and isinstance(i.get("execute"), str))

@@ -32,7 +32,7 @@ from .launch import LaunchedQemu, start_qemu
 from .recording import RecordWriter, Redactor, SyncPolicy, new_header, relevant_env
 from .recording.segment import SegmentEnd, segment_end
 from .recording.chain import SealKey
-from .server import QmpServer, SocketPathError, check_socket_path
+from .server import Limits, QmpServer, SocketPathError, check_socket_path
 from .session import Policy
 
 QUIT_TIMEOUT = 10.0  # for quit through the channel, then for QEMU to exit after it
@@ -53,6 +53,7 @@ class ServiceOptions:
     redactor: Redactor = attrs.field(factory=Redactor)
     quiet: bool = False
     seal_key: SealKey | None = None  # key the recording's chain (``--seal-key``)
+    limits: Limits = attrs.field(factory=Limits)  # per-client bounds (output, message size, clients)
     #: An inherited listening socket for primary clients (``--socket-fd``), instead of a path;
     #: its clients may pass fds (SCM_RIGHTS, see :mod:`qmprr.fdpass`).
     socket_fd: int | None = None
@@ -124,7 +125,7 @@ async def _serve(channel: Channel, options: ServiceOptions) -> QmpServer:
         from .fdpass import FdBackend, FdServing, inherited_listener
 
         listener = inherited_listener(options.socket_fd)
-        server = QmpServer(FdBackend(channel), policy=options.policy)  # type: ignore[arg-type]
+        server = QmpServer(FdBackend(channel), policy=options.policy, limits=options.limits)  # type: ignore[arg-type]
         serving = FdServing(server, listener)
         serving.start()
         _close = server.close
@@ -135,7 +136,7 @@ async def _serve(channel: Channel, options: ServiceOptions) -> QmpServer:
 
         server.close = close  # type: ignore[method-assign]
     else:
-        server = QmpServer(channel, policy=options.policy)
+        server = QmpServer(channel, policy=options.policy, limits=options.limits)
     try:
         if options.socket is not None:
             await server.listen(options.socket, "primary")

@@ -3,8 +3,9 @@
 A :class:`ClientSession` takes each item the client's :class:`~qmprr.wire.StreamDecoder`
 produced and says what to do with it: answer locally (:class:`Answer`),
 forward to QEMU through the channel (:class:`Forward`), or begin/end a
-transaction (:class:`BeginTx` / :class:`EndTx`). The asyncio server carries
-the actions out. Error shapes and texts are QEMU 7.2's, so a client cannot
+transaction (:class:`BeginTx` / :class:`EndTx`), or keep this client's
+queued commands when it disconnects (:class:`Detach`). The serve loop in
+:mod:`qmprr.server` carries the actions out. Error shapes and texts are QEMU 7.2's, so a client cannot
 tell the proxy from QEMU except by the ``qmprr-*`` commands it adds.
 """
 
@@ -22,6 +23,9 @@ from .recording import ABSENT
 
 TX_BEGIN = "qmprr-transaction-begin"
 TX_END = "qmprr-transaction-end"
+#: Asks that this client's unanswered commands still run after it disconnects
+#: (by default they are withdrawn if not yet sent); ``qmprr inject`` sends it on timeout.
+DETACH = "qmprr-detach"
 #: Capabilities QEMU 7.2 knows (it offers ``oob``; qmprr offers none).
 KNOWN_CAPABILITIES = frozenset({"oob"})
 
@@ -156,7 +160,15 @@ class EndTx:
     client_id: Any = ABSENT
 
 
-Action = Answer | Forward | BeginTx | EndTx
+@attrs.frozen
+class Detach:
+    """Keep running this client's queued commands after it leaves (answered at once)."""
+
+    msg: dict[str, Any]
+    client_id: Any = ABSENT
+
+
+Action = Answer | Forward | BeginTx | EndTx | Detach
 
 
 class State(enum.Enum):
@@ -222,6 +234,8 @@ class ClientSession:
             return BeginTx(label, msg, cid)
         if name == TX_END:
             return EndTx(msg, cid)
+        if name == DETACH:
+            return Detach(msg, cid)
         if self.role == "debug":
             refused = self.policy.refusal(msg)
             if refused is not None:

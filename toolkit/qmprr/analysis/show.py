@@ -155,8 +155,9 @@ class ShowFormatter:
             return r.client, "!!", f"TAINTED {r.reason}", "taint"
         if isinstance(r, Client):
             peer = f" from {r.peer}" if r.peer else ""
-            verb = "connected" if r.action == "connect" else "disconnected"
-            return r.name, "+" if r.action == "connect" else "-", f"{r.role} client {verb}{peer}", "meta"
+            verb = {"connect": "connected", "refuse": "refused"}.get(r.action, "disconnected")
+            why = f": {r.reason}" if r.reason else ""
+            return r.name, "+" if r.action == "connect" else "-", f"{r.role} client {verb}{peer}{why}", "meta"
         if isinstance(r, Greeting):
             version = r.msg.get("QMP", {}).get("version", {}).get("qemu", {})
             caps = r.msg.get("QMP", {}).get("capabilities", [])

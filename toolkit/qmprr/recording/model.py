@@ -149,13 +149,14 @@ class Event(Record):
 
 @attrs.define(kw_only=True)
 class Client(Record):
-    """A downstream client connected or left."""
+    """A downstream client connected, left, or was refused (``reason`` says why)."""
 
     kind: Literal["client"] = _kind("client")
-    action: Literal["connect", "disconnect"]
+    action: Literal["connect", "disconnect", "refuse"]
     name: str
     role: Role
     peer: str | None = None
+    reason: str | None = None  # why qmprr disconnected or refused it (None: the client left)
 
 
 @attrs.define(kw_only=True)
