@@ -265,3 +265,31 @@ def test_recorder_death_ends_the_vm_as_crashed(libvirtd, tmp_path: Path) -> None
     finally:
         libvirtd.virsh("destroy", name, check=False)
         libvirtd.virsh("undefine", name, check=False)
+
+
+def test_install_and_uninstall(libvirtd, tmp_path: Path, short_tmp: Path) -> None:
+    name = "qmprr-install"
+    folder = short_tmp / "w"
+    _, conf = _wrapper(folder)
+    _define(libvirtd, tmp_path, name, QEMU)
+    uri = ["--connect", libvirtd.uri, "--config", str(conf)]
+    try:
+        done = _qmprr("libvirt", "install", name, *uri)
+        assert done.returncode == 0, done.stderr
+        emulator = libvirtd.virsh("dumpxml", name).stdout.split("<emulator>")[1].split("</emulator>")[0]
+        assert emulator == str(folder / "qmprr-libvirt-emulator")
+        assert f'"{name}" = "{QEMU}"' in conf.read_text()
+        libvirtd.virsh("start", name)
+        assert _wait(lambda: _recordings(folder, name), what="the recording")
+        done = _qmprr("libvirt", "uninstall", name, *uri)
+        assert done.returncode == 2 and done.stderr.startswith("qmprr: ") and "running" in done.stderr
+        libvirtd.virsh("destroy", name)
+        done = _qmprr("libvirt", "uninstall", name, *uri)
+        assert done.returncode == 0, done.stderr
+        assert f"<emulator>{QEMU}</emulator>" in libvirtd.virsh("dumpxml", name).stdout
+        assert name not in conf.read_text()
+        done = _qmprr("libvirt", "uninstall", name, *uri)
+        assert done.returncode == 2 and "not installed by qmprr" in done.stderr
+    finally:
+        libvirtd.virsh("destroy", name, check=False)
+        libvirtd.virsh("undefine", name, check=False)

@@ -763,6 +763,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_domain(sub)
     register_import(sub)
+    from .libvirt.cli import register as register_libvirt
+
+    register_libvirt(sub)
     return parser
 
 
