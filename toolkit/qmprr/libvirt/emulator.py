@@ -153,12 +153,13 @@ def main(argv: list[str] | None = None) -> NoReturn:
     monitor = monitor_fd(args)
     name, uuid = identity(args) if monitor is not None else (None, None)
     qemu = configuration.real_qemu(config, name)
+    if os.path.realpath(qemu) == os.path.realpath(sys.argv[0]):
+        _say(f"the real QEMU {qemu} is this wrapper itself: set 'qemu' in {opts.get('config') or configuration.config_path()}")
+        os._exit(127)
     if monitor is None:
         _exec(qemu, args)  # a capability probe, -version, ...: QEMU as it is
     index, fd = monitor
     try:
-        if os.path.realpath(qemu) == os.path.realpath(sys.argv[0]):
-            raise OSError(f"the real QEMU {qemu} is this wrapper itself")
         paths = recording_paths(str(config.get("folder", configuration.DEFAULT_FOLDER)), name or "unnamed", uuid)
     except OSError as exc:
         why = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else (exc.strerror or str(exc))
