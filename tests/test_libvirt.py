@@ -256,6 +256,10 @@ def test_recorder_death_ends_the_vm_as_crashed(libvirtd, tmp_path: Path) -> None
         header = _wait(lambda: next(iter(read_records(record)), None), what="the header")
         pid = int(header.labels["recorder_pid"])
         qemu_pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
+        assert header.qemu_pid == qemu_pid  # the wrapper's pid is QEMU's: it exec'd
+        # The recorder kept none of what libvirt handed QEMU (libvirt's QEMU log on stdout/stderr).
+        held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert not any(h.startswith("/var/log/libvirt/") or h.startswith("/var/lib/libvirt/") for h in held), held
         os.kill(pid, 9)
         _wait(lambda: "shut off" in libvirtd.virsh("domstate", name, "--reason", check=False).stdout,
               what="libvirt to end the VM")

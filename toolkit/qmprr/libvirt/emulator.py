@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _say(f"not recording domain {name}: {why}; QEMU gets libvirt's monitor directly")
         _exec(qemu, args)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    qemu_pid = os.getpid()  # after the exec, QEMU's
     child = os.fork()
     if child == 0:
         status = 1
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
             if os.fork() == 0:
                 from .recorder import run_recorder
 
-                status = run_recorder(fd, ours, paths, config, [qemu, *args], name, uuid)
+                status = run_recorder(fd, ours, paths, config, [qemu, *args], name, uuid, qemu_pid)
             else:
                 status = 0
         finally:

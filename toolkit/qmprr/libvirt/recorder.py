@@ -61,14 +61,14 @@ def _status_xml(name: str | None) -> str | None:
 
 def run_recorder(
     listen_fd: int, qemu_sock: socket.socket, paths: dict[str, str], config: dict[str, Any],
-    argv: list[str], name: str | None, uuid: str | None,
+    argv: list[str], name: str | None, uuid: str | None, qemu_pid: int | None = None,
 ) -> int:
     """Serve libvirt on *listen_fd* and record, until QEMU's monitor (*qemu_sock*) ends."""
     _only_fds({0, 1, 2, listen_fd, qemu_sock.fileno()})
     _redirect_stdio(paths["log"])
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        return asyncio.run(_record(listen_fd, qemu_sock, paths, config, argv, name, uuid))
+        return asyncio.run(_record(listen_fd, qemu_sock, paths, config, argv, name, uuid, qemu_pid))
     except Exception as exc:  # noqa: BLE001 - the recorder's log is where this goes
         print(f"qmprr: recorder failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -76,7 +76,7 @@ def run_recorder(
 
 async def _record(
     listen_fd: int, qemu_sock: socket.socket, paths: dict[str, str], config: dict[str, Any],
-    argv: list[str], name: str | None, uuid: str | None,
+    argv: list[str], name: str | None, uuid: str | None, qemu_pid: int | None,
 ) -> int:
     labels = {"libvirt_domain": name or "", "recorder_pid": str(os.getpid())}
     if uuid:
@@ -88,6 +88,7 @@ async def _record(
         header = new_header(
             qemu_version=version if isinstance(version, dict) else None,
             qemu_argv=argv, qemu_env=relevant_env(), domain_xml=_status_xml(name), labels=labels,
+            qemu_pid=qemu_pid,
         )
         return RecordWriter.create(paths["record"], header, sync=sync, redactor=Redactor())
 
