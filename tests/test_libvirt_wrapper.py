@@ -12,7 +12,7 @@ import pytest
 
 from qmprr.fdpass import fd_stat
 from qmprr.libvirt import config as configuration
-from qmprr.libvirt.emulator import _own_options, identity, monitor_fd, recording_paths
+from qmprr.libvirt.emulator import _own_options, identity, monitor_fd, recording_paths, replayable_argv
 
 # libvirt 9.0's argv for a domain start (abridged), JSON -object included.
 ARGV = [
@@ -28,6 +28,15 @@ ARGV = [
 def test_identity_and_monitor_fd() -> None:
     assert identity(ARGV) == ("vm,1", "0b6a5b0c-1d6e-4b8e-9c3e-2b1f7f0b9a11")
     assert monitor_fd(ARGV) == (ARGV.index("-chardev") + 1, 26)
+
+
+def test_replayable_argv() -> None:
+    index = ARGV.index("-chardev") + 1
+    assert replayable_argv(ARGV, index) == [
+        "-name", "guest=vm,,1,debug-threads=on", "-S", "-machine", "pc-i440fx-7.2,usb=off,dump-guest-core=off",
+        "-uuid", "0b6a5b0c-1d6e-4b8e-9c3e-2b1f7f0b9a11"]
+    used = [*ARGV, "-object", "secret,id=disk0-secret,keyid=masterKey0,data=x,format=base64"]
+    assert any('"id":"masterKey0"' in a for a in replayable_argv(used, index))  # still needed: kept
 
 
 @pytest.mark.parametrize("chardev", [

@@ -105,6 +105,26 @@ def monitor_fd(args: list[str]) -> tuple[int, int] | None:
     return None
 
 
+def replayable_argv(args: list[str], index: int) -> list[str]:
+    """libvirt's argv without what only that run had: its monitor (the chardev at *index* and the
+    ``-mon`` on it; a replay brings its own), ``-sandbox`` (a replay sets its own) and the
+    per-run master key object when nothing uses it."""
+    from ..qemuopts import parse
+
+    drop = {index - 1, index}
+    for i, _ in _option(args, "sandbox"):
+        drop |= {i - 1, i}
+    for i, value in _option(args, "mon"):
+        if any(item.key == "chardev" and item.value == MONITOR_ID for item in parse(value, implied=True)):
+            drop |= {i - 1, i}
+    for i, value in _option(args, "object"):
+        if '"id":"masterKey0"' in value.replace(" ", "") or "id=masterKey0" in value:
+            others = [a for j, a in enumerate(args) if j != i and "masterKey0" in a]
+            if not others:
+                drop |= {i - 1, i}
+    return [a for j, a in enumerate(args) if j not in drop]
+
+
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in text)[:200] or "_"
 
@@ -179,7 +199,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
             if os.fork() == 0:
                 from .recorder import run_recorder
 
-                status = run_recorder(fd, ours, paths, config, [qemu, *args], name, uuid, qemu_pid)
+                status = run_recorder(fd, ours, paths, config, [qemu, *replayable_argv(args, index)], name, uuid,
+                                      qemu_pid, given=[qemu, *args])
             else:
                 status = 0
         finally:

@@ -62,13 +62,19 @@ def _status_xml(name: str | None) -> str | None:
 def run_recorder(
     listen_fd: int, qemu_sock: socket.socket, paths: dict[str, str], config: dict[str, Any],
     argv: list[str], name: str | None, uuid: str | None, qemu_pid: int | None = None,
+    given: list[str] | None = None,
 ) -> int:
-    """Serve libvirt on *listen_fd* and record, until QEMU's monitor (*qemu_sock*) ends."""
+    """Serve libvirt on *listen_fd* and record, until QEMU's monitor (*qemu_sock*) ends.
+
+    *argv* (the header's, for replay) leaves out libvirt's monitor and per-run master key;
+    *given*, libvirt's command line as it came, goes into a note.
+    """
     _only_fds({0, 1, 2, listen_fd, qemu_sock.fileno()})
     _redirect_stdio(paths["log"])
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        return asyncio.run(_record(listen_fd, qemu_sock, paths, config, argv, name, uuid, qemu_pid))
+        return asyncio.run(_record(listen_fd, qemu_sock, paths, config, argv, name, uuid, qemu_pid,
+                                   given))
     except Exception as exc:  # noqa: BLE001 - the recorder's log is where this goes
         print(f"qmprr: recorder failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -77,6 +83,7 @@ def run_recorder(
 async def _record(
     listen_fd: int, qemu_sock: socket.socket, paths: dict[str, str], config: dict[str, Any],
     argv: list[str], name: str | None, uuid: str | None, qemu_pid: int | None,
+    given: list[str] | None = None,
 ) -> int:
     labels = {"libvirt_domain": name or "", "recorder_pid": str(os.getpid())}
     if uuid:
@@ -98,6 +105,10 @@ async def _record(
     loop.add_signal_handler(signal.SIGINT, stop.set)
     reader, writer = await asyncio.open_unix_connection(sock=qemu_sock, limit=256 * 1024)
     channel = await Channel.open(reader, writer, make_log, greeting_timeout=GREETING_TIMEOUT)
+    if given is not None and given != argv:
+        channel.note("libvirt's QEMU command line as it came; the header's qemu_argv leaves out libvirt's"
+                     " monitor chardev and -mon (a replay brings its own) and an unused per-run master key",
+                     {"argv": given})
     policy = Policy.build(deny=list(config.get("deny", [])), allow=list(config.get("allow", [])))
     server = QmpServer(FdBackend(channel), policy=policy)  # type: ignore[arg-type]
     serving = FdServing(server, socket.socket(fileno=listen_fd), "primary")
