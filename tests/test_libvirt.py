@@ -232,6 +232,19 @@ def test_domcapabilities_identical_through_the_wrapper(libvirtd, tmp_path: Path)
     assert wrapped.replace(str(script), QEMU) == direct
 
 
+def test_recorded_probes_give_the_same_capabilities(libvirtd, tmp_path: Path, short_tmp: Path) -> None:
+    script, _ = _wrapper(short_tmp / "w", record_probes=True)
+    direct = libvirtd.virsh("domcapabilities", "--emulatorbin", QEMU, "--virttype", "qemu").stdout
+    wrapped = libvirtd.virsh("domcapabilities", "--emulatorbin", str(script), "--virttype", "qemu").stdout
+    assert wrapped.replace(str(script), QEMU) == direct
+    probes = _wait(lambda: sorted((short_tmp / "w" / "recordings" / "probes").glob("*.jsonl")), what="probes")
+    _wait(lambda: all(_closed(p) for p in probes), what="the probes' recordings to close")
+    for path in probes:
+        assert verify(path).ok
+    names = [r.msg["execute"] for p in probes for r in read_records(p) if isinstance(r, Command)]
+    assert "query-qmp-schema" in names and "query-cpu-definitions" in names
+
+
 def test_unwritable_folder_still_starts_the_vm(libvirtd, tmp_path: Path) -> None:
     name = "qmprr-norecord"
     folder = tmp_path / "w"

@@ -25,14 +25,20 @@ true``). The recorder's own messages go to ``UUID-START.log`` beside the
 recording. If the recorder dies, libvirt sees its monitor end, treats the VM
 as crashed and kills QEMU (docs/libvirt.md).
 
+With ``--record-probes`` (or ``record_probes = true``) a capability probe
+is recorded too, in ``FOLDER/probes/``: the wrapper binds the probe's
+``-qmp unix:PATH`` itself and QEMU gets a private monitor in its place.
+
 Wrapper options (a generated script may put them before ``--``):
-``--strict``, ``--config PATH``.
+``--strict``, ``--record-probes``, ``--config PATH``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import stat
 import sys
 import time
 from typing import Any, NoReturn
@@ -55,12 +61,14 @@ def _say(text: str) -> None:
 def _own_options(args: list[str]) -> tuple[dict[str, Any], list[str]]:
     """The wrapper's own leading options (up to ``--``), and QEMU's argv after them."""
     opts: dict[str, Any] = {}
-    if "--" not in args or not args or not args[0].startswith("--") or args[0] not in ("--strict", "--config", "--"):
+    if "--" not in args or not args or not args[0].startswith("--") or args[0] not in ("--strict", "--record-probes", "--config", "--"):
         return opts, args
     i = 0
     while i < len(args) and args[i] != "--":
         if args[i] == "--strict":
             opts["strict"] = True
+        elif args[i] == "--record-probes":
+            opts["record_probes"] = True
         elif args[i] == "--config" and i + 1 < len(args):
             opts["config"] = args[i + 1]
             i += 1
@@ -159,6 +167,38 @@ def _exec(qemu: str, args: list[str]) -> NoReturn:
         os._exit(127)
 
 
+def probe_qmp(args: list[str]) -> tuple[int, str] | None:
+    """(argv index, path) of a capability probe's ``-qmp unix:PATH,server=on,wait=off``, or None."""
+    from ..qemuopts import parse
+
+    for index, value in _option(args, "qmp"):
+        if value.startswith("unix:"):
+            items = parse(value[len("unix:"):], implied=True)
+            keys = {i.key: i.value for i in items}
+            if items and items[0].key is None and keys.get("server") in ("on", "yes", "true"):
+                return index, items[0].value
+    return None
+
+
+def _bind_probe(path: str) -> int:
+    """Listen at the probe's monitor path ourselves (libvirt connects there after -daemonize)."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(4)
+    except OSError:
+        sock.close()
+        raise
+    return sock.detach()
+
+
+def _why(exc: OSError) -> str:
+    return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else (exc.strerror or str(exc))
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     opts, args = _own_options(list(sys.argv[1:] if argv is None else argv))
     try:
@@ -176,21 +216,36 @@ def main(argv: list[str] | None = None) -> NoReturn:
     if os.path.realpath(qemu) == os.path.realpath(sys.argv[0]):
         _say(f"the real QEMU {qemu} is this wrapper itself: set 'qemu' in {opts.get('config') or configuration.config_path()}")
         os._exit(127)
-    if monitor is None:
+    probe = None
+    if monitor is None and (opts.get("record_probes") or config.get("record_probes")):
+        probe = probe_qmp(args)
+    if monitor is None and probe is None:
         _exec(qemu, args)  # a capability probe, -version, ...: QEMU as it is
-    index, fd = monitor
+    what = f"domain {name}" if probe is None else "capability probe"
+    fd = -1
     try:
-        paths = recording_paths(str(config.get("folder", configuration.DEFAULT_FOLDER)), name or "unnamed", uuid)
+        if probe is not None:
+            fd = _bind_probe(probe[1])
+            index = probe[0]
+            paths = recording_paths(str(config.get("folder", configuration.DEFAULT_FOLDER)), "probes",
+                                    os.path.basename(qemu))
+        else:
+            assert monitor is not None
+            index, fd = monitor
+            paths = recording_paths(str(config.get("folder", configuration.DEFAULT_FOLDER)), name or "unnamed", uuid)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        qemu_pid = os.getpid()  # after the exec, QEMU's
+        child = os.fork()
     except OSError as exc:
-        why = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else (exc.strerror or str(exc))
-        if strict:
-            _say(f"cannot record domain {name}: {why}; not starting (strict)")
+        if probe is not None and fd >= 0:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(probe[1])
+        if strict and probe is None:
+            _say(f"cannot record {what}: {_why(exc)}; not starting (strict)")
             os._exit(1)
-        _say(f"not recording domain {name}: {why}; QEMU gets libvirt's monitor directly")
+        _say(f"not recording {what}: {_why(exc)}; QEMU gets libvirt's monitor directly")
         _exec(qemu, args)
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    qemu_pid = os.getpid()  # after the exec, QEMU's
-    child = os.fork()
     if child == 0:
         status = 1
         try:
@@ -199,7 +254,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
             if os.fork() == 0:
                 from .recorder import run_recorder
 
-                status = run_recorder(fd, ours, paths, config, [qemu, *replayable_argv(args, index)], name, uuid,
+                replay = replayable_argv(args, index) if probe is None else args[:index - 1] + args[index + 1:]
+                status = run_recorder(fd, ours, paths, config, [qemu, *replay], name, uuid,
                                       qemu_pid, given=[qemu, *args])
             else:
                 status = 0
@@ -210,9 +266,13 @@ def main(argv: list[str] | None = None) -> NoReturn:
     os.close(fd)
     theirs.set_inheritable(True)
     args = list(args)
-    args[index] = f"socket,id={MONITOR_ID},fd={theirs.fileno()}"
+    if probe is None:
+        args[index] = f"socket,id={MONITOR_ID},fd={theirs.fileno()}"
+    else:
+        args[index - 1:index + 1] = ["-chardev", f"socket,id=qmprr-probe,fd={theirs.fileno()}",
+                                     "-mon", "chardev=qmprr-probe,mode=control"]
     debug = f"; debug socket {paths['debug']}" if config.get("debug", True) else ""
-    _say(f"recording domain {name} to {paths['record']}{debug}")
+    _say(f"recording {what} to {paths['record']}{debug}")
     _exec(qemu, args)
 
 
