@@ -9,9 +9,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint setup qemu chromium bench clean
+.PHONY: demo test lint setup qemu chromium libvirt bench clean
 
-setup: $(STAMP) qemu chromium
+setup: $(STAMP) qemu chromium libvirt
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,26 @@ chromium:
 	  else \
 	    echo "qmprr: chromium is missing: run 'sudo apt-get install chromium' (or 'make' as root)"; exit 2; \
 	  fi; \
+	fi
+
+# A private libvirtd runs the libvirt tests (tests/libvirt_env.py): Debian's daemon, its QEMU
+# driver and virsh, without recommends (no libvirt-daemon-system: it pulls in systemd).
+# System mode wants the user libvirt-qemu and the groups libvirt-qemu and kvm to exist.
+libvirt:
+	@if ! command -v libvirtd >/dev/null 2>&1 && ! [ -x /usr/sbin/libvirtd ] || ! command -v virsh >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing libvirt (Debian packages libvirt-daemon, libvirt-daemon-driver-qemu, libvirt-clients)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients >/dev/null; \
+	  else \
+	    echo "qmprr: libvirt is missing: run 'sudo apt-get install --no-install-recommends libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients' (or 'make' as root); the libvirt tests need it"; \
+	  fi; \
+	fi
+	@if [ "$$(id -u)" = 0 ]; then \
+	  getent group kvm >/dev/null || groupadd --system kvm; \
+	  getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu; \
+	  getent passwd libvirt-qemu >/dev/null || useradd --system --no-create-home --home-dir /var/lib/libvirt \
+	    --shell /usr/sbin/nologin --gid libvirt-qemu --groups kvm libvirt-qemu; \
 	fi
 
 demo: setup

@@ -28,3 +28,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 def tmp_recording(tmp_path: Path) -> Path:
     """A path for a recording that does not exist yet."""
     return tmp_path / "rec.jsonl"
+
+
+# The private libvirtd of the ``libvirt`` tests (session-scoped; see tests/libvirt_env.py).
+from libvirt_env import libvirtd  # noqa: E402,F401

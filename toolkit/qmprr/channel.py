@@ -338,11 +338,13 @@ class Channel:
         client_id: Any = ABSENT,
         tx: Transaction | None = None,
         fds: Sequence[int] = (),
+        fd_info: Sequence[dict[str, Any]] = (),
     ) -> dict[str, Any]:
         """Send one command to QEMU when its turn comes; return QEMU's reply.
 
         *fds* are passed with the command (SCM_RIGHTS), as ``getfd`` and
-        ``add-fd`` need; the log gets an ``fd`` record for each, never the fd.
+        ``add-fd`` need; the log gets an ``fd`` record for each, never the fd
+        (with *fd_info*'s entry as its ``stat``, see :class:`~qmprr.recording.Fd`).
 
         *msg* is a command (``execute`` and optional ``arguments``; an ``id``
         in it is ignored, pass the caller's id as *client_id*). The reply
@@ -361,7 +363,7 @@ class Channel:
         try:
             self._apply(self._core.ask(
                 token, msg, now=time.monotonic(), src=src, role=role, client_id=client_id,
-                tx=tx.id if tx is not None else None, fds=len(fds),
+                tx=tx.id if tx is not None else None, fds=len(fds), fd_info=fd_info,
             ))
             reply: dict[str, Any] = await self._wait(token, future)
             return reply

@@ -27,7 +27,7 @@ from __future__ import annotations
 import collections
 import enum
 import itertools
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -267,6 +267,7 @@ class _Ask:
     tx: int | None
     fds: int
     asked: float
+    fd_info: tuple[dict[str, Any], ...] = ()
 
     @property
     def name(self) -> str:
@@ -440,10 +441,14 @@ class ChannelCore:
         client_id: Any = ABSENT,
         tx: int | None = None,
         fds: int = 0,
+        fd_info: Sequence[dict[str, Any]] = (),
     ) -> list[Effect]:
-        """A client asks to run *msg* (in transaction *tx*, with *fds* file descriptors)."""
+        """A client asks to run *msg* (in transaction *tx*, with *fds* file descriptors).
+
+        *fd_info* (one per fd, when given) goes into each ``fd`` record's ``stat``.
+        """
         self._now = now
-        item = _Ask(token, msg, src, role, client_id, tx, fds, now)
+        item = _Ask(token, msg, src, role, client_id, tx, fds, now, tuple(fd_info))
         if self._new_token(item):
             error = self._gate(item)
             if error is not None:
@@ -708,8 +713,10 @@ class ChannelCore:
             queued=self._offset(item.asked) if self._now - item.asked > QUEUED_THRESHOLD else None,
         )
         ok = written = self._append(record)
-        for _ in range(item.fds):
-            ok = ok and bool(self._append(Fd(src=item.src, placeholder=f"fd:{next(self._fd_ids)}", cmd=record.seq)))
+        for index in range(item.fds):
+            info = Msg(item.fd_info[index]) if index < len(item.fd_info) else None
+            ok = ok and bool(self._append(
+                Fd(src=item.src, placeholder=f"fd:{next(self._fd_ids)}", cmd=record.seq, stat=info)))
         if not ok and item.role != INTERNAL_ROLE:
             self._refuse(item, LogUnavailable(
                 f"{self.log.path}: cannot record {item.name!r} ({self._log_error}): command not sent;"

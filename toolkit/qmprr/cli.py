@@ -202,6 +202,10 @@ def _service_options(args: argparse.Namespace) -> ServiceOptions:
         if not sep or not key:
             raise UsageError(f"--label takes KEY=VALUE, not {item!r}")
         labels[key] = value
+    if (args.socket is None) == (args.socket_fd is None):
+        raise UsageError("give --socket PATH or --socket-fd N (an inherited listening socket), one of them")
+    if args.socket_fd is not None and args.socket_fd < 3:
+        raise UsageError(f"--socket-fd {args.socket_fd}: must be an inherited fd, 3 or more")
     limits = Limits(
         output_budget=args.client_output_budget,
         max_clients=args.max_clients,
@@ -212,6 +216,7 @@ def _service_options(args: argparse.Namespace) -> ServiceOptions:
         limits=limits,
         record=args.record,
         socket=args.socket,
+        socket_fd=args.socket_fd,
         debug_socket=args.debug_socket,
         sync=SyncPolicy(args.sync),
         policy=Policy.build(deny=args.deny, allow=args.allow),
@@ -560,7 +565,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_service_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--record", required=True, metavar="FILE", help="recording to write (must not exist)")
-        p.add_argument("--socket", required=True, metavar="PATH", help="QMP socket for the management application")
+        p.add_argument("--socket", metavar="PATH", help="QMP socket for the management application")
+        p.add_argument("--socket-fd", type=int, metavar="N",
+                       help="serve the management application on the listening UNIX socket inherited as fd N "
+                       "(instead of --socket; its clients may pass fds with commands, SCM_RIGHTS)")
         p.add_argument("--debug-socket", metavar="PATH", help="QMP socket for injected (debug) commands")
         p.add_argument("--sync", choices=("always", "batch", "none"), default="batch",
                        help="when records are forced to disk (default batch: at most every 100 ms)")
@@ -772,6 +780,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_domain(sub)
     register_import(sub)
+    from .libvirt.cli import register as register_libvirt
+
+    register_libvirt(sub)
     return parser
 
 

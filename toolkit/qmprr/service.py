@@ -44,7 +44,7 @@ class ServiceOptions:
     """What both ``launch`` and ``proxy`` take."""
 
     record: str
-    socket: str
+    socket: str | None  # the primary socket's path; None with socket_fd
     debug_socket: str | None = None
     sync: SyncPolicy = SyncPolicy.BATCH
     policy: Policy = attrs.field(factory=Policy)
@@ -54,6 +54,9 @@ class ServiceOptions:
     quiet: bool = False
     seal_key: SealKey | None = None  # key the recording's chain (``--seal-key``)
     limits: Limits = attrs.field(factory=Limits)  # per-client bounds (output, message size, clients)
+    #: An inherited listening socket for primary clients (``--socket-fd``), instead of a path;
+    #: its clients may pass fds (SCM_RIGHTS, see :mod:`qmprr.fdpass`).
+    socket_fd: int | None = None
 
 
 def _log_factory(
@@ -95,7 +98,7 @@ def _say(options: ServiceOptions, text: str) -> None:
 
 def _check_socket_paths(options: ServiceOptions, monitor: str | None = None) -> None:
     """Fail before QEMU starts when a socket path cannot be served."""
-    paths = [options.socket] + ([options.debug_socket] if options.debug_socket else [])
+    paths = [p for p in (options.socket, options.debug_socket) if p]
     if len(set(paths)) != len(paths):
         raise SocketPathError("--socket and --debug-socket must be different paths")
     if monitor is not None and os.path.abspath(monitor) in map(os.path.abspath, paths):
@@ -118,15 +121,31 @@ def _remove_if_stale(path: str | None) -> None:
 
 
 async def _serve(channel: Channel, options: ServiceOptions) -> QmpServer:
-    server = QmpServer(channel, policy=options.policy, limits=options.limits)
+    if options.socket_fd is not None:
+        from .fdpass import FdBackend, FdServing, inherited_listener
+
+        listener = inherited_listener(options.socket_fd)
+        server = QmpServer(FdBackend(channel), policy=options.policy, limits=options.limits)  # type: ignore[arg-type]
+        serving = FdServing(server, listener)
+        serving.start()
+        _close = server.close
+
+        async def close() -> None:
+            await serving.close()
+            await _close()
+
+        server.close = close  # type: ignore[method-assign]
+    else:
+        server = QmpServer(channel, policy=options.policy, limits=options.limits)
     try:
-        await server.listen(options.socket, "primary")
+        if options.socket is not None:
+            await server.listen(options.socket, "primary")
         if options.debug_socket:
             await server.listen(options.debug_socket, "debug")
     except BaseException:
         await server.close()
         raise
-    where = f"primary socket {options.socket}"
+    where = f"primary socket {options.socket}" if options.socket else f"primary socket fd {options.socket_fd}"
     if options.debug_socket:
         where += f", debug socket {options.debug_socket}"
     _say(options, f"recording to {options.record}; {where}")

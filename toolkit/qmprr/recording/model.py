@@ -187,12 +187,18 @@ class Taint(Record):
 
 @attrs.define(kw_only=True)
 class Fd(Record):
-    """A file descriptor passed with a command; ``placeholder`` names it, never its number."""
+    """A file descriptor passed with a command; ``placeholder`` names it, never its number.
+
+    ``stat``, when the fd came from a client, says what it was and nothing it
+    holds: ``{"type": "file"|"pipe"|"socket"|"char"|"block"|"dir"|"other",
+    "mode": "0644"}`` and ``"size"`` for a regular file.
+    """
 
     kind: Literal["fd"] = _kind("fd")
     src: str
     placeholder: str
     cmd: int | None = None
+    stat: Msg | None = None
 
 
 @attrs.define(kw_only=True)

@@ -1,0 +1,1 @@
+"""qmprr under libvirt: the emulator wrapper that records every libvirt-managed VM (docs/libvirt.md)."""
