@@ -25,7 +25,7 @@ import pytest
 
 import support
 from qmprr.client import QmpClient
-from qmprr.recording import Client, Command, Fd, Header, Note, read_records, verify
+from qmprr.recording import Client, Command, Fd, Header, read_records, verify
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu, pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -23,7 +23,7 @@ import contextvars
 import os
 import socket
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .errors import QmprrError
@@ -108,6 +108,11 @@ class FdBackend:
                     os.close(fd)
 
 
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
+
+
 async def _recv_fds(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> tuple[bytes, list[int], int]:
     while True:
         try:
@@ -115,15 +120,15 @@ async def _recv_fds(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> tup
             return data, fds, flags
         except (BlockingIOError, InterruptedError):
             pass
-        ready = loop.create_future()
-        loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(sock.fileno(), _wake, ready)
         try:
             await ready
         finally:
             loop.remove_reader(sock.fileno())
 
 
-Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, str], Awaitable[None]]
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, str], Coroutine[Any, Any, None]]
 
 
 class FdServing:

@@ -125,7 +125,7 @@ async def _serve(channel: Channel, options: ServiceOptions) -> QmpServer:
         from .fdpass import FdBackend, FdServing, inherited_listener
 
         listener = inherited_listener(options.socket_fd)
-        server = QmpServer(FdBackend(channel), policy=options.policy, limits=options.limits)  # type: ignore[arg-type]
+        server = QmpServer(FdBackend(channel), policy=options.policy, limits=options.limits)
         serving = FdServing(server, listener)
         serving.start()
         _close = server.close

@@ -110,7 +110,7 @@ async def _record(
                      " monitor chardev and -mon (a replay brings its own) and an unused per-run master key",
                      {"argv": given})
     policy = Policy.build(deny=list(config.get("deny", [])), allow=list(config.get("allow", [])))
-    server = QmpServer(FdBackend(channel), policy=policy)  # type: ignore[arg-type]
+    server = QmpServer(FdBackend(channel), policy=policy)
     serving = FdServing(server, socket.socket(fileno=listen_fd), "primary")
     try:
         serving.start()
