@@ -1,0 +1,116 @@
+"""DuckDB over recordings (JSONL, explicit schema) or over an exported Parquet dataset.
+
+:func:`open_recordings` and :func:`open_dataset` return a connection on which
+the views of :mod:`.schema` exist; everything else (``query``, ``stats``,
+``export``) is SQL on that connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .files import FileInfo, QueryError, expand, file_info, verified
+from .schema import SCHEMA_VERSION, VIEWS, read_json_sql, view_sql
+
+
+def _duckdb() -> Any:
+    import duckdb
+
+    return duckdb
+
+
+@attrs.define
+class Opened:
+    """A connection with the views, and what was left out (``--verified``: file -> why)."""
+
+    con: Any
+    files: list[FileInfo]
+    excluded: dict[str, str] = attrs.Factory(dict)
+    #: The SQL that made the views (``--explain``).
+    setup_sql: str = ""
+
+
+def _connect(memory_limit: str | None) -> Any:
+    con = _duckdb().connect(config={"memory_limit": memory_limit or os.environ.get("QMPRR_QUERY_MEMORY", "1GB")})
+    return con
+
+
+def open_recordings(paths: Sequence[str], *, only_verified: bool = False, progress: bool = False,
+                    memory_limit: str | None = None, on_exclude: Callable[[str, str], None] | None = None) -> Opened:
+    """Views over the recordings under *paths*; with *only_verified*, only those whose chain verifies."""
+    files = expand(paths)
+    if not files:
+        raise QueryError(f"no recordings (*.jsonl, *.jsonl.zst) under {' '.join(paths)}")
+    infos = [file_info(f) for f in files]
+    excluded: dict[str, str] = {}
+    verdicts: dict[str, bool] = {}
+    if only_verified:
+        for path, (ok, why) in verified(infos).items():
+            verdicts[path] = ok
+            if not ok:
+                excluded[path] = why
+                if on_exclude:
+                    on_exclude(path, why)
+        infos = [i for i in infos if verdicts[i.path]]
+        if not infos:
+            raise QueryError("no recording verifies (--verified)")
+    con = _connect(memory_limit)
+    if progress:
+        con.execute("SET enable_progress_bar = true")
+    con.execute("CREATE TABLE qmprr_files (path VARCHAR, size BIGINT, torn BOOLEAN, verified BOOLEAN)")
+    con.executemany("INSERT INTO qmprr_files VALUES (?, ?, ?, ?)",
+                    [(i.path, i.size, i.torn, verdicts.get(i.path) if only_verified else None) for i in infos])
+    raw = f"CREATE OR REPLACE VIEW raw AS SELECT * FROM {read_json_sql([i.path for i in infos])} WHERE kind IS NOT NULL"
+    setup = raw + ";\n" + view_sql()
+    con.execute(setup)
+    return Opened(con, infos, excluded, setup)
+
+
+#: Tables of an exported dataset: the views, materialized.
+TABLES = VIEWS
+DATASET_META = "_qmprr_dataset.json"
+
+
+def open_dataset(folder: str, *, memory_limit: str | None = None, progress: bool = False) -> Opened:
+    """The same views over a Parquet dataset written by ``qmprr export --format parquet``."""
+    meta_path = Path(folder) / DATASET_META
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise QueryError(f"{folder}: not a qmprr Parquet dataset ({DATASET_META}: {exc})") from None
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise QueryError(f"{folder}: dataset schema version {meta.get('schema_version')}, this qmprr reads "
+                         f"{SCHEMA_VERSION}: export it again")
+    con = _connect(memory_limit)
+    if progress:
+        con.execute("SET enable_progress_bar = true")
+    stmts = []
+    for table in TABLES:
+        if any((Path(folder) / table).rglob("*.parquet")):
+            glob = _quote(str(Path(folder) / table / "**" / "*.parquet"))
+            stmts.append(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet({glob}, "
+                         "hive_partitioning = true, hive_types = {'date': DATE, 'host': VARCHAR}, "
+                         "union_by_name = true)")
+        else:  # nothing exported yet: the table's columns, no rows
+            empty = _quote(str(Path(folder) / SCHEMA_DIR / f"{table}.parquet"))
+            stmts.append(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet({empty})")
+    setup = ";\n".join(stmts)
+    try:
+        con.execute(setup)
+    except _duckdb().Error as exc:
+        raise QueryError(f"{folder}: cannot read the dataset: {exc}") from None
+    return Opened(con, [], {}, setup)
+
+
+#: Zero-row files with each table's columns, so that a table with no rows yet still has them.
+SCHEMA_DIR = "_schema"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
