@@ -37,8 +37,8 @@ class Opened:
 
 
 def _connect(memory_limit: str | None) -> Any:
-    con = _duckdb().connect(config={"memory_limit": memory_limit or os.environ.get("QMPRR_QUERY_MEMORY", "1GB")})
-    return con
+    config = {"memory_limit": memory_limit or os.environ.get("QMPRR_QUERY_MEMORY", "1GB")}  # without ICU, times are UTC
+    return _duckdb().connect(config=config)
 
 
 def open_recordings(paths: Sequence[str], *, only_verified: bool = False, progress: bool = False,
