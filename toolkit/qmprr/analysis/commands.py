@@ -110,9 +110,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "parquet":
+        from .query.commands import cmd_export_parquet
+
+        return cmd_export_parquet(args)
+    if len(args.files) != 1:
+        raise QmprrError("--format chrome-trace converts one recording")
+    if args.verified:
+        raise QmprrError("--verified goes with --format parquet")
     from .export import write_chrome_trace
 
-    count = write_chrome_trace(args.file, args.output)
+    count = write_chrome_trace(args.files[0], args.output)
     if args.output != "-":
         print(f"{args.output}: {count:,} trace events (open in https://ui.perfetto.dev or chrome://tracing)")
     return EXIT_OK
@@ -245,18 +253,28 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "export",
-        help="convert a recording for trace viewers (Perfetto, chrome://tracing)",
-        description="Write the recording in Chrome's Trace Event format: a thread per client with "
+        help="convert a recording for trace viewers (Perfetto), or recordings to a Parquet dataset",
+        description="chrome-trace: write the recording in Chrome's Trace Event format: a thread per client with "
         "each command as a slice from send to reply (JSON of command and reply in its args), "
-        "events as instants on a 'QEMU events' thread, transactions and waits as slices.",
+        "events as instants on a 'QEMU events' thread, transactions and waits as slices. "
+        "parquet: write the query views of every recording under FILES (folders searched recursively) "
+        "as a Hive-partitioned (date=/host=), zstd-compressed Parquet dataset in folder -o DIR, for "
+        "'qmprr query --dataset', Spark or Trino (docs/query.md); incremental: recordings already in "
+        "DIR are skipped.",
     )
-    p.add_argument("file", help="recording (.jsonl)")
-    p.add_argument("--format", choices=("chrome-trace",), default="chrome-trace",
+    p.add_argument("files", nargs="+", metavar="FILE", help="recording (.jsonl); parquet: recordings or folders")
+    p.add_argument("--format", choices=("chrome-trace", "parquet"), default="chrome-trace",
                    help="output format (default chrome-trace)")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write (mode 0600, never through a link), or - for stdout")
+    p.add_argument("--verified", action="store_true", help="parquet: only recordings whose chain verifies")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="file to write (mode 0600, never through a link), or - for stdout; parquet: the dataset folder")
     p.set_defaults(func=cmd_export)
 
     _add_diff(subparsers)
+
+    from .query.commands import register as register_query
+
+    register_query(subparsers)
 
 
 def build_parser() -> argparse.ArgumentParser:
