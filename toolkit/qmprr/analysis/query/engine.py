@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,13 @@ def _connect(memory_limit: str | None) -> Any:
 
 
 def open_recordings(paths: Sequence[str], *, only_verified: bool = False, progress: bool = False,
-                    memory_limit: str | None = None, on_exclude: Callable[[str, str], None] | None = None) -> Opened:
-    """Views over the recordings under *paths*; with *only_verified*, only those whose chain verifies."""
+                    memory_limit: str | None = None, on_exclude: Callable[[str, str], None] | None = None,
+                    materialize: bool = False) -> Opened:
+    """Views over the recordings under *paths*; with *only_verified*, only those whose chain verifies.
+
+    *materialize*: read the files once into a table (spilled to a temporary folder beyond
+    the memory limit) for many queries in a row (``stats``); otherwise each query reads them.
+    """
     files = expand(paths)
     if not files:
         raise QueryError(f"no recordings (*.jsonl, *.jsonl.zst) under {' '.join(paths)}")
@@ -66,8 +72,14 @@ def open_recordings(paths: Sequence[str], *, only_verified: bool = False, progre
     con.execute("CREATE TABLE qmprr_files (path VARCHAR, size BIGINT, torn BOOLEAN, verified BOOLEAN)")
     con.executemany("INSERT INTO qmprr_files VALUES (?, ?, ?, ?)",
                     [(i.path, i.size, i.torn, verdicts.get(i.path) if only_verified else None) for i in infos])
-    raw = f"CREATE OR REPLACE VIEW raw AS SELECT * FROM {read_json_sql([i.path for i in infos])} WHERE kind IS NOT NULL"
-    setup = raw + ";\n" + view_sql()
+    # raw_lines: one row per line, an unreadable one all NULL (but its file); raw: the records.
+    source = read_json_sql([i.path for i in infos])
+    if materialize:
+        con.execute(f"SET temp_directory = {_quote(tempfile.gettempdir() + '/qmprr-duckdb-' + str(os.getpid()))}")
+        con.execute(f"CREATE TEMP TABLE raw_lines_t AS SELECT * FROM {source}")
+        source = "raw_lines_t"
+    setup = (f"CREATE OR REPLACE VIEW raw_lines AS SELECT * FROM {source};\n"
+             "CREATE OR REPLACE VIEW raw AS SELECT * FROM raw_lines WHERE kind IS NOT NULL;\n" + view_sql())
     con.execute(setup)
     return Opened(con, infos, excluded, setup)
 

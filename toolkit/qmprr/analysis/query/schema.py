@@ -114,12 +114,12 @@ SELECT e.file, e.seq, e.t, e.msg->>'event' AS event, e.msg->'data' AS data,
 FROM e ASOF LEFT JOIN c ON e.file = c.file AND e.seq > c.seq;
 
 CREATE OR REPLACE VIEW transactions AS
-WITH b AS (SELECT file, tx, t, label, owner FROM raw WHERE kind = 'tx' AND action = 'begin'),
-     e AS (SELECT file, tx, t, action, reason FROM raw WHERE kind = 'tx' AND action IN ('end', 'abort')),
+WITH b AS (SELECT file, tx, seq, t, label, owner FROM raw WHERE kind = 'tx' AND action = 'begin'),
+     e AS (SELECT file, tx, seq, t, action, reason FROM raw WHERE kind = 'tx' AND action IN ('end', 'abort')),
      last AS (SELECT file, max(t) AS t FROM raw GROUP BY file),
      cmds AS (SELECT file, tx, count(*) AS n FROM raw WHERE kind = 'command' AND tx IS NOT NULL
               GROUP BY file, tx)
-SELECT b.file, b.tx, b.label, b.owner, b.t AS begin_t, e.t AS end_t,
+SELECT b.file, b.tx, b.label, b.owner, b.seq AS begin_seq, b.t AS begin_t, e.seq AS end_seq, e.t AS end_t,
        coalesce(e.action, 'open') AS status, e.reason,
        coalesce(e.t, last.t) - b.t AS held_s, coalesce(cmds.n, 0) AS commands
 FROM b LEFT JOIN e USING (file, tx) JOIN last USING (file) LEFT JOIN cmds USING (file, tx);
