@@ -68,7 +68,7 @@ def export_parquet(paths: Sequence[str], folder: str, *, only_verified: bool = F
     if not new:
         _write_meta(meta_path, meta)
         return ExportResult(0, 0, {}, skipped, changed, {})
-    opened = open_recordings(new, only_verified=only_verified)
+    opened = open_recordings(new, only_verified=only_verified, materialize=True)
     con = opened.con
     con.execute("CREATE TEMP TABLE qmprr_part AS SELECT file, started::DATE AS date, host FROM sessions")
     kv = f"{{qmprr_schema_version: '{SCHEMA_VERSION}'}}"
