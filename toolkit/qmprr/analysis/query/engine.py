@@ -38,7 +38,9 @@ class Opened:
 
 
 def _connect(memory_limit: str | None) -> Any:
-    config = {"memory_limit": memory_limit or os.environ.get("QMPRR_QUERY_MEMORY", "1GB")}  # without ICU, times are UTC
+    # Without ICU, times are UTC. Beyond the memory limit, DuckDB spills to a private folder.
+    config = {"memory_limit": memory_limit or os.environ.get("QMPRR_QUERY_MEMORY", "1GB"),
+              "temp_directory": os.path.join(tempfile.gettempdir(), f"qmprr-duckdb-{os.getpid()}")}
     return _duckdb().connect(config=config)
 
 
@@ -75,7 +77,6 @@ def open_recordings(paths: Sequence[str], *, only_verified: bool = False, progre
     # raw_lines: one row per line, an unreadable one all NULL (but its file); raw: the records.
     source = read_json_sql([i.path for i in infos])
     if materialize:
-        con.execute(f"SET temp_directory = {_quote(tempfile.gettempdir() + '/qmprr-duckdb-' + str(os.getpid()))}")
         con.execute(f"CREATE TEMP TABLE raw_lines_t AS SELECT * FROM {source}")
         source = "raw_lines_t"
     setup = (f"CREATE OR REPLACE VIEW raw_lines AS SELECT * FROM {source};\n"

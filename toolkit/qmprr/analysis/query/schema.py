@@ -85,8 +85,11 @@ SELECT r.file, {columns}, to_timestamp(s.started_epoch + r.t) AS time
 FROM raw r LEFT JOIN (SELECT file, started_epoch FROM raw WHERE kind = 'header') s USING (file);
 
 CREATE OR REPLACE VIEW commands AS
-WITH c AS (SELECT * FROM raw WHERE kind = 'command'),
-     r AS (SELECT file, cmd, seq, t, msg FROM raw WHERE kind = 'reply')
+WITH m AS MATERIALIZED (  -- one scan of the files for both sides of the join
+       SELECT file, seq, t, kind, src, role, msg, client_id, tx, queued, cmd FROM raw
+       WHERE kind IN ('command', 'reply')),
+     c AS (SELECT * FROM m WHERE kind = 'command'),
+     r AS (SELECT file, cmd, seq, t, msg FROM m WHERE kind = 'reply')
 SELECT c.file, c.seq, c.t, c.src, c.role,
        coalesce(c.msg->>'execute', c.msg->>'exec-oob') AS command,
        c.msg->'arguments' AS arguments, c.client_id, c.tx,
