@@ -265,3 +265,28 @@ def test_cli_formats_explain_and_errors(tmp_path: Path, capsys: pytest.CaptureFi
     assert capsys.readouterr().err.startswith("qmprr: ")
     assert main(["query", "--dataset", str(tmp_path), "SELECT 1"]) == 2
     assert "not a qmprr Parquet dataset" in capsys.readouterr().err
+
+
+def test_verified_verdicts_come_from_the_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qmprr.analysis.query import files
+
+    write_recording(tmp_path / "a.jsonl", 500, seed=1)
+    write_recording(tmp_path / "b.jsonl", 500, seed=2)
+    assert not open_recordings([str(tmp_path)], only_verified=True).excluded
+    calls: list[str] = []
+    monkeypatch.setattr(files, "_verify_one", lambda p: calls.append(p) or (True, ""))
+    open_recordings([str(tmp_path)], only_verified=True)
+    assert calls == []  # unchanged files: the cached verdicts
+    with open(tmp_path / "b.jsonl", "ab") as f:
+        f.write(b'{"seq":')
+    open_recordings([str(tmp_path)], only_verified=True, )
+    assert [Path(p).name for p in calls] == ["b.jsonl"]  # only the changed one again
+
+
+def test_bench_fleet_answers_agree(tmp_path: Path) -> None:
+    from qmprr.bench import fleet
+
+    results = fleet.run(recordings=4, records=2_000, folder=str(tmp_path))
+    assert results["records"] == 2_000 and results["dataset_bytes"] > 0
+    if "identical" in results:  # jq installed
+        assert results["identical"]
