@@ -160,7 +160,10 @@ def run(recordings: int = 200, records: int = 1_000_000, folder: str | None = No
 
         results.update(startup_s=t_0, query_jsonl_s=t_q, query_jsonl_rss_mib=rss_q, export_s=t_e, export_rss_mib=rss_e,
                        dataset_bytes=ds_size, query_parquet_s=t_p, query_parquet_rss_mib=rss_p)
-        t_qi, t_pi = _in_process(str(data), str(ds))
+        # In a child: a fork inherits the parent's peak RSS, so the parent stays small.
+        out, _, _ = _run_measured([sys.executable, "-c", "import sys; from qmprr.bench.fleet import _in_process; "
+                                   "print(*_in_process(sys.argv[1], sys.argv[2]))", str(data), str(ds)])
+        t_qi, t_pi = map(float, out.split())
         print(f"in one process (no start-up): query over JSONL {t_qi:.2f} s, over Parquet {t_pi:.3f} s")
         results.update(query_jsonl_engine_s=t_qi, query_parquet_engine_s=t_pi)
         files = sorted(str(p) for p in data.rglob("*.jsonl"))
