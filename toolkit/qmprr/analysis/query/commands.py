@@ -9,7 +9,6 @@ import decimal
 import sys
 from typing import Any, TextIO
 
-from ...errors import QmprrError
 from .files import QueryError
 
 FORMATS = ("table", "json", "csv", "markdown", "parquet")
@@ -133,4 +132,4 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_query)
 
 
-__all__ = ["QmprrError", "cmd_export_parquet", "cmd_query", "register"]
+__all__ = ["cmd_export_parquet", "cmd_query", "register"]

@@ -159,16 +159,15 @@ def verified(infos: Sequence[FileInfo], *, jobs: int | None = None) -> dict[str,
             todo.append(info)
     if todo:
         jobs = jobs or max(1, min(len(os.sched_getaffinity(0)), len(todo)))
+        paths = [i.path for i in todo]
         if jobs == 1 or len(todo) == 1:
-            results = map(_verify_one, [i.path for i in todo])
+            results = list(map(_verify_one, paths))
         else:
-            pool = ProcessPoolExecutor(jobs)
-            results = pool.map(_verify_one, [i.path for i in todo], chunksize=max(1, len(todo) // (jobs * 8)))
-        for info, (ok, why) in zip(todo, list(results), strict=True):
+            with ProcessPoolExecutor(jobs) as pool:
+                results = list(pool.map(_verify_one, paths, chunksize=max(1, len(todo) // (jobs * 8))))
+        for info, (ok, why) in zip(todo, results, strict=True):
             out[info.path] = (ok, why)
             cached[info.path] = {"key": info.key, "ok": ok, "why": why}
-        if jobs > 1 and len(todo) > 1:
-            pool.shutdown()
         try:
             save_catalog(where, catalog)
         except OSError:

@@ -134,7 +134,8 @@ def clients(con: Any) -> dict[str, ClientFigures]:
 #: Waits for transactions. A command with ``queued`` waited for the latest transaction of
 #: another owner that ended between its queued time and its sending; in logs without
 #: ``queued``, a client that left a trace (taint, fd) during another's transaction waited
-#: from that trace until its next command (unless it disconnected first): a lower bound.
+#: from that trace until its next command (unless it disconnected after the transaction
+#: ended and before that command): a lower bound.
 _WAITS = """
 WITH x AS (SELECT * FROM transactions WHERE status <> 'open'),
 q AS (
@@ -151,7 +152,7 @@ traces AS (
   GROUP BY ALL
 ),
 nxt AS (
-  SELECT tr.file, tr.client, tr.tx, tr.since, min(c.seq) AS cseq
+  SELECT tr.file, tr.client, tr.tx, tr.end_seq, tr.since, min(c.seq) AS cseq
   FROM traces tr JOIN raw c ON c.file = tr.file AND c.kind = 'command' AND c.src = tr.client
        AND c.seq > tr.end_seq
   GROUP BY ALL
@@ -161,16 +162,11 @@ t AS (
   FROM nxt n JOIN raw c ON c.file = n.file AND c.seq = n.cseq
   WHERE c.queued IS NULL AND NOT EXISTS (
     SELECT 1 FROM raw d WHERE d.file = n.file AND d.kind = 'client' AND d.action = 'disconnect'
-      AND d.name = n.client AND d.seq > n.since_seq_placeholder AND d.seq < n.cseq)
+      AND d.name = n.client AND d.seq > n.end_seq AND d.seq < n.cseq)
 )
 SELECT client, tx, start, greatest(0, stop - start) AS seconds FROM (
   SELECT client, tx, start, stop FROM q UNION ALL SELECT client, tx, start, stop FROM t)
 """
-
-
-def _waits_sql() -> str:
-    # A disconnect between the transaction's end and the command ends the wait unseen.
-    return _WAITS.replace("n.since_seq_placeholder", "(SELECT end_seq FROM x WHERE x.file = n.file AND x.tx = n.tx)")
 
 
 def transactions(con: Any) -> dict[str, Any]:
@@ -179,7 +175,7 @@ def transactions(con: Any) -> dict[str, Any]:
                count(*) FILTER (WHERE status = 'open'), coalesce(sum(held_s), 0) FROM transactions""")
     longest = _q(con, """SELECT tx, label, owner, begin_t, held_s, status FROM transactions
                          ORDER BY held_s DESC, file, begin_t LIMIT 1""")
-    waits = _q(con, f"SELECT client, tx, start, seconds FROM ({_waits_sql()}) "
+    waits = _q(con, f"SELECT client, tx, start, seconds FROM ({_WAITS}) "
                     "ORDER BY seconds DESC, start DESC")
     return {
         "count": count, "ended": ended, "aborted": aborted, "open_at_end": open_,
