@@ -41,9 +41,10 @@ def _connect(memory_limit: str | None) -> Any:
     # Without ICU, times are UTC. Beyond the memory limit (768 MB: with Python, under 1 GiB of
     # RSS), DuckDB spills to a private folder.
     config = {"memory_limit": memory_limit or os.environ.get("QMPRR_QUERY_MEMORY", "768MB"),
-              "temp_directory": os.path.join(tempfile.gettempdir(), f"qmprr-duckdb-{os.getpid()}"),
-              "enable_progress_bar": False}  # on only for a terminal (the callers' progress=True)
-    return _duckdb().connect(config=config)
+              "temp_directory": os.path.join(tempfile.gettempdir(), f"qmprr-duckdb-{os.getpid()}")}
+    con = _duckdb().connect(config=config)
+    con.execute("SET enable_progress_bar = false")  # on only for a terminal (the callers' progress=True)
+    return con
 
 
 def open_recordings(paths: Sequence[str], *, only_verified: bool = False, progress: bool = False,
