@@ -58,6 +58,12 @@ def open_recordings(paths: Sequence[str], *, only_verified: bool = False, progre
     files = expand(paths)
     if not files:
         raise QueryError(f"no recordings (*.jsonl, *.jsonl.zst) under {' '.join(paths)}")
+    for f in files:
+        try:
+            f.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(f).decode("utf-8", "backslashreplace")
+            raise QueryError(f"{shown}: a file name that is not UTF-8 cannot be read by DuckDB; rename it") from None
     infos = [file_info(f) for f in files]
     excluded: dict[str, str] = {}
     verdicts: dict[str, bool] = {}
