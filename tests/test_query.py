@@ -290,3 +290,19 @@ def test_bench_fleet_answers_agree(tmp_path: Path) -> None:
     assert results["records"] == 2_000 and results["dataset_bytes"] > 0
     if "identical" in results:  # jq installed
         assert results["identical"]
+
+
+def test_a_hostile_host_name_stays_inside_the_dataset(tmp_path: Path) -> None:
+    """The host partition comes from the header, which anyone can write: no path escapes DIR."""
+    recs = dicts(RECORDINGS / "errors.jsonl")
+    for r in recs:
+        r.pop("h")
+    recs[0]["host"] = "../../../escaped/x"
+    (tmp_path / "in").mkdir()
+    write_records(tmp_path / "in" / "a.jsonl", recs)
+    export_parquet([str(tmp_path / "in")], str(tmp_path / "ds"))
+    assert not any(tmp_path.rglob("escaped"))
+    written = [p for p in tmp_path.rglob("*.parquet")]
+    assert written and all((tmp_path / "ds") in p.parents for p in written)
+    hosts = open_dataset(str(tmp_path / "ds")).con.execute("SELECT DISTINCT host FROM commands").fetchall()
+    assert hosts == [("../../../escaped/x",)]
