@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint setup qemu chromium libvirt bench clean
+.PHONY: demo test lint setup qemu chromium libvirt bench spark-check clean
 
 setup: $(STAMP) qemu chromium libvirt
 
@@ -74,5 +74,18 @@ test: setup lint
 bench: setup
 	$(VENV)/bin/qmprr bench log
 
+# Not part of 'make test': one question on Spark (local mode) over a Parquet export of
+# recordings/, compared with DuckDB's answer. Needs Java (Debian's default-jre-headless) and
+# pyspark (installed into .venv-spark).
+SPARK_VENV := .venv-spark
+spark-check: setup
+	@command -v java >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless >/dev/null; \
+	  else echo "qmprr: Java is missing: run 'sudo apt-get install default-jre-headless'"; exit 2; fi; }
+	test -x $(SPARK_VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(SPARK_VENV)
+	$(SPARK_VENV)/bin/pip install --quiet --disable-pip-version-check 'pyspark==4.3.*' -e .
+	rm -rf .spark-check && $(VENV)/bin/qmprr export --format parquet recordings -o .spark-check/ds
+	$(SPARK_VENV)/bin/python examples/spark_check.py .spark-check/ds
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SPARK_VENV) .spark-check .pytest_cache .hypothesis .mypy_cache .ruff_cache

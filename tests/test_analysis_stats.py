@@ -1,20 +1,16 @@
-"""``qmprr stats``: figures from real and synthetic recordings, bounded memory,
-parallel workers agreeing with one pass, the table and JSON outputs."""
+"""``qmprr stats``: figures from real and synthetic recordings (SQL over the query
+views), capped name tables, several recordings at once, the table and JSON outputs."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-from qmprr.analysis import stats_builder
+from qmprr.analysis.query import stats as stats_sql
 from qmprr.analysis.commands import main
-from qmprr.analysis.histogram import LogHistogram
-from qmprr.analysis.stats import compute
+from qmprr.analysis.stats import compute, compute_many
 from qmprr.bench.analysis import write_recording, write_records
 
 RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
@@ -78,7 +74,7 @@ def test_errors_by_class() -> None:
     assert s["clients"]["debug-1"]["errors"] == 1  # its refused quit
 
 
-def test_percentiles_exact_below_256_us_and_within_half_a_percent_above(tmp_path: Path) -> None:
+def test_percentiles_are_exact_nearest_rank(tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"
     small = list(range(1, 101))  # 1..100 µs
     write_records(path, exchanges(small))
@@ -87,21 +83,7 @@ def test_percentiles_exact_below_256_us_and_within_half_a_percent_above(tmp_path
     big = [1000 * i for i in range(1, 201)]  # 1..200 ms
     write_records(path, exchanges(big))
     lat = compute(path)["commands"]["query-status"]["latency_ms"]
-    for key, exact in (("p50", 100.0), ("p95", 190.0), ("p99", 198.0)):
-        assert abs(lat[key] - exact) <= exact * 0.005, (key, lat[key])
-    assert lat["max"] == 200.0
-
-
-@given(st.lists(st.integers(min_value=0, max_value=10**9), min_size=1, max_size=300),
-       st.sampled_from([0.5, 0.9, 0.95, 0.99, 1.0]))
-def test_histogram_quantiles_are_within_half_a_percent(values: list[int], q: float) -> None:
-    h = LogHistogram()
-    for v in values:
-        h.add(v)
-    exact = sorted(values)[max(1, math.ceil(q * len(values))) - 1]
-    got = h.quantile(q)
-    assert abs(got - exact) <= max(exact * 0.005, 0.0) + 1e-9, (exact, got)
-    assert h.max == max(values) and h.count == len(values)
+    assert lat == {"p50": 100.0, "p95": 190.0, "p99": 198.0, "max": 200.0}
 
 
 def test_commands_without_reply_and_orphan_replies(tmp_path: Path) -> None:
@@ -118,7 +100,7 @@ def test_commands_without_reply_and_orphan_replies(tmp_path: Path) -> None:
 
 
 def test_tables_keep_flat_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(stats_builder, "MAX_KEYS", 50)
+    monkeypatch.setattr(stats_sql, "MAX_KEYS", 50)
     path = tmp_path / "r.jsonl"
     records = [header()]
     for i in range(200):
@@ -135,29 +117,40 @@ def test_tables_keep_flat_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert s["commands_total"] == 200
 
 
-@pytest.mark.parametrize(("records", "seed"), [(3_000, 1), (20_000, 2), (7_777, 3)])
-def test_parallel_workers_agree_with_one_pass(tmp_path: Path, records: int, seed: int) -> None:
-    path = tmp_path / "r.jsonl"
-    write_recording(path, records, seed=seed)
-    one = compute(path, jobs=1)
-    assert one["transactions"]["count"] > 0 and one["transactions"]["waits"]["count"] > 0
-    for jobs in (2, 3, 5, 8):
-        assert compute(path, jobs=jobs) == one, jobs
-
-
-def test_parallel_workers_report_problems_at_the_right_lines(tmp_path: Path) -> None:
+def test_problems_are_counted(tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"
     write_recording(path, 5_000)
     lines = path.read_bytes().splitlines(keepends=True)
     lines[1200] = b'{"not json\n'
     del lines[3000]  # a gap in seq
     path.write_bytes(b"".join(lines) + b'{"seq":')
-    one = compute(path, jobs=1)
-    assert [(p["line"], p["problem"][:18]) for p in one["problems"]["items"]] == [
-        (1201, "invalid JSON: unex"), (3001, "seq 3001 where 300"), (5000, "torn last line (7 ")]
-    assert one["records"] == 4998
-    for jobs in (2, 3, 4):
-        assert compute(path, jobs=jobs) == one, jobs
+    s = compute(path)
+    assert [p["problem"] for p in s["problems"]["items"]] == [
+        "1 unreadable line(s) skipped", "seq 1201 after 1199", "seq 3001 after 2999",
+        "torn last line (a writer crashed mid-record)"]
+    assert s["records"] == 4998
+
+
+def test_several_recordings_add_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """stats DIR: every figure is the sum over the recordings, counted here from their records."""
+    folder = tmp_path / "fleet"
+    folder.mkdir()
+    total_commands, errors = 0, 0
+    for i, n in enumerate((2_000, 3_000, 1_500)):
+        write_recording(folder / f"r{i}.jsonl", n, seed=i + 1)
+        recs = [json.loads(x) for x in (folder / f"r{i}.jsonl").read_text().splitlines()]
+        total_commands += sum(r["kind"] == "command" for r in recs)
+        errors += sum(r["kind"] == "reply" and "error" in r["msg"] for r in recs)
+    s = compute_many([folder])
+    assert s["recordings"] == 3 and s["records"] == 6_500
+    assert s["commands_total"] == total_commands and s["errors_total"] == errors
+    one = [compute(folder / f"r{i}.jsonl") for i in range(3)]
+    assert s["transactions"]["count"] == sum(x["transactions"]["count"] for x in one)
+    assert s["events"] == {k: sum(x["events"].get(k, 0) for x in one)
+                           for k in s["events"]}
+    assert main(["stats", str(folder)]) == 0
+    out, _ = capsys.readouterr()
+    assert "3 recordings" in out
 
 
 def test_stats_json_and_table(capsys: pytest.CaptureFixture[str]) -> None:
@@ -187,28 +180,3 @@ def test_stats_of_a_non_recording(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["stats", str(path)]) == 2
     _, err = capsys.readouterr()
     assert err == f"qmprr: {path}: not a qmprr/1 recording: file is empty\n"
-
-
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_parallel_workers_agree_on_damaged_files(tmp_path: Path, seed: int) -> None:
-    """Lines garbled, deleted and duplicated at random: the same figures and problems either way."""
-    import random
-
-    path = tmp_path / "r.jsonl"
-    write_recording(path, 6_000, seed=seed)
-    lines = path.read_bytes().splitlines(keepends=True)
-    rng = random.Random(seed)
-    for _ in range(15):
-        i = rng.randrange(2, len(lines))
-        op = rng.randrange(3)
-        if op == 0:
-            lines[i] = b"garbage\n"
-        elif op == 1:
-            del lines[i]
-        else:
-            lines.insert(i, lines[i - 1])
-    path.write_bytes(b"".join(lines))
-    one = compute(path, jobs=1)
-    assert one["problems"]["count"] >= 10
-    for jobs in (2, 3, 6):
-        assert compute(path, jobs=jobs) == one, jobs

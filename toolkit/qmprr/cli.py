@@ -473,6 +473,13 @@ def cmd_bench_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_fleet(args: argparse.Namespace) -> int:
+    from .bench import fleet
+
+    fleet.run(recordings=args.recordings, records=args.records, folder=args.dir, baseline_src=args.baseline_src)
+    return EXIT_OK
+
+
 def cmd_bench_log(args: argparse.Namespace) -> int:
     from .bench import log
 
@@ -774,6 +781,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--records", type=count, default=1_000_000, help="records to write (default 1,000,000)")
     b.add_argument("--dir", help="folder for the temporary file (default: the system's)")
     b.set_defaults(func=cmd_bench_analysis)
+
+    b = bench.add_parser(
+        "fleet",
+        help="qmprr query over a synthetic fleet (JSONL and Parquet) against jq and per-file stats",
+        description="Write a synthetic fleet, then time one question (per-command count, errors, "
+        "p50/p99) with qmprr query over the JSONL, over its Parquet export, with a jq pipeline and "
+        "(--baseline-src) an older qmprr's stats per file; print ratios, sizes, peak memory.",
+    )
+    b.add_argument("--recordings", type=count, default=200, help="recordings (default 200)")
+    b.add_argument("--records", type=count, default=1_000_000, help="records in all (default 1,000,000)")
+    b.add_argument("--baseline-src", metavar="DIR", help="an older qmprr source tree for the stats baseline")
+    b.add_argument("--dir", help="folder for the temporary files (default: the system's)")
+    b.set_defaults(func=cmd_bench_fleet)
 
     from .domain.commands import register as register_domain
     from .importers.commands import register as register_import

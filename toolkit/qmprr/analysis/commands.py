@@ -84,12 +84,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from .stats import compute
+    from .stats import compute_many
 
-    stats = compute(args.file)
-    report = _problem_printer(stats["file"])
-    for p in stats["problems"]["items"]:
-        report(Problem(p["line"], p["problem"]))
+    from .query.stats import problem_lines
+
+    stats = compute_many(args.files)
+    for line in problem_lines(stats):
+        print(line, file=sys.stderr)
     if args.json:
         import orjson
 
@@ -111,9 +112,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "parquet":
+        from .query.commands import cmd_export_parquet
+
+        return cmd_export_parquet(args)
+    if len(args.files) != 1:
+        raise QmprrError("--format chrome-trace converts one recording")
+    if args.verified:
+        raise QmprrError("--verified goes with --format parquet")
     from .export import write_chrome_trace
 
-    count = write_chrome_trace(args.file, args.output)
+    count = write_chrome_trace(args.files[0], args.output)
     if args.output != "-":
         print(f"{args.output}: {count:,} trace events (open in https://ui.perfetto.dev or chrome://tracing)")
     return EXIT_OK
@@ -218,15 +227,14 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "stats",
-        help="what a recording holds: commands, latencies, errors, events, clients, transactions",
-        description="Per command: count, errors by class, latency p50/p95/p99/max (exact below "
-        "0.256 ms, within 0.5% above). Events by name; clients with roles and command counts; "
-        "taint; transactions (count, longest hold, how long others waited: exact where commands "
-        "carry queued, a lower bound in older logs); the "
-        "busiest second; commands without a reply. One streaming pass in constant memory; the "
-        "hash chain is not checked (qmprr verify does).",
+        help="what recordings hold: commands, latencies, errors, events, clients, transactions",
+        description="Per command: count, errors by class, latency p50/p95/p99/max (exact). Events by "
+        "name; clients with roles and command counts; taint; transactions (count, longest hold, how "
+        "long others waited: exact where commands carry queued); the busiest second; commands without a reply. SQL over the 'qmprr query' "
+        "views (DuckDB); over several recordings (or folders) the figures add up. The hash chain is "
+        "not checked (qmprr verify does).",
     )
-    p.add_argument("file", help="recording (.jsonl)")
+    p.add_argument("files", nargs="+", metavar="FILE", help="recording (.jsonl, .jsonl.zst) or folder of them")
     p.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                    help="colour output (auto: on a terminal, unless NO_COLOR is set)")
@@ -247,18 +255,28 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "export",
-        help="convert a recording for trace viewers (Perfetto, chrome://tracing)",
-        description="Write the recording in Chrome's Trace Event format: a thread per client with "
+        help="convert a recording for trace viewers (Perfetto), or recordings to a Parquet dataset",
+        description="chrome-trace: write the recording in Chrome's Trace Event format: a thread per client with "
         "each command as a slice from send to reply (JSON of command and reply in its args), "
-        "events as instants on a 'QEMU events' thread, transactions and waits as slices.",
+        "events as instants on a 'QEMU events' thread, transactions and waits as slices. "
+        "parquet: write the query views of every recording under FILES (folders searched recursively) "
+        "as a Hive-partitioned (date=/host=), zstd-compressed Parquet dataset in folder -o DIR, for "
+        "'qmprr query --dataset', Spark or Trino (docs/query.md); incremental: recordings already in "
+        "DIR are skipped.",
     )
-    p.add_argument("file", help="recording (.jsonl)")
-    p.add_argument("--format", choices=("chrome-trace",), default="chrome-trace",
+    p.add_argument("files", nargs="+", metavar="FILE", help="recording (.jsonl); parquet: recordings or folders")
+    p.add_argument("--format", choices=("chrome-trace", "parquet"), default="chrome-trace",
                    help="output format (default chrome-trace)")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write (mode 0600, never through a link), or - for stdout")
+    p.add_argument("--verified", action="store_true", help="parquet: only recordings whose chain verifies")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="file to write (mode 0600, never through a link), or - for stdout; parquet: the dataset folder")
     p.set_defaults(func=cmd_export)
 
     _add_diff(subparsers)
+
+    from .query.commands import register as register_query
+
+    register_query(subparsers)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,74 +1,60 @@
-"""``qmprr stats``: what a recording holds, in one streaming pass.
+"""``qmprr stats``: what recordings hold, as SQL over the query views (DuckDB).
 
-Per command: count, errors by class, latency percentiles (exact below
-256 µs, within 0.5 % above), commands left without a reply. Events by name;
-clients with their role and command counts; taint; transactions (holds and
-the waits they caused, see :mod:`~qmprr.analysis.waits`); the busiest
-second. The accumulating is :class:`~qmprr.analysis.stats_builder.StatsBuilder`'s
-job, in flat memory. The hash chain is not checked here (``qmprr verify``
-does). Large files are cut into segments read by parallel workers
-(:mod:`~qmprr.analysis.stats_parallel`) whose builders are merged.
+Per command: count, errors by class, exact latency percentiles, commands left
+without a reply. Events by name; clients with their role and command counts;
+taint; transactions (holds and the waits they caused, see
+:mod:`~qmprr.analysis.waits`); the busiest second. The figures are the
+queries of :mod:`~qmprr.analysis.query.stats`; over several recordings they
+add up across them. The hash chain is not checked here (``qmprr verify`` does).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
-import attrs
-
-from .source import Scanner
-from .stats_builder import Examples, StatsBuilder
-
-#: Files at least this big are read by parallel workers.
-PARALLEL_MIN_BYTES = 32 * 2**20
-MAX_JOBS = 4
+from ..errors import NotARecording
+from ..recording import RecordingReader
 
 
-def compute_records(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Statistics of record dicts (header first)."""
-    builder = StatsBuilder()
-    builder.consume(records)
-    return builder.finish()
-
-
-def jobs_for(path: str | os.PathLike[str]) -> int:
-    """Workers :func:`compute` uses by default: one per CPU (at most :data:`MAX_JOBS`) for big files."""
-    if os.path.getsize(path) < PARALLEL_MIN_BYTES:
-        return 1
-    return max(1, min(len(os.sched_getaffinity(0)), MAX_JOBS))
-
-
-def compute(path: str | os.PathLike[str], *, jobs: int | None = None) -> dict[str, Any]:
-    """Statistics of the recording at *path*, with its header facts and read problems.
-
-    *jobs*: parallel workers (default: one per CPU, at most :data:`MAX_JOBS`,
-    for files of :data:`PARALLEL_MIN_BYTES` or more; 1 reads in this process).
-    """
-    problems = Examples()
-
-    def report(p: Any) -> None:
-        problems.add({"line": p.line, "problem": p.message})
-
-    with Scanner(path, check_chain=False, on_problem=report) as scanner:
-        header = scanner.header
-        if jobs is None:
-            jobs = jobs_for(scanner.path)
-        if jobs > 1:
-            from .stats_parallel import consume_parallel
-
-            first = next(iter(scanner))[0]
-            stats = consume_parallel(scanner.path, first, scanner.body_offset, jobs, report).finish()
-        else:
-            stats = compute_records(d for d, _ in scanner)
+def _header_facts(path: str) -> dict[str, Any]:
+    """The header's start, host and QEMU version (the reader refuses a non-recording here)."""
+    with RecordingReader(path) as reader:
+        header = reader.header
     qemu = header.qemu_version.get("qemu") if isinstance(header.qemu_version, dict) else None
     version: dict[str, Any] = qemu if isinstance(qemu, dict) else {}
-    return {
-        "file": scanner.path,
-        "started": header.started,
-        "host": header.host,
-        "qemu": ".".join(str(version.get(k, "?")) for k in ("major", "minor", "micro")) if version else None,
-        **stats,
-        "problems": attrs.asdict(problems),
-    }
+    return {"started": header.started, "host": header.host,
+            "qemu": ".".join(str(version.get(k, "?")) for k in ("major", "minor", "micro")) if version else None}
+
+
+def compute_many(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
+    """Statistics of every recording under *paths* (files or folders), added up."""
+    from .query.engine import open_recordings
+    from .query.files import expand
+    from .query.stats import stats_dict
+
+    files = expand([os.fspath(p) for p in paths])
+    facts = [_header_facts(f) for f in files if not f.endswith(".zst")] if len(files) == 1 else []
+    opened = open_recordings(files, materialize=True)
+    stats = stats_dict(opened.con, {i.path: bool(i.torn) for i in opened.files})
+    one = len(files) == 1
+    head = facts[0] if facts else {"started": None, "host": None, "qemu": None}
+    if not one:
+        hosts = sorted({h for (h,) in opened.con.execute("SELECT DISTINCT host FROM sessions").fetchall() if h})
+        versions = sorted({v for (v,) in opened.con.execute("SELECT DISTINCT qemu_version FROM sessions").fetchall()
+                           if v})
+        head = {"started": None, "host": ", ".join(hosts), "qemu": ", ".join(versions) or None}
+    if one:
+        for p in stats["problems"]["items"]:
+            p.pop("file", None)
+    else:
+        stats["duration"] = opened.con.execute("SELECT coalesce(sum(duration), 0) FROM sessions").fetchone()[0]
+    return {"file": files[0] if one else f"{len(files)} recordings", "recordings": len(files), **head, **stats}
+
+
+def compute(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Statistics of the recording at *path*, with its header facts and read problems."""
+    if os.path.isdir(path):
+        raise NotARecording(f"{os.fspath(path)}: a folder (compute_many reads folders)")
+    return compute_many([path])

@@ -142,13 +142,12 @@ def write_recording(path: str | os.PathLike[str], records: int, seed: int = 7) -
 _STATS_CHILD = """
 import resource, sys, time
 import orjson
-from qmprr.analysis.stats import compute, jobs_for
+from qmprr.analysis.stats import compute
 start = time.perf_counter()
 jobs = 0
 if sys.argv[1] == "stats":
     stats = compute(sys.argv[2])
     orjson.dumps(stats)
-    jobs = jobs_for(sys.argv[2])
 self, children = (resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 print(time.perf_counter() - start, self, children, jobs)
 """
@@ -201,7 +200,7 @@ def run(records: int = 1_000_000, folder: str | None = None) -> None:
         inside, wall, rss, worker_rss, jobs = _stats_child("stats", path)
         total = rss + jobs * worker_rss
         print(f"\nstats (a child process; {jobs} forked worker(s)" if jobs > 1 else "\nstats (a child process",
-              "each streaming a segment)" if jobs > 1 else "streaming the file)")
+              "each streaming a segment)" if jobs > 1 else "DuckDB over the views)")
         print(f"  wall time: {inside:.2f} s computing ({wall:.2f} s for the whole process, "
               f"{base_wall:.2f} s of it starting Python and importing)   goal <= 3 s")
         print(f"  peak memory: {total:.1f} MiB max RSS in all ({rss:.1f} MiB the process"
