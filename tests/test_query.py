@@ -199,7 +199,7 @@ def test_export_parquet_dataset(fleet: Path, tmp_path: Path, capsys: pytest.Capt
     assert f"{len(files):,} recordings exported" in capsys.readouterr().out
     hidden.rename(later)
     assert main(["export", "--format", "parquet", str(fleet), "-o", str(out)]) == 0
-    assert f"1 recordings exported" in capsys.readouterr().out
+    assert "1 recordings exported" in capsys.readouterr().out
     assert main(["export", "--format", "parquet", str(fleet), "-o", str(out)]) == 0
     assert f"0 recordings exported ({0:,} records), {len(files) + 1:,} already there" in capsys.readouterr().out
     files.append(later)

@@ -20,7 +20,6 @@ The answers are compared: the counts and the percentiles from jq and DuckDB
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import shutil
 import subprocess

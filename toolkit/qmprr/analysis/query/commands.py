@@ -22,7 +22,7 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def write_rows(columns: list[str], rows: list[tuple], fmt: str, out: TextIO) -> None:
+def write_rows(columns: list[str], rows: list[tuple[Any, ...]], fmt: str, out: TextIO) -> None:
     """*rows* under *columns* as a table, JSON Lines, CSV or Markdown."""
     if fmt == "json":
         import orjson
@@ -94,7 +94,7 @@ def cmd_export_parquet(args: argparse.Namespace) -> int:
     from .parquet import export_parquet
 
     result = export_parquet(args.files, args.output, only_verified=args.verified)
-    for path, why in result.excluded.items():
+    for why in result.excluded.values():
         print(f"qmprr: left out (does not verify): {why}", file=sys.stderr)
     for path in result.changed:
         print(f"qmprr: {path}: changed since it was exported; left as exported", file=sys.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from typing import Any
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def _select(table: str) -> str:
 def export_parquet(paths: Sequence[str], folder: str, *, only_verified: bool = False) -> ExportResult:
     out = Path(folder)
     meta_path = out / DATASET_META
-    meta: dict = {"schema_version": SCHEMA_VERSION, "exported": {}}
+    meta: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "exported": {}}
     if meta_path.exists():
         try:
             meta = json.loads(meta_path.read_text())
@@ -91,7 +92,7 @@ def export_parquet(paths: Sequence[str], folder: str, *, only_verified: bool = F
     return ExportResult(len(opened.files), rows.get("records", 0), rows, skipped, changed, opened.excluded)
 
 
-def _write_meta(path: Path, meta: dict) -> None:
+def _write_meta(path: Path, meta: dict[str, Any]) -> None:
     meta["schema_version"] = SCHEMA_VERSION
     meta["tables"] = list(TABLES)
     meta["partitioning"] = ["date", "host"]

@@ -132,7 +132,11 @@ WITH seen AS (
   SELECT file, coalesce(name, src) AS client, role, peer, action, t, kind, cmd, msg, reply
   FROM raw WHERE kind IN ('client', 'command', 'local') AND coalesce(name, src) IS NOT NULL
 )
-SELECT s.file, s.client, any_value(s.role) FILTER (WHERE s.role IS NOT NULL) AS role,
+-- A client's role is its commands' role; 'internal' only when it did nothing but negotiate.
+SELECT s.file, s.client,
+       coalesce(any_value(s.role) FILTER (WHERE s.kind = 'command' AND s.role <> 'internal'),
+                any_value(s.role) FILTER (WHERE s.role IS NOT NULL AND s.role <> 'internal'),
+                any_value(s.role) FILTER (WHERE s.role IS NOT NULL)) AS role,
        any_value(s.peer) FILTER (WHERE s.peer IS NOT NULL) AS peer,
        min(s.t) AS first_t, max(s.t) AS last_t,
        min(s.t) FILTER (WHERE s.action = 'connect') AS connect_t,

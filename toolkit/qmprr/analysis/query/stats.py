@@ -69,8 +69,9 @@ class Examples:
     items: list[dict[str, Any]] = attrs.Factory(list)
 
 
-def _q(con: Any, sql: str, *params: Any) -> list[tuple]:
-    return con.execute(sql, list(params)).fetchall()
+def _q(con: Any, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = con.execute(sql, list(params)).fetchall()
+    return rows
 
 
 def _ms(seconds_ms: float | None) -> float | None:
@@ -122,7 +123,7 @@ def commands(con: Any) -> dict[str, CommandFigures]:
 
 def clients(con: Any) -> dict[str, ClientFigures]:
     rows = _q(con, """
-        SELECT client, coalesce(any_value(role) FILTER (WHERE role IS NOT NULL), '?'), sum(commands),
+        SELECT client, coalesce(any_value(role) FILTER (WHERE role <> 'internal'), any_value(role), '?'), sum(commands),
                sum(errors), sum(local), min(first_t), max(last_t)
         FROM clients GROUP BY client ORDER BY min(first_t), client""")
     items = [(r[0], ClientFigures(r[1], int(r[2]), int(r[3]), int(r[4]), r[5], r[6])) for r in rows]
@@ -248,7 +249,8 @@ def stats_dict(con: Any, torn: dict[str, bool]) -> dict[str, Any]:
                             ("seq", "t", "reason", "detail")),
         "problems": problems(con, torn),
     }
-    return _converter.unstructure(out)
+    result: dict[str, Any] = _converter.unstructure(out)
+    return result
 
 
 def problem_lines(stats: dict[str, Any]) -> list[str]:
