@@ -74,7 +74,7 @@ class RecordingReader:
 
     *path* may be one file (``.jsonl`` or ``.jsonl.zst``) or a segment set
     (a folder, or its first segment: see :func:`.sets.resolve`); *since*
-    starts a set at that segment. A set reads as one recording: the first
+    starts a set at that segment; *one_file* reads *path* alone. A set reads as one recording: the first
     header, then every segment's records in order (later headers are
     checked as links, in :attr:`headers`, and not yielded). Use as a
     context manager, or call :meth:`close`. Iterating yields records;
@@ -90,6 +90,7 @@ class RecordingReader:
         check_chain: bool = True,
         key: chain.SealKey | None = None,
         since: str | None = None,
+        one_file: bool = False,
     ) -> None:
         self.path = os.fspath(path)
         self.errors = errors
@@ -100,7 +101,7 @@ class RecordingReader:
         self.torn: Torn | None = None
         self.line = 0
         self.records_read = 0
-        self.files = sets.resolve(self.path, since=since)
+        self.files = [self.path] if one_file else sets.resolve(self.path, since=since)
         self.current = self.files[0]
         #: ``(file, header)`` of every segment read so far.
         self.headers: list[tuple[str, Header]] = []
