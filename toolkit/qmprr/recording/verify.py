@@ -25,10 +25,12 @@ short, or its writer crashed: ``qmprr repair --seal-key`` seals a crashed one).
 from __future__ import annotations
 
 import os
+from binascii import hexlify
 from hashlib import blake2b
 from typing import Any
 
 import attrs
+import orjson
 
 from .. import codec
 from ..errors import RecordingError
@@ -42,12 +44,13 @@ _H_MARK = b',"h":"'
 _H_TAIL = len(_H_MARK) + 32 + 3  # the mark, 32 hex digits, '"}\n'
 _NUMBERS = (int, float)
 _BROKEN = "hash chain broken: the line was edited, or a line before it was deleted, inserted or moved"
-#: Fields each kind must have (the fast path; the typed schema decides anything else).
-_REQUIRED = {
-    kind: tuple(a.name for a in attrs.fields(cls) if a.default is attrs.NOTHING)
+#: Per kind: the fields it must have, and whether ``msg`` is one (the fast path's checks; the
+#: typed schema decides anything they do not accept).
+_CHECKS = {
+    kind: (frozenset(a.name for a in attrs.fields(cls) if a.default is attrs.NOTHING),
+           any(a.name == "msg" and a.default is attrs.NOTHING for a in attrs.fields(cls)))
     for kind, cls in RECORD_TYPES.items()
 }
-_MSG_FIELDS = ("msg", "reply")
 
 
 @attrs.define
@@ -96,12 +99,23 @@ class SegmentResult:
     final_hash: str = ""
     last_note: str | None = None  # text of the last record when it is a note
     last_line: int = 1  # line of the last good record
+    lines: int = 0  # lines read (of a chunk: from its start)
     pending: dict[int, dict[str, Any]] = attrs.Factory(dict)  # commands with no reply in this segment
     orphans: list[tuple[int, int, int]] = attrs.Factory(list)  # (line, reply seq, cmd) not matched here
 
 
-def scan_segment(path: str, key: SealKey | None = None) -> SegmentResult:
-    """Check one file line by line (see the module's docstring)."""
+@attrs.frozen
+class Chunk:
+    """Lines ``[start, end)`` (byte offsets at line starts) of a file, after the line whose hash and seq are given."""
+
+    start: int
+    end: int
+    prev_hash: str
+    prev_seq: int
+
+
+def scan_segment(path: str, key: SealKey | None = None, chunk: Chunk | None = None) -> SegmentResult:
+    """Check one file (or one *chunk* of it) line by line (see the module's docstring)."""
     try:
         reader = RecordingReader(path, errors="skip", key=key, one_file=True)
     except RecordingError as exc:
@@ -117,79 +131,85 @@ def scan_segment(path: str, key: SealKey | None = None) -> SegmentResult:
     with reader:
         header = reader.header
         result = SegmentResult(path, header, reader._prev_hash, reader.chain_checked)
-        _scan_lines(reader._file, result, key.key if key is not None and reader.chain_checked else b"")
+        key_bytes = key.key if key is not None and reader.chain_checked else None
+        if chunk is None or chunk.start == 0:
+            _scan_lines(reader._file, result, key_bytes, prev=reader._prev_hash, seq=header.seq, lineno=1,
+                        end=chunk.end if chunk else float("inf"))
+        else:
+            reader._file.seek(chunk.start)
+            _scan_lines(reader._file, result, key_bytes, prev=chunk.prev_hash, seq=chunk.prev_seq, lineno=0,
+                        offset=chunk.start, end=chunk.end)
     return result
 
 
-def _scan_lines(f: Any, r: SegmentResult, key: bytes) -> None:
+def _scan_lines(f: Any, r: SegmentResult, key: bytes | None, *, prev: str, seq: int, lineno: int,
+                offset: int | None = None, end: float = float("inf")) -> None:
     """The fast loop: no typed records, each line hashed as it is on disk."""
-    loads, decode_error = codec.loads, codec.JSONDecodeError
-    required, kinds = _REQUIRED, RECORD_TYPES
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    checks, numbers, mark_bytes, end_bytes = _CHECKS, _NUMBERS, _H_MARK, b'"}\n'
     problems = r.problems
+    add_problem = problems.append
     pending = r.pending
     answered: set[int] = set()
     check = r.chain_checked
-    prev = r.header_hash.encode("ascii")
-    expected = r.header.seq + 1
-    final_seq = r.header.seq
-    lineno = 1
-    last_line = 1
-    records = 1
-    last_kind = None
+    prev_b = prev.encode("ascii")
+    expected = seq + 1
+    final_seq = seq
+    last_line = lineno
+    records = 1 if lineno else 0
     last_d: Any = None
-    offset = f.tell()
+    if offset is None:
+        offset = f.tell()
     try:
         for raw in f:
-            lineno += 1
-            n = len(raw)
-            if raw[n - 1 :] != b"\n":
-                r.torn = (lineno, offset, n)
+            if offset >= end:
                 break
-            offset += n
-            mark = n - _H_TAIL
-            if raw[mark : mark + 6] != _H_MARK or raw[n - 3 :] != b'"}\n' or raw[mark + 6 : n - 3].find(b'"') >= 0:
-                problems.append((lineno, _format_problem(raw)))
+            lineno += 1
+            if raw[-1] != 10:
+                r.torn = (lineno, offset, len(raw))
+                break
+            offset += len(raw)
+            mark = len(raw) - _H_TAIL
+            if raw[mark : mark + 6] != mark_bytes or raw[-3:] != end_bytes:
+                add_problem((lineno, _format_problem(raw)))
                 continue
-            h = raw[mark + 6 : n - 3]
-            p, prev = prev, h
-            if check:
-                b = blake2b(p, digest_size=16, key=key)
-                b.update(memoryview(raw)[:mark])
-                b.update(b"}")
-                good = b.hexdigest().encode() == h
-            else:
+            h = raw[mark + 6 : -3]
+            if not check:
                 good = True
+            elif key is None:
+                good = hexlify(blake2b(prev_b + raw[:mark] + b"}", digest_size=16).digest()) == h
+            else:
+                good = hexlify(blake2b(prev_b + raw[:mark] + b"}", digest_size=16, key=key).digest()) == h
+            prev_b = h
             try:
                 d = loads(raw)  # the whole line: "h" is one more member
-            except decode_error as exc:
-                problems.append((lineno, f"invalid JSON: {exc}"))
-                continue
-            kind = d.get("kind") if type(d) is dict else None
-            seq = d.get("seq") if kind is not None else None
-            fast = (
-                type(kind) is str and kind in kinds and kind != "header" and type(seq) is int and seq >= 0
-                and type(d.get("t")) in _NUMBERS and all(k in d for k in required[kind])
-                and all(type(d[k]) is dict for k in _MSG_FIELDS if k in d)
-            )
+                kind = d["kind"]
+                seq = d["seq"]
+                need, msg = checks[kind]
+                fast = (type(seq) is int and seq >= 0 and type(d["t"]) in numbers and need <= d.keys()
+                        and (not msg or type(d["msg"]) is dict))
+            except decode_error:
+                try:
+                    d = codec.loads(raw)  # what orjson refuses but qmprr writes (deep nesting, 1e999)
+                except codec.JSONDecodeError as exc:
+                    add_problem((lineno, f"invalid JSON: {exc}"))
+                    continue
+                fast = False
+            except (KeyError, TypeError, AttributeError):
+                fast = False
             if not fast:
                 message = _slow_problem(d)
                 if message is not None:
-                    problems.append((lineno, message))
+                    add_problem((lineno, message))
                     continue
-            exp, expected = expected, seq + 1  # type: ignore[operator]
+                kind, seq = d["kind"], d["seq"]
+            exp, expected = expected, seq + 1
             if not good:
-                problems.append((lineno, _BROKEN))
+                add_problem((lineno, _BROKEN))
                 continue
             if seq != exp:
-                problems.append((lineno, f"seq {seq} where {exp} was expected"))
+                add_problem((lineno, f"seq {seq} where {exp} was expected"))
                 continue
-            if kind == "header":
-                problems.append((lineno, "a second header"))
-                continue
-            records += 1
-            final_seq = seq
-            last_line = lineno
-            last_kind, last_d = kind, d
             if kind == "command":
                 pending[seq] = d
             elif kind == "reply":
@@ -198,18 +218,26 @@ def _scan_lines(f: Any, r: SegmentResult, key: bytes) -> None:
                     del pending[cmd]
                     answered.add(cmd)
                 elif cmd >= seq:
-                    problems.append((lineno, f"reply names seq {cmd}, not an earlier record"))
+                    add_problem((lineno, f"reply names seq {cmd}, not an earlier record"))
                 elif cmd in answered:
-                    problems.append((lineno, f"second reply to the command at seq {cmd}"))
+                    add_problem((lineno, f"second reply to the command at seq {cmd}"))
                 else:
                     r.orphans.append((lineno, seq, cmd))
+            elif kind == "header":
+                add_problem((lineno, "a second header"))
+                continue
+            records += 1
+            final_seq = seq
+            last_line = lineno
+            last_d = d
     except OSError as exc:  # a damaged .zst
-        problems.append((lineno + 1, str(exc)))
+        add_problem((lineno + 1, str(exc)))
     r.records = records
     r.final_seq = final_seq
     r.last_line = last_line
-    r.final_hash = prev.decode("ascii", "replace")
-    r.last_note = last_d.get("text") if last_kind == "note" else None
+    r.final_hash = prev_b.decode("ascii", "replace")
+    r.lines = lineno
+    r.last_note = last_d.get("text") if last_d is not None and last_d["kind"] == "note" else None
 
 
 def _format_problem(raw: bytes) -> str:
@@ -305,12 +333,93 @@ def _start_problems(results: list[SegmentResult], report: VerifyReport) -> list[
                     " header says retention deleted it", first.file)]
 
 
-def _scan_all(files: list[str], key: SealKey | None, jobs: int | None) -> list[SegmentResult]:
-    workers = min(len(files), jobs or len(os.sched_getaffinity(0)))
-    if workers <= 1:
-        return [scan_segment(f, key) for f in files]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+#: A file smaller than this is not split between processes.
+MIN_SPLIT = 8 << 20
 
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        return list(pool.map(scan_segment, files, [key] * len(files)))
+
+def _scan_all(files: list[str], key: SealKey | None, jobs: int | None) -> list[SegmentResult]:
+    """Every file's result, in order: files (or, with fewer files than CPUs, chunks of them) in parallel."""
+    cpus = jobs or len(os.sched_getaffinity(0))
+    tasks: list[tuple[int, str, Chunk | None]] = []
+    for i, f in enumerate(files):
+        pieces = -(-cpus // len(files))
+        chunks = _split(f, pieces) if pieces > 1 and not f.endswith(sets.ZST) else [None]
+        tasks += [(i, f, c) for c in chunks]
+    workers = min(len(tasks), cpus)
+    if workers <= 1:
+        parts = [scan_segment(f, key, c) for _, f, c in tasks]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = list(pool.map(scan_segment, [f for _, f, _ in tasks], [key] * len(tasks), [c for *_, c in tasks]))
+    results: list[SegmentResult] = []
+    for (i, _, c), part in zip(tasks, parts):
+        if c is None or c.start == 0 or not results or len(results) <= i:
+            results.append(part)
+        else:
+            _merge(results[-1], part)
+    return results
+
+
+def _split(path: str, pieces: int) -> list[Chunk | None]:
+    """Cut a file at line starts into about *pieces* chunks, each knowing the line before it."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return [None]
+    if size < MIN_SPLIT:
+        return [None]
+    out: list[Chunk | None] = []
+    with open(path, "rb") as f:
+        starts = [0]
+        for k in range(1, pieces):
+            f.seek(size * k // pieces)
+            f.readline()  # to the next line start
+            for _ in range(100):  # past a damaged line: a chunk starts after a line it can read
+                at = f.tell()
+                line = f.readline()
+                if not line.endswith(b"\n"):
+                    break
+                prev = _line_end(line)
+                if prev is not None and at > starts[-1]:
+                    starts.append(f.tell())
+                    out.append(prev)  # type: ignore[arg-type]
+                    break
+        ends = starts[1:] + [size + 1]
+    chunks: list[Chunk | None] = [Chunk(0, ends[0], "", -1)]
+    for start, end, prev in zip(starts[1:], ends[1:], out):
+        chunks.append(Chunk(start, end, prev[0], prev[1]))  # type: ignore[index]
+    return chunks
+
+
+def _line_end(line: bytes) -> tuple[str, int] | None:
+    """``(h, seq)`` of a well-formed line, else None."""
+    from .chain import ChainFormatError, unseal
+
+    try:
+        _, h = unseal(line)
+        d = orjson.loads(line)
+    except (ChainFormatError, orjson.JSONDecodeError):
+        return None
+    seq = d.get("seq") if type(d) is dict else None
+    return (h, seq) if type(seq) is int else None
+
+
+def _merge(into: SegmentResult, part: SegmentResult) -> None:
+    """Append a later chunk's result to its segment's (line numbers moved on, replies matched)."""
+    base = into.lines
+    into.problems += [(line + base, m) for line, m in part.problems]
+    for line, seq, cmd in part.orphans:
+        if cmd in into.pending:
+            del into.pending[cmd]
+        else:
+            into.orphans.append((line + base, seq, cmd))
+    into.pending.update(part.pending)
+    into.records += part.records
+    if part.records:
+        into.final_seq, into.last_line, into.last_note = part.final_seq, part.last_line + base, part.last_note
+    into.final_hash = part.final_hash
+    into.torn = (part.torn[0] + base, part.torn[1], part.torn[2]) if part.torn else None
+    into.lines = base + part.lines
