@@ -43,6 +43,31 @@ def seconds(text: str) -> float:
     return value
 
 
+def size(text: str) -> int:
+    """An argparse type: a positive size in bytes, with an optional k, M or G suffix (powers of 1024)."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip()
+    mult = units.get(t[-1:].lower(), 1)
+    try:
+        value = float(t[:-1] if mult > 1 else t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 64M, 500k, 1G)") from None
+    if not 1 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive size, not {text!r}")
+    return int(value)
+
+
+def duration(text: str) -> float:
+    """An argparse type: a positive duration: seconds, or a number with s, m, h or d."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip()
+    mult = units.get(t[-1:].lower())
+    try:
+        return seconds(t[:-1]) * mult if mult else seconds(t)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30s, 15m, 6h, 7d)") from None
+
+
 def count(text: str) -> int:
     """An argparse type: a positive whole number."""
     try:
@@ -62,9 +87,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .recording.chain import SealKey
 
     key = SealKey.from_file(args.key) if args.key else None
-    report = verify(args.file, key=key)
+    report = verify(args.file, key=key, since=args.since)
     for problem in report.problems:
-        print(f"{report.path}:{problem.line}: {problem.message}")
+        print(f"{problem.file or report.path}:{problem.line}: {problem.message}")
+    if len(report.files) > 1 or args.since:
+        print(f"{report.path}: a set of {len(report.files)} segment(s), {os.path.basename(report.files[0])}"
+              f" to {os.path.basename(report.files[-1])}")
+    if report.deleted:
+        print(f"{report.path}: retention deleted {len(report.deleted)} earlier segment(s) (last: {report.deleted[-1]}),"
+              f" whose final hash was {report.header.previous.get('final_hash') if report.header.previous else '?'}")
     if report.torn:
         print(f"{report.path}: the last line is torn (a writer crashed mid-record);"
               " 'qmprr repair' truncates it")
@@ -175,6 +206,7 @@ def _check_new_output(path: str) -> None:
 def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .recording import Redactor, SyncPolicy
     from .recording.chain import SealKey
+    from .recording.rotate import Rotation
     from .service import ServiceOptions
     from .session import Policy
 
@@ -194,6 +226,8 @@ def _service_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         labels=labels,
         seal_key=SealKey.from_file(args.seal_key) if args.seal_key else None,
         redactor=Redactor(keep_input=args.keep_input),
+        rotation=Rotation(size=args.rotate_size, age=args.rotate_age, compress=args.compress,
+                          keep=args.keep, keep_age=args.keep_age),
     )
 
 
@@ -458,8 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit status: 0 clean, 1 problems found (each printed with its line; with --key also: not "
         "sealed, sealed with another key, no end seal), 2 unreadable, not a recording, bad key file.",
     )
-    p.add_argument("file", help="recording (.jsonl)")
+    p.add_argument("file", help="recording (.jsonl, .jsonl.zst), or a segment set (its folder or first segment)")
     p.add_argument("--key", metavar="KEYFILE", help="check the seal with this key (the file given to --seal-key)")
+    p.add_argument("--since", metavar="SEGMENT",
+                   help="a set: verify from this segment (its file name or number) on, e.g. the last one verified")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
@@ -533,6 +569,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--keep-input", action="store_true",
                        help="log the first bytes of unparsable client input as text (default: only their "
                        "SHA-256 and length, since they may hold a secret)")
+        g = p.add_argument_group("segments (any of these records a set NAME.000001.jsonl, ...; SIGHUP rotates)")
+        g.add_argument("--rotate-size", type=size, metavar="SIZE", help="start a new segment at this size (64M, 1G)")
+        g.add_argument("--rotate-age", type=duration, metavar="DURATION",
+                       help="start a new segment after this long (30s, 15m, 6h, 1d)")
+        g.add_argument("--compress", choices=("zstd",), help="compress closed segments in the background")
+        g.add_argument("--keep", type=count, metavar="N", help="keep the newest N segments (the live one included)")
+        g.add_argument("--keep-age", type=duration, metavar="DURATION",
+                       help="delete closed segments older than this")
 
     p = sub.add_parser(
         "launch",

@@ -54,10 +54,11 @@ class Torn:
 
 def link_problem(header: Header, h: str, prev: Header, prev_file: str, final_seq: int, final_hash: str) -> str | None:
     """What is wrong with segment *header* (hash *h*) as the successor of *prev*, or None."""
-    if header.recording != prev.recording:
+    # A file written before sets (or by a plain recorder) has no id and counts as segment 1.
+    if prev.recording is not None and header.recording != prev.recording:
         return f"names recording {header.recording!r}, not the set's {prev.recording!r}"
-    if header.segment is None or prev.segment is None or header.segment != prev.segment + 1:
-        return f"is segment {header.segment}, where {None if prev.segment is None else prev.segment + 1} was expected"
+    if header.segment != (prev.segment or 1) + 1:
+        return f"is segment {header.segment}, where {(prev.segment or 1) + 1} was expected"
     p = header.previous or {}
     if not isinstance(p.get("file"), str) or not sets.same_segment(os.path.basename(p["file"]), os.path.basename(prev_file)):
         return f"continues {p.get('file')!r}, not {os.path.basename(prev_file)} (a segment is missing, reordered or replaced)"

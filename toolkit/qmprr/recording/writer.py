@@ -71,6 +71,8 @@ def new_header(
     qemu_pid: int | None = None,
     monitor_socket: str | None = None,
     previous: dict[str, Any] | None = None,
+    recording: str | None = None,
+    segment: int | None = None,
 ) -> Header:
     """A header stamped with the current time, host and qmprr version."""
     now = time.time()
@@ -89,6 +91,8 @@ def new_header(
         qemu_pid=qemu_pid,
         monitor_socket=monitor_socket,
         previous=previous,
+        recording=recording,
+        segment=segment,
     )
 
 
