@@ -41,7 +41,7 @@ def _problem_printer(path: str) -> Any:
     """Prints each problem as ``qmprr: FILE:line N: ...`` on stderr, as it is found."""
 
     def report(problem: Problem) -> None:
-        print(f"qmprr: {path}:{problem}", file=sys.stderr, flush=True)
+        print(f"qmprr: {problem.file or path}:{problem}", file=sys.stderr, flush=True)
 
     return report
 
