@@ -153,11 +153,21 @@ class Scanner:
             final_seq = (decoder.expected or 0) - 1
             final_hash = (decoder.prev_hash or b"").decode("ascii", "replace")
             self._file.close()
+            for _ in range(3):  # compressed (renamed) between the look and the open: look again
+                try:
+                    self._file = sets.open_bytes(nxt)
+                    break
+                except FileNotFoundError:
+                    nxt = self._next_file(index - 1) or nxt
+            else:
+                self._file = self._open(nxt)
             self.current = nxt
-            self._file = self._open(nxt)
-            header = self._check_header(nxt)
+            if not self.follow:
+                header = self._check_header(nxt)
             self._lines = self._tail_lines(nxt)
-            line = self._read_first_line()
+            line = self._read_first_line()  # following: waits for the header to be written
+            if self.follow:
+                header = self._check_header(nxt)
             h = chain.unseal(line)[1]
             if self.check_chain:
                 problem = link_problem(header, h, headers[-1][1], headers[-1][0], final_seq, final_hash)
