@@ -18,7 +18,7 @@ import support
 from qmprr import cli
 from qmprr.analysis.source import Scanner
 from qmprr.client import QmpClient
-from qmprr.recording import Event, Msg, Note, SealKey, new_header, read_records, sets, verify
+from qmprr.recording import Event, Msg, SealKey, new_header, read_records, sets, verify
 verify_mod = importlib.import_module("qmprr.recording.verify")
 from qmprr.recording.rotate import Rotation, SegmentedWriter
 
@@ -246,12 +246,11 @@ def test_soak_rotating_proxy_under_load(tmp_path: Path) -> None:
     t.join(30)
     files = [p for _, p in sets.segments_of(str(tmp_path / "rec"))]
     assert len(files) >= 5
-    report = verify(tmp_path / "rec.000001.jsonl.zst" if files[0].endswith(".zst") else files[0])
+    report = verify(files[0])  # the first segment stands for the set
     assert report.ok, report.problems[:5]
     replies = [r.seq for r in read_records(files[0]) if r.kind == "reply"]
     assert len(replies) >= sent  # every client command was answered and recorded (plus qmprr's own)
     assert followed == replies[: len(followed)] and len(followed) >= sent
-    assert any(isinstance(r, Note) for r in read_records(files[0])) or True
     if len(rss) >= 4:  # memory flat: the last samples are not far above the first ones
         assert max(rss[-2:]) < rss[1] * 1.5 + 8192
 
