@@ -18,7 +18,7 @@ import support
 from qmprr import cli
 from qmprr.analysis.source import Scanner
 from qmprr.client import QmpClient
-from qmprr.recording import Event, Msg, SealKey, new_header, read_records, sets, verify
+from qmprr.recording import Event, Msg, Note, SealKey, new_header, read_records, sets, verify
 verify_mod = importlib.import_module("qmprr.recording.verify")
 from qmprr.recording.rotate import Rotation, SegmentedWriter
 
@@ -261,3 +261,34 @@ def _rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+@pytest.mark.parametrize("damage", ["none", "edit", "delete", "torn", "bad-json", "reordered-members", "header"])
+def test_show_json_fast_path_agrees_with_the_full_decoder(tmp_path: Path, damage: str) -> None:
+    from qmprr.recording import RecordWriter
+
+    path = tmp_path / "r.jsonl"
+    with RecordWriter.create(path) as w:
+        for i in range(40):
+            w.append(Event(msg=Msg({"event": "X", "data": {"i": i}})) if i % 3 else Note(text=f"n{i}"))
+    lines = path.read_bytes().splitlines(keepends=True)
+    if damage == "edit":
+        lines[11] = lines[11].replace(b'"i":', b'"i" :')
+    elif damage == "delete":
+        del lines[20]
+    elif damage == "torn":
+        lines[-1] = lines[-1][:-9]
+    elif damage == "bad-json":
+        lines[5] = b'{"seq":5,"t":0.1,"kind":"event",' + lines[5][lines[5].index(b'"h"'):]
+    elif damage == "reordered-members":  # valid JSON, not as qmprr writes it: the slow way takes it
+        d = json.loads(lines[7])
+        lines[7] = json.dumps({"kind": d.pop("kind"), **d}, separators=(",", ":")).encode() + b"\n"
+    path.write_bytes(b"".join(lines))
+    kinds = frozenset({"event", "header"} if damage == "header" else {"event"})
+    with Scanner(path) as slow:
+        want = [raw for d, raw in slow if d["kind"] in kinds]
+        want_problems, want_torn = slow.problems, slow.torn
+    with Scanner(path) as fast:
+        got = [raw for _, raw in fast.kind_lines(kinds)]
+        assert (got, fast.problems, fast.torn) == (want, want_problems, want_torn)
+    assert damage in ("none", "header", "reordered-members") or want_problems
