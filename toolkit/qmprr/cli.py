@@ -349,6 +349,18 @@ def check_replay_files(args: argparse.Namespace) -> None:
         check_output(args.record, option="--record", exist_ok=False)
 
 
+def _segment_start(path: str, number: int) -> int:
+    """The seq of segment *number*'s header in the set *path* stands for."""
+    from .recording import RecordingReader, sets
+
+    for file in sets.resolve(path):
+        parsed = sets.parse(file)
+        if parsed is not None and parsed[1] == number:
+            with RecordingReader(file, one_file=True) as reader:
+                return reader.header.seq
+    raise UsageError(f"{path}: --from-segment {number}: no such segment (give a set: its folder or first segment)")
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from .replay.engine import ReplayOptions
     from .replay.normalize import Normalizer, load_rules
@@ -375,6 +387,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     options = ReplayOptions(
         keep_going=args.keep_going,
         until=args.until,
+        from_seq=_segment_start(args.file, args.from_segment) if args.from_segment is not None else None,
         only_src=tuple(args.only_src),
         pace=pace,
         allow_unsafe=args.allow_unsafe,
@@ -667,6 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work folder and print where it is")
     p.add_argument("--keep-going", action="store_true", help="do not stop at the first divergence")
     p.add_argument("--until", type=int, metavar="SEQ", help="stop after the command recorded at SEQ")
+    p.add_argument("--from-segment", type=count, metavar="N",
+                   help="a set: compare from segment N on; the commands before it are still replayed first"
+                   " (QEMU needs the state they built) but not compared (status 'prelude')")
     p.add_argument("--only-src", action="append", default=[], metavar="NAME",
                    help="replay only commands from this client (repeatable); others are skipped")
     p.add_argument("--pace", default="asap", help="asap (default), recorded, or a speed FACTOR (2 = twice as fast)")
