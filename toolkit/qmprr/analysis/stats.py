@@ -55,6 +55,8 @@ def compute(path: str | os.PathLike[str], *, jobs: int | None = None) -> dict[st
         header = scanner.header
         if jobs is None:
             jobs = jobs_for(scanner.path)
+        if len(scanner.files) > 1 or scanner.path.endswith(".zst"):
+            jobs = 1  # the parallel reader splits one plain file; a set or a .zst is read in order
         if jobs > 1:
             from .stats_parallel import consume_parallel
 
