@@ -96,7 +96,7 @@ def resolve(path: str | os.PathLike[str], *, since: str | None = None) -> list[s
     if os.path.isdir(path):
         stems = {m["stem"] for m in map(_SEGMENT.match, os.listdir(path)) if m}
         if not stems:
-            raise RecordingError(f"{path}: the folder holds no segments (NAME.000001.jsonl ...)")
+            raise RecordingError(f"{path}: cannot read recording: Is a directory with no segment set (NAME.000001.jsonl ...)")
         if len(stems) > 1:
             raise RecordingError(f"{path}: the folder holds several sets ({', '.join(sorted(stems))}); name one's first segment")
         files = [p for _, p in segments_of(os.path.join(path, stems.pop()))]
