@@ -292,3 +292,19 @@ def test_show_json_fast_path_agrees_with_the_full_decoder(tmp_path: Path, damage
         got = [raw for _, raw in fast.kind_lines(kinds)]
         assert (got, fast.problems, fast.torn) == (want, want_problems, want_torn)
     assert damage in ("none", "header", "reordered-members") or want_problems
+
+
+def test_a_reply_to_a_command_in_the_previous_segment(tmp_path: Path) -> None:
+    from qmprr.recording import Command, Reply
+
+    w = SegmentedWriter(str(tmp_path / "vm"), new_header(), Rotation())
+    with w:
+        cmd = w.append(Command(src="c", role="primary", msg=Msg({"execute": "stop", "id": 1})))
+        w.rotate()
+        w.append(Reply(cmd=cmd.seq, msg=Msg({"return": {}, "id": 1})))
+        w.append(Reply(cmd=cmd.seq, msg=Msg({"return": {}, "id": 1})))  # a second one: wrong
+    files = [p for _, p in sets.segments_of(str(tmp_path / "vm"))]
+    assert verify(files[1]).ok  # alone: its command is in the segment before, not checked
+    report = verify(tmp_path)
+    assert [p.message for p in report.problems] == [f"reply names seq {cmd.seq}, which is not a command"]
+    assert report.in_flight == []
