@@ -332,4 +332,4 @@ def test_exit_status_of_the_real_command(tmp_path: Path) -> None:
     assert result.returncode == 1 and "seq 13 / -          cont: missing in B" in result.stdout
     result = subprocess.run([*cli, str(LIFECYCLE), str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr == f"qmprr: {tmp_path}: cannot read recording: Is a directory\n"
+    assert result.stderr == f"qmprr: {tmp_path}: cannot read recording: Is a directory with no segment set (NAME.000001.jsonl ...)\n"

@@ -332,3 +332,59 @@ def test_subprocess_exit_statuses(tmp_path: Path) -> None:
         diverged = qmprr("replay", str(edited), "--target", f"socket:{sock}")
     assert diverged.returncode == 1 and "Traceback" not in diverged.stderr
     assert os.path.exists(edited)
+
+
+def _lifecycle_as_set(folder: Path, rotate_after: int, edit=lambda r: r) -> Path:  # type: ignore[no-untyped-def]
+    """LIFECYCLE rewritten as a segment set, rotating after its *rotate_after*-th command (records *edit*-ed)."""
+    import attrs
+
+    from qmprr.recording.rotate import Rotation, SegmentedWriter
+
+    records = list(read_records(LIFECYCLE))
+    renumber: dict[int, int] = {}
+    commands = 0
+    with SegmentedWriter(str(folder / "life"), attrs.evolve(records[0], seq=-1), Rotation()) as w:
+        for record in records[1:]:
+            old = record.seq
+            if isinstance(record, Reply):
+                record.cmd = renumber[record.cmd]
+            if isinstance(record, Command) and record.role != "internal":
+                commands += 1
+                if commands == rotate_after + 1:
+                    w.rotate()
+            renumber[old] = w.append(edit(record)).seq
+    return folder / "life.000001.jsonl"
+
+
+def test_from_segment_replays_the_start_as_prelude(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = _lifecycle_as_set(tmp_path, rotate_after=3)
+    assert verify(first).ok and len(verify(first).files) == 2
+    second_start = next(RecordingReader(tmp_path / "life.000002.jsonl", one_file=True).headers[0][1].seq for _ in [0])
+    report = tmp_path / "r.json"
+    status, out, _ = replay(str(first), "--target", "fake", "--from-segment", "2", "--report", str(report), capsys=capsys)
+    assert status == 0, out
+    steps = load_report(report)["steps"]
+    assert [s["status"] for s in steps] == ["prelude"] * 3 + ["matched"] * (len(steps) - 3)
+    assert all((s["seq"] < second_start) == (s["status"] == "prelude") for s in steps)
+    assert "3 prelude (before --from-segment" in out and "reproduced" in out
+    # A prelude step that differs does not count: the edited first segment still reproduces from segment 2.
+    edited_dir = tmp_path / "edited"
+    edited_dir.mkdir()
+    seen = []
+
+    def edit(record: Record) -> Record:
+        if isinstance(record, Reply) and not seen and record.msg.get("return", {}) != {}:
+            seen.append(record.seq)
+            record.msg = Msg({**record.msg, "return": {"edited": True}})
+        return record
+
+    edited = _lifecycle_as_set(edited_dir, rotate_after=3, edit=edit)
+    assert seen and seen[0] < second_start
+    sock = tmp_path / "fake.sock"
+    with fake_process(first, sock, "--mode", "lenient", "--keep-serving"):
+        status, out, _ = replay(str(edited), "--target", f"socket:{sock}", "--from-segment", "2", capsys=capsys)
+        assert status == 0, out
+        status, out, _ = replay(str(edited), "--target", f"socket:{sock}", capsys=capsys)
+        assert status == 1 and "diverged" in out
+    status, _, err = replay(str(first), "--target", "fake", "--from-segment", "9", capsys=capsys)
+    assert status == 2 and err.startswith("qmprr: ") and "no such segment" in err

@@ -59,6 +59,17 @@ def size(text: str) -> int:
     return int(digits) * scale
 
 
+def duration(text: str) -> float:
+    """An argparse type: a positive duration: seconds, or a number with s, m, h or d."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip()
+    mult = units.get(t[-1:].lower())
+    try:
+        return seconds(t[:-1]) * mult if mult else seconds(t)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30s, 15m, 6h, 7d)") from None
+
+
 def count(text: str) -> int:
     """An argparse type: a positive whole number."""
     try:
@@ -79,9 +90,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .recording.chain import SealKey
 
     key = SealKey.from_file(args.key) if args.key else None
-    report = verify(args.file, key=key)
+    report = verify(args.file, key=key, since=args.since)
     for problem in report.problems:
-        print(f"{report.path}:{problem.line}: {problem.message}")
+        print(f"{problem.file or report.path}:{problem.line}: {problem.message}")
+    if len(report.files) > 1 or args.since:
+        print(f"{report.path}: a set of {len(report.files)} segment(s), {os.path.basename(report.files[0])}"
+              f" to {os.path.basename(report.files[-1])}")
+    if report.deleted:
+        print(f"{report.path}: retention deleted {len(report.deleted)} earlier segment(s) (last: {report.deleted[-1]}),"
+              f" whose final hash was {report.header.previous.get('final_hash') if report.header.previous else '?'}")
     if report.torn:
         print(f"{report.path}: the last line is torn (a writer crashed mid-record);"
               " 'qmprr repair' truncates it")
@@ -193,6 +210,7 @@ def _service_options(args: argparse.Namespace) -> ServiceOptions:
     from .recording import Redactor, SyncPolicy
     from .recording.chain import SealKey
     from .server import Limits
+    from .recording.rotate import Rotation
     from .service import ServiceOptions
     from .session import Policy
 
@@ -224,6 +242,8 @@ def _service_options(args: argparse.Namespace) -> ServiceOptions:
         labels=labels,
         seal_key=SealKey.from_file(args.seal_key) if args.seal_key else None,
         redactor=Redactor(keep_input=args.keep_input),
+        rotation=Rotation(size=args.rotate_size, age=args.rotate_age, compress=args.compress,
+                          keep=args.keep, keep_age=args.keep_age),
     )
 
 
@@ -359,6 +379,18 @@ def check_replay_files(args: argparse.Namespace) -> None:
         check_output(args.record, option="--record", exist_ok=False)
 
 
+def _segment_start(path: str, number: int) -> int:
+    """The seq of segment *number*'s header in the set *path* stands for."""
+    from .recording import RecordingReader, sets
+
+    for file in sets.resolve(path):
+        parsed = sets.parse(file)
+        if parsed is not None and parsed[1] == number:
+            with RecordingReader(file, one_file=True) as reader:
+                return reader.header.seq
+    raise UsageError(f"{path}: --from-segment {number}: no such segment (give a set: its folder or first segment)")
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from .replay.engine import ReplayOptions
     from .replay.normalize import Normalizer, load_rules
@@ -385,6 +417,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     options = ReplayOptions(
         keep_going=args.keep_going,
         until=args.until,
+        from_seq=_segment_start(args.file, args.from_segment) if args.from_segment is not None else None,
         only_src=tuple(args.only_src),
         pace=pace,
         allow_unsafe=args.allow_unsafe,
@@ -512,8 +545,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit status: 0 clean, 1 problems found (each printed with its line; with --key also: not "
         "sealed, sealed with another key, no end seal), 2 unreadable, not a recording, bad key file.",
     )
-    p.add_argument("file", help="recording (.jsonl)")
+    p.add_argument("file", help="recording (.jsonl, .jsonl.zst), or a segment set (its folder or first segment)")
     p.add_argument("--key", metavar="KEYFILE", help="check the seal with this key (the file given to --seal-key)")
+    p.add_argument("--since", metavar="SEGMENT",
+                   help="a set: verify from this segment (its file name or number) on, e.g. the last one verified")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
@@ -601,6 +636,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--debug-max-message", type=size, default="16K", metavar="SIZE",
                        help="largest message from a debug client (default 16K: QEMU parses big "
                        "arguments slowly, holding the wire for everyone)")
+        g = p.add_argument_group("segments (any of these records a set NAME.000001.jsonl, ...; SIGHUP rotates)")
+        g.add_argument("--rotate-size", type=size, metavar="SIZE", help="start a new segment at this size (64M, 1G)")
+        g.add_argument("--rotate-age", type=duration, metavar="DURATION",
+                       help="start a new segment after this long (30s, 15m, 6h, 1d)")
+        g.add_argument("--compress", choices=("zstd",), help="compress closed segments in the background")
+        g.add_argument("--keep", type=count, metavar="N", help="keep the newest N segments (the live one included)")
+        g.add_argument("--keep-age", type=duration, metavar="DURATION",
+                       help="delete closed segments older than this")
 
     p = sub.add_parser(
         "launch",
@@ -701,6 +744,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work folder and print where it is")
     p.add_argument("--keep-going", action="store_true", help="do not stop at the first divergence")
     p.add_argument("--until", type=int, metavar="SEQ", help="stop after the command recorded at SEQ")
+    p.add_argument("--from-segment", type=count, metavar="N",
+                   help="a set: compare from segment N on; the commands before it are still replayed first"
+                   " (QEMU needs the state they built) but not compared (status 'prelude')")
     p.add_argument("--only-src", action="append", default=[], metavar="NAME",
                    help="replay only commands from this client (repeatable); others are skipped")
     p.add_argument("--pace", default="asap", help="asap (default), recorded, or a speed FACTOR (2 = twice as fast)")

@@ -31,7 +31,9 @@ from .errors import QmprrError, RecordingError
 from .launch import LaunchedQemu, start_qemu
 from .recording import RecordWriter, Redactor, SyncPolicy, new_header, relevant_env
 from .recording.segment import SegmentEnd, segment_end
+from .recording import sets
 from .recording.chain import SealKey
+from .recording.rotate import Rotation, SegmentedWriter
 from .server import Limits, QmpServer, SocketPathError, check_socket_path
 from .session import Policy
 
@@ -57,6 +59,22 @@ class ServiceOptions:
     #: An inherited listening socket for primary clients (``--socket-fd``), instead of a path;
     #: its clients may pass fds (SCM_RIGHTS, see :mod:`qmprr.fdpass`).
     socket_fd: int | None = None
+    #: Record a segment set (``--rotate-size``, ``--rotate-age``, ``--compress``, ``--keep``, ``--keep-age``).
+    rotation: Rotation | None = None
+
+    @property
+    def segmented(self) -> bool:
+        return self.rotation is not None and self.rotation.enabled
+
+    def first_file(self, segment: int = 1) -> str:
+        """The file the recording starts in: ``--record`` itself, or its set's first segment."""
+        if not self.segmented:
+            return self.record
+        parsed = sets.parse(self.record)
+        if parsed is not None:
+            return self.record
+        stem = sets.stem_of(self.record)
+        return os.path.join(os.path.dirname(stem), sets.segment_name(os.path.basename(stem), segment))
 
 
 def _log_factory(
@@ -64,6 +82,8 @@ def _log_factory(
     argv: list[str] | None,
     env: dict[str, str] | None = None,
     domain_xml: str | None = None,
+    first_seq: int = 0,
+    t_offset: float = 0.0,
     **header_fields: Any,
 ) -> Callable[[dict[str, Any]], RecordWriter]:
     def make_log(greeting: dict[str, Any]) -> RecordWriter:
@@ -76,15 +96,26 @@ def _log_factory(
             labels=options.labels,
             **header_fields,
         )
+        if options.segmented:
+            assert options.rotation is not None
+            parsed = sets.parse(options.record)
+            return SegmentedWriter(
+                sets.stem_of(options.record), header, options.rotation, sync=options.sync,
+                redactor=options.redactor, seal_key=options.seal_key,
+                first_segment=parsed[1] if parsed else (header.segment or 1), first_seq=first_seq, t_offset=t_offset,
+            )  # type: ignore[return-value]  # RecordWriter's interface; no shared Protocol yet
         return RecordWriter.create(
-            options.record, header, sync=options.sync, redactor=options.redactor, seal_key=options.seal_key
+            options.record, header, sync=options.sync, redactor=options.redactor, seal_key=options.seal_key,
+            first_seq=first_seq, t_offset=t_offset,
         )
 
     return make_log
 
 
-def _check_record_path(path: str) -> None:
-    if os.path.exists(path):
+def _check_record_path(path: str, options: ServiceOptions | None = None, segment: int = 1) -> None:
+    if options is not None:
+        path = options.first_file(segment)
+    if os.path.exists(path) or os.path.exists(path + sets.ZST):
         raise RecordingError(f"{path}: file exists; recordings are never overwritten, choose another name")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
@@ -148,8 +179,31 @@ async def _serve(channel: Channel, options: ServiceOptions) -> QmpServer:
     where = f"primary socket {options.socket}" if options.socket else f"primary socket fd {options.socket_fd}"
     if options.debug_socket:
         where += f", debug socket {options.debug_socket}"
-    _say(options, f"recording to {options.record}; {where}")
+    _say(options, f"recording to {channel.log.path}; {where}")
     return server
+
+
+ROTATE_TICK = 0.5  # seconds between looks at --rotate-age
+
+
+def _start_rotation(channel: Channel) -> asyncio.Task[None] | None:
+    """For a segment set: SIGHUP rotates, and a periodic look rotates by age when nothing is written."""
+    log = channel.log
+    if not isinstance(log, SegmentedWriter):
+        return None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, log.request_rotate)
+
+    async def tick() -> None:
+        while not log.closed:
+            await asyncio.sleep(ROTATE_TICK)
+            try:
+                log.rotate_if_due()
+            except RecordingError as exc:
+                with contextlib.suppress(QmprrError, OSError):
+                    channel.note(f"rotation failed: {exc}")
+
+    return asyncio.ensure_future(tick())
 
 
 def _stop_event() -> asyncio.Event:
@@ -185,7 +239,7 @@ async def run_launch(
     outlives a killed qmprr and its monitor listens at *monitor_socket*
     (default: beside the recording), recorded in the header.
     """
-    _check_record_path(options.record)
+    _check_record_path(options.record, options)
     monitor = (monitor_socket or default_monitor_socket(options.record)) if keep_vm else None
     _check_socket_paths(options, monitor)
     stop = _stop_event()
@@ -206,6 +260,7 @@ async def run_launch(
         _remove_if_stale(monitor)
         raise error from None
     server = None
+    rotation = _start_rotation(channel)
     try:
         server = await _serve(channel, options)
         if monitor is not None:
@@ -224,6 +279,8 @@ async def run_launch(
                 qemu.process.kill()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(qemu.process.wait(), 5.0)
+        if rotation is not None:
+            rotation.cancel()
         if server is not None:
             await server.close()
         await channel.close()
@@ -275,7 +332,9 @@ async def _exited(qemu: LaunchedQemu, timeout: float) -> bool:
 def _reattach_fields(previous: str, options: ServiceOptions) -> tuple[SegmentEnd, dict[str, Any]]:
     """Where *previous* ends, and the header fields of the segment continuing it."""
     end = segment_end(previous)
-    fields: dict[str, Any] = {"previous": end.previous(options.record)}
+    segment = (end.header.segment or 1) + 1
+    fields: dict[str, Any] = {**end.continuation(options.first_file(segment)),
+                              "first_seq": end.final_seq + 1, "t_offset": end.final_t}
     for name in ("qemu_pid", "monitor_socket"):
         value = getattr(end.header, name)
         if value is not None:
@@ -303,11 +362,12 @@ async def run_proxy(upstream: str | None, options: ServiceOptions, *, reattach: 
     continuing one), connect to the monitor its header names (unless
     *upstream* is given) and start a new segment whose header names it.
     """
-    _check_record_path(options.record)
     fields: dict[str, Any] = {}
     end = None
     if reattach is not None:
         end, fields = _reattach_fields(reattach, options)
+    _check_record_path(options.record, options, fields.get("segment", 1))
+    if reattach is not None:
         if upstream is None:
             upstream = fields.get("monitor_socket")
         if upstream is None:
@@ -328,6 +388,7 @@ async def run_proxy(upstream: str | None, options: ServiceOptions, *, reattach: 
             raise
         raise ChannelError(f"{exc}{_reattach_hint(end)}") from None
     server = None
+    rotation = _start_rotation(channel)
     try:
         if end is not None:
             torn = f", ignoring a torn last line of {end.torn_bytes} bytes" if end.torn_bytes else ""
@@ -340,6 +401,8 @@ async def run_proxy(upstream: str | None, options: ServiceOptions, *, reattach: 
         return 0
     finally:
         channel.refuse_new_commands("qmprr is stopping")
+        if rotation is not None:
+            rotation.cancel()
         if server is not None:
             await server.close()
         await channel.close()

@@ -42,7 +42,7 @@ def _problem_printer(path: str) -> Any:
     """Prints each problem as ``qmprr: FILE:line N: ...`` on stderr, as it is found."""
 
     def report(problem: Problem) -> None:
-        print(f"qmprr: {path}:{problem}", file=sys.stderr, flush=True)
+        print(f"qmprr: {problem.file or path}:{problem}", file=sys.stderr, flush=True)
 
     return report
 
@@ -65,6 +65,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     with Scanner(args.file, check_chain=True, follow=args.follow, on_problem=report) as scanner:
         if args.json:
             write = out.buffer.write if hasattr(out, "buffer") else (lambda b: out.write(b.decode()))
+            if flt.kinds_only:  # no record's context needed: the fast path
+                for _, raw in scanner.kind_lines(flt.kinds, flt.grep):  # type: ignore[arg-type]
+                    write(raw)
+                    if args.follow:
+                        out.flush()
+                return EXIT_OK
             for item in select(scanner, flt):
                 write(item.raw)
                 if args.follow:

@@ -136,6 +136,12 @@ class Filter:
             grep=os.fsencode(grep) if grep else None,  # bytes as given, even not UTF-8
         )
 
+    @property
+    def kinds_only(self) -> bool:
+        """Only kinds (and ``--grep``) are asked: no record needs its context to be judged."""
+        return self.kinds is not None and not self.errors and all(
+            v is None for v in (self.src, self.roles, self.command, self.event, self.tx, self.start, self.end))
+
     def past_end(self, d: dict[str, Any]) -> bool:
         """True once the stream is beyond ``--to``: nothing later can match."""
         return self.end is not None and self.end.after(d)

@@ -50,7 +50,8 @@ class LineTail:
 
     def __iter__(self) -> Iterator[bytes]:
         f = self._file
-        f.seek(self.offset)
+        if self.offset or f.seekable():  # a .zst stream reads from its start, and cannot seek
+            f.seek(self.offset)
         partial = b""
         while True:
             stopping = not self.follow or (self.should_stop is not None and self.should_stop())

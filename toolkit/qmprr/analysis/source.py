@@ -13,16 +13,17 @@ defensively.
 from __future__ import annotations
 
 import os
+import re
+from binascii import hexlify
 from collections.abc import Callable, Iterable, Iterator
 from hashlib import blake2b
 from typing import Any, BinaryIO
 
 from .. import codec
 from ..errors import NotARecording, RecordingError
-from ..files import open_regular
-from ..recording import RecordingReader, chain
+from ..recording import RecordingReader, chain, sets
 from ..recording.model import FORMAT, RECORD_TYPES, Header
-from ..recording.reader import Problem, Torn
+from ..recording.reader import Problem, Torn, link_problem
 from .follow import POLL_INTERVAL, LineTail
 
 KINDS = frozenset(RECORD_TYPES)
@@ -34,13 +35,17 @@ _H_TAIL = len(_H_MARK) + 32 + 3  # the mark, 32 hex digits, '"}\n'
 
 
 class Scanner:
-    """Iterate over ``(record dict, raw line)`` pairs of one recording.
+    """Iterate over ``(record dict, raw line)`` pairs of one recording, or of a segment set.
 
-    The header is read and checked on construction (:attr:`header`, typed);
-    :class:`~qmprr.errors.NotARecording` if the file is not a recording.
-    Problems go to *on_problem* as they are found, or else to
+    *path* is what :func:`~qmprr.recording.sets.resolve` takes: a file
+    (``.jsonl.zst`` too), a set's folder or first segment; a set reads as
+    one recording (later segments' headers are checked as links and not
+    yielded). The header is read and checked on construction (:attr:`header`,
+    typed); :class:`~qmprr.errors.NotARecording` if the file is not a
+    recording. Problems go to *on_problem* as they are found, or else to
     :attr:`problems`. With *follow*, waits for more records (see
-    :class:`~qmprr.analysis.follow.LineTail`), and for the header too.
+    :class:`~qmprr.analysis.follow.LineTail`), and for the header too; a
+    followed segment ends when the next one appears, and reading goes on there.
     """
 
     def __init__(
@@ -55,36 +60,60 @@ class Scanner:
     ) -> None:
         self.path = os.fspath(path)
         self.check_chain = check_chain
+        self.follow = follow
+        self.poll = poll
+        self.should_stop = should_stop
         self.problems: list[Problem] = []
-        self._report = on_problem or self.problems.append
+        self._report_to = on_problem or self.problems.append
         #: Line number (1-based) of the record last yielded; once iteration has ended, of the last line.
         self.line = 0
-        try:
-            self._file: BinaryIO = open_regular(self.path)  # a FIFO or /dev/zero: refused, no hang
-        except OSError as exc:
-            raise RecordingError(f"{self.path}: cannot read recording: {exc.strerror}") from None
+        self.files = sets.resolve(self.path)
+        #: The file being read (a set's segment).
+        self.current = self.files[0]
+        self._file = self._open(self.current)
         try:
             if not follow:  # the reader's bounded header check first: a huge first line is refused unread
-                self.header: Header = self._check_header()
-            self._tail = LineTail(self._file, self.path, follow=follow, poll=poll, should_stop=should_stop)
-            self._lines = iter(self._tail)
+                self.header: Header = self._check_header(self.current)
+            self._lines = self._tail_lines(self.current)
             self._first = self._read_first_line()
             if follow:
-                self.header = self._check_header()
+                self.header = self._check_header(self.current)
         except BaseException:
             self._file.close()
             raise
+
+    def _report(self, problem: Problem) -> None:
+        if self.current != self.path and problem.file is None:
+            problem = Problem(problem.line, problem.message, self.current)
+        self._report_to(problem)
+
+    def _open(self, path: str) -> BinaryIO:
+        try:
+            return sets.open_bytes(path)  # a FIFO or /dev/zero: refused, no hang
+        except OSError as exc:
+            raise RecordingError(f"{path}: cannot read recording: {exc.strerror}") from None
+
+    def _tail_lines(self, path: str) -> Iterator[bytes]:
+        follow = self.follow and not path.endswith(sets.ZST)  # a compressed segment is closed
+        user_stop = self.should_stop
+
+        def stop() -> bool:
+            return (user_stop is not None and user_stop()) or sets.next_segment(path) is not None
+
+        self._tail = LineTail(self._file, path, follow=follow, poll=self.poll,
+                              should_stop=stop if sets.parse(path) else user_stop)
+        return iter(self._tail)
 
     def _read_first_line(self) -> bytes:
         first = next(self._lines, None)
         if first is None:
             problem = "its only line is incomplete" if self._tail.torn else "file is empty"
-            raise NotARecording(f"{self.path}: not a {FORMAT} recording: {problem}")
+            raise NotARecording(f"{self.current}: not a {FORMAT} recording: {problem}")
         return first
 
-    def _check_header(self) -> Header:
+    def _check_header(self, path: str) -> Header:
         # The reader's own header checks, so the messages are the same.
-        with RecordingReader(self.path, errors="skip", check_chain=self.check_chain) as reader:
+        with RecordingReader(path, errors="skip", check_chain=self.check_chain, one_file=True) as reader:
             return reader.header
 
     @property
@@ -98,18 +127,78 @@ class Scanner:
         t = self._tail.torn
         return Torn(self.line + 1, t[0], t[1]) if t else None
 
+    def _next_file(self, index: int) -> str | None:
+        if self.follow:
+            return sets.next_segment(self.current)
+        return self.files[index + 1] if index + 1 < len(self.files) else None
+
     def __iter__(self) -> Iterator[tuple[dict[str, Any], bytes]]:
+        return self._records(lambda decoder, lines: decoder.decode(lines), header=True)
+
+    def kind_lines(self, kinds: frozenset[str], grep: bytes | None = None) -> Iterator[tuple[dict[str, Any], bytes]]:
+        """The records of *kinds* (and holding *grep*), checked as :meth:`__iter__` checks them, faster.
+
+        Every line's chain, ``seq`` and kind are checked from its bytes (qmprr
+        writes ``{"seq":…,"t":…,"kind":"…"`` first); only the lines kept are
+        decoded. A line that does not look as qmprr writes it goes the slow
+        way, so its problem is reported as :meth:`__iter__` reports it.
+        """
+        def torn(size: int) -> None:
+            self._tail.torn = (self._file.tell() - size, size)
+
+        return self._records(lambda decoder, lines: _fast_kinds(decoder, lines, kinds, grep, torn),
+                             header="header" in kinds and (grep is None or grep in self._first), direct=True)
+
+    def _records(self, decode: Callable[[Decoder, Iterable[bytes]], Iterator[tuple[dict[str, Any], bytes]]],
+                 *, header: bool, direct: bool = False) -> Iterator[tuple[dict[str, Any], bytes]]:
+        """*direct*: not following, *decode* reads the file's lines itself (and reports a torn one)."""
         first = self._first
         self.line = 1
-        yield codec.loads(first), first
+        if header:
+            yield codec.loads(first), first
         prev = chain.unseal(first)[1].encode("ascii") if self.check_chain else None
         decoder = Decoder(self._report, expected=self.header.seq + 1, prev_hash=prev, line=1)
-        for item in decoder.decode(self._lines):
+        headers = [(self.current, self.header)]
+        index = 0
+        while True:
+            for item in decode(decoder, self._file if direct and not self._tail.follow else self._lines):
+                self.line = decoder.line
+                yield item
             self.line = decoder.line
-            yield item
-        self.line = decoder.line
-        if self._tail.torn:
-            self._report(Problem(decoder.line + 1, f"torn last line ({self._tail.torn[1]} bytes, no newline)"))
+            nxt = self._next_file(index)
+            if self._tail.torn:
+                where = " in a segment that is not the last" if nxt else ", no newline"
+                self._report(Problem(decoder.line + 1, f"torn last line ({self._tail.torn[1]} bytes{where})"))
+            if nxt is None:
+                return
+            index += 1
+            final_seq = (decoder.expected or 0) - 1
+            final_hash = (decoder.prev_hash or b"").decode("ascii", "replace")
+            self._file.close()
+            for _ in range(3):  # compressed (renamed) between the look and the open: look again
+                try:
+                    self._file = sets.open_bytes(nxt)
+                    break
+                except FileNotFoundError:
+                    nxt = self._next_file(index - 1) or nxt
+            else:
+                self._file = self._open(nxt)
+            self.current = nxt
+            if not self.follow:
+                seg_header = self._check_header(nxt)
+            self._lines = self._tail_lines(nxt)
+            line = self._read_first_line()  # following: waits for the header to be written
+            if self.follow:
+                seg_header = self._check_header(nxt)
+            h = chain.unseal(line)[1]
+            if self.check_chain:
+                problem = link_problem(seg_header, h, headers[-1][1], headers[-1][0], final_seq, final_hash)
+                if problem is not None:
+                    self._report(Problem(1, f"segment {problem}"))
+            headers.append((nxt, seg_header))
+            decoder.prev_hash = h.encode("ascii") if self.check_chain else None
+            decoder.expected = seg_header.seq + 1
+            decoder.line = 1
 
     def close(self) -> None:
         self._file.close()
@@ -119,6 +208,60 @@ class Scanner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: How qmprr's writer starts every line: seq, t, kind.
+_PREFIX = re.compile(rb'\{"seq":(0|[1-9][0-9]{0,18}),"t":[-0-9.eE+]+,"kind":"([a-z]+)"')
+_BODY_KINDS_B = frozenset(k.encode() for k in _BODY_KINDS)
+
+
+def _fast_kinds(decoder: Decoder, lines: Iterable[bytes], kinds: frozenset[str],
+                grep: bytes | None, on_torn: Callable[[int], None]) -> Iterator[tuple[dict[str, Any], bytes]]:
+    """:meth:`Decoder.decode`, keeping only *kinds*, decoding only what it keeps (see :meth:`Scanner.kind_lines`)."""
+    wanted = frozenset(k.encode() for k in kinds)
+    body_kinds, mark_b, end_b, loads, match = _BODY_KINDS_B, _H_MARK, b'"}\n', codec.loads, _PREFIX.match
+    check = decoder.prev_hash is not None
+    prev = decoder.prev_hash or b""
+    expected = decoder.expected
+    lineno = decoder.line
+    for raw in lines:
+        lineno += 1
+        m = match(raw)
+        mark = len(raw) - _H_TAIL
+        ok = (m is not None and expected is not None and int(m[1]) == expected and raw[mark : mark + 6] == mark_b
+              and raw[-3:] == end_b)
+        if ok and check:
+            ok = hexlify(blake2b(prev + raw[:mark] + b"}", digest_size=16).digest()) == raw[mark + 6 : -3]
+        if ok:
+            kind = m[2]  # type: ignore[index]
+            if kind not in body_kinds:
+                ok = False
+        elif raw[-1:] != b"\n":  # only the last line can lack its newline
+            on_torn(len(raw))
+            lineno -= 1  # not a line taken in
+            break
+        if ok:
+            if kind not in wanted or (grep is not None and grep not in raw):
+                prev = raw[mark + 6 : -3]
+                expected += 1  # type: ignore[operator]
+                continue
+            try:
+                d = loads(raw)
+            except codec.JSONDecodeError:
+                d = None  # the slow way reports it
+            if type(d) is dict and d.get("seq") == expected and type(d.get("t")) in _NUMBERS:
+                prev = raw[mark + 6 : -3]
+                expected += 1  # type: ignore[operator]
+                decoder.line = lineno
+                yield d, raw
+                continue
+        # The slow way, for one line: the Decoder's exact checks and messages.
+        decoder.prev_hash, decoder.expected, decoder.line = (prev if check else None), expected, lineno - 1
+        for d, r in decoder.decode((raw,)):
+            if d.get("kind") in kinds and (grep is None or grep in r):
+                yield d, r
+        prev, expected = decoder.prev_hash or b"", decoder.expected
+    decoder.prev_hash, decoder.expected, decoder.line = (prev if check else None), expected, lineno
 
 
 class Decoder:

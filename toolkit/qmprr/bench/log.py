@@ -1,4 +1,8 @@
-"""``qmprr bench log``: recording write and read+verify throughput.
+"""``qmprr bench log``: recording write and read+verify throughput, and segment sets.
+
+Segment sets: write throughput rotating (and compressing), the zstd ratio, and
+verify of one segment, of a 10-segment set (one process, then all CPUs) and
+of the compressed set, each against an orjson.loads loop in the same run.
 
 Writes a synthetic recording (a realistic mix of commands, replies and
 events) under each sync policy, then reads and verifies the large one and
@@ -19,7 +23,8 @@ from collections.abc import Callable, Iterator
 
 import orjson
 
-from ..recording import Command, Event, Record, RecordWriter, Reply, SyncPolicy, verify
+from ..recording import Command, Event, Record, RecordWriter, Reply, SyncPolicy, new_header, sets, verify
+from ..recording.rotate import Rotation, SegmentedWriter
 from ..recording.model import Msg
 
 
@@ -64,7 +69,7 @@ import qmprr.recording
 if mode == "verify":
     report = qmprr.recording.verify(path)
     assert report.ok, report.problems[:3]
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
 """
 
 
@@ -77,11 +82,56 @@ def peak_rss_kib(mode: str, path: str) -> int:
 
 
 def _loop_seconds(path: str, loads: Callable[[bytes], object]) -> float:
+    """Seconds for a plain decode loop over *path* (one file, or every file of a set)."""
     start = time.perf_counter()
-    with open(path, "rb") as f:
-        for line in f:
-            loads(line)
+    for file in sets.resolve(path):
+        with sets.open_bytes(file) as f:
+            for line in f:
+                loads(line)
     return time.perf_counter() - start
+
+
+def write_set(folder: str, n: int, rotation: Rotation) -> float:
+    """Write *n* synthetic records as a segment set under *folder*; the seconds it took."""
+    start = time.perf_counter()
+    with SegmentedWriter(os.path.join(folder, "set"), new_header(), rotation, sync=SyncPolicy.NONE) as writer:
+        for record in synthetic_records(n):
+            writer.append(record)
+    return time.perf_counter() - start
+
+
+def _segments(records: int, size: int, tmp: str) -> None:
+    """Rotation and compression: write rates, ratio, and verify of a set against the orjson loop."""
+    print("\nsegment sets (10 segments)")
+    seg = max(size // 10, 4096)
+    plain, packed = os.path.join(tmp, "plain"), os.path.join(tmp, "packed")
+    os.mkdir(plain)
+    os.mkdir(packed)
+    t_rot = write_set(plain, records, Rotation(size=seg))
+    t_zst = write_set(packed, records, Rotation(size=seg, compress="zstd"))  # the wait for the compressor included
+    files = sets.resolve(plain)
+    zfiles = sets.resolve(packed)
+    print(f"  write, rotating every {seg / 2**20:.1f} MiB:        {records / t_rot:>12,.0f} records/s "
+          f"({len(files)} segments)")
+    print(f"  write, rotating + zstd in the background: {records / t_zst:>12,.0f} records/s")
+    raw = sum(os.path.getsize(f) for f in files)
+    packed_size = sum(os.path.getsize(f) for f in zfiles)
+    print(f"  compression ratio (zstd level 3): {raw / packed_size:.1f}x ({raw / 2**20:.1f} MiB -> {packed_size / 2**20:.1f} MiB)")
+    n = records + len(files)
+    t_loop = _loop_seconds(plain, orjson.loads)
+    one = files[1]  # the first one would stand for the whole set
+    for label, path, jobs in (("one segment", one, None), ("set, 1 process", plain, 1),
+                              ("set, all CPUs", plain, None), ("compressed set, all CPUs", packed, None)):
+        count = n if path != one else sum(1 for _ in open(one, "rb"))
+        loop = t_loop if path != one else _loop_seconds(path, orjson.loads)
+        start = time.perf_counter()
+        report = verify(path, jobs=jobs)
+        secs = time.perf_counter() - start
+        if not report.ok:
+            raise SystemExit(f"verify found problems in the benchmark set: {report.problems[:3]}")
+        print(f"  verify {label:<26} {count / secs:>12,.0f} records/s  {loop / secs:5.2f}x the orjson loop"
+              f" ({count / loop:,.0f}/s)")
+    print(f"  verify peak memory, set, all CPUs: {peak_rss_kib('verify', plain) / 1024:.1f} MiB")
 
 
 def run(records: int = 1_000_000, always_records: int = 2_000, folder: str | None = None) -> None:
@@ -127,3 +177,5 @@ def run(records: int = 1_000_000, always_records: int = 2_000, folder: str | Non
         peak = peak_rss_kib("verify", big)
         print(f"  import only: {base / 1024:.1f} MiB   read + verify {records:,} records: "
               f"{peak / 1024:.1f} MiB   difference: {(peak - base) / 1024:.1f} MiB")
+        os.remove(big)
+        _segments(records, size, tmp)

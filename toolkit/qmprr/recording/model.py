@@ -84,6 +84,13 @@ class Header(Record):
     seal: Msg | None = None
     #: Written by ``qmprr rechain``/``edit``: ``{"file", "final_hash", "file_sha256", "how", ...}``.
     derived_from: Msg | None = None
+    #: Segment sets (rotation, reattach): the id of the whole recording, the same in every segment.
+    recording: str | None = None
+    #: This segment's number in its set (1 = the first).
+    segment: int | None = None
+    #: Retention deleted older segments: ``{"deleted": [files], "final_seq", "final_hash"}``
+    #: of the newest one deleted (the segment after it names that hash in ``previous``).
+    retention: Msg | None = None
 
 
 @attrs.define(kw_only=True)

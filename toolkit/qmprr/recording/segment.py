@@ -29,6 +29,17 @@ class SegmentEnd:
     final_seq: int
     final_hash: str
     torn_bytes: int  # bytes of a torn last line after it (0: the file ends cleanly)
+    final_t: float = 0.0
+
+    def continuation(self, relative_to: str) -> dict[str, Any]:
+        """Header fields of the segment continuing this one: same recording id, next number, ``previous``."""
+        from .rotate import new_recording_id
+
+        return {
+            "previous": self.previous(relative_to),
+            "recording": self.header.recording or new_recording_id(),
+            "segment": (self.header.segment or 1) + 1,
+        }
 
     def previous(self, relative_to: str) -> dict[str, Any]:
         """The header's ``previous`` member for a segment written at *relative_to*.
@@ -66,4 +77,4 @@ def segment_end(path: str | os.PathLike[str]) -> SegmentEnd:
         tail = _read_tail(fd, path)
     finally:
         os.close(fd)
-    return SegmentEnd(path, header, tail.last_seq, tail.last_hash, tail.torn_size)
+    return SegmentEnd(path, header, tail.last_seq, tail.last_hash, tail.torn_size, tail.last_t)

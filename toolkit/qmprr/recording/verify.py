@@ -1,27 +1,56 @@
-"""Whole-recording checks behind ``qmprr verify``.
+"""Whole-recording checks behind ``qmprr verify``, for one file or a segment set.
 
-On top of what the reader checks line by line (JSON, schema, ``seq``, hash
-chain, torn tail) it checks that every reply names an earlier command that
-had no reply yet, and lists the commands still waiting for one when the log
-ends (in flight when QEMU or qmprr stopped: information, not a problem).
+Each line is checked as the reader checks it -- the hash chain over the exact
+line bytes, JSON, ``seq`` continuity, the record's kind and required fields
+-- without building typed records: the fast path hashes the line, decodes it
+with orjson and looks at a few fields; only a line that fails there goes
+through the typed schema (:func:`.convert.structure`) for its exact message.
+On top it checks that every reply names an earlier command that had no reply
+yet, and lists the commands still waiting for one when the log ends (in
+flight when QEMU or qmprr stopped: information, not a problem).
+
+A set (a folder, or its first segment; ``since`` starts later) is verified
+segment by segment, in parallel processes when there are several; then the
+links between segments are checked (each header names the previous file,
+its final seq and hash), replies are matched across segments, and only the
+last segment may have a torn tail. Segments deleted by retention are fine
+when a later header's ``retention`` note names the hash the set starts from.
 
 With a key (``verify --key``) it proves the recording was sealed by a holder
 of that key: the header must name the key, every keyed link must match, and
-the last record must be the writer's end seal (else the file was cut short,
-or its writer crashed: ``qmprr repair --seal-key`` seals a crashed one).
+every segment must end with the writer's end seal (else the file was cut
+short, or its writer crashed: ``qmprr repair --seal-key`` seals a crashed one).
 """
 
 from __future__ import annotations
 
 import os
+from binascii import hexlify
+from hashlib import blake2b
+from typing import Any
 
 import attrs
+import orjson
 
+from .. import codec
 from ..errors import RecordingError
+from . import convert, sets
 from .chain import SealKey
 from .encode import END_SEAL_TEXT
-from .model import Command, Header, Note, Reply
-from .reader import Problem, RecordingReader, Torn
+from .model import RECORD_TYPES, Command, Header
+from .reader import Problem, RecordingReader, Torn, link_problem
+
+_H_MARK = b',"h":"'
+_H_TAIL = len(_H_MARK) + 32 + 3  # the mark, 32 hex digits, '"}\n'
+_NUMBERS = (int, float)
+_BROKEN = "hash chain broken: the line was edited, or a line before it was deleted, inserted or moved"
+#: Per kind: the fields it must have, and whether ``msg`` is one (the fast path's checks; the
+#: typed schema decides anything they do not accept).
+_CHECKS = {
+    kind: (frozenset(a.name for a in attrs.fields(cls) if a.default is attrs.NOTHING),
+           any(a.name == "msg" and a.default is attrs.NOTHING for a in attrs.fields(cls)))
+    for kind, cls in RECORD_TYPES.items()
+}
 
 
 @attrs.define
@@ -36,8 +65,12 @@ class VerifyReport:
     in_flight: list[Command] = attrs.Factory(list)
     #: False when the chain could not be checked (sealed, and no key given).
     chain_checked: bool = True
-    #: With a key: the end seal was found (the file is whole).
+    #: With a key: the end seal was found (the file is whole; every segment, for a set).
     end_sealed: bool = False
+    #: The files verified, in order (one, unless a set).
+    files: list[str] = attrs.Factory(list)
+    #: Segments deleted by retention before the set's first one (from a header's note).
+    deleted: list[str] = attrs.Factory(list)
 
     @property
     def ok(self) -> bool:
@@ -51,16 +84,40 @@ class NotSealed(RecordingError):
     exit_code = 1
 
 
-def verify(path: str | os.PathLike[str], *, key: SealKey | None = None) -> VerifyReport:
-    """Read *path* through and report every problem, with its line.
+@attrs.define
+class SegmentResult:
+    """What one segment's scan found (plain data: it comes back from a worker process)."""
 
-    Raises :class:`~qmprr.errors.NotARecording` (or another
-    :class:`~qmprr.errors.RecordingError`) when the file cannot be read as a
-    recording at all, and :class:`NotSealed` when *key* is given and the
-    recording is not sealed with it.
-    """
+    file: str
+    header: Header
+    header_hash: str
+    chain_checked: bool
+    records: int = 0
+    problems: list[tuple[int, str]] = attrs.Factory(list)
+    torn: tuple[int, int, int] | None = None
+    final_seq: int = -1
+    final_hash: str = ""
+    last_note: str | None = None  # text of the last record when it is a note
+    last_line: int = 1  # line of the last good record
+    lines: int = 0  # lines read (of a chunk: from its start)
+    pending: dict[int, dict[str, Any]] = attrs.Factory(dict)  # commands with no reply in this segment
+    orphans: list[tuple[int, int, int]] = attrs.Factory(list)  # (line, reply seq, cmd) not matched here
+
+
+@attrs.frozen
+class Chunk:
+    """Lines ``[start, end)`` (byte offsets at line starts) of a file, after the line whose hash and seq are given."""
+
+    start: int
+    end: int
+    prev_hash: str
+    prev_seq: int
+
+
+def scan_segment(path: str, key: SealKey | None = None, chunk: Chunk | None = None) -> SegmentResult:
+    """Check one file (or one *chunk* of it) line by line (see the module's docstring)."""
     try:
-        reader = RecordingReader(path, errors="skip", key=key)
+        reader = RecordingReader(path, errors="skip", key=key, one_file=True)
     except RecordingError as exc:
         if key is not None and "sealed with" in str(exc):
             raise NotSealed(str(exc)) from None
@@ -68,37 +125,303 @@ def verify(path: str | os.PathLike[str], *, key: SealKey | None = None) -> Verif
     if key is not None and reader.header.seal is None:
         reader.close()
         raise NotSealed(
-            f"{reader.path}: not sealed (no keyed chain): nothing proves who wrote it"
+            f"{path}: not sealed (no keyed chain): nothing proves who wrote it"
             + (" (it was rechained without --seal-key)" if reader.header.derived_from else "")
         )
     with reader:
-        report = VerifyReport(path=reader.path, header=reader.header, chain_checked=reader.chain_checked)
-        last = None
-        answered: set[int] = set()  # commands that got their reply (to tell "second reply")
-        pending: dict[int, Command] = {}
-        problems: list[Problem] = []
-        for record in reader:
-            last = record
-            if isinstance(record, Command):
-                pending[record.seq] = record
-            elif isinstance(record, Reply):
-                cmd = record.cmd
+        header = reader.header
+        result = SegmentResult(path, header, reader._prev_hash, reader.chain_checked)
+        key_bytes = key.key if key is not None and reader.chain_checked else None
+        if chunk is None or chunk.start == 0:
+            _scan_lines(reader._file, result, key_bytes, prev=reader._prev_hash, seq=header.seq, lineno=1,
+                        end=chunk.end if chunk else float("inf"))
+        else:
+            reader._file.seek(chunk.start)
+            _scan_lines(reader._file, result, key_bytes, prev=chunk.prev_hash, seq=chunk.prev_seq, lineno=0,
+                        offset=chunk.start, end=chunk.end)
+    return result
+
+
+def _scan_lines(f: Any, r: SegmentResult, key: bytes | None, *, prev: str, seq: int, lineno: int,
+                offset: int | None = None, end: float = float("inf")) -> None:
+    """The fast loop: no typed records, each line hashed as it is on disk."""
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    checks, numbers, mark_bytes, end_bytes = _CHECKS, _NUMBERS, _H_MARK, b'"}\n'
+    problems = r.problems
+    add_problem = problems.append
+    pending = r.pending
+    answered: set[int] = set()
+    check = r.chain_checked
+    prev_b = prev.encode("ascii")
+    expected = seq + 1
+    final_seq = seq
+    last_line = lineno
+    records = 1 if lineno else 0
+    last_d: Any = None
+    if offset is None:
+        offset = f.tell()
+    try:
+        for raw in f:
+            if offset >= end:
+                break
+            lineno += 1
+            if raw[-1] != 10:
+                r.torn = (lineno, offset, len(raw))
+                break
+            offset += len(raw)
+            mark = len(raw) - _H_TAIL
+            if raw[mark : mark + 6] != mark_bytes or raw[-3:] != end_bytes:
+                add_problem((lineno, _format_problem(raw)))
+                continue
+            h = raw[mark + 6 : -3]
+            if not check:
+                good = True
+            elif key is None:
+                good = hexlify(blake2b(prev_b + raw[:mark] + b"}", digest_size=16).digest()) == h
+            else:
+                good = hexlify(blake2b(prev_b + raw[:mark] + b"}", digest_size=16, key=key).digest()) == h
+            prev_b = h
+            try:
+                d = loads(raw)  # the whole line: "h" is one more member
+                kind = d["kind"]
+                seq = d["seq"]
+                need, msg = checks[kind]
+                fast = (type(seq) is int and seq >= 0 and type(d["t"]) in numbers and need <= d.keys()
+                        and (not msg or type(d["msg"]) is dict))
+            except decode_error:
+                try:
+                    d = codec.loads(raw)  # what orjson refuses but qmprr writes (deep nesting, 1e999)
+                except codec.JSONDecodeError as exc:
+                    add_problem((lineno, f"invalid JSON: {exc}"))
+                    continue
+                fast = False
+            except (KeyError, TypeError, AttributeError):
+                fast = False
+            if not fast:
+                message = _slow_problem(d)
+                if message is not None:
+                    add_problem((lineno, message))
+                    continue
+                kind, seq = d["kind"], d["seq"]
+            exp, expected = expected, seq + 1
+            if not good:
+                add_problem((lineno, _BROKEN))
+                continue
+            if seq != exp:
+                add_problem((lineno, f"seq {seq} where {exp} was expected"))
+                continue
+            if kind == "command":
+                pending[seq] = d
+            elif kind == "reply":
+                cmd = d["cmd"]
                 if cmd in pending:
                     del pending[cmd]
                     answered.add(cmd)
-                elif cmd >= record.seq:
-                    problems.append(Problem(reader.line, f"reply names seq {cmd}, not an earlier record"))
+                elif cmd >= seq:
+                    add_problem((lineno, f"reply names seq {cmd}, not an earlier record"))
                 elif cmd in answered:
-                    problems.append(Problem(reader.line, f"second reply to the command at seq {cmd}"))
+                    add_problem((lineno, f"second reply to the command at seq {cmd}"))
                 else:
-                    problems.append(Problem(reader.line, f"reply names seq {cmd}, which is not a command"))
-        if key is not None:
-            report.end_sealed = isinstance(last, Note) and last.text == END_SEAL_TEXT and not reader.torn
-            if not report.end_sealed:
-                problems.append(Problem(reader.line + 1, "the sealed chain has no end seal: the file was cut"
-                                        " short, or its writer crashed ('qmprr repair --seal-key' seals it)"))
-        report.records = reader.records_read
-        report.problems = sorted(reader.problems + problems, key=lambda p: p.line)
-        report.torn = reader.torn
-        report.in_flight = list(pending.values())
+                    r.orphans.append((lineno, seq, cmd))
+            elif kind == "header":
+                add_problem((lineno, "a second header"))
+                continue
+            records += 1
+            final_seq = seq
+            last_line = lineno
+            last_d = d
+    except OSError as exc:  # a damaged .zst
+        add_problem((lineno + 1, str(exc)))
+    r.records = records
+    r.final_seq = final_seq
+    r.last_line = last_line
+    r.final_hash = prev_b.decode("ascii", "replace")
+    r.lines = lineno
+    r.last_note = last_d.get("text") if last_d is not None and last_d["kind"] == "note" else None
+
+
+def _format_problem(raw: bytes) -> str:
+    from .chain import ChainFormatError, unseal
+
+    try:
+        unseal(raw)
+    except ChainFormatError as exc:
+        return str(exc)
+    return 'line has no well-formed "h" member at its end'
+
+
+def _slow_problem(d: Any) -> str | None:
+    """The typed schema's verdict on a line the fast path did not accept (None: it is fine)."""
+    try:
+        convert.structure(d)
+    except convert.RecordSchemaError as exc:
+        return str(exc)
+    return None
+
+
+def verify(
+    path: str | os.PathLike[str],
+    *,
+    key: SealKey | None = None,
+    since: str | None = None,
+    jobs: int | None = None,
+) -> VerifyReport:
+    """Read *path* (one file or a set) through and report every problem, with its line.
+
+    Raises :class:`~qmprr.errors.NotARecording` (or another
+    :class:`~qmprr.errors.RecordingError`) when a file cannot be read as a
+    recording at all, and :class:`NotSealed` when *key* is given and the
+    recording is not sealed with it. *jobs*: processes for a set (default:
+    the CPUs available).
+    """
+    path = os.fspath(path)
+    files = sets.resolve(path, since=since)
+    results = _scan_all(files, key, jobs)
+    first = results[0]
+    report = VerifyReport(path=path, header=first.header, files=files,
+                          chain_checked=all(r.chain_checked for r in results))
+    problems: list[Problem] = []
+    pending: dict[int, dict[str, Any]] = {}
+    for i, r in enumerate(results):
+        where = None if len(results) == 1 else r.file
+        problems += [Problem(line, message, where) for line, message in r.problems]
+        if i:
+            prev = results[i - 1]
+            link = link_problem(r.header, r.header_hash, prev.header, prev.file, prev.final_seq, prev.final_hash)
+            if link is not None:
+                problems.append(Problem(1, f"segment {link}", where))
+            if prev.torn is not None:
+                problems.append(Problem(prev.torn[0], f"torn last line ({prev.torn[2]} bytes) in a segment"
+                                        " that is not the last", prev.file))
+        for line, _seq, cmd in r.orphans:
+            if cmd in pending:
+                del pending[cmd]
+            elif cmd < first.header.seq:
+                pass  # a command before what was verified (an earlier segment, --since): not checked here
+            else:
+                problems.append(Problem(line, f"reply names seq {cmd}, which is not a command", where))
+        pending.update(r.pending)
+        if key is not None and r.last_note != END_SEAL_TEXT:
+            problems.append(Problem(r.last_line + 1, "the sealed chain has no end seal: the"
+                                    " file was cut short, or its writer crashed ('qmprr repair --seal-key' seals it)",
+                                    where))
+    last = results[-1]
+    if last.torn is not None:
+        line, offset, size = last.torn
+        report.torn = Torn(line, offset, size)
+        problems.append(Problem(line, f"torn last line ({size} bytes, no newline)",
+                                None if len(results) == 1 else last.file))
+    report.end_sealed = key is not None and all(r.last_note == END_SEAL_TEXT for r in results) and last.torn is None
+    if len(results) > 1 and since is None:
+        problems += _start_problems(results, report)
+    report.records = sum(r.records for r in results)
+    report.problems = sorted(problems, key=lambda p: (files.index(p.file) if p.file in files else 0, p.line))
+    report.in_flight = [convert.structure(d) for d in pending.values()]  # type: ignore[misc]
     return report
+
+
+def _start_problems(results: list[SegmentResult], report: VerifyReport) -> list[Problem]:
+    """A set that does not start at its first segment must say why (retention)."""
+    first = results[0]
+    prev = first.header.previous
+    if not prev or first.header.segment in (None, 1):
+        return []
+    for r in results:
+        note = r.header.retention
+        if note and note.get("final_hash") == prev.get("final_hash"):
+            report.deleted = list(note.get("deleted") or [])
+            return []
+    return [Problem(1, f"the set starts at segment {first.header.segment}: {prev.get('file')} is missing and no"
+                    " header says retention deleted it", first.file)]
+
+
+#: A file smaller than this is not split between processes.
+MIN_SPLIT = 8 << 20
+
+
+def _scan_all(files: list[str], key: SealKey | None, jobs: int | None) -> list[SegmentResult]:
+    """Every file's result, in order: files (or, with fewer files than CPUs, chunks of them) in parallel."""
+    cpus = jobs or len(os.sched_getaffinity(0))
+    tasks: list[tuple[int, str, Chunk | None]] = []
+    for i, f in enumerate(files):
+        pieces = -(-cpus // len(files))
+        chunks = _split(f, pieces) if pieces > 1 and not f.endswith(sets.ZST) else [None]
+        tasks += [(i, f, c) for c in chunks]
+    workers = min(len(tasks), cpus)
+    if workers <= 1:
+        parts = [scan_segment(f, key, c) for _, f, c in tasks]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = list(pool.map(scan_segment, [f for _, f, _ in tasks], [key] * len(tasks), [c for *_, c in tasks]))
+    results: list[SegmentResult] = []
+    for (i, _, c), part in zip(tasks, parts):
+        if c is None or c.start == 0 or not results or len(results) <= i:
+            results.append(part)
+        else:
+            _merge(results[-1], part)
+    return results
+
+
+def _split(path: str, pieces: int) -> list[Chunk | None]:
+    """Cut a file at line starts into about *pieces* chunks, each knowing the line before it."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return [None]
+    if size < MIN_SPLIT:
+        return [None]
+    out: list[tuple[str, int]] = []
+    with open(path, "rb") as f:
+        starts = [0]
+        for k in range(1, pieces):
+            f.seek(size * k // pieces)
+            f.readline()  # to the next line start
+            for _ in range(100):  # past a damaged line: a chunk starts after a line it can read
+                at = f.tell()
+                line = f.readline()
+                if not line.endswith(b"\n"):
+                    break
+                prev = _line_end(line)
+                if prev is not None and at > starts[-1]:
+                    starts.append(f.tell())
+                    out.append(prev)
+                    break
+        ends = starts[1:] + [size + 1]
+    chunks: list[Chunk | None] = [Chunk(0, ends[0], "", -1)]
+    for start, end, (prev_hash, prev_seq) in zip(starts[1:], ends[1:], out):
+        chunks.append(Chunk(start, end, prev_hash, prev_seq))
+    return chunks
+
+
+def _line_end(line: bytes) -> tuple[str, int] | None:
+    """``(h, seq)`` of a well-formed line, else None."""
+    from .chain import ChainFormatError, unseal
+
+    try:
+        _, h = unseal(line)
+        d = orjson.loads(line)
+    except (ChainFormatError, orjson.JSONDecodeError):
+        return None
+    seq = d.get("seq") if type(d) is dict else None
+    return (h, seq) if type(seq) is int else None
+
+
+def _merge(into: SegmentResult, part: SegmentResult) -> None:
+    """Append a later chunk's result to its segment's (line numbers moved on, replies matched)."""
+    base = into.lines
+    into.problems += [(line + base, m) for line, m in part.problems]
+    for line, seq, cmd in part.orphans:
+        if cmd in into.pending:
+            del into.pending[cmd]
+        else:
+            into.orphans.append((line + base, seq, cmd))
+    into.pending.update(part.pending)
+    into.records += part.records
+    if part.records:
+        into.final_seq, into.last_line, into.last_note = part.final_seq, part.last_line + base, part.last_note
+    into.final_hash = part.final_hash
+    into.torn = (part.torn[0] + base, part.torn[1], part.torn[2]) if part.torn else None
+    into.lines = base + part.lines

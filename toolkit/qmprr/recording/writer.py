@@ -71,6 +71,8 @@ def new_header(
     qemu_pid: int | None = None,
     monitor_socket: str | None = None,
     previous: dict[str, Any] | None = None,
+    recording: str | None = None,
+    segment: int | None = None,
 ) -> Header:
     """A header stamped with the current time, host and qmprr version."""
     now = time.time()
@@ -89,6 +91,8 @@ def new_header(
         qemu_pid=qemu_pid,
         monitor_socket=monitor_socket,
         previous=previous,
+        recording=recording,
+        segment=segment,
     )
 
 
@@ -139,11 +143,15 @@ class RecordWriter:
         redactor: Redactor | None = None,
         overwrite: bool = False,
         seal_key: chain.SealKey | None = None,
+        first_seq: int = 0,
+        t_offset: float = 0.0,
     ) -> RecordWriter:
         """Start a new recording at *path* and write its header.
 
         Fails if the file exists, unless *overwrite* (which still refuses a
         file another writer holds). With *seal_key* the chain is keyed.
+        A segment continuing a set starts at *first_seq* with its clock at
+        *t_offset* (``seq`` and ``t`` run on across the set).
         """
         path = os.fspath(path)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
@@ -167,9 +175,9 @@ class RecordWriter:
         writer = cls(
             fd,
             path,
-            next_seq=0,
+            next_seq=first_seq,
             last_hash=chain.GENESIS,
-            t_offset=0.0,
+            t_offset=t_offset,
             sync=SyncPolicy(sync),
             redactor=redactor or Redactor(),
             seal_key=seal_key,
@@ -243,6 +251,16 @@ class RecordWriter:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def head(self) -> str:
+        """The hash of the last record written."""
+        return self._encoder.head
+
+    @property
+    def size(self) -> int:
+        """Bytes written to the file so far."""
+        return self._size
 
     def append(self, record: R) -> R:
         """Write *record* as the next line; return it with ``seq`` and ``t`` set.

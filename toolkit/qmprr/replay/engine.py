@@ -30,7 +30,8 @@ from .policy import Decision, ReplayPolicy
 from .safety import PLACEHOLDER_FD, PathMap
 from .script import Exchange, Script
 
-Status = Literal["matched", "diverged", "skipped", "refused", "interrupted"]
+#: ``prelude``: sent before ``--from-segment``'s first command to rebuild QEMU's state; not compared.
+Status = Literal["matched", "diverged", "skipped", "refused", "interrupted", "prelude"]
 
 
 @attrs.define
@@ -55,6 +56,8 @@ class ReplayOptions:
 
     keep_going: bool = False
     until: int | None = None
+    #: ``--from-segment``: commands before this seq are replayed (QEMU needs their state) but not compared.
+    from_seq: int | None = None
     only_src: tuple[str, ...] = ()
     pace: float | None = None  # None: as fast as possible; 1.0: recorded timing; 2.0: twice as fast
     allow_unsafe: bool = False  # no checks and no sandbox
@@ -153,6 +156,8 @@ async def replay(
                                " command made a forbidden system call, such as running a program")
                 report.steps.append(step)
                 break
+            if options.from_seq is not None and ex.seq < options.from_seq and step.status in ("matched", "diverged"):
+                step.status = "prelude"  # its differences stay in --report, but do not count
             report.steps.append(step)
             if step.status == "matched":
                 report.warnings += [f"step {index + 1}, seq {ex.seq} {ex.command}: {d}" for d in step.differences]

@@ -23,7 +23,9 @@ def summary(report: ReplayReport, out: TextIO | ScrubbingWriter) -> None:
         f"replayed {report.recording} against {report.target}: {n} step(s), "
         f"{report.count('matched')} matched, {report.count('diverged')} diverged, "
         f"{report.count('skipped')} skipped, {report.count('refused')} refused, "
-        f"{report.count('interrupted')} interrupted",
+        f"{report.count('interrupted')} interrupted"
+        + (f", {report.count('prelude')} prelude (before --from-segment: replayed for QEMU's state, not compared)"
+           if report.count("prelude") else ""),
         file=out,
     )
     for warning in report.warnings:
