@@ -3,6 +3,7 @@ views), capped name tables, several recordings at once, the table and JSON outpu
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,8 @@ def test_several_recordings_add_up(tmp_path: Path, capsys: pytest.CaptureFixture
         errors += sum(r["kind"] == "reply" and "error" in r["msg"] for r in recs)
     s = compute_many([folder])
     assert s["recordings"] == 3 and s["records"] == 6_500
+    epochs = [json.loads((folder / f"r{i}.jsonl").read_text().splitlines()[0])["started_epoch"] for i in range(3)]
+    assert datetime.datetime.fromisoformat(s["started"]).timestamp() == pytest.approx(min(epochs))  # the earliest
     assert s["commands_total"] == total_commands and s["errors_total"] == errors
     one = [compute(folder / f"r{i}.jsonl") for i in range(3)]
     assert s["transactions"]["count"] == sum(x["transactions"]["count"] for x in one)

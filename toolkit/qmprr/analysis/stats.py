@@ -10,6 +10,7 @@ add up across them. The hash chain is not checked here (``qmprr verify`` does).
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -44,7 +45,10 @@ def compute_many(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
         hosts = sorted({h for (h,) in opened.con.execute("SELECT DISTINCT host FROM sessions").fetchall() if h})
         versions = sorted({v for (v,) in opened.con.execute("SELECT DISTINCT qemu_version FROM sessions").fetchall()
                            if v})
-        head = {"started": None, "host": ", ".join(hosts), "qemu": ", ".join(versions) or None}
+        first = opened.con.execute("SELECT min(started_epoch) FROM sessions").fetchone()[0]
+        started = datetime.datetime.fromtimestamp(first, datetime.timezone.utc).isoformat() if first else None
+        head = {"started": started,  # the earliest of them
+                "host": ", ".join(hosts), "qemu": ", ".join(versions) or None}
     if one:
         for p in stats["problems"]["items"]:
             p.pop("file", None)
