@@ -140,3 +140,37 @@ def test_socket_fd_must_be_a_listening_socket(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 2 and "--socket-fd" in done.stderr
+
+
+def test_socket_fd_clients_are_capped_like_the_servers_own(tmp_path: Path) -> None:
+    support.require_qemu()
+    path = str(tmp_path / "mgmt.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(8)
+    record, dbg = tmp_path / "rec.jsonl", tmp_path / "dbg.sock"
+    proc = subprocess.Popen(
+        [*support.QMPRR, "launch", "--record", str(record), "--socket-fd", str(listener.fileno()),
+         "--debug-socket", str(dbg), "--max-clients", "2", "--", *support.QEMU_NONE],
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=[listener.fileno()],
+    )
+    socks = []
+    try:
+        support.wait_for_socket(dbg, proc=proc)
+        listener.close()
+        for _ in range(2):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            assert "QMP" in RawClient(s).read()  # admitted: the greeting
+            socks.append(s)
+        extra = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        extra.connect(path)
+        socks.append(extra)
+        refusal = RawClient(extra).read()
+        assert "too many clients" in refusal["error"]["desc"]
+    finally:
+        for s in socks:
+            s.close()
+        _stop(proc)
+    refused = [r for r in read_records(record) if getattr(r, "action", None) == "refuse"]
+    assert len(refused) == 1 and refused[0].role == "primary"

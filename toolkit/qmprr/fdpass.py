@@ -147,11 +147,16 @@ class FdServing:
 
     async def _accept_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        where = self.server.add_socket(f"inherited socket fd {self.listener.fileno()}", self.role)
         while True:
             conn, _ = await loop.sock_accept(self.listener)
+            if not self.server.admit(where, conn.send, lambda c=conn: describe_peer(c)):
+                conn.close()  # over --max-clients, as on the server's own sockets
+                continue
             task = asyncio.create_task(self._client(conn))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda _task: where.left())
 
     async def _client(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()

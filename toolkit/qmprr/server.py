@@ -276,6 +276,10 @@ class _Socket:
         self.clients = 0
         self.refusals = _Burst()
 
+    def left(self) -> None:
+        """One of its clients went away."""
+        self.clients -= 1
+
 
 class QmpServer:
     """Serves QMP clients on UNIX sockets, all through one backend (see :class:`Backend`)."""
@@ -318,15 +322,14 @@ class QmpServer:
         self._sockets.append(where)
 
         async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if where.clients >= self.limits.max_clients:
-                self._refuse(where, writer)
+            if not self.admit(where, writer.transport.write, lambda: describe_peer(writer.get_extra_info("socket"))):
+                with contextlib.suppress(Exception):
+                    writer.close()
                 return
-            self._note_refusals(where)
-            where.clients += 1
             try:
                 await self.serve(reader, writer, role)
             finally:
-                where.clients -= 1
+                where.left()
 
         loop = asyncio.get_running_loop()
 
@@ -336,19 +339,32 @@ class QmpServer:
         server = await loop.create_unix_server(protocol, sock=sock)
         self._servers.append((server, path))
 
-    def _refuse(self, where: _Socket, writer: asyncio.StreamWriter) -> None:
-        """A connection over the cap: a QMP error instead of a greeting, then closed."""
+    def add_socket(self, label: str, role: str) -> _Socket:
+        """A listening socket served from elsewhere (an inherited fd): counted and capped like ours."""
+        where = _Socket(label, role)
+        self._sockets.append(where)
+        return where
+
+    def admit(self, where: _Socket, send: Callable[[bytes], Any], peer: Callable[[], str | None]) -> bool:
+        """Count a new client of *where*; over the cap, refuse it (an error through *send*, a record)."""
+        if where.clients >= self.limits.max_clients:
+            self._refuse(where, send, peer)
+            return False
+        self._note_refusals(where)
+        where.clients += 1
+        return True
+
+    def _refuse(self, where: _Socket, send: Callable[[bytes], Any], peer: Callable[[], str | None]) -> None:
+        """A connection over the cap: a QMP error instead of a greeting (the caller closes it)."""
         desc = (
             f"qmprr: too many clients on this socket ({self.limits.max_clients}, the limit;"
             " see --max-clients): try again later"
         )
         with contextlib.suppress(Exception):
-            writer.transport.write(wire.encode(qmp_error(desc)))
-            writer.close()
+            send(wire.encode(qmp_error(desc)))
         if where.refusals.error(desc):
             name = f"{where.role}-{next(self._names[where.role])}"
-            peer = describe_peer(writer.get_extra_info("socket"))
-            self._record(Client(action="refuse", name=name, role=where.role, peer=peer, reason=desc))  # type: ignore[arg-type]  # role strings are the sockets'; Record.role names the known ones
+            self._record(Client(action="refuse", name=name, role=where.role, peer=peer(), reason=desc))  # type: ignore[arg-type]  # role strings are the sockets'; Record.role names the known ones
         elif where.refusals.counted >= where.refusals.every:
             self._note_refusals(where, ending=False)
 
