@@ -309,3 +309,14 @@ def test_a_reply_to_a_command_in_the_previous_segment(tmp_path: Path) -> None:
     report = verify(tmp_path)
     assert [p.message for p in report.problems] == [f"reply names seq {cmd.seq}, which is not a command"]
     assert report.in_flight == []
+
+
+def test_retention_reads_a_link_from_a_segment_compressed_meanwhile(tmp_path: Path) -> None:
+    """The worker may turn NAME.000002.jsonl into .jsonl.zst while a rotation reads its header."""
+    from qmprr.recording.rotate import _previous_of
+
+    files = write_set(tmp_path, size=2000, compress="zstd")
+    second = files[1]
+    assert second.endswith(sets.ZST)
+    link = _previous_of(second.removesuffix(sets.ZST))  # the name it had before compression
+    assert link["file"] == os.path.basename(files[0]).removesuffix(sets.ZST)

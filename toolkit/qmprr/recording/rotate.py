@@ -227,8 +227,7 @@ class SegmentedWriter:
         newest = run[-1][0]
         after = next(p for n, p in closed + [(new_number, "")] if n > newest)
         if after:
-            with RecordingReader(after, check_chain=False) as reader:
-                prev = reader.header.previous or {}
+            prev = _previous_of(after)
         else:  # the segment just closed is deleted itself
             prev = {"final_seq": self._writer.next_seq - 1, "final_hash": self._writer.head}
         files = [p for _, p in run]
@@ -255,3 +254,20 @@ class SegmentedWriter:
                                 os.remove(candidate)
             except OSError as exc:
                 self.errors.append(f"{arg}: cannot {what}: {exc.strerror or exc}")
+
+
+def _previous_of(path: str) -> dict[str, Any]:
+    """The ``previous`` link in the header of segment *path*.
+
+    The background worker may be compressing that very segment: its ``.jsonl``
+    can vanish between listing and opening, once its ``.zst`` is in place.
+    """
+    candidates = [path] if path.endswith(sets.ZST) else [path, path + sets.ZST]
+    for i, candidate in enumerate(candidates):
+        try:
+            with RecordingReader(candidate, check_chain=False) as reader:
+                return dict(reader.header.previous or {})
+        except RecordingError:
+            if i == len(candidates) - 1 or os.path.exists(candidate):
+                raise
+    raise AssertionError("unreachable")
