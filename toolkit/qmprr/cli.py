@@ -236,6 +236,7 @@ def _service_options(args: argparse.Namespace) -> ServiceOptions:
         socket=args.socket,
         socket_fd=args.socket_fd,
         debug_socket=args.debug_socket,
+        listen_any=args.listen_any,
         sync=SyncPolicy(args.sync),
         policy=Policy.build(deny=args.deny, allow=args.allow),
         tx_idle_timeout=args.tx_timeout,
@@ -296,55 +297,19 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 
 
 def cmd_inject(args: argparse.Namespace) -> int:
-    import json
+    from .inject import InjectOptions, build_message, pass_fd_option, run
 
-    from . import codec
-    from .client import ClientError, QmpClient, ReplyTimeout
+    pass_fd = pass_fd_option(args.socket, args.pass_fd, args.fdname, args.fdset, args.fd_mode)
+    msg = build_message(args.qmp_command, args.arguments, args.json_arguments, args.hmp, pass_fd)
+    return run(InjectOptions(socket=args.socket, msg=msg, hmp=args.hmp is not None, json=args.json,
+                             timeout=args.timeout, cancel_on_timeout=args.cancel_on_timeout, pass_fd=pass_fd))
 
-    if args.hmp is not None:
-        if args.qmp_command is not None:
-            raise UsageError("give either a JSON command or --hmp, not both")
-        msg = {"execute": "human-monitor-command", "arguments": {"command-line": args.hmp}}
-    elif args.qmp_command is None:
-        raise UsageError("give a command: 'JSON', a command name, or --hmp 'TEXT'")
-    else:
-        text = args.qmp_command
-        try:
-            msg = codec.loads(text)
-        except codec.JSONDecodeError:
-            if not text.replace("-", "").replace("_", "").isalnum():
-                raise UsageError(f"not JSON and not a command name: {text!r}") from None
-            msg = {"execute": text}
-        if not isinstance(msg, dict) or not isinstance(msg.get("execute"), str):
-            raise UsageError('the command must be a JSON object with "execute", e.g. \'{"execute": "query-status"}\'')
-    with QmpClient(args.socket, timeout=args.timeout) as client:
-        if not args.cancel_on_timeout:
-            client.detach()  # if we time out and leave, qmprr still runs the command
-        try:
-            reply = client.execute_msg(msg)
-        except ReplyTimeout:
-            if args.cancel_on_timeout:  # leaving withdraws it, if it is still queued
-                raise ClientError(
-                    f"no reply within {args.timeout:g} s; timed out: withdrawn if it had not reached"
-                    " QEMU (see the recording: a command record from this client means it had)"
-                ) from None
-            raise ClientError(
-                f"no reply within {args.timeout:g} s: the command may still run (it is queued behind"
-                " other commands, or in flight in QEMU); its reply will be in the recording"
-                " (--cancel-on-timeout withdraws a queued one instead)"
-            ) from None
-    reply.pop("id", None)
-    if args.json:
-        print(codec.dumps(reply).decode())
-    elif args.hmp is not None and isinstance(reply.get("return"), str):
-        sys.stdout.write(reply["return"])
-    else:
-        print(json.dumps(reply.get("return", reply), indent=2, ensure_ascii=False))
-    if "error" in reply:
-        err = reply["error"]
-        print(f"qmprr: error reply {err.get('class')}: {err.get('desc')}", file=sys.stderr)
-        return EXIT_PROBLEMS
-    return EXIT_OK
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from .events import EventsOptions, watch
+
+    return watch(EventsOptions(socket=args.socket, filters=tuple(args.filter), json=args.json,
+                               count=args.count, timeout=args.timeout))
 
 
 def _pairs(items: list[str], option: str) -> dict[str, str]:
@@ -602,16 +567,24 @@ def build_parser() -> argparse.ArgumentParser:
         "'debug' and taint the recording; the default policy refuses them quit (QMP and HMP). "
         "Proxy-local commands: qmprr-transaction-begin {\"label\": ...} and "
         "qmprr-transaction-end hold the channel for one client; qmprr-detach keeps a client's "
-        "commands running after it leaves (otherwise those not yet sent are withdrawn)."
+        "commands running after it leaves (otherwise those not yet sent are withdrawn). "
+        "A tcp:HOST:PORT socket is unauthenticated (anyone who can connect controls QEMU) and passes "
+        "no fds; it binds loopback addresses only unless --listen-any."
     )
 
     def add_service_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--record", required=True, metavar="FILE", help="recording to write (must not exist)")
-        p.add_argument("--socket", metavar="PATH", help="QMP socket for the management application")
+        p.add_argument("--socket", metavar="PATH",
+                       help="QMP socket for the management application: a UNIX socket path, or tcp:HOST:PORT "
+                       "(unauthenticated: loopback only unless --listen-any)")
         p.add_argument("--socket-fd", type=int, metavar="N",
                        help="serve the management application on the listening UNIX socket inherited as fd N "
                        "(instead of --socket; its clients may pass fds with commands, SCM_RIGHTS)")
-        p.add_argument("--debug-socket", metavar="PATH", help="QMP socket for injected (debug) commands")
+        p.add_argument("--debug-socket", metavar="PATH",
+                       help="QMP socket for injected (debug) commands: a path, or tcp:HOST:PORT")
+        p.add_argument("--listen-any", action="store_true",
+                       help="let tcp: sockets listen on a non-loopback address (tcp:0.0.0.0:4444); QMP over TCP "
+                       "has no authentication: whoever reaches the port controls QEMU")
         p.add_argument("--sync", choices=("always", "batch", "none"), default="batch",
                        help="when records are forced to disk (default batch: at most every 100 ms)")
         p.add_argument("--deny", action="append", default=[], metavar="CMD",
@@ -659,7 +632,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug-socket /tmp/dbg.sock -- qemu-system-x86_64 -machine none -display none. "
         "Surviving a crash of qmprr: qmprr launch --keep-vm --record s.jsonl --socket /tmp/q.sock "
         "-- qemu-system-x86_64 ...; after qmprr died: qmprr proxy --reattach s.jsonl --record "
-        "s-2.jsonl --socket /tmp/q.sock",
+        "s-2.jsonl --socket /tmp/q.sock. Over TCP (loopback): qmprr launch --record s.jsonl "
+        "--socket tcp:127.0.0.1:4444 -- qemu-system-x86_64 -machine none -display none. "
+        "Exit status: QEMU's own; 2 could not start (bad arguments, the recording exists, a socket "
+        "cannot be created).",
     )
     add_service_options(p)
     p.add_argument("--domain", metavar="DOMAIN.xml",
@@ -685,7 +661,10 @@ def build_parser() -> argparse.ArgumentParser:
         "recording (a segment) whose header names OLD and the hash of its last complete record "
         "(a torn last line is ignored). OLD is not changed.",
         epilog=service_epilog + " Example: qmprr proxy --reattach s.jsonl --record s-2.jsonl "
-        "--socket /tmp/q.sock (a segment can be reattached again: --reattach s-2.jsonl ...).",
+        "--socket /tmp/q.sock (a segment can be reattached again: --reattach s-2.jsonl ...). "
+        "qmprr proxy --upstream /run/qemu.sock --record s.jsonl --socket /tmp/q.sock --debug-socket "
+        "tcp:127.0.0.1:4445. Exit status: 0 QEMU closed the monitor or SIGINT/SIGTERM; 2 could not "
+        "start (bad arguments, cannot connect, the recording exists, a socket cannot be created).",
     )
     p.add_argument("--upstream", metavar="QEMU_QMP_SOCKET",
                    help="QEMU's QMP socket (with --reattach: instead of the one the header names)")
@@ -697,22 +676,64 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "inject",
         help="send one command to a QMP socket and print the reply",
-        description="Connect to SOCKET (a qmprr debug socket, or any QMP socket), negotiate, send "
-        "one command, print the reply. COMMAND is a JSON object ('{\"execute\": \"query-status\"}') "
-        "or a bare command name (query-status).",
-        epilog="Exit status: 0 QEMU returned, 1 QEMU answered an error, 2 cannot connect or talk, "
-        "or no reply within --timeout.",
+        description="Connect to SOCKET (a qmprr debug socket, any QMP socket, or tcp:HOST:PORT), "
+        "negotiate, send one command, print the reply. COMMAND is a JSON object "
+        "('{\"execute\": \"query-status\"}') or a command name followed by qmp-shell's KEY=VALUE "
+        "arguments: a value is an integer, true/false, a JSON (or Python-literal) object or array "
+        "when it starts with { or [, else a string (so 1.5 and null are strings: use -j); a dotted "
+        "key nests (cache.direct=true). -j JSON gives arguments as a JSON object, which KEY=VALUE "
+        "pairs add to. --pass-fd FILE opens FILE and hands QEMU the fd first, as virsh does: "
+        "'getfd' named --fdname NAME (refer to it as fd:NAME or NAME) or 'add-fd' into --fdset ID "
+        "(refer to it as /dev/fdset/ID; QEMU drops an unused set when its last client leaves), "
+        "then sends COMMAND if given. fds need a UNIX socket; through qmprr, only a primary "
+        "socket served with --socket-fd passes them on.",
+        epilog="Examples: qmprr inject /tmp/debug.sock blockdev-del node-name=top; "
+        "qmprr inject /tmp/qmp.sock --pass-fd vm.dump --fd-mode w --fdname dump "
+        "dump-guest-memory paging=false protocol=fd:dump. "
+        "Exit status: 0 QEMU returned, 1 QEMU answered an error, 2 bad arguments, cannot open "
+        "--pass-fd FILE, cannot connect or talk, or no reply within --timeout.",
     )
-    p.add_argument("socket", metavar="SOCKET")
+    p.add_argument("socket", metavar="SOCKET", help="a UNIX socket path, or tcp:HOST:PORT")
     p.add_argument("qmp_command", nargs="?", metavar="COMMAND")
+    p.add_argument("arguments", nargs="*", metavar="KEY=VALUE",
+                   help="qmp-shell style arguments of COMMAND (see above)")
+    p.add_argument("-j", "--json-arguments", metavar="JSON",
+                   help="COMMAND's arguments as a JSON object ('{\"node-name\": \"top\"}')")
     p.add_argument("--hmp", metavar="TEXT", help="send an HMP command line (human-monitor-command)")
     p.add_argument("--json", action="store_true", help="print the raw reply as one JSON line")
+    p.add_argument("--pass-fd", metavar="FILE", help="open FILE and pass its fd to QEMU before COMMAND (SCM_RIGHTS)")
+    p.add_argument("--fdname", metavar="NAME", help="with --pass-fd: 'getfd' under this name")
+    p.add_argument("--fdset", type=int, metavar="ID", help="with --pass-fd: 'add-fd' into fd set ID")
+    p.add_argument("--fd-mode", choices=("r", "rw", "w", "a"), default="rw",
+                   help="how --pass-fd opens FILE: r read, rw read-write (default), w create or truncate, "
+                   "a create or append")
     p.add_argument("--timeout", type=seconds, default=30.0,
                    help="seconds to wait for the reply (default 30); when it expires the command may "
                    "still run, and its reply goes to the recording")
     p.add_argument("--cancel-on-timeout", action="store_true",
                    help="when --timeout expires, withdraw the command if it has not reached QEMU yet")
     p.set_defaults(func=cmd_inject)
+
+    p = sub.add_parser(
+        "events",
+        help="print a QMP socket's events as they come (like virsh qemu-monitor-event)",
+        description="Connect to SOCKET (a qmprr socket, debug sockets included: listening does not "
+        "taint the recording; any QMP socket; tcp:HOST:PORT), negotiate, and print each event on "
+        "one line as virsh qemu-monitor-event does: 'event NAME at SECONDS.MICROSECONDS: DATA' "
+        "(QEMU's timestamp; the data as JSON, <null> when none), or the event as one JSON line "
+        "(--json). Runs until the server closes the connection, SIGINT, --count or --timeout.",
+        epilog="Examples: qmprr events /tmp/debug.sock --filter 'BLOCK_JOB_*'; "
+        "qmprr events /tmp/debug.sock --filter STOP --count 1 --timeout 60 (wait for the guest to stop). "
+        "Exit status: 0 ended (end of connection, SIGINT, --count reached, --timeout), 1 --count N "
+        "was given and fewer events came before the end or --timeout, 2 cannot connect or talk.",
+    )
+    p.add_argument("socket", metavar="SOCKET", help="a UNIX socket path, or tcp:HOST:PORT")
+    p.add_argument("--filter", action="append", default=[], metavar="NAME",
+                   help="only events whose name matches this glob (case-insensitive); repeatable")
+    p.add_argument("--json", action="store_true", help="print each event as one JSON line")
+    p.add_argument("--count", type=count, metavar="N", help="stop after N events")
+    p.add_argument("--timeout", type=seconds, metavar="SECONDS", help="stop after this many seconds")
+    p.set_defaults(func=cmd_events)
 
     p = sub.add_parser(
         "replay",
@@ -854,10 +875,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    # Options may come between a positional and the next one (inject SOCK --json CMD).
     args, extra = parser.parse_known_args(argv)
-    if extra and getattr(args, "func", None) is cmd_inject and args.qmp_command is None and len(extra) == 1:
-        args.qmp_command = extra[0]
+    if extra and getattr(args, "func", None) is cmd_inject and not any(e.startswith("-") for e in extra):
+        # Options between positionals (inject SOCK --json CMD k=v): argparse gives the optional
+        # positionals nothing at SOCK and leaves the words after the option over, in order.
+        words = [w for w in (args.qmp_command, *args.arguments) if w is not None] + extra
+        args.qmp_command, args.arguments = words[0], words[1:]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:

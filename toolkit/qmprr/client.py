@@ -1,8 +1,10 @@
-"""A small blocking QMP client, for ``qmprr inject`` and scripts.
+"""A small blocking QMP client, for ``qmprr inject``, ``qmprr events`` and scripts.
 
-Connects to a UNIX socket (QEMU's, or a qmprr proxy's), negotiates, sends
-one command at a time and returns its reply; events that arrive meanwhile
-are kept in :attr:`QmpClient.events`.
+Connects to a UNIX socket or ``tcp:HOST:PORT`` (QEMU's, or a qmprr proxy's;
+see :mod:`qmprr.address`), negotiates, sends one command at a time and
+returns its reply; events that arrive meanwhile are kept in
+:attr:`QmpClient.events`. On a UNIX socket a command can carry file
+descriptors (SCM_RIGHTS), as QEMU's ``getfd`` and ``add-fd`` want them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import socket
 import time
 from typing import Any
 
-from . import wire
+from . import address, wire
 from .errors import QmprrError
 
 
@@ -20,12 +22,16 @@ class ClientError(QmprrError):
     """Cannot connect to, or talk with, the QMP server."""
 
 
+class ConnectionClosed(ClientError):
+    """The server closed the connection (end of file)."""
+
+
 class ReplyTimeout(ClientError):
     """The command was sent but its reply did not come in time: it may still run."""
 
 
 class QmpClient:
-    """Blocking QMP client over a UNIX socket; use as a context manager."""
+    """Blocking QMP client over a UNIX or TCP socket; use as a context manager."""
 
     def __init__(self, path: str, *, timeout: float | None = 30.0) -> None:
         self.path = path
@@ -34,13 +40,10 @@ class QmpClient:
         self._ids = itertools.count(1)
         self._decoder = wire.StreamDecoder()
         self._pending: list[dict[str, Any]] = []
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
         try:
-            self._sock.connect(path)
-        except OSError as exc:
-            self._sock.close()
-            raise ClientError(f"cannot connect to {path}: {exc.strerror or exc}") from None
+            self._sock = address.connect(path, timeout)
+        except address.AddressError as exc:
+            raise ClientError(str(exc)) from None
         try:
             self.greeting = self._receive()
             if "QMP" not in self.greeting:
@@ -62,10 +65,15 @@ class QmpClient:
             msg["arguments"] = arguments
         return self.execute_msg(msg)
 
-    def execute_msg(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """Send a whole command message (its ``id`` is replaced) and return the reply."""
+    @property
+    def passes_fds(self) -> bool:
+        """Whether fds can go with a command: a UNIX socket, not TCP."""
+        return self._sock.family == socket.AF_UNIX
+
+    def execute_msg(self, msg: dict[str, Any], *, fds: list[int] | None = None) -> dict[str, Any]:
+        """Send a whole command message (its ``id`` is replaced), with *fds* (SCM_RIGHTS); return the reply."""
         cid = f"inject-{next(self._ids)}"
-        self._send({**msg, "id": cid})
+        self._send({**msg, "id": cid}, fds)
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
             reply = self._receive(deadline)
@@ -89,9 +97,25 @@ class QmpClient:
             elif reply.get("id") == "qmprr-detach":
                 return "return" in reply
 
-    def _send(self, msg: dict[str, Any]) -> None:
+    def next_message(self, deadline: float | None = None) -> dict[str, Any]:
+        """The next message from the server (an event, when no command is pending).
+
+        :class:`ReplyTimeout` past *deadline* (``time.monotonic()``), :class:`ClientError`
+        when the server closes the connection. With no *deadline* it waits for ever.
+        """
+        if deadline is None and not self._pending:
+            self._sock.settimeout(None)
+        return self._receive(deadline)
+
+    def _send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+        data = wire.encode(msg)
         try:
-            self._sock.sendall(wire.encode(msg))
+            if fds:
+                if not self.passes_fds:
+                    raise ClientError(f"{self.path}: file descriptors cannot be passed over TCP (no SCM_RIGHTS)")
+                sent = socket.send_fds(self._sock, [data], fds)  # the fds go with the first byte
+                data = data[sent:]
+            self._sock.sendall(data)
         except OSError as exc:
             raise ClientError(f"lost the connection to {self.path}: {exc.strerror or exc}") from None
 
@@ -110,7 +134,7 @@ class QmpClient:
             except OSError as exc:
                 raise ClientError(f"lost the connection to {self.path}: {exc.strerror or exc}") from None
             if not data:
-                raise ClientError(f"{self.path} closed the connection")
+                raise ConnectionClosed(f"{self.path} closed the connection")
             for item in self._decoder.feed(data):
                 if isinstance(item, wire.FramingError):
                     raise ClientError(f"unreadable data from {self.path}: {item!r}")

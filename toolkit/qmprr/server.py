@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from . import wire
+from . import address, wire
 from .errors import QmprrError
 from .recording import Client, Local, Msg, Record, Taint
 from .session import (
@@ -122,8 +122,20 @@ def bind_unix(path: str) -> socket.socket:
     return sock
 
 
+def bind_listener(path: str, *, listen_any: bool = False) -> socket.socket:
+    """A listening socket: a UNIX path (:func:`bind_unix`), or ``tcp:HOST:PORT``, loopback unless *listen_any*."""
+    where = address.parse(path)
+    if isinstance(where, address.TcpAddress):
+        return address.bind_tcp(where, listen_any=listen_any)
+    return bind_unix(path)
+
+
 def describe_peer(sock: socket.socket | None) -> str | None:
-    """``pid N uid N (command)`` of a UNIX socket peer, when the kernel tells."""
+    """``pid N uid N (command)`` of a UNIX socket peer, when the kernel tells; ``tcp HOST:PORT`` of a TCP one."""
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            host, port = sock.getpeername()[:2]
+            return f"tcp {host}:{port}"
     if sock is None or sock.family != socket.AF_UNIX:
         return None
     try:
@@ -297,7 +309,7 @@ class QmpServer:
         if max_message is not None:  # one limit for both roles (tests, library use)
             limits = attrs.evolve(limits or Limits(), max_message=max_message, debug_max_message=max_message)
         self.limits = limits or Limits()
-        self._servers: list[tuple[asyncio.AbstractServer, str]] = []
+        self._servers: list[tuple[asyncio.AbstractServer, str | None]] = []  # with its UNIX path
         self._names: collections.defaultdict[str, itertools.count[int]] = collections.defaultdict(
             lambda: itertools.count(1)
         )
@@ -313,9 +325,13 @@ class QmpServer:
         """The backend (the proxy's channel), under its old name."""
         return self.backend
 
-    async def listen(self, path: str, role: str = "primary") -> None:
-        """Accept clients with *role* on a new UNIX socket at *path* (mode 0600)."""
-        sock = bind_unix(path)
+    async def listen(self, path: str, role: str = "primary", *, listen_any: bool = False) -> None:
+        """Accept clients with *role* on a new UNIX socket at *path* (mode 0600), or ``tcp:HOST:PORT``.
+
+        TCP is unauthenticated: loopback only unless *listen_any* (see :mod:`qmprr.address`).
+        """
+        sock = bind_listener(path, listen_any=listen_any)
+        unix = sock.family == socket.AF_UNIX
         if self._watcher is None:
             self._watcher = asyncio.create_task(self._disconnect_all_when_closed())
         where = _Socket(path, role)
@@ -336,8 +352,11 @@ class QmpServer:
         def protocol() -> asyncio.StreamReaderProtocol:
             return asyncio.StreamReaderProtocol(_WatchedReader(limit=READ_CHUNK), accept)
 
-        server = await loop.create_unix_server(protocol, sock=sock)
-        self._servers.append((server, path))
+        if unix:
+            server = await loop.create_unix_server(protocol, sock=sock)
+        else:
+            server = await loop.create_server(protocol, sock=sock)
+        self._servers.append((server, path if unix else None))
 
     def add_socket(self, label: str, role: str) -> _Socket:
         """A listening socket served from elsewhere (an inherited fd): counted and capped like ours."""
@@ -381,8 +400,9 @@ class QmpServer:
         """Stop accepting, disconnect every client, remove the socket files."""
         for server, path in self._servers:
             server.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            if path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
         if self._watcher is not None:
             self._watcher.cancel()
         for where in self._sockets:

@@ -26,6 +26,7 @@ from typing import Any
 
 import attrs
 
+from . import address
 from .channel import INTERNAL_SRC, Channel, ChannelError
 from .errors import QmprrError, RecordingError
 from .launch import LaunchedQemu, start_qemu
@@ -59,6 +60,8 @@ class ServiceOptions:
     #: An inherited listening socket for primary clients (``--socket-fd``), instead of a path;
     #: its clients may pass fds (SCM_RIGHTS, see :mod:`qmprr.fdpass`).
     socket_fd: int | None = None
+    #: ``tcp:`` sockets may bind a non-loopback address (``--listen-any``; QMP over TCP is unauthenticated).
+    listen_any: bool = False
     #: Record a segment set (``--rotate-size``, ``--rotate-age``, ``--compress``, ``--keep``, ``--keep-age``).
     rotation: Rotation | None = None
 
@@ -135,7 +138,10 @@ def _check_socket_paths(options: ServiceOptions, monitor: str | None = None) -> 
     if monitor is not None and os.path.abspath(monitor) in map(os.path.abspath, paths):
         raise SocketPathError(f"{monitor}: QEMU's monitor socket must differ from --socket and --debug-socket")
     for path in paths:
-        check_socket_path(path)
+        if isinstance(address.parse(path), address.TcpAddress):
+            address.check_listen(path, listen_any=options.listen_any)
+        else:
+            check_socket_path(path)
 
 
 def default_monitor_socket(record: str) -> str:
@@ -170,9 +176,9 @@ async def _serve(channel: Channel, options: ServiceOptions) -> QmpServer:
         server = QmpServer(channel, policy=options.policy, limits=options.limits)
     try:
         if options.socket is not None:
-            await server.listen(options.socket, "primary")
+            await server.listen(options.socket, "primary", listen_any=options.listen_any)
         if options.debug_socket:
-            await server.listen(options.debug_socket, "debug")
+            await server.listen(options.debug_socket, "debug", listen_any=options.listen_any)
     except BaseException:
         await server.close()
         raise
