@@ -14,9 +14,12 @@ line that works there works here:
 - a dotted key nests: ``a.b=1 a.c=2`` is ``{"a": {"b": 1, "c": 2}}``; a key
   set twice, or used both as a leaf and as an object, is an error.
 
-Deviations, all where qmp-shell would crash or send nonsense: a value that
-is neither JSON nor a literal (``{[1]:2}``, too deep) is a string, and an
-empty key or key part (``=1``, ``a..b=1``) is an error. The shell has
+Deviations, all where qmp-shell would crash or send nonsense: every key
+nests from the top (qmp-shell 0.0.6 stays inside the object of the last
+dotted key, so its ``file.driver=null-co file.size=1`` sends
+``{"file": {"driver": "null-co", "file": {"size": 1}}}``); a value that is
+neither JSON nor a literal (``{[1]:2}``, too deep) is a string; an empty key
+or key part (``=1``, ``a..b=1``) is an error. The shell has
 already split the words, so qmp-shell's own quoting does not apply.
 ``-j`` arguments are the starting object that ``key=value`` pairs add to.
 """
