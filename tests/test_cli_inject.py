@@ -7,10 +7,10 @@ through ``qmprr launch``.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -301,6 +301,9 @@ def test_tcp_sockets(tmp_path: Path, marker: str) -> None:  # noqa: F811
         assert (status, err, json.loads(out)) == (0, "", "none-machine")
         status, out, err = run_qmprr(tmp_path, "events", f"tcp:127.0.0.1:{debug}", "--timeout", "0.2")
         assert (status, err) == (0, "")
+        shell = subprocess.run([str(Path(sys.executable).with_name("qmp-shell")), f"127.0.0.1:{primary}"],
+                               input="query-name\n", capture_output=True, text=True, timeout=30)
+        assert f'"name": "{marker}"' in shell.stdout, shell.stdout + shell.stderr  # qmp-shell over TCP, unmodified
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
