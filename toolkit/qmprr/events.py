@@ -6,8 +6,9 @@ microseconds; the data as compact JSON, ``<null>`` when there is none), or
 the event message itself as one JSON line (``--json``). ``--filter`` globs
 pick events by name (case-insensitive, repeatable: any may match). Stops
 at the end of the connection, SIGINT, ``--count N`` events shown, or
-``--timeout`` seconds. The server is untrusted: a name that is not
-printable text is shown as a JSON string, a missing timestamp as ``?``.
+``--timeout`` seconds. The server is untrusted: every line is printable
+ASCII (the data is ASCII JSON; a name that is not printable text is shown
+as a JSON string), a missing or malformed timestamp is ``?``.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def format_event(msg: dict[str, Any]) -> str:
     name = msg.get("event")
     shown = name if isinstance(name, str) and name and name.isprintable() and " " not in name else json.dumps(name)
     data = msg.get("data")
-    text = "<null>" if "data" not in msg else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    text = "<null>" if "data" not in msg else json.dumps(data, separators=(",", ":"))  # ASCII: no terminal escapes
     return f"event {shown} at {_stamp(msg)}: {text}"
 
 
