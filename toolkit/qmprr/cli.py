@@ -688,8 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
         "then sends COMMAND if given. fds need a UNIX socket; through qmprr, only a primary "
         "socket served with --socket-fd passes them on.",
         epilog="Examples: qmprr inject /tmp/debug.sock blockdev-del node-name=top; "
-        "qmprr inject /tmp/qmp.sock --pass-fd vm.dump --fd-mode w --fdname dump "
-        "dump-guest-memory paging=false protocol=fd:dump. "
+        "on QEMU's own socket: qmprr inject /run/qemu-qmp.sock --pass-fd vm.dump --fd-mode w "
+        "--fdname dump dump-guest-memory paging=false protocol=fd:dump. "
         "Exit status: 0 QEMU returned, 1 QEMU answered an error, 2 bad arguments, cannot open "
         "--pass-fd FILE, cannot connect or talk, or no reply within --timeout.",
     )
