@@ -123,10 +123,19 @@ def _since(files: list[str], since: str, where: str) -> list[str]:
 
 
 def open_bytes(path: str) -> BinaryIO:
-    """*path* open for binary reading (a regular file only), ``.zst`` decompressed as it is read."""
-    f = open_regular(path)
+    """*path* open for binary reading (a regular file only), ``.zst`` decompressed as it is read.
+
+    A closed segment named while it was being compressed is read from its ``.zst``: the
+    compressor renames that into place before it deletes the ``.jsonl``.
+    """
     if not path.endswith(ZST):
-        return f
+        try:
+            return open_regular(path)
+        except FileNotFoundError:
+            if not os.path.exists(path + ZST):
+                raise
+            path += ZST
+    f = open_regular(path)
     import zstandard
 
     reader = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True, closefd=True)
