@@ -11,12 +11,17 @@ from ..libvirt import config, install
 from .base import command, group
 
 
-def cmd_install(args: argparse.Namespace) -> int:
+def _configuration(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The wrapper's configuration file (``--config`` or the default) and what it holds."""
     conf = args.config or config.config_path()
     try:
-        current = config.load(conf)
+        return conf, config.load(conf)
     except config.ConfigError as exc:
         raise install.LibvirtError(str(exc)) from None
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    conf, current = _configuration(args)
     install.inactive(args.connect, args.domain)
     wrapper = os.path.abspath(args.wrapper) if args.wrapper else install.default_wrapper(conf)
     if args.domain in current.get("emulators", {}):
@@ -36,11 +41,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
-    conf = args.config or config.config_path()
-    try:
-        current = config.load(conf)
-    except config.ConfigError as exc:
-        raise install.LibvirtError(str(exc)) from None
+    conf, current = _configuration(args)
     old = current.get("emulators", {}).get(args.domain)
     if not isinstance(old, str):
         raise install.LibvirtError(f"domain {args.domain}: not installed by qmprr ({conf} keeps no emulator for it)")
