@@ -466,11 +466,19 @@ async def _fake_main(args: argparse.Namespace, normalizer: Normalizer) -> int:
 
     fake = FakeQemu.from_recording(args.file, mode=args.mode, reuse=args.reuse, normalizer=normalizer,
                                    external_events=args.external_events)
+    served: Any = fake
+    if args.forward_unmatched or args.upstream or args.record:  # the hybrid fake: qmprr.fake_forward
+        from .fake_forward import hybrid_from_options
+
+        if not args.forward_unmatched or not args.record:
+            raise UsageError("--upstream and --record go with --forward-unmatched, which needs --record OUT")
+        served = hybrid_from_options(fake, args.file, record=args.record, upstream=args.upstream)
+        await served.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await fake.serve_unix(args.socket)
+    await served.serve_unix(args.socket)
     print(f"qmprr: fake QEMU serving {args.file} ({args.mode}) on {args.socket}", file=sys.stderr, flush=True)
     waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
     if not args.keep_serving:
@@ -478,11 +486,22 @@ async def _fake_main(args: argparse.Namespace, normalizer: Normalizer) -> int:
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for w in waits:
         w.cancel()
-    await fake.close()
+    await served.close()
     report = fake.report()
-    for line in report.lines():
+    hybrid = served.report() if served is not fake else None
+    limit = 20 if sys.stderr.isatty() else None  # a terminal gets a count past 20 unused; --report has all
+    for line in report.lines(limit):
         print(f"qmprr fake: {line}", file=sys.stderr)
-    return EXIT_OK if report.ok(args.mode) else EXIT_PROBLEMS
+    if hybrid is not None:
+        print(f"qmprr fake: {hybrid.summary()}; forwarded commands recorded in {args.record}", file=sys.stderr)
+        for answer in hybrid.answers if limit is None else [a for a in hybrid.answers if a.source != "recording"][:limit]:
+            print(f"qmprr fake: {answer.line()}", file=sys.stderr)
+    if args.report:
+        from .fake_forward import write_report
+
+        write_report(args.report, report, hybrid)
+    ok = report.ok(args.mode) and (hybrid is None or hybrid.ok())
+    return EXIT_OK if ok else EXIT_PROBLEMS
 
 
 def cmd_bench_proxy(args: argparse.Namespace) -> int:
@@ -770,8 +789,12 @@ def build_parser() -> argparse.ArgumentParser:
         "replies and events. strict: exactly the recorded sequence; ordered: recorded order, "
         "commands may be skipped; lenient: consume-once matching by name and normalized arguments "
         "(--reuse lets consumed commands repeat). Unmatched commands get a QMP error saying what "
-        "was expected. Exits when the first client disconnects (unless --keep-serving) with a report.",
-        epilog="Exit status: 0 all matched (strict: and all used), 1 otherwise, 2 could not run.",
+        "was expected. Exits when the first client disconnects (unless --keep-serving) with a report. "
+        "--forward-unmatched forwards what the recording cannot answer to a real QEMU and records it.",
+        epilog="Examples: qmprr fake lifecycle.jsonl --socket /tmp/q.sock --mode lenient;  "
+        "qmprr fake lifecycle.jsonl --socket /tmp/q.sock --mode lenient --forward-unmatched --record new.jsonl. "
+        "Exit status: 0 all matched (strict: and all used; forwarding: nothing refused), 1 otherwise, "
+        "2 could not run.",
     )
     p.add_argument("file", help="recording to serve")
     p.add_argument("--socket", required=True, metavar="PATH", help="QMP socket to create (mode 0600)")
@@ -781,6 +804,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-serving", action="store_true", help="serve until SIGINT/SIGTERM, not one client")
     p.add_argument("--external-events", action="store_true",
                    help="also send events no command caused (libvirt's signal: SHUTDOWN), where they were recorded")
+    p.add_argument("--report", metavar="FILE.json",
+                   help="write the whole report as JSON (a terminal shows at most 20 unused commands)")
+    p.add_argument("--forward-unmatched", action="store_true",
+                   help="the hybrid fake: forward commands the recording cannot answer to a real QEMU, started "
+                   "from the recorded command line (sandboxed, as replay does) unless --upstream")
+    p.add_argument("--upstream", metavar="SOCKET", help="--forward-unmatched: forward to this running QEMU's QMP socket")
+    p.add_argument("--record", metavar="OUT.jsonl",
+                   help="--forward-unmatched (required): record what was forwarded (a normal recording)")
     p.set_defaults(func=cmd_fake)
 
     p = sub.add_parser("bench", help="benchmarks that print ratios against a same-run baseline")
