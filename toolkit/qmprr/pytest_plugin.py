@@ -216,8 +216,7 @@ class QmpEndpoint:
         hybrid = self.hybrid_report()
         refused = [a for a in hybrid.answers if a.source == "refused"] if hybrid is not None else []
         if refused:
-            where = self.recording
-            return "\n".join([f"qmprr new_episodes serving {where}: {len(refused)} command(s) refused"]
+            return "\n".join([f"qmprr new_episodes serving {self.recording}: {len(refused)} command(s) refused"]
                              + [f"  {a.line()}" for a in refused])
         if not report.unmatched and not unused:
             return ""
