@@ -124,3 +124,30 @@ def test_python_matchers_in_the_marker(suite: pytest.Pytester) -> None:
         "*unmatched: device_del: device_del was recorded (seq *), but matcher 'same-device': another device id*",
     ])
     result.stdout.fnmatch_lines(["*qmp_recording: unknown matcher 'nope' (registered: arguments*"])
+
+
+def test_new_episodes_refuses_what_the_replay_policy_refuses(suite: pytest.Pytester) -> None:
+    suite.makepyfile('''
+        import json, socket
+        import pytest
+
+        @pytest.mark.qmp_recording("recordings/lifecycle.jsonl", mode="lenient")
+        def test_runs_a_program(qmp_fake):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(qmp_fake.socket)
+            f = sock.makefile("rwb")
+            f.readline()
+            for m in ({"execute": "qmp_capabilities"},
+                      {"execute": "human-monitor-command", "arguments": {"command-line": "migrate exec:true"}}):
+                f.write(json.dumps(m).encode()); f.flush()
+                reply = json.loads(f.readline())
+            sock.close()
+            assert "not forwarded to QEMU" in reply["error"]["desc"]
+    ''')
+    result = run(suite, "--qmp-record-mode=new_episodes")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*qmprr new_episodes serving *lifecycle.jsonl: 1 command(s) refused",
+        "*refused: human-monitor-command: *",
+    ])
+    assert not (suite.path / "recordings" / "lifecycle.000002.jsonl").exists()

@@ -102,7 +102,11 @@ def resolve(path: str | os.PathLike[str], *, since: str | None = None) -> list[s
             raise RecordingError(f"{path}: cannot read recording: Is a directory with no segment set (NAME.000001.jsonl ...)")
         if len(stems) > 1:
             raise RecordingError(f"{path}: the folder holds several sets ({', '.join(sorted(stems))}); name one's first segment")
-        files = [p for _, p in segments_of(os.path.join(path, stems.pop()))]
+        stem = os.path.join(path, stems.pop())
+        files = [p for _, p in segments_of(stem)]
+        plain = stem + ".jsonl"
+        if files and parse(files[0]) == (stem, 2) and os.path.isfile(plain) and _continues(files[0], plain):
+            files.insert(0, plain)
     else:
         p = parse(path)
         files = [path]
