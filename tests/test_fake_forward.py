@@ -163,3 +163,18 @@ def _read_all(fd: int) -> str:
             break
         chunks.append(data)
     return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.qemu
+def test_a_hostile_recorded_command_line_is_refused_before_serving(tmp_path: Path) -> None:
+    require_qemu()
+    rec = write_recording(tmp_path / "bad.jsonl", [Step("query-status")],
+                          argv=["qemu-system-x86_64", "-machine", "none", "-drive", "file=/etc/shadow,if=none"])
+    out, sock = tmp_path / "out.jsonl", tmp_path / "f.sock"
+    res = qmprr("fake", str(rec), "--socket", str(sock), "--forward-unmatched", "--record", str(out))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert "reaches host path '/etc/shadow'" in res.stderr and "--upstream SOCKET" in res.stderr
+    assert not out.exists() and not sock.exists()
+    no_argv = write_recording(tmp_path / "proxy.jsonl", [Step("query-status")], argv=None)
+    res = qmprr("fake", str(no_argv), "--socket", str(sock), "--forward-unmatched", "--record", str(out))
+    assert res.returncode == 2 and "no QEMU command line" in res.stderr

@@ -41,7 +41,7 @@ from .recording.verify import scan_segment
 from .replay.policy import ReplayPolicy
 from .replay.safety import PLACEHOLDER_FD, PathMap
 from .replay.script import Exchange, Script
-from .replay.targets import log_factory, qemu_argv, qemu_target, socket_target
+from .replay.targets import TargetError, log_factory, qemu_argv, qemu_target, socket_target
 from .sandbox import Sandbox, SandboxError, probe
 from .server import QmpServer
 
@@ -154,7 +154,11 @@ def upstream_qemu(
         except SandboxError as exc:
             raise ForwardError(f"cannot sandbox QEMU: {exc}") from None
         with tempfile.TemporaryDirectory(prefix="qmprr-forward-", ignore_cleanup_errors=True) as workdir:
-            argv = qemu_argv(script, qemu=qemu, argv_file=None, path_map=PathMap(), workdir=workdir)
+            try:
+                argv = qemu_argv(script, qemu=qemu, argv_file=None, path_map=PathMap(), workdir=workdir)
+            except TargetError as exc:  # its hints name replay's options; the fake's way out is --upstream
+                text = str(exc).replace(" (use --map-path)", "").replace(" (--allow-unsafe to run it anyway)", "")
+                raise ForwardError(f"{text}; to forward anyway, start a QEMU yourself and give --upstream SOCKET") from None
             make_log = log_factory(record, argv, labels, link=link)
             async with qemu_target(argv, make_log, workdir, {"TMPDIR": workdir}, sandbox=Sandbox((workdir,))) as channel:
                 yield channel
