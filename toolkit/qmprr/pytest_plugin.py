@@ -557,19 +557,19 @@ async def _close_fake(server: asyncio.Server, live: _Connections) -> None:
 
 @attrs.define(eq=False)
 class _Recorder:
-    """A real QEMU behind qmprr's recording proxy (Channel + QmpServer)."""
+    """A real QEMU behind qmprr's recording proxy (Channel + QmpServer), started as replay starts one.
 
-    qemu: Any
-    channel: Any
+    QEMU runs in a fresh temporary folder, the only one it may write (the host is read-only in its sandbox).
+    """
+
+    stack: contextlib.AsyncExitStack
     server: Any
-    workdir: str  # QEMU's folder: the only one it may write (the host is read-only in its sandbox)
 
     @classmethod
     async def start(cls, argv: list[str], record: Path, socket_path: str, nodeid: str) -> _Recorder:
-        from .channel import Channel
-        from .launch import start_qemu
-        from .sandbox import Sandbox
         from .recording import RecordWriter, new_header, relevant_env
+        from .replay.targets import qemu_target
+        from .sandbox import Sandbox
         from .server import QmpServer
 
         def make_log(greeting: dict[str, Any]) -> RecordWriter:
@@ -582,44 +582,19 @@ class _Recorder:
             )
             return RecordWriter.create(record, header)
 
-        workdir = tempfile.mkdtemp(prefix="qmprr-record-")
+        stack = contextlib.AsyncExitStack()
         try:
-            qemu = await start_qemu(argv, {"TMPDIR": workdir}, sandbox=Sandbox((workdir,)), cwd=workdir)
-        except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
-        channel = None
-        try:
-            reader, writer = await asyncio.open_unix_connection(sock=qemu.monitor)
-            try:
-                channel = await Channel.open(reader, writer, make_log)
-            except Exception:
-                with contextlib.suppress(ProcessLookupError):
-                    qemu.process.kill()
-                await qemu.wait()
-                raise qemu.startup_failure() from None
+            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="qmprr-record-", ignore_cleanup_errors=True))
+            target = qemu_target(argv, make_log, workdir, {"TMPDIR": workdir}, sandbox=Sandbox((workdir,)))
+            channel = await stack.enter_async_context(target)
             server = QmpServer(channel)
             await server.listen(socket_path, "primary")
         except BaseException:
-            if channel is not None:
-                await channel.close()
-                channel.log.close()
-            if qemu.process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    qemu.process.kill()
-                await qemu.wait()
-            shutil.rmtree(workdir, ignore_errors=True)
+            await stack.aclose()
             raise
-        return cls(qemu, channel, server, workdir)
+        return cls(stack, server)
 
     async def stop(self) -> None:
         """Disconnect the clients, close the channel and the log (no ``quit`` is recorded), stop QEMU."""
         await self.server.close()
-        await self.channel.close()
-        self.channel.log.close()
-        if self.qemu.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.qemu.process.kill()
-        with contextlib.suppress(Exception):
-            await self.qemu.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        await self.stack.aclose()
