@@ -487,20 +487,10 @@ async def _fake_main(args: argparse.Namespace, normalizer: Normalizer) -> int:
     for w in waits:
         w.cancel()
     await served.close()
-    report = fake.report()
-    hybrid = served.report() if served is not fake else None
-    limit = 20 if sys.stderr.isatty() else None  # a terminal gets a count past 20 unused; --report has all
-    for line in report.lines(limit):
-        print(f"qmprr fake: {line}", file=sys.stderr)
-    if hybrid is not None:
-        print(f"qmprr fake: {hybrid.summary()}; forwarded commands recorded in {args.record}", file=sys.stderr)
-        for answer in hybrid.answers if limit is None else [a for a in hybrid.answers if a.source != "recording"][:limit]:
-            print(f"qmprr fake: {answer.line()}", file=sys.stderr)
-    if args.report:
-        from .fake_forward import write_report
+    from .fake_forward import finish_report
 
-        write_report(args.report, report, hybrid)
-    ok = report.ok(args.mode) and (hybrid is None or hybrid.ok())
+    hybrid = served.report() if served is not fake else None
+    ok = finish_report(fake.report(), hybrid, mode=args.mode, report_file=args.report, out=sys.stderr)
     return EXIT_OK if ok else EXIT_PROBLEMS
 
 

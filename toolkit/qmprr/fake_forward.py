@@ -28,7 +28,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import attrs
 
@@ -46,6 +46,8 @@ from .sandbox import Sandbox, SandboxError, probe
 from .server import QmpServer
 
 Source = Literal["recording", "qemu", "refused"]
+#: On a terminal, the report shows at most this many unused commands (and forwarded answers).
+TERMINAL_LINES = 20
 #: Records (client connects, local answers) held until a lazily started QEMU's log exists.
 MAX_HELD_RECORDS = 1000
 
@@ -78,7 +80,7 @@ class HybridReport:
 
     fake: FakeReport
     answers: list[Answer] = attrs.Factory(list)
-    record: str | None = None  # the recording of what was forwarded (None: nothing was)
+    record: str | None = None  # the recording of what was forwarded (written once QEMU was reached)
 
     def count(self, source: Source) -> int:
         return sum(1 for a in self.answers if a.source == source)
@@ -314,8 +316,7 @@ class HybridFake:
         await self.backend.aclose()
 
     def report(self) -> HybridReport:
-        forwarded = self.backend.answers and any(a.source == "qemu" for a in self.backend.answers)
-        return HybridReport(self.fake.report(), list(self.backend.answers), self.record if forwarded else None)
+        return HybridReport(self.fake.report(), list(self.backend.answers), self.record)
 
 
 
@@ -347,3 +348,22 @@ def write_report(path: str, fake: FakeReport, hybrid: HybridReport | None = None
             f.write(b"\n")
     except OSError as exc:
         raise QmprrError(f"--report {path}: cannot write: {exc.strerror}") from None
+
+
+def finish_report(
+    fake: FakeReport, hybrid: HybridReport | None, *, mode: str, report_file: str | None, out: TextIO
+) -> bool:
+    """``qmprr fake``'s report on *out* (capped on a terminal), and ``--report``; True when all went well."""
+    limit = TERMINAL_LINES if out.isatty() else None
+    for line in fake.lines(limit):
+        print(f"qmprr fake: {line}", file=out)
+    if hybrid is not None:
+        print(f"qmprr fake: {hybrid.summary()}; forwarded commands recorded in {hybrid.record}", file=out)
+        shown = hybrid.answers if limit is None else [a for a in hybrid.answers if a.source != "recording"]
+        for answer in shown[:limit]:
+            print(f"qmprr fake: {answer.line()}", file=out)
+        if limit is not None and len(shown) > limit:
+            print(f"qmprr fake: {len(shown) - limit} more forwarded or refused (--report FILE lists all)", file=out)
+    if report_file:
+        write_report(report_file, fake, hybrid)
+    return fake.ok(mode) and (hybrid is None or hybrid.ok())
