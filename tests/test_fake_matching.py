@@ -147,7 +147,8 @@ def test_a_plain_file_and_its_continuations_are_one_chain(tmp_path: Path) -> Non
     assert third.name == "vm.000003.jsonl"
     assert sets.resolve(str(rec)) == [str(rec), str(second), str(third)]
     assert sets.resolve(str(tmp_path)) == [str(rec), str(second), str(third)]  # the folder too
-    assert verify(rec).ok
+    checked = verify(rec, jobs=1)
+    assert checked.ok, checked.problems
     with RecordingReader(rec) as reader:
         names = [r.msg["execute"] for r in reader if r.kind == "command"]  # type: ignore[attr-defined]
     assert names[-2:] == ["query-name", "query-kvm"]
@@ -160,4 +161,4 @@ def test_a_plain_file_and_its_continuations_are_one_chain(tmp_path: Path) -> Non
     assert sets.resolve(str(other)) == [str(other)]
     # the set is one recording: a change in the continued file fails it
     rec.write_bytes(rec.read_bytes().replace(b'"running":true', b'"running":false', 1))
-    assert not verify(rec).ok
+    assert not verify(rec, jobs=1).ok

@@ -42,7 +42,7 @@ def test_new_episodes_appends_a_segment_then_serves_it(suite: pytest.Pytester) -
     ])
     segment = folder / "lifecycle.000002.jsonl"
     assert (folder / "lifecycle.jsonl").read_bytes() == old  # the recording itself is never rewritten
-    assert verify(folder / "lifecycle.jsonl").ok  # the file and its new segment: one chain
+    assert verify(folder / "lifecycle.jsonl", jobs=1).ok  # the file and its new segment: one chain
     with RecordingReader(segment, one_file=True) as reader:
         assert reader.header.segment == 2 and reader.header.previous["file"] == "lifecycle.jsonl"
         assert reader.header.labels["made-by"] == "qmprr pytest plugin (new_episodes)"

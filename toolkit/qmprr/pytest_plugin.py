@@ -418,7 +418,7 @@ def _new_episodes_endpoint(
             if new and call is not None and call.passed:
                 from .recording import verify
 
-                checked = verify(partial)
+                checked = verify(partial, jobs=1)  # no fork: this process runs the fake's thread
                 if not checked.ok:
                     problems = "; ".join(f"line {p.line}: {p.message}" for p in checked.problems[:3])
                     pytest.fail(f"the new episodes of {path} do not verify: {problems}", pytrace=False)
