@@ -131,7 +131,10 @@ class FakeQemu:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self.policy = policy if policy is not None else ReplayPolicy.for_fake(internal=internal)
-        script = attrs.evolve(script, exchanges=[e for e in script.exchanges if self.policy.decide(e).action != "skip"])
+        decided = [(e, self.policy.decide(e)) for e in script.exchanges]  # once: the policy never changes
+        decided = [(e, d) for e, d in decided if d.action != "skip"]
+        script = attrs.evolve(script, exchanges=[e for e, _ in decided])
+        self._refusals = {i: d.reason for i, (_, d) in enumerate(decided) if d.action == "refuse"}
         self.matchers = _matchers.resolve(matchers)
         self._custom = any(fn is not None for _, fn in self.matchers)
         self._by_arguments = any(fn is None for _, fn in self.matchers)
@@ -183,7 +186,7 @@ class FakeQemu:
         """What the recording answers to *msg* (consuming it), or why it has no answer (not counted unmatched)."""
         name = wire.command_name(msg)
         key = self._key(name, msg.get("arguments"))
-        actual = {k: v for k, v in msg.items() if k != "id"}
+        actual = {k: v for k, v in msg.items() if k != "id"} if self._custom else msg
         self._miss = None
         index = self._match_custom(name, key, actual) if self._custom else self._match(key)
         if index is not None:
@@ -192,9 +195,9 @@ class FakeQemu:
             if exchange.reply is not None:
                 self._last[key] = max(index, self._last.get(key, -1))
             self._answered += 1
-            decision = self.policy.decide(exchange)
-            if decision.action == "refuse":
-                return Response([], qmp_error(f"qmprr fake: {decision.reason}"), [], exchange.seq, decision.reason)
+            refused = self._refusals.get(index)
+            if refused is not None:
+                return Response([], qmp_error(f"qmprr fake: {refused}"), [], exchange.seq, refused)
             reply = exchange.reply or {}
             after = exchange.events_after + exchange.external_after if self.external_events else exchange.events_after
             return Response(exchange.events_before, reply, after, exchange.seq)
