@@ -178,3 +178,21 @@ def test_a_hostile_recorded_command_line_is_refused_before_serving(tmp_path: Pat
     no_argv = write_recording(tmp_path / "proxy.jsonl", [Step("query-status")], argv=None)
     res = qmprr("fake", str(no_argv), "--socket", str(sock), "--forward-unmatched", "--record", str(out))
     assert res.returncode == 2 and "no QEMU command line" in res.stderr
+
+
+@pytest.mark.qemu
+def test_a_forwarded_fd_command_gets_the_policys_placeholder_fd(tmp_path: Path) -> None:
+    require_qemu()
+    sock, out = tmp_path / "f.sock", tmp_path / "forwarded.jsonl"
+    with fake_process(LIFECYCLE, sock, "--mode", "lenient", "--forward-unmatched", "--record", str(out)) as proc:
+        mon = QEMUMonitorProtocol(str(sock))
+        mon.connect(negotiate=True)
+        # the fake passes no client fds on: without the placeholder QEMU would answer
+        # "No file descriptor supplied via SCM_RIGHTS"
+        assert mon.cmd("getfd", fdname="fd-a") == {}
+        assert mon.cmd("closefd", fdname="fd-a") == {}  # QEMU holds it: it can close it
+        mon.close()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    fds = [r for r in _records(out) if r.kind == "fd"]
+    assert len(fds) == 1
