@@ -465,7 +465,7 @@ async def _fake_main(args: argparse.Namespace, normalizer: Normalizer) -> int:
     from .fake import FakeQemu
 
     fake = FakeQemu.from_recording(args.file, mode=args.mode, reuse=args.reuse, normalizer=normalizer,
-                                   external_events=args.external_events)
+                                   external_events=args.external_events, chaos=_chaos(args))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -480,9 +480,20 @@ async def _fake_main(args: argparse.Namespace, normalizer: Normalizer) -> int:
         w.cancel()
     await fake.close()
     report = fake.report()
-    for line in report.lines():
+    for line in report.lines() + (fake.chaos.lines() if fake.chaos is not None else []):
         print(f"qmprr fake: {line}", file=sys.stderr)
     return EXIT_OK if report.ok(args.mode) else EXIT_PROBLEMS
+
+
+def _chaos(args: argparse.Namespace) -> Any:
+    """``fake --chaos SEED [--chaos-max-delay S]``: the chaos schedule (qmprr.fake_chaos), or None."""
+    from .fake_chaos import Chaos
+
+    if args.chaos is None:
+        if args.chaos_max_delay is not None:
+            raise UsageError("--chaos-max-delay needs --chaos SEED")
+        return None
+    return Chaos(args.chaos, args.chaos_max_delay if args.chaos_max_delay is not None else 0.02)
 
 
 def cmd_bench_proxy(args: argparse.Namespace) -> int:
@@ -771,7 +782,8 @@ def build_parser() -> argparse.ArgumentParser:
         "commands may be skipped; lenient: consume-once matching by name and normalized arguments "
         "(--reuse lets consumed commands repeat). Unmatched commands get a QMP error saying what "
         "was expected. Exits when the first client disconnects (unless --keep-serving) with a report.",
-        epilog="Exit status: 0 all matched (strict: and all used), 1 otherwise, 2 could not run.",
+        epilog="Example: qmprr fake recordings/block.jsonl --socket /tmp/qmp.sock --chaos 7 "
+        "(chaos mode, seed 7). Exit status: 0 all matched (strict: and all used), 1 otherwise, 2 could not run.",
     )
     p.add_argument("file", help="recording to serve")
     p.add_argument("--socket", required=True, metavar="PATH", help="QMP socket to create (mode 0600)")
@@ -781,6 +793,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-serving", action="store_true", help="serve until SIGINT/SIGTERM, not one client")
     p.add_argument("--external-events", action="store_true",
                    help="also send events no command caused (libvirt's signal: SHUTDOWN), where they were recorded")
+    p.add_argument("--chaos", type=int, metavar="SEED",
+                   help="chaos mode: move the events a command caused across its reply, delay replies and "
+                   "output, cut and glue writes anywhere; the same SEED, the same schedule (printed at the end)")
+    p.add_argument("--chaos-max-delay", type=seconds, metavar="SECONDS",
+                   help="--chaos: the longest random pause (default 0.02)")
     p.set_defaults(func=cmd_fake)
 
     p = sub.add_parser("bench", help="benchmarks that print ratios against a same-run baseline")

@@ -40,7 +40,8 @@ from typing import Any, Literal
 
 import attrs
 
-from . import codec, wire
+from . import codec, fake_chaos, wire
+from .fake_chaos import Chaos
 from .recording import ABSENT, Client, Record
 from .replay.normalize import Normalizer
 from .replay.script import DEFAULT_GREETING, Exchange, Script, load_script
@@ -87,6 +88,7 @@ class Response:
     events_before: list[dict[str, Any]]
     reply: dict[str, Any]
     events_after: list[dict[str, Any]]
+    external: int = 0  # how many of events_after (the last ones) no command caused
 
 
 class FakeQemu:
@@ -102,6 +104,7 @@ class FakeQemu:
         internal: bool = False,
         external_events: bool = False,
         limits: Limits | None = None,
+        chaos: Chaos | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
@@ -117,7 +120,9 @@ class FakeQemu:
         self._answered = 0
         self._unmatched: list[Unmatched] = []
         self.limits = limits or Limits()
+        self.chaos = chaos  # chaos mode (qmprr.fake_chaos): legal reorderings, delays, cut output
         self._server: QmpServer | None = None
+        self._chaos_server: asyncio.AbstractServer | None = None
         self._session_ended: asyncio.Event | None = None
         self._keys = [self._key(e.command, e.arguments) for e in script.exchanges]
         # Unconsumed exchanges per key, in recorded order (lenient/ordered matching in O(1)).
@@ -157,8 +162,8 @@ class FakeQemu:
                 reply = qmp_error(f"qmprr fake: the recording has no reply to {name} (seq {exchange.seq}): it was in flight when recording ended")
             else:
                 reply = exchange.reply
-            after = exchange.events_after + exchange.external_after if self.external_events else exchange.events_after
-            return Response(exchange.events_before, reply, after)
+            external = exchange.external_after if self.external_events else []
+            return Response(exchange.events_before, reply, exchange.events_after + external, len(external))
         if self.reuse and key in self._last:
             self._answered += 1
             return Response([], self.script.exchanges[self._last[key]].reply, [])  # type: ignore[arg-type]  # _last holds only exchanges with a reply
@@ -223,14 +228,25 @@ class FakeQemu:
 
     async def serve_unix(self, path: str) -> None:
         """Accept clients on a new UNIX socket at *path* (mode 0600)."""
+        if self.chaos is not None:
+            self._chaos_server = await fake_chaos.listen(path, self.handle)
+            return
         await self.server.listen(path, "primary")
 
     async def close(self) -> None:
+        if self._chaos_server is not None:
+            self._chaos_server.close()
         if self._server is not None:
             await self._server.close()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve one client connection until it closes."""
+        """Serve one client connection until it closes (through the chaos relay in chaos mode)."""
+        if self.chaos is not None:
+            await fake_chaos.relay(reader, writer, self.chaos, self._serve)
+        else:
+            await self._serve(reader, writer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self.server.serve(reader, writer, "primary")
 
     def _ended_event(self) -> asyncio.Event:
@@ -277,9 +293,16 @@ class _FakeBackend:
 
     async def execute(self, msg: dict[str, Any], *, src: str, role: str, client_id: Any, tx: Any) -> dict[str, Any]:
         response = self.fake.respond(msg)
-        for event in response.events_before:
+        before, after, delay = response.events_before, response.events_after, 0.0
+        if self.fake.chaos is not None:  # events the command caused move across its reply; the reply waits
+            caused = len(after) - response.external
+            before, moved, delay = self.fake.chaos.place(wire.command_name(msg), before, after[:caused])
+            after = moved + after[caused:]
+        for event in before:
             self._broadcast(event)
-        self._after = list(response.events_after)
+        if delay:
+            await asyncio.sleep(delay)
+        self._after = list(after)
         reply = dict(response.reply)
         if client_id is not ABSENT:
             reply["id"] = client_id

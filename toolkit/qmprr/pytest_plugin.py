@@ -38,6 +38,11 @@ Marker: ``qmp_recording(path, mode="strict", reuse=False, qemu_argv=None, rules=
 * ``rewrite``: always record again (the old file is replaced only when the
   test passes).
 
+``--qmp-chaos=SEED`` (and ``--qmp-chaos-max-delay=SECONDS``) serves every
+fake in chaos mode (:mod:`qmprr.fake_chaos`): events a command caused move
+across its reply, replies wait, the output is cut at any byte. A failing
+test's report gets a ``qmprr chaos`` section with the seed and the schedule.
+
 A recording QEMU runs in :mod:`qmprr.sandbox` (QEMU's seccomp filter, the
 host read-only, loopback only), in a fresh temporary folder it may write.
 
@@ -96,6 +101,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "once: record missing recordings against a real QEMU; rewrite: record them all again",
     )
     parser.addini("qmp_record_mode", "default for --qmp-record-mode (none, once, rewrite)", default="none")
+    group.addoption("--qmp-chaos", type=int, default=None, metavar="SEED",
+                    help="serve every fake in chaos mode with this seed (qmprr.fake_chaos): events move across "
+                    "replies, replies wait, output is cut anywhere; a failure prints the schedule")
+    group.addoption("--qmp-chaos-max-delay", type=float, default=None, metavar="SECONDS",
+                    help="--qmp-chaos: the longest random pause (default 0.02)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -108,6 +118,9 @@ def pytest_configure(config: pytest.Config) -> None:
     mode = config.getoption("--qmp-record-mode") or config.getini("qmp_record_mode")
     if mode not in RECORD_MODES:
         raise pytest.UsageError(f"qmp_record_mode must be one of {', '.join(RECORD_MODES)}, not {mode!r}")
+    delay = config.getoption("--qmp-chaos-max-delay")
+    if delay is not None and not 0 <= delay < float("inf"):
+        raise pytest.UsageError(f"--qmp-chaos-max-delay must be a finite number of seconds >= 0, not {delay!r}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -143,6 +156,10 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     item.stash.setdefault(_REPORTS, {})[report.when] = report
+    if report.failed:
+        for endpoint in item.stash.get(_KEY, []):
+            if endpoint.fake is not None and endpoint.fake.chaos is not None:
+                report.sections.append(("qmprr chaos", "\n".join(endpoint.fake.chaos.lines())))
     return report
 
 
@@ -257,6 +274,12 @@ class _Serving:
         return os.path.join(self.folder, f"qmp-{len(self.endpoints)}.sock")
 
     def serve(self, fake: FakeQemu, *, recording: Path | None = None) -> QmpEndpoint:
+        seed = self.request.config.getoption("--qmp-chaos")
+        if seed is not None and fake.chaos is None:
+            from .fake_chaos import DEFAULT_MAX_DELAY, Chaos
+
+            delay = self.request.config.getoption("--qmp-chaos-max-delay")
+            fake.chaos = Chaos(seed, DEFAULT_MAX_DELAY if delay is None else delay)
         live = _Connections()
         path = self.socket_path()
         server = self.loop.call(_serve_fake(fake, path, live))
