@@ -438,6 +438,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         record=args.record,
         report=args.report,
         progress=sys.stderr.isatty(),
+        scratch_images=args.scratch_images,
     )
     return _run_async(_replay_main(args.file, run, options))
 
@@ -772,6 +773,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long to wait for a window's recorded events (default 3)")
     p.add_argument("--report", metavar="FILE.json", help="write every step as JSON")
     p.add_argument("--record", metavar="OUT.jsonl", help="record the replay itself through the channel")
+    p.add_argument("--scratch-images", action="store_true",
+                   help="replay on blank images made from the recording's image descriptions (format, size, "
+                   "cluster size, backing chain) in the work folder, for every described image; without it "
+                   "only missing images are made")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser(

@@ -28,6 +28,8 @@ def summary(report: ReplayReport, out: TextIO | ScrubbingWriter) -> None:
            if report.count("prelude") else ""),
         file=out,
     )
+    if report.scratch_images:
+        print(f"scratch images (blank, made for this replay): {', '.join(report.scratch_images)}", file=out)
     for warning in report.warnings:
         print(f"warning: {warning}", file=out)
     for step in report.steps:
@@ -67,6 +69,7 @@ def to_json(report: ReplayReport) -> dict[str, Any]:
         "reproduced": report.reproduced,
         "error": report.error,
         "warnings": report.warnings,
+        "scratch_images": report.scratch_images,
         "counts": {k: report.count(k) for k in ("matched", "diverged", "skipped", "refused", "interrupted")},
         "steps": [_step(s) for s in report.steps],
     }
