@@ -77,7 +77,7 @@ def to_json(report: ReplayReport) -> dict[str, Any]:
 
 def _step(step: Step) -> dict[str, Any]:
     d = attrs.asdict(step, recurse=True)
-    d["differences"] = [{**attrs.asdict(x), "text": str(x)} for x in step.differences]
+    d["differences"] = [{**attrs.asdict(x), "text": x.describe(width=None)} for x in step.differences]
     return d
 
 
