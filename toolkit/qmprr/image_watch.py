@@ -1,16 +1,16 @@
 """Record time: describe the images a session's commands open, in ``note`` records.
 
-:class:`ImageWatcher` wraps the proxy's backend (the channel): after a
-``blockdev-add`` or an HMP ``drive_add`` succeeds, it describes each image
-file the command named (:func:`qmprr.images.describe_async`, in the
-background) and appends a ``note`` ``{"images": [...]}``. Only names that
+:class:`ImageWatcher` wraps the proxy's backend (the channel): before a
+``blockdev-add`` or an HMP ``drive_add`` goes to QEMU, it describes each
+image file the command names that exists (:func:`qmprr.images.describe_async`;
+a few milliseconds of ``qemu-img info``, once per name) and appends a
+``note`` ``{"images": [...]}``, so the note precedes the command. Only names that
 survive redaction (as the log keeps the command) are described, so a path a
 redaction rule hides is never written out.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any
 
@@ -27,21 +27,18 @@ class ImageWatcher:
     def __init__(self, backend: Any, cwd: str | None = None) -> None:
         self._backend = backend
         self._cwd = cwd or os.getcwd()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._seen: set[str] = set()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backend, name)
 
     async def execute(self, msg: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        reply: dict[str, Any] = await self._backend.execute(msg, **kwargs)
-        if msg.get("execute") in images.IMAGE_COMMANDS and "return" in reply:
+        if msg.get("execute") in images.IMAGE_COMMANDS:
             paths = [p for p in images.named_in_command(self._as_logged(msg)) if p not in self._seen and REDACTED not in p]
-            if paths:
+            if paths:  # before the command: the image as QEMU is about to open it (the note precedes the command)
                 self._seen.update(paths)
-                task = asyncio.create_task(self._note(paths))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                await self._note(paths)
+        reply: dict[str, Any] = await self._backend.execute(msg, **kwargs)
         return reply
 
     def _as_logged(self, msg: dict[str, Any]) -> dict[str, Any]:

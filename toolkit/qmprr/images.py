@@ -29,7 +29,7 @@ from . import qemuopts
 #: Commands whose arguments name images to describe after they succeed.
 IMAGE_COMMANDS = frozenset({"blockdev-add", "human-monitor-command"})
 #: Longest time qemu-img info may take.
-INFO_TIMEOUT = 10.0
+INFO_TIMEOUT = 5.0
 #: Formats qemu-img can create a blank image of (protocol-level drivers are not images).
 CREATABLE = frozenset({"qcow2", "raw", "qcow", "qed", "vmdk", "vdi", "vpc", "vhdx", "luks", "parallels"})
 #: Largest backing chain kept (a hostile image could claim any).
