@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import random
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import attrs
@@ -143,7 +143,7 @@ def _piece_size(rng: random.Random) -> int:
     return READ_SIZE  # all there is: several messages in one write
 
 
-Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
 
 
 async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chaos: Chaos, serve: Serve) -> None:
