@@ -14,7 +14,7 @@ waiting for a reply, and looks there first.
 
 Run it against the fake (from the repository root)::
 
-    .venv/bin/qmprr fake recordings/block.jsonl --socket /tmp/qmp.sock --chaos 3 &
+    .venv/bin/qmprr fake recordings/block.jsonl --socket /tmp/qmp.sock --chaos 0 &
     .venv/bin/python examples/commit_job.py /tmp/qmp.sock           # racy: may hang, then fail
     .venv/bin/python examples/commit_job.py /tmp/qmp.sock --careful
 """
@@ -127,7 +127,7 @@ def main() -> int:
     try:
         for step in asyncio.run(commit(args.socket, careful=args.careful, event_timeout=args.event_timeout)):
             print(step)
-    except JobTimeout as exc:
+    except (JobTimeout, OSError) as exc:
         print(f"commit_job: {exc}", file=sys.stderr)
         return 1
     return 0

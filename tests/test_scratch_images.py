@@ -119,8 +119,6 @@ def test_an_error_text_is_never_cut(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     """An image nobody describes: the replay diverges, and QEMU's whole sentence is in the summary."""
     lines = [json.loads(x) for x in (RECORDINGS / "block.jsonl").read_text().splitlines()]
-    from qmprr.recording import Note, read_records, rechain  # noqa: F401
-
     stripped = tmp_path / "in.jsonl"
     stripped.write_text("".join(json.dumps(x) + "\n" for x in lines if not (x["kind"] == "note" and "images" in (x.get("data") or {}))))
     out_file = tmp_path / "no-images.jsonl"

@@ -738,7 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
         "and commands that run host programs or reach host paths outside those roots are refused "
         "and reported; fds get a placeholder, redacted secrets (without --secret) are skipped. "
         "--allow-unsafe turns the sandbox and the checks off.",
-        epilog="Exit status: 0 reproduced with no divergence, 1 diverged, refused or nothing replayed, "
+        epilog="Example: qmprr replay recordings/block.jsonl --scratch-images (blank disks made from the "
+        "recording's image descriptions). Exit status: 0 reproduced with no divergence, 1 diverged, refused or nothing replayed, "
         "2 could not run.",
     )
     p.add_argument("file", help="recording to replay")
