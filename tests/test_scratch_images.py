@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qmprr import images
 from qmprr.cli import main
@@ -85,12 +87,15 @@ def test_a_hostile_description_makes_nothing_outside_the_work_folder(tmp_path: P
     assert images.valid(bad)
     root = tmp_path / "root"
     images.create(bad, str(root / "x.qcow2"), root=str(root))
-    assert not (tmp_path / "escape.qcow2").exists() and (root / "backing" / "escape.qcow2").exists()
+    assert not (tmp_path / "escape.qcow2").exists() and (root / "backing" / "1-escape.qcow2").exists()
+    assert info(root / "x.qcow2")[1]["format"] == "raw"  # the overlay names the file made for it
+    raw_with_backing = {**bad, "format": "raw"}
+    assert not images.valid(raw_with_backing)
     for hostile in ({"path": "a", "format": "vvfat", "virtual_size": 1}, {"path": "a", "format": "raw"},
                     {"path": "nbd:x:1", "format": "raw", "virtual_size": 1},
                     {"path": "a", "format": "qcow2", "virtual_size": 1, "cluster_size": 3}, [1], "x"):  # fmt: skip
         assert not images.valid(hostile)
-    with pytest.raises(images.CreateError, match="outside"):
+    with pytest.raises(images.CreateError, match="not a file in the work folder"):
         images.create({"path": "a", "format": "raw", "virtual_size": 1}, str(tmp_path / "a"), root=str(root))
 
 
@@ -218,3 +223,112 @@ def test_a_block_job_recording_replays_on_scratch_images(
     status = main(["replay", str(run.record), "--workdir", str(again), "--scratch-images"])
     assert status == 0, capsys.readouterr().out
     assert os.path.exists(again / "scratch" / str(disks).lstrip("/") / "extra.qcow2")
+
+
+# -- record time: what is described, what never is ---------------------------------------------
+
+
+class _Backend:
+    """Stands for the channel: answers every command, keeps the notes."""
+
+    def __init__(self, redactor: Any) -> None:
+        self.notes: list[tuple[str, Any]] = []
+        self.commands: list[str] = []
+        self.log = type("Log", (), {"redactor": redactor})()
+
+    async def execute(self, msg: dict[str, Any], **_: Any) -> dict[str, Any]:
+        self.commands.append(msg["execute"])
+        return {"return": {}}
+
+    def note(self, text: str, data: Any = None) -> None:
+        self.notes.append((text, data))
+
+
+def _add(path: Path) -> dict[str, Any]:
+    return {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "n",
+                                                    "file": {"driver": "file", "filename": str(path)}}}  # fmt: skip
+
+
+async def test_the_watcher_notes_images_before_the_command_never_hidden_ones(tmp_path: Path) -> None:
+    from qmprr.image_watch import ImageWatcher
+    from qmprr.recording import Redactor
+    from qmprr.recording.redact import ArgumentRule
+
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "d.qcow2"), "8M"], check=True)
+    backend = _Backend(Redactor())
+    watcher = ImageWatcher(backend)
+    assert await watcher.execute(_add(tmp_path / "d.qcow2")) == {"return": {}}
+    assert backend.notes[0][1] == {"images": [{"path": str(tmp_path / "d.qcow2"), "format": "qcow2",
+                                               "virtual_size": 8 * 2**20, "cluster_size": 65536}]}  # fmt: skip
+    await watcher.execute(_add(tmp_path / "d.qcow2"))  # once per name
+    await watcher.execute(_add(tmp_path / "missing.qcow2"))  # nothing to describe
+    assert len(backend.notes) == 1 and backend.commands == ["blockdev-add"] * 3
+    hidden = _Backend(Redactor().with_rules([ArgumentRule("blockdev-add", ("file", "filename"))]))
+    await ImageWatcher(hidden).execute(_add(tmp_path / "d.qcow2"))
+    assert hidden.notes == [] and hidden.commands == ["blockdev-add"]
+
+
+@pytest.mark.qemu
+def test_a_recorded_query_named_block_nodes_describes_like_qemu_img(tmp_path: Path) -> None:
+    """What replay reads from an import (QEMU's own answer) is what qemu-img says at record time."""
+    from qmprr.client import QmpClient
+
+    disks = tmp_path / "disks"
+    _make_images(disks)
+    argv = [*QEMU_NONE, "-blockdev",
+            f"driver=qcow2,node-name=top,file.driver=file,file.filename={disks}/top.qcow2"]  # fmt: skip
+    with qmprr_launch(tmp_path, argv) as run:
+        with QmpClient(run.socket) as client:
+            nodes = client.execute("query-named-block-nodes")["return"]
+        run.stop()
+    described = images.from_block_nodes(nodes)
+    top = images.describe(f"{disks}/top.qcow2")
+    assert top is not None and top in described
+    assert top["backing"][0]["cluster_size"] == 4096
+
+
+_segment = st.sampled_from(["..", ".", "", "a", "b.qcow2", "x"])
+_name = st.lists(_segment, min_size=1, max_size=4).map("/".join).filter(images._is_file_name)
+
+
+@settings(max_examples=25, deadline=None)
+@given(top=_name, backing=st.lists(_name, max_size=2))
+def test_create_never_writes_outside_its_root(tmp_path_factory: pytest.TempPathFactory, top: str,
+                                              backing: list[str]) -> None:  # fmt: skip
+    base = tmp_path_factory.mktemp("h")
+    root = base / "root"
+    root.mkdir()
+    desc = {"path": top, "format": "qcow2", "virtual_size": 2**20,
+            "backing": [{"path": b, "format": "qcow2", "virtual_size": 2**20} for b in backing]}  # fmt: skip
+    assert images.valid(desc)
+    where = root / "top.qcow2"
+    try:
+        for made in images.create(desc, str(where), root=str(root)):
+            assert Path(made).resolve().is_relative_to(root.resolve())
+    except images.CreateError:
+        pass  # refusing is fine; writing elsewhere is not
+    assert sorted(p.name for p in base.iterdir()) == ["root"]
+
+
+def test_prepare_keeps_escaping_names_inside_the_work_folder(tmp_path: Path) -> None:
+    from qmprr.replay.safety import PathMap
+    from qmprr.replay.scratch import prepare
+    from qmprr.replay.script import DEFAULT_GREETING, Exchange, Script
+
+    names = ["../../evil.qcow2", "/abs/disk.qcow2", "plain.qcow2", "gone.qcow2"]
+    script = Script(greeting=DEFAULT_GREETING, exchanges=[
+        Exchange(command="blockdev-add", arguments={"driver": "qcow2", "node-name": f"n{i}",
+                                                    "file": {"driver": "file", "filename": n}})
+        for i, n in enumerate(names)])  # fmt: skip
+    script.images = [{"path": n, "format": "qcow2", "virtual_size": 2**20} for n in names[:3]]
+    work = tmp_path / "a" / "b" / "work"
+    work.mkdir(parents=True)
+    done = prepare(script, str(work), PathMap())
+    assert dict(done.pairs) == {"../../evil.qcow2": str(work / "scratch" / "evil.qcow2"),
+                                "/abs/disk.qcow2": str(work / "scratch" / "abs" / "disk.qcow2")}  # fmt: skip
+    assert (work / "plain.qcow2").exists() and not (tmp_path / "a" / "evil.qcow2").exists()
+    assert done.created == ["../../evil.qcow2 (qcow2, 1 MiB)", "/abs/disk.qcow2 (qcow2, 1 MiB)", "plain.qcow2 (qcow2, 1 MiB)"]
+    assert done.problems == ["image gone.qcow2 is missing and the recording does not describe it"
+                             " (record it again with this qmprr, or give it with --map-path)"]  # fmt: skip
+    again = prepare(script, str(work), PathMap())  # the same work folder: the scratch images are there already
+    assert again.created == [] and again.pairs == done.pairs

@@ -32,6 +32,8 @@ IMAGE_COMMANDS = frozenset({"blockdev-add", "human-monitor-command"})
 INFO_TIMEOUT = 5.0
 #: Formats qemu-img can create a blank image of (protocol-level drivers are not images).
 CREATABLE = frozenset({"qcow2", "raw", "qcow", "qed", "vmdk", "vdi", "vpc", "vhdx", "luks", "parallels"})
+#: Formats whose images can have a backing file.
+BACKING_FORMATS = frozenset({"qcow2", "qcow", "qed", "vmdk"})
 #: Largest backing chain kept (a hostile image could claim any).
 MAX_CHAIN = 16
 
@@ -193,6 +195,7 @@ def valid(desc: Any) -> bool:
         return False
     layers = [desc, *(desc.get("backing") or [])] if isinstance(desc.get("backing") or [], list) else []
     return bool(layers) and len(layers) <= MAX_CHAIN + 1 and all(
+        isinstance(x, dict) and x.get("format") in BACKING_FORMATS for x in layers[:-1]) and all(
         isinstance(x, dict) and isinstance(x.get("path"), str) and _is_file_name(x["path"])
         and x.get("format") in CREATABLE and type(x.get("virtual_size")) is int and 0 <= x["virtual_size"] < 2**63
         and (x.get("cluster_size") is None or (type(x["cluster_size"]) is int and 512 <= x["cluster_size"] <= 2**21))
@@ -218,20 +221,24 @@ def create(desc: dict[str, Any], where: str, *, root: str) -> list[str]:
     root = os.path.realpath(root)
     layers = [desc, *(desc.get("backing") or [])]
     files = [os.path.normpath(where)]
-    for layer in layers[1:]:
+    for n, layer in enumerate(layers[1:], 1):
         path = os.path.normpath(os.path.join(os.path.dirname(files[-1]), layer["path"]))
-        if not path.startswith(root + os.sep):
-            parts = [p for p in layer["path"].split("/") if p not in ("", ".", "..")]
-            path = os.path.join(root, "backing", *parts)
+        if not path.startswith(root + os.sep) or path in files or os.path.isdir(path):
+            # out of the work folder, or a name that is a folder or another layer: a file of its own
+            base = os.path.basename(layer["path"].rstrip("/")).lstrip(".") or "image"
+            path = os.path.join(root, "backing", f"{n}-{base}")
         files.append(path)
-    if not all(f.startswith(root + os.sep) for f in files):
-        raise CreateError(f"{where}: outside the work folder")
+    if not all(f.startswith(root + os.sep) and not os.path.isdir(f) for f in files):
+        raise CreateError(f"{where}: not a file in the work folder")
     made = []
     for i in range(len(files) - 1, -1, -1):
         path, layer = files[i], layers[i]
         if os.path.lexists(path):
             continue
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        except OSError as exc:
+            raise CreateError(f"{layer['path']}: cannot make its folder: {exc.strerror}") from None
         argv = [qemu_img, "create", "-q", "-f", layer["format"]]
         if layer.get("cluster_size") and layer["format"] in ("qcow2", "qed", "vhdx"):
             argv += ["-o", f"cluster_size={layer['cluster_size']}"]

@@ -71,13 +71,14 @@ def prepare(script: Script, workdir: str, path_map: PathMap, *, always: bool = F
             continue
         where = os.path.normpath(os.path.join(workdir, name))
         if os.path.isabs(name) or not where.startswith(workdir + os.sep) or (always and os.path.exists(where)):
-            parts = [p for p in name.split("/") if p not in ("", ".", "..")]
+            parts = [p for p in name.split("/") if p not in ("", ".", "..")] or ["image"]
             where = os.path.join(workdir, SCRATCH_DIR, *parts)
             out.pairs.append((name, where))
         try:
-            images.create(desc, where, root=workdir)
+            made = images.create(desc, where, root=workdir)
         except images.CreateError as exc:
             out.problems.append(f"cannot make a scratch image for {name}: {exc}")
             continue
-        out.created.append(images.summary(desc))
+        if made:  # (a --workdir may hold those of an earlier replay: used as they are)
+            out.created.append(images.summary(desc))
     return out
