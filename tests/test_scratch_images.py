@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from qmprr import images
 from qmprr.cli import main
 from qmprr.recording import RecordingReader
-from replay_support import RECORDINGS, ROOT
+from replay_support import ALL_RECORDINGS, RECORDINGS, ROOT
 from support import QEMU_NONE, qmprr_launch
 
 
@@ -117,6 +117,17 @@ def test_block_jsonl_replays_from_any_folder_on_scratch_images(
     assert "scratch images (blank, made for this replay): base.qcow2 (qcow2, 16 MiB), top.qcow2 (qcow2, 16 MiB)" in out
     assert "reproduced: no divergence" in out
     assert json.loads(report.read_text())["scratch_images"] == ["base.qcow2 (qcow2, 16 MiB)", "top.qcow2 (qcow2, 16 MiB)"]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("name", ALL_RECORDINGS)
+def test_every_recording_replays_from_any_folder(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """No images prepared, no --workdir: a fresh temporary one, and the cwd an unrelated folder."""
+    monkeypatch.chdir(tmp_path)
+    status = main(["replay", str(RECORDINGS / name)])
+    out = capsys.readouterr().out
+    assert status == 0 and "reproduced: no divergence" in out, out
 
 
 @pytest.mark.qemu
