@@ -231,3 +231,27 @@ def _entry_points() -> set[str]:
     import importlib.metadata
 
     return {ep.name for ep in importlib.metadata.entry_points(group="pytest11")}
+
+
+def test_cli_chaos_stops_cleanly_with_a_client_connected(tmp_path: Path) -> None:
+    import signal
+
+    sock = tmp_path / "k.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "qmprr.cli", "fake", str(BLOCK), "--socket", str(sock),
+                             "--chaos", "5", "--keep-serving"], stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stderr is not None and "serving" in proc.stderr.readline()
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(str(sock))
+        f = client.makefile("rwb")
+        assert b"QMP" in f.readline()
+        f.write(b'{"execute":"qmp_capabilities"}\n')
+        f.flush()
+        assert json.loads(f.readline()) == {"return": {}}
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        client.close()
+    finally:
+        proc.kill()
+    assert proc.returncode == 1  # strict: the recorded commands were never sent
+    assert "Traceback" not in err and "chaos seed 5" in err

@@ -122,7 +122,7 @@ class FakeQemu:
         self.limits = limits or Limits()
         self.chaos = chaos  # chaos mode (qmprr.fake_chaos): legal reorderings, delays, cut output
         self._server: QmpServer | None = None
-        self._chaos_server: asyncio.AbstractServer | None = None
+        self._chaos_server: fake_chaos.Listener | None = None
         self._session_ended: asyncio.Event | None = None
         self._keys = [self._key(e.command, e.arguments) for e in script.exchanges]
         # Unconsumed exchanges per key, in recorded order (lenient/ordered matching in O(1)).
@@ -235,7 +235,7 @@ class FakeQemu:
 
     async def close(self) -> None:
         if self._chaos_server is not None:
-            self._chaos_server.close()
+            await self._chaos_server.close()
         if self._server is not None:
             await self._server.close()
 

@@ -53,6 +53,9 @@ THROTTLE_SECONDS = 1.0
 
 #: Largest read from either side of the relay.
 READ_SIZE = 65536
+#: Output held by the relay past which it stops reading the fake (so a client that does not
+#: read meets the fake's own output budget, as without chaos).
+MAX_PENDING = 1024 * 1024
 
 
 @attrs.define
@@ -168,7 +171,7 @@ async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chao
             to_fake.write_eof()
 
     pending = bytearray()
-    arrived = asyncio.Event()
+    arrived, room = asyncio.Event(), asyncio.Event()
     ended = False
 
     async def pump() -> None:  # the fake's output, as fast as it comes
@@ -177,6 +180,9 @@ async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chao
             while data := await from_fake.read(READ_SIZE):
                 pending.extend(data)
                 arrived.set()
+                while len(pending) > MAX_PENDING:
+                    room.clear()
+                    await room.wait()
         ended = True
         arrived.set()
 
@@ -195,6 +201,7 @@ async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chao
                 writer.write(bytes(pending[:size]))
                 chaos.pieces += 1
                 del pending[:size]
+                room.set()
                 await writer.drain()
         with contextlib.suppress(Exception):
             writer.close()
@@ -215,8 +222,42 @@ async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chao
         to_fake.close()
 
 
-async def listen(path: str, handle: Serve) -> asyncio.AbstractServer:
-    """Accept clients on a new UNIX socket at *path* (mode 0600), each served by *handle*."""
-    from .server import bind_unix
+class Listener:
+    """A UNIX socket whose clients are each served through :func:`relay`; :meth:`close` ends them all."""
 
-    return await asyncio.start_unix_server(handle, sock=bind_unix(path))
+    def __init__(self, handle: Serve) -> None:
+        self._handle = handle
+        self._server: asyncio.AbstractServer | None = None
+        self._live: set[asyncio.Task[Any]] = set()
+
+    async def listen(self, path: str) -> None:
+        from .server import bind_unix
+
+        self._server = await asyncio.start_unix_server(self._serve, sock=bind_unix(path))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._live.add(task)
+        try:
+            await self._handle(reader, writer)
+        except asyncio.CancelledError:
+            pass  # closing: the connection ends here
+        finally:
+            self._live.discard(task)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._live):
+            task.cancel()
+        await asyncio.gather(*self._live, return_exceptions=True)
+
+
+async def listen(path: str, handle: Serve) -> Listener:
+    """Accept clients on a new UNIX socket at *path* (mode 0600), each served by *handle*."""
+    listener = Listener(handle)
+    await listener.listen(path)
+    return listener
