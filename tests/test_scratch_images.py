@@ -50,8 +50,8 @@ def info(path: Path) -> list[dict[str, Any]]:
 def test_images_named_in_argv_and_commands() -> None:
     argv = ["qemu", "-drive", "file=a.qcow2,,x,if=none", "-blockdev", "driver=file,filename=/i/b.img,node-name=f",
             "-blockdev", '{"driver":"qcow2","file":{"driver":"file","filename":"c.qcow2"}}',
-            "-drive", "file=nbd:localhost:1", "-blockdev", "driver=host_device,filename=/dev/sda"]  # fmt: skip
-    assert images.named_in_argv(argv) == ["a.qcow2,x", "/i/b.img", "c.qcow2"]
+            "-drive", "file=nbd:localhost:1", "-blockdev", "driver=host_device,filename=/dev/sda", "-hda", "h.img"]  # fmt: skip
+    assert images.named_in_argv(argv) == ["a.qcow2,x", "/i/b.img", "c.qcow2", "h.img"]
     add = {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "n",
                                                     "file": {"driver": "file", "filename": "d.qcow2"}}}  # fmt: skip
     assert images.named_in_command(add) == ["d.qcow2"]
@@ -343,3 +343,19 @@ def test_prepare_keeps_escaping_names_inside_the_work_folder(tmp_path: Path) -> 
                              " (record it again with this qmprr, or give it with --map-path)"]  # fmt: skip
     again = prepare(script, str(work), PathMap())  # the same work folder: the scratch images are there already
     assert again.created == [] and again.pairs == done.pairs
+
+
+def test_an_import_describes_images_where_the_log_says(tmp_path: Path) -> None:
+    """libvirt's own query-block answer, in a libvirtd debug log, is a description replay can use."""
+    from qmprr.replay.scratch import descriptions
+    from qmprr.replay.script import load_script
+
+    out = tmp_path / "out"
+    assert main(["import", "libvirt", str(ROOT / "tests" / "data" / "libvirt" / "libvirtd-debug.log"),
+                 "-o", str(out), "--all"]) == 0  # fmt: skip
+    found = {}
+    for path in sorted(out.iterdir()):
+        found.update(descriptions(load_script(path)))
+    assert found["/tmp/qmprr-lvcap/images/hot.qcow2"] == {
+        "path": "/tmp/qmprr-lvcap/images/hot.qcow2", "format": "qcow2", "virtual_size": 16 * 2**20,
+        "cluster_size": 65536}  # fmt: skip

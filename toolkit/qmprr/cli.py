@@ -488,13 +488,13 @@ async def _fake_main(args: argparse.Namespace, normalizer: Normalizer) -> int:
 
 def _chaos(args: argparse.Namespace) -> Any:
     """``fake --chaos SEED [--chaos-max-delay S]``: the chaos schedule (qmprr.fake_chaos), or None."""
-    from .fake_chaos import Chaos
+    from .fake_chaos import DEFAULT_MAX_DELAY, Chaos
 
     if args.chaos is None:
         if args.chaos_max_delay is not None:
             raise UsageError("--chaos-max-delay needs --chaos SEED")
         return None
-    return Chaos(args.chaos, args.chaos_max_delay if args.chaos_max_delay is not None else 0.02)
+    return Chaos(args.chaos, args.chaos_max_delay if args.chaos_max_delay is not None else DEFAULT_MAX_DELAY)
 
 
 def cmd_bench_proxy(args: argparse.Namespace) -> int:

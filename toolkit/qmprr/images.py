@@ -39,10 +39,12 @@ MAX_CHAIN = 16
 
 
 def named_in_argv(argv: list[str]) -> list[str]:
-    """Image files named by ``-drive file=`` and ``-blockdev ...filename=`` (keyval or JSON) in *argv*."""
+    """Image files named by ``-drive file=``, ``-blockdev ...filename=`` (keyval or JSON), ``-hda`` … in *argv*."""
     out: list[str] = []
     for option, value in zip(argv, argv[1:]):
-        if option in ("-drive", "--drive"):
+        if option.lstrip("-") in ("hda", "hdb", "hdc", "hdd", "cdrom") and option.startswith("-"):
+            out.append(value)
+        elif option in ("-drive", "--drive"):
             out += [i.value for i in qemuopts.parse(value) if i.key == "file" and not i.flag]
         elif option in ("-blockdev", "--blockdev"):
             if value.startswith("{"):
