@@ -46,7 +46,8 @@ from typing import Any, Literal
 
 import attrs
 
-from . import codec, wire
+from . import codec, fake_chaos, wire
+from .fake_chaos import Chaos
 from .recording import ABSENT, Client, Record
 from .replay import matchers as _matchers
 from .replay.matchers import MatchError, Matcher, register_matcher, unregister_matcher
@@ -110,6 +111,7 @@ class Response:
     events_after: list[dict[str, Any]]
     seq: int | None = None  # the recorded exchange answered (None: a reuse, or built in code)
     refused: str | None = None  # the policy's reason when the recorded exchange cannot be answered
+    external: int = 0  # how many of events_after (the last ones) no command caused
 
 
 class FakeQemu:
@@ -127,6 +129,7 @@ class FakeQemu:
         limits: Limits | None = None,
         policy: ReplayPolicy | None = None,
         matchers: Sequence[str | Matcher] = (_matchers.ARGUMENTS,),
+        chaos: Chaos | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
@@ -149,7 +152,9 @@ class FakeQemu:
         self._answered = 0
         self._unmatched: list[Unmatched] = []
         self.limits = limits or Limits()
+        self.chaos = chaos  # chaos mode (qmprr.fake_chaos): legal reorderings, delays, cut output
         self._server: QmpServer | None = None
+        self._chaos_server: fake_chaos.Listener | None = None
         self._session_ended: asyncio.Event | None = None
         self._keys = [self._key(e.command, e.arguments) for e in script.exchanges]
         # Unconsumed exchanges per key, in recorded order (lenient/ordered matching in O(1)).
@@ -199,8 +204,9 @@ class FakeQemu:
             if refused is not None:
                 return Response([], qmp_error(f"qmprr fake: {refused}"), [], exchange.seq, refused)
             reply = exchange.reply or {}
-            after = exchange.events_after + exchange.external_after if self.external_events else exchange.events_after
-            return Response(exchange.events_before, reply, after, exchange.seq)
+            external = exchange.external_after if self.external_events else []
+            return Response(exchange.events_before, reply, exchange.events_after + external, exchange.seq,
+                            external=len(external))
         again = self._reused(name, key, actual)
         if again is not None:
             self._answered += 1
@@ -303,14 +309,25 @@ class FakeQemu:
 
     async def serve_unix(self, path: str) -> None:
         """Accept clients on a new UNIX socket at *path* (mode 0600)."""
+        if self.chaos is not None:
+            self._chaos_server = await fake_chaos.listen(path, self.handle)
+            return
         await self.server.listen(path, "primary")
 
     async def close(self) -> None:
+        if self._chaos_server is not None:
+            await self._chaos_server.close()
         if self._server is not None:
             await self._server.close()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve one client connection until it closes."""
+        """Serve one client connection until it closes (through the chaos relay in chaos mode)."""
+        if self.chaos is not None:
+            await fake_chaos.relay(reader, writer, self.chaos, self._serve)
+        else:
+            await self._serve(reader, writer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self.server.serve(reader, writer, "primary")
 
     def _ended_event(self) -> asyncio.Event:
@@ -357,9 +374,16 @@ class _FakeBackend:
 
     async def execute(self, msg: dict[str, Any], *, src: str, role: str, client_id: Any, tx: Any) -> dict[str, Any]:
         response = self.fake.respond(msg)
-        for event in response.events_before:
+        before, after, delay = response.events_before, response.events_after, 0.0
+        if self.fake.chaos is not None:  # events the command caused move across its reply; the reply waits
+            caused = len(after) - response.external
+            before, moved, delay = self.fake.chaos.place(wire.command_name(msg), before, after[:caused])
+            after = moved + after[caused:]
+        for event in before:
             self._broadcast(event)
-        self._after = list(response.events_after)
+        if delay:
+            await asyncio.sleep(delay)
+        self._after = list(after)
         reply = dict(response.reply)
         if client_id is not ABSENT:
             reply["id"] = client_id

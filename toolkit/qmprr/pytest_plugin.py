@@ -50,6 +50,11 @@ Marker: ``qmp_recording(path, mode="strict", reuse=False, qemu_argv=None, rules=
   as with ``once``. Only ``mode="lenient"``: new exchanges come after the
   recorded ones in the file, whatever order the test sent them in.
 
+``--qmp-chaos=SEED`` (and ``--qmp-chaos-max-delay=SECONDS``) serves every
+fake in chaos mode (:mod:`qmprr.fake_chaos`): events a command caused move
+across its reply, replies wait, the output is cut at any byte. A failing
+test's report gets a ``qmprr chaos`` section with the seed and the schedule.
+
 A recording QEMU runs in :mod:`qmprr.sandbox` (QEMU's seccomp filter, the
 host read-only, loopback only), in a fresh temporary folder it may write.
 
@@ -112,6 +117,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "qmp_record_mode", "default for --qmp-record-mode (none, once, rewrite, new_episodes)", default="none"
     )
+    group.addoption("--qmp-chaos", type=int, default=None, metavar="SEED",
+                    help="serve every fake in chaos mode with this seed (qmprr.fake_chaos): events move across "
+                    "replies, replies wait, output is cut anywhere; a failure prints the schedule")
+    group.addoption("--qmp-chaos-max-delay", type=float, default=None, metavar="SECONDS",
+                    help="--qmp-chaos: the longest random pause (default 0.02)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -124,6 +134,9 @@ def pytest_configure(config: pytest.Config) -> None:
     mode = config.getoption("--qmp-record-mode") or config.getini("qmp_record_mode")
     if mode not in RECORD_MODES:
         raise pytest.UsageError(f"qmp_record_mode must be one of {', '.join(RECORD_MODES)}, not {mode!r}")
+    delay = config.getoption("--qmp-chaos-max-delay")
+    if delay is not None and not 0 <= delay < float("inf"):
+        raise pytest.UsageError(f"--qmp-chaos-max-delay must be a finite number of seconds >= 0, not {delay!r}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -168,6 +181,10 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     item.stash.setdefault(_REPORTS, {})[report.when] = report
+    if report.failed:
+        for endpoint in item.stash.get(_KEY, []):
+            if endpoint.fake is not None and endpoint.fake.chaos is not None:
+                report.sections.append(("qmprr chaos", "\n".join(endpoint.fake.chaos.lines())))
     return report
 
 
@@ -306,6 +323,12 @@ class _Serving:
         return os.path.join(self.folder, f"qmp-{len(self.endpoints)}.sock")
 
     def serve(self, fake: FakeQemu, *, recording: Path | None = None, hybrid: Any = None) -> QmpEndpoint:
+        seed = self.request.config.getoption("--qmp-chaos")
+        if seed is not None and fake.chaos is None:
+            from .fake_chaos import DEFAULT_MAX_DELAY, Chaos
+
+            delay = self.request.config.getoption("--qmp-chaos-max-delay")
+            fake.chaos = Chaos(seed, DEFAULT_MAX_DELAY if delay is None else delay)
         live = _Connections()
         path = self.socket_path()
         server = self.loop.call(_serve_fake(hybrid if hybrid is not None else fake, path, live))

@@ -92,6 +92,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         record=args.record,
         report=args.report,
         progress=sys.stderr.isatty(),
+        scratch_images=args.scratch_images,
     )
     return run_async(_replay_main(args.file, run, options))
 
@@ -114,12 +115,20 @@ async def _fake_main(args: argparse.Namespace, norm: Normalizer) -> int:
     from ..fake import FakeQemu
 
     fake = FakeQemu.from_recording(args.file, mode=args.mode.value, reuse=args.reuse, normalizer=norm,
-                                   external_events=args.external_events)
+                                   external_events=args.external_events, chaos=_chaos(args))
+    served: Any = fake
+    if args.forward_unmatched or args.upstream or args.record:  # the hybrid fake: qmprr.fake_forward
+        from ..fake_forward import hybrid_from_options
+
+        if not args.forward_unmatched or not args.record:
+            raise UsageError("--upstream and --record go with --forward-unmatched, which needs --record OUT")
+        served = hybrid_from_options(fake, args.file, record=args.record, upstream=args.upstream)
+        await served.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await fake.serve_unix(args.socket)
+    await served.serve_unix(args.socket)
     print(f"qmprr: fake QEMU serving {args.file} ({args.mode}) on {args.socket}", file=sys.stderr, flush=True)
     waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
     if not args.keep_serving:
@@ -127,11 +136,25 @@ async def _fake_main(args: argparse.Namespace, norm: Normalizer) -> int:
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for w in waits:
         w.cancel()
-    await fake.close()
-    report = fake.report()
-    for line in report.lines():
+    await served.close()
+    from ..fake_forward import finish_report
+
+    hybrid = served.report() if served is not fake else None
+    ok = finish_report(fake.report(), hybrid, mode=args.mode.value, report_file=args.report, out=sys.stderr)
+    for line in fake.chaos.lines() if fake.chaos is not None else []:
         print(f"qmprr fake: {line}", file=sys.stderr)
-    return EXIT_OK if report.ok(args.mode.value) else EXIT_PROBLEMS
+    return EXIT_OK if ok else EXIT_PROBLEMS
+
+
+def _chaos(args: argparse.Namespace) -> Any:
+    """``fake --chaos SEED [--chaos-max-delay S]``: the chaos schedule (qmprr.fake_chaos), or None."""
+    from ..fake_chaos import DEFAULT_MAX_DELAY, Chaos
+
+    if args.chaos is None:
+        if args.chaos_max_delay is not None:
+            raise UsageError("--chaos-max-delay needs --chaos SEED")
+        return None
+    return Chaos(args.chaos, args.chaos_max_delay if args.chaos_max_delay is not None else DEFAULT_MAX_DELAY)
 
 
 def register(sub: Any) -> None:
@@ -149,7 +172,8 @@ def register(sub: Any) -> None:
         "--allow-unsafe turns the sandbox and the checks off.",
         examples=["qmprr replay session.jsonl",
                   "qmprr replay session.jsonl --target fake --keep-going --report steps.json",
-                  "qmprr replay vm.jsonl --map-path /var/lib/images=$PWD/images --secret sec0=hunter2"],
+                  "qmprr replay vm.jsonl --map-path /var/lib/images=$PWD/images --secret sec0=hunter2",
+                  "qmprr replay recordings/block.jsonl --scratch-images   # blank disks from the recorded descriptions"],
         exits="0 reproduced with no divergence, 1 diverged, refused or nothing replayed, 2 could not run.",
         func=cmd_replay,
     )
@@ -183,6 +207,10 @@ def register(sub: Any) -> None:
                    help="how long to wait for a window's recorded events (default 3)")
     p.add_argument("--report", metavar="FILE.json", help="write every step as JSON")
     p.add_argument("--record", metavar="OUT.jsonl", help="record the replay itself through the channel")
+    p.add_argument("--scratch-images", action="store_true",
+                   help="replay on blank images made from the recording's image descriptions (format, size, "
+                   "cluster size, backing chain) in the work folder, for every described image; without it "
+                   "only missing images are made")
 
     p = command(
         sub, "fake",
@@ -191,10 +219,13 @@ def register(sub: Any) -> None:
         "replies and events. strict: exactly the recorded sequence; ordered: recorded order, "
         "commands may be skipped; lenient: consume-once matching by name and normalized arguments "
         "(--reuse lets consumed commands repeat). Unmatched commands get a QMP error saying what "
-        "was expected. Exits when the first client disconnects (unless --keep-serving) with a report.",
+        "was expected. Exits when the first client disconnects (unless --keep-serving) with a report. "
+        "--forward-unmatched forwards what the recording cannot answer to a real QEMU and records it.",
         examples=["qmprr fake session.jsonl --socket /tmp/fake.sock &  qmp-shell /tmp/fake.sock",
-                  "qmprr fake libvirt-probe.jsonl --socket /tmp/fake.sock --mode lenient --reuse --keep-serving"],
-        exits="0 all matched (strict: and all used), 1 otherwise, 2 could not run.",
+                  "qmprr fake libvirt-probe.jsonl --socket /tmp/fake.sock --mode lenient --reuse --keep-serving",
+                  "qmprr fake lifecycle.jsonl --socket /tmp/q.sock --mode lenient --forward-unmatched --record new.jsonl",
+                  "qmprr fake recordings/block.jsonl --socket /tmp/qmp.sock --chaos 7   # chaos mode, seed 7"],
+        exits="0 all matched (strict: and all used; forwarding: nothing refused), 1 otherwise, 2 could not run.",
         func=cmd_fake,
     )
     p.add_argument("file", help="recording to serve")
@@ -205,3 +236,16 @@ def register(sub: Any) -> None:
     p.add_argument("--keep-serving", action="store_true", help="serve until SIGINT/SIGTERM, not one client")
     p.add_argument("--external-events", action="store_true",
                    help="also send events no command caused (libvirt's signal: SHUTDOWN), where they were recorded")
+    p.add_argument("--report", metavar="FILE.json",
+                   help="write the whole report as JSON (a terminal shows at most 20 unused commands)")
+    p.add_argument("--forward-unmatched", action="store_true",
+                   help="the hybrid fake: forward commands the recording cannot answer to a real QEMU, started "
+                   "from the recorded command line (sandboxed, as replay does) unless --upstream")
+    p.add_argument("--upstream", metavar="SOCKET", help="--forward-unmatched: forward to this running QEMU's QMP socket")
+    p.add_argument("--record", metavar="OUT.jsonl",
+                   help="--forward-unmatched (required): record what was forwarded (a normal recording)")
+    p.add_argument("--chaos", type=int, metavar="SEED",
+                   help="chaos mode: move the events a command caused across its reply, delay replies and "
+                   "output, cut and glue writes anywhere; the same SEED, the same schedule (printed at the end)")
+    p.add_argument("--chaos-max-delay", type=seconds, metavar="SECONDS",
+                   help="--chaos: the longest random pause (default 0.02)")
