@@ -303,6 +303,8 @@ async def block(work: Path, qemu: str) -> Path:
     completed = next(r for r in recs if r["kind"] == "event" and r["msg"]["event"] == "BLOCK_JOB_COMPLETED")
     check(completed["msg"]["data"]["len"] > 0, "the commit copied nothing")
     check(len(commands(recs, "blockdev-del")) == 2, "blockdev-del missing")
+    described = [d["path"] for r in recs if r["kind"] == "note" for d in (r.get("data") or {}).get("images", [])]
+    check(described == ["base.qcow2", "top.qcow2"], f"images described (for replay's scratch images): {described}")
     return run.record
 
 

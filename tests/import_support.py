@@ -6,14 +6,13 @@ them with libvirtd 9.0 and QEMU 7.2 (see its docstring for the session).
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from pathlib import Path
 from typing import Any
 
 from qmprr.errors import QmprrError
-from qmprr.importers.commands import register
+from qmprr.cli import build_parser
 
 DATA = Path(__file__).parent / "data" / "libvirt"
 LOG = DATA / "libvirtd-debug.log"
@@ -23,9 +22,7 @@ REPLIES = DATA / "caps-x86_64.replies"
 
 def run_import(*argv: str | Path) -> tuple[int, str]:
     """``qmprr import ARGV...`` in process: (exit status, what it printed, errors as 'qmprr: ...')."""
-    parser = argparse.ArgumentParser(prog="qmprr")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["import", *map(str, argv)])
+    args = build_parser().parse_args(["import", *map(str, argv)])
     out = io.StringIO()
     try:
         status = args.func(args, out=out)

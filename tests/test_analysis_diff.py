@@ -249,7 +249,7 @@ def test_colour_only_when_asked_or_on_a_terminal(tmp_path: Path, capsys: pytest.
         def isatty(self) -> bool:
             return True
 
-    from qmprr.analysis.commands import use_color
+    from qmprr.cli.options import use_color
 
     monkeypatch.delenv("NO_COLOR", raising=False)
     monkeypatch.setenv("TERM", "xterm")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from qmprr.analysis.commands import main
+from qmprr.cli import main
 from qmprr.analysis.stats import compute
 from qmprr.bench.analysis import write_records
 

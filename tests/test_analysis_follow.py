@@ -144,7 +144,7 @@ def test_show_follow_cli_with_a_real_writer(tmp_path: Path) -> None:
     path = tmp_path / "live.jsonl"
     writer = RecordWriter.create(path, new_header(), sync="none")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "qmprr.analysis.commands", "show", "--follow", "--json", "--kind", "event", str(path)],
+        [sys.executable, "-m", "qmprr.cli", "show", "--follow", "--json", "--kind", "event", str(path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:

@@ -1,8 +1,8 @@
 """``qmprr show``: lines, filters that combine, JSON output, colour rules.
 
-The analysis commands are run through :func:`qmprr.analysis.commands.main`
+The analysis commands are run through :func:`qmprr.cli.main`
 (in-process, as ``qmprr`` runs them) or, where a terminal matters, as
-``python -m qmprr.analysis.commands`` in a pseudo-terminal.
+``python -m qmprr.cli`` in a pseudo-terminal.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from qmprr.analysis.commands import main
+from qmprr.cli import main
 from qmprr.analysis.filters import FilterError, Position, parse_position
 from qmprr.bench.analysis import write_records
 
@@ -223,7 +223,7 @@ def test_bad_positions(text: str, capsys: pytest.CaptureFixture[str]) -> None:
 def run_in_pty(argv: list[str], env: dict[str, str]) -> str:
     master, slave = pty.openpty()
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "qmprr.analysis.commands", *argv], stdout=slave,
+        proc = subprocess.Popen([sys.executable, "-m", "qmprr.cli", *argv], stdout=slave,
                                 stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env)
     finally:
         os.close(slave)

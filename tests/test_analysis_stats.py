@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from qmprr.analysis.query import stats as stats_sql
-from qmprr.analysis.commands import main
+from qmprr.cli import main
 from qmprr.analysis.stats import compute, compute_many
 from qmprr.bench.analysis import write_recording, write_records
 

@@ -367,15 +367,3 @@ def test_inject_to_qemus_own_tcp_monitor(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(10)
-
-
-# -- help ----------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("command", ["inject", "events", "launch", "proxy"])
-def test_help_ends_with_examples_and_exit_statuses(tmp_path: Path, command: str) -> None:
-    status, out, err = run_qmprr(tmp_path, command, "--help")
-    assert status == 0
-    epilog = " ".join(out.strip().split("\n\n")[-1].split())
-    assert "qmprr " + command in epilog and "Exit status: " in epilog
-    assert epilog.index("Exit status") > epilog.index("qmprr " + command)

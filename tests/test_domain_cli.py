@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import io
 import json
 import shlex
@@ -13,39 +11,14 @@ from pathlib import Path
 import pytest
 
 from qmprr import cli
-from qmprr.domain.commands import register
-from qmprr.errors import QmprrError
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "examples" / "domain" / "lab.xml"
 
 
-def _wired() -> bool:
-    """Whether qmprr.cli calls register() already (then the real CLI is tested)."""
-    with contextlib.redirect_stderr(io.StringIO()):
-        try:
-            cli.build_parser().parse_args(["domain", "from-argv"])
-        except SystemExit:
-            return False
-    return True
-
-
-WIRED = _wired()
-
-
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run ``qmprr ARGV`` (the real CLI when it has ``domain``, else a parser with register())."""
-    if WIRED:
-        status = cli.main(argv)
-    else:
-        parser = argparse.ArgumentParser(prog="qmprr")
-        register(parser.add_subparsers(dest="command", required=True))
-        args = parser.parse_args(argv)
-        try:
-            status = args.func(args)
-        except QmprrError as exc:
-            print(f"qmprr: {exc}", file=sys.stderr)
-            status = exc.exit_code
+    """Run ``qmprr ARGV`` in process: (exit status, stdout, stderr)."""
+    status = cli.main(argv)
     out, err = capsys.readouterr()
     return status, out, err
 

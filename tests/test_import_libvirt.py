@@ -436,7 +436,7 @@ def test_orig_is_the_last_member_before_h(imported: dict[int, Path]) -> None:
 
 
 def test_the_qmprr_command_has_import() -> None:
-    """Through ``qmprr`` itself, once cli.py registers the importers (see qmprr.importers.commands)."""
+    """Through ``qmprr`` itself (qmprr.cli.importing)."""
     import subprocess
     import sys
 

@@ -305,7 +305,7 @@ def test_rules_in_the_marker(suite: pytest.Pytester) -> None:
 def test_marker_is_registered(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     result = pytester.runpytest(*PLUGIN_ARGS, "--markers")
-    result.stdout.fnmatch_lines(["@pytest.mark.qmp_recording(path, mode='strict', reuse=False, qemu_argv=None, rules=None)*"])
+    result.stdout.fnmatch_lines(["@pytest.mark.qmp_recording(path, mode='strict', reuse=False, qemu_argv=None, rules=None, matchers=None)*"])
     result = pytester.runpytest(*PLUGIN_ARGS, "--help")
     result.stdout.fnmatch_lines(["*--qmp-record-mode*"])
     result = pytester.runpytest(*PLUGIN_ARGS, "--qmp-record-mode=sometimes")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import zstandard
-from qmprr.analysis.commands import main
+from qmprr.cli import main
 from qmprr.analysis.query.engine import open_dataset, open_recordings
 from qmprr.analysis.query.files import CATALOG_NAME
 from qmprr.analysis.query.parquet import export_parquet

@@ -308,7 +308,7 @@ def test_redacted_secret_sent_with_secret(tmp_path: Path, capsys: pytest.Capture
     status, out, _ = replay(capsys, str(rec), "--target", "qemu", "--secret", "sec0=not base64!")
     assert status == 1
     assert "first divergence at step 1, recorded seq 4: object-add" in out
-    assert "reply return vs error: recorded {}, got {'class': 'GenericError'" in out
+    assert "reply return vs error: recorded {}, got GenericError: 'Base64 data contains invalid characters'" in out
 
 
 def test_fill_secrets_unit() -> None:

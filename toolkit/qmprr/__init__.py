@@ -15,8 +15,9 @@ Layers, lowest first (a layer never imports a higher one):
 * :mod:`qmprr.fake`, :mod:`qmprr.replay` -- a recording served as a fake QEMU, and replayed
   against a fake or a real one (the replay targets use the fake);
 * :mod:`qmprr.importers` -- recordings from libvirt and QEMU logs;
-* :mod:`qmprr.analysis` -- reading a recording for people;
-* :mod:`qmprr.cli` -- the ``qmprr`` command.
+* :mod:`qmprr.analysis` -- reading a recording for people; :mod:`qmprr.bench` -- benchmarks;
+* :mod:`qmprr.libvirt` -- libvirt's emulator wrapper and its recorder;
+* :mod:`qmprr.cli` -- the ``qmprr`` command, a module per group of subcommands.
 """
 
 __version__ = "0.1.0"

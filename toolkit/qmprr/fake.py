@@ -20,6 +20,12 @@ next or which recorded command comes closest, with the differing fields;
 "already consumed" is told apart from "never recorded". :meth:`FakeQemu.report`
 lists unused exchanges and unmatched commands.
 
+What may be answered at all is the replay policy's decision
+(:meth:`~qmprr.replay.policy.ReplayPolicy.for_fake`: qmprr's own commands
+are not served, a command recorded without a reply is refused). Python
+matchers (:func:`register_matcher`, ``matchers=[...]``) may replace or add to
+the argument comparison (see :mod:`qmprr.replay.matchers`).
+
 In code::
 
     fake = (FakeQemu.builder()
@@ -35,20 +41,25 @@ import collections
 import difflib
 import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import attrs
 
-from . import codec, wire
+from . import codec, fake_chaos, wire
+from .fake_chaos import Chaos
 from .recording import ABSENT, Client, Record
+from .replay import matchers as _matchers
+from .replay.matchers import MatchError, Matcher, register_matcher, unregister_matcher
 from .replay.normalize import Normalizer
+from .replay.policy import ReplayPolicy
 from .replay.script import DEFAULT_GREETING, Exchange, Script, load_script
 from .server import Limits, QmpServer
 from .session import qmp_error, qmp_return
 
 Mode = Literal["strict", "ordered", "lenient"]
 MODES = ("strict", "ordered", "lenient")
+__all__ = ["FakeQemu", "FakeReport", "MatchError", "Matcher", "register_matcher", "unregister_matcher"]
 
 
 @attrs.define
@@ -71,13 +82,24 @@ class FakeReport:
         """Strict mode fails on anything unmatched or unused; others on unmatched only."""
         return not self.unmatched and (mode != "strict" or not self.unused)
 
-    def lines(self) -> list[str]:
+    def lines(self, limit: int | None = None) -> list[str]:
+        """The report as text; with *limit*, at most that many unused commands (and how many more)."""
         out = [f"answered {self.answered} command(s)"]
         for u in self.unmatched:
             out.append(f"unmatched: {wire.command_name(u.msg)}: {u.reason}")
-        for e in self.unused:
+        shown = self.unused if limit is None else self.unused[:limit]
+        for e in shown:
             out.append(f"unused: seq {e.seq} {e.command} from {e.src}")
+        if len(shown) < len(self.unused):
+            out.append(f"unused: {len(self.unused) - len(shown)} more of {len(self.unused)} not shown (--report FILE lists all)")
         return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "answered": self.answered,
+            "unmatched": [{"command": wire.command_name(u.msg), "msg": u.msg, "reason": u.reason} for u in self.unmatched],
+            "unused": [{"seq": e.seq, "command": e.command, "src": e.src} for e in self.unused],
+        }
 
 
 @attrs.define
@@ -87,6 +109,9 @@ class Response:
     events_before: list[dict[str, Any]]
     reply: dict[str, Any]
     events_after: list[dict[str, Any]]
+    seq: int | None = None  # the recorded exchange answered (None: a reuse, or built in code)
+    refused: str | None = None  # the policy's reason when the recorded exchange cannot be answered
+    external: int = 0  # how many of events_after (the last ones) no command caused
 
 
 class FakeQemu:
@@ -102,11 +127,21 @@ class FakeQemu:
         internal: bool = False,
         external_events: bool = False,
         limits: Limits | None = None,
+        policy: ReplayPolicy | None = None,
+        matchers: Sequence[str | Matcher] = (_matchers.ARGUMENTS,),
+        chaos: Chaos | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
-        if not internal:  # qmprr's own commands (its shutdown quit) are not expected from clients
-            script = attrs.evolve(script, exchanges=[e for e in script.exchanges if e.role != "internal"])
+        self.policy = policy if policy is not None else ReplayPolicy.for_fake(internal=internal)
+        decided = [(e, self.policy.decide(e)) for e in script.exchanges]  # once: the policy never changes
+        decided = [(e, d) for e, d in decided if d.action != "skip"]
+        script = attrs.evolve(script, exchanges=[e for e, _ in decided])
+        self._refusals = {i: d.reason for i, (_, d) in enumerate(decided) if d.action == "refuse"}
+        self.matchers = _matchers.resolve(matchers)
+        self._custom = any(fn is not None for _, fn in self.matchers)
+        self._by_arguments = any(fn is None for _, fn in self.matchers)
+        self._miss: str | None = None  # why the closest candidate was refused by a matcher
         self.script = script
         self.mode = mode
         self.reuse = reuse
@@ -117,7 +152,9 @@ class FakeQemu:
         self._answered = 0
         self._unmatched: list[Unmatched] = []
         self.limits = limits or Limits()
+        self.chaos = chaos  # chaos mode (qmprr.fake_chaos): legal reorderings, delays, cut output
         self._server: QmpServer | None = None
+        self._chaos_server: fake_chaos.Listener | None = None
         self._session_ended: asyncio.Event | None = None
         self._keys = [self._key(e.command, e.arguments) for e in script.exchanges]
         # Unconsumed exchanges per key, in recorded order (lenient/ordered matching in O(1)).
@@ -144,27 +181,74 @@ class FakeQemu:
 
     def respond(self, msg: dict[str, Any]) -> Response:
         """The events and reply (without id) for one command from a client."""
+        found = self.match(msg)
+        if isinstance(found, Unmatched):
+            self._unmatched.append(found)
+            return Response([], qmp_error(f"qmprr fake: {found.reason}"), [])
+        return found
+
+    def match(self, msg: dict[str, Any]) -> Response | Unmatched:
+        """What the recording answers to *msg* (consuming it), or why it has no answer (not counted unmatched)."""
         name = wire.command_name(msg)
         key = self._key(name, msg.get("arguments"))
-        index = self._match(key)
+        actual = {k: v for k, v in msg.items() if k != "id"} if self._custom else msg
+        self._miss = None
+        index = self._match_custom(name, key, actual) if self._custom else self._match(key)
         if index is not None:
             self._consumed[index] = True
             exchange = self.script.exchanges[index]
             if exchange.reply is not None:
                 self._last[key] = max(index, self._last.get(key, -1))
             self._answered += 1
-            if exchange.reply is None:
-                reply = qmp_error(f"qmprr fake: the recording has no reply to {name} (seq {exchange.seq}): it was in flight when recording ended")
-            else:
-                reply = exchange.reply
-            after = exchange.events_after + exchange.external_after if self.external_events else exchange.events_after
-            return Response(exchange.events_before, reply, after)
-        if self.reuse and key in self._last:
+            refused = self._refusals.get(index)
+            if refused is not None:
+                return Response([], qmp_error(f"qmprr fake: {refused}"), [], exchange.seq, refused)
+            reply = exchange.reply or {}
+            external = exchange.external_after if self.external_events else []
+            return Response(exchange.events_before, reply, exchange.events_after + external, exchange.seq,
+                            external=len(external))
+        again = self._reused(name, key, actual)
+        if again is not None:
             self._answered += 1
-            return Response([], self.script.exchanges[self._last[key]].reply, [])  # type: ignore[arg-type]  # _last holds only exchanges with a reply
-        reason = self._explain(name, msg.get("arguments"), key)
-        self._unmatched.append(Unmatched(msg, reason))
-        return Response([], qmp_error(f"qmprr fake: {reason}"), [])
+            return Response([], self.script.exchanges[again].reply, [])  # type: ignore[arg-type]  # _last holds only exchanges with a reply
+        return Unmatched(msg, self._explain(name, msg.get("arguments"), key))
+
+    def _reused(self, name: str | None, key: tuple[str | None, str], actual: dict[str, Any]) -> int | None:
+        if not self.reuse:
+            return None
+        if not self._custom:
+            return self._last.get(key)
+        for index in sorted(self._last.values(), reverse=True):
+            if self._accepts(index, name, key, actual):
+                return index
+        return None
+
+    def _accepts(self, index: int, name: str | None, key: tuple[str | None, str], actual: dict[str, Any]) -> bool:
+        """Python matchers: does recorded exchange *index* answer *actual*? (Keeps the first refusal's reason.)"""
+        exchange = self.script.exchanges[index]
+        if exchange.command != name:
+            return False
+        if self._by_arguments and self._keys[index] != key:
+            return False
+        why = _matchers.refusal(self.matchers, exchange.msg, actual)
+        if why is not None and self._miss is None:
+            self._miss = f"{name} was recorded (seq {exchange.seq}), but {why}"
+        return why is None
+
+    def _match_custom(self, name: str | None, key: tuple[str | None, str], actual: dict[str, Any]) -> int | None:
+        if self.mode == "strict":
+            if self._next < len(self._keys) and self._accepts(self._next, name, key, actual):
+                self._next += 1
+                return self._next - 1
+            return None
+        start = self._next if self.mode == "ordered" else 0
+        for index in range(start, len(self._keys)):
+            if not self._consumed[index] and self._accepts(index, name, key, actual):
+                self._pending[self._keys[index]].remove(index)
+                if self.mode == "ordered":
+                    self._next = index + 1
+                return index
+        return None
 
     def _match(self, key: tuple[str | None, str]) -> int | None:
         if self.mode == "strict":
@@ -185,6 +269,8 @@ class FakeQemu:
 
     def _explain(self, name: str | None, arguments: Any, key: tuple[str | None, str]) -> str:
         exchanges = self.script.exchanges
+        if self._miss is not None:
+            return self._miss
         if any(c and k == key for c, k in zip(self._consumed, self._keys)):
             return f"{name} was recorded, but its recorded answers are already consumed (use reuse to repeat)"
         if self.mode == "strict" and self._next < len(exchanges):
@@ -223,14 +309,25 @@ class FakeQemu:
 
     async def serve_unix(self, path: str) -> None:
         """Accept clients on a new UNIX socket at *path* (mode 0600)."""
+        if self.chaos is not None:
+            self._chaos_server = await fake_chaos.listen(path, self.handle)
+            return
         await self.server.listen(path, "primary")
 
     async def close(self) -> None:
+        if self._chaos_server is not None:
+            await self._chaos_server.close()
         if self._server is not None:
             await self._server.close()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve one client connection until it closes."""
+        """Serve one client connection until it closes (through the chaos relay in chaos mode)."""
+        if self.chaos is not None:
+            await fake_chaos.relay(reader, writer, self.chaos, self._serve)
+        else:
+            await self._serve(reader, writer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self.server.serve(reader, writer, "primary")
 
     def _ended_event(self) -> asyncio.Event:
@@ -277,9 +374,16 @@ class _FakeBackend:
 
     async def execute(self, msg: dict[str, Any], *, src: str, role: str, client_id: Any, tx: Any) -> dict[str, Any]:
         response = self.fake.respond(msg)
-        for event in response.events_before:
+        before, after, delay = response.events_before, response.events_after, 0.0
+        if self.fake.chaos is not None:  # events the command caused move across its reply; the reply waits
+            caused = len(after) - response.external
+            before, moved, delay = self.fake.chaos.place(wire.command_name(msg), before, after[:caused])
+            after = moved + after[caused:]
+        for event in before:
             self._broadcast(event)
-        self._after = list(response.events_after)
+        if delay:
+            await asyncio.sleep(delay)
+        self._after = list(after)
         reply = dict(response.reply)
         if client_id is not ABSENT:
             reply["id"] = client_id

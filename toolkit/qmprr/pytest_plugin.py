@@ -13,7 +13,7 @@ takes the ``qmp_fake`` fixture::
 runs in a background thread with its own asyncio loop, so synchronous code
 under test works as well as asynchronous code.
 
-Marker: ``qmp_recording(path, mode="strict", reuse=False, qemu_argv=None, rules=None)``
+Marker: ``qmp_recording(path, mode="strict", reuse=False, qemu_argv=None, rules=None, matchers=None)``
 
 * ``path``: the recording. A relative path is looked up next to the test
   file first, then under pytest's rootdir; a recording made by ``once`` /
@@ -26,6 +26,9 @@ Marker: ``qmp_recording(path, mode="strict", reuse=False, qemu_argv=None, rules=
   ``qemu-system-x86_64 -machine none -nodefaults -display none``).
 * ``rules``: a normalization rules file (TOML, see
   :mod:`qmprr.replay.normalize`) for argument matching, relative like ``path``.
+* ``matchers``: Python matchers beside the rules (names given to
+  :func:`qmprr.fake.register_matcher`, or callables; ``"arguments"`` is the
+  built-in comparison, the default): see :mod:`qmprr.replay.matchers`.
 
 ``--qmp-record-mode`` (or the ``qmp_record_mode`` ini option):
 
@@ -37,6 +40,20 @@ Marker: ``qmp_recording(path, mode="strict", reuse=False, qemu_argv=None, rules=
   True.
 * ``rewrite``: always record again (the old file is replaced only when the
   test passes).
+* ``new_episodes`` (VCR's): recorded exchanges are served; a command the
+  recording cannot answer goes to a real QEMU started from the recording's
+  command line (sandboxed and checked as ``qmprr replay`` does, on the first
+  such command) and its exchange is appended to the recording as its next
+  segment (``NAME.jsonl`` is continued by ``NAME.000002.jsonl``, a set's
+  last segment by the next number), saved when the test passes; the
+  terminal summary says how many were new. A missing recording is recorded
+  as with ``once``. Only ``mode="lenient"``: new exchanges come after the
+  recorded ones in the file, whatever order the test sent them in.
+
+``--qmp-chaos=SEED`` (and ``--qmp-chaos-max-delay=SECONDS``) serves every
+fake in chaos mode (:mod:`qmprr.fake_chaos`): events a command caused move
+across its reply, replies wait, the output is cut at any byte. A failing
+test's report gets a ``qmprr chaos`` section with the seed and the schedule.
 
 A recording QEMU runs in :mod:`qmprr.sandbox` (QEMU's seccomp filter, the
 host read-only, loopback only), in a fresh temporary folder it may write.
@@ -71,7 +88,7 @@ from . import wire
 from .fake import MODES, FakeQemu, FakeReport
 
 MARKER = "qmp_recording"
-RECORD_MODES = ("none", "once", "rewrite")
+RECORD_MODES = ("none", "once", "rewrite", "new_episodes")
 DEFAULT_QEMU_ARGV = ("qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none")
 #: How long to wait, when the test returns, for its clients' connections to end.
 SETTLE_SECONDS = 0.2
@@ -81,6 +98,7 @@ TEARDOWN_SETTLE_SECONDS = 2.0
 MAX_UNUSED_SHOWN = 10
 _KEY = pytest.StashKey[list["QmpEndpoint"]]()
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+_NEW = pytest.StashKey[list[str]]()  # new_episodes: what each test appended, for the terminal summary
 
 
 # -- hooks ---------------------------------------------------------------------
@@ -93,21 +111,32 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=RECORD_MODES,
         default=None,
         help="none (default): serve recordings from a fake QEMU, never start QEMU; "
-        "once: record missing recordings against a real QEMU; rewrite: record them all again",
+        "once: record missing recordings against a real QEMU; rewrite: record them all again; "
+        "new_episodes: serve what is recorded, forward the rest to a real QEMU and append it",
     )
-    parser.addini("qmp_record_mode", "default for --qmp-record-mode (none, once, rewrite)", default="none")
+    parser.addini(
+        "qmp_record_mode", "default for --qmp-record-mode (none, once, rewrite, new_episodes)", default="none"
+    )
+    group.addoption("--qmp-chaos", type=int, default=None, metavar="SEED",
+                    help="serve every fake in chaos mode with this seed (qmprr.fake_chaos): events move across "
+                    "replies, replies wait, output is cut anywhere; a failure prints the schedule")
+    group.addoption("--qmp-chaos-max-delay", type=float, default=None, metavar="SECONDS",
+                    help="--qmp-chaos: the longest random pause (default 0.02)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        f"{MARKER}(path, mode='strict', reuse=False, qemu_argv=None, rules=None): "
+        f"{MARKER}(path, mode='strict', reuse=False, qemu_argv=None, rules=None, matchers=None): "
         "the qmprr recording the qmp_fake fixture serves (path relative to the test file's "
         "folder, else to rootdir); mode strict|ordered|lenient",
     )
     mode = config.getoption("--qmp-record-mode") or config.getini("qmp_record_mode")
     if mode not in RECORD_MODES:
         raise pytest.UsageError(f"qmp_record_mode must be one of {', '.join(RECORD_MODES)}, not {mode!r}")
+    delay = config.getoption("--qmp-chaos-max-delay")
+    if delay is not None and not 0 <= delay < float("inf"):
+        raise pytest.UsageError(f"--qmp-chaos-max-delay must be a finite number of seconds >= 0, not {delay!r}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -133,6 +162,15 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     return result
 
 
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """new_episodes: how many exchanges each test appended, and where."""
+    lines = config.stash.get(_NEW, [])
+    if lines:
+        terminalreporter.section("qmprr new_episodes")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 def _fakes(item: pytest.Item) -> list[QmpEndpoint]:
     return [e for e in item.stash.get(_KEY, []) if e.fake is not None]
 
@@ -143,6 +181,10 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     item.stash.setdefault(_REPORTS, {})[report.when] = report
+    if report.failed:
+        for endpoint in item.stash.get(_KEY, []):
+            if endpoint.fake is not None and endpoint.fake.chaos is not None:
+                report.sections.append(("qmprr chaos", "\n".join(endpoint.fake.chaos.lines())))
     return report
 
 
@@ -161,6 +203,14 @@ class QmpEndpoint:
     checked: bool = False
     _loop: _LoopThread | None = attrs.field(default=None, repr=False, alias="_loop")
     _live: _Connections | None = attrs.field(default=None, repr=False, alias="_live")
+    hybrid: Any = None  # new_episodes: the HybridFake forwarding to a real QEMU (qmprr.fake_forward)
+
+    def hybrid_report(self) -> Any:
+        """new_episodes: where each answer came from (:class:`~qmprr.fake_forward.HybridReport`), or None."""
+        if self.hybrid is None:
+            return None
+        assert self._loop is not None
+        return self._loop.call(_hybrid_report(self.hybrid))
 
     def report(self) -> FakeReport:
         """The fake's report so far (answered, unused, unmatched), taken in the fake's thread."""
@@ -180,6 +230,11 @@ class QmpEndpoint:
             return ""
         report = self.report()
         unused = report.unused if (final and self.mode == "strict") else []
+        hybrid = self.hybrid_report()
+        refused = [a for a in hybrid.answers if a.source == "refused"] if hybrid is not None else []
+        if refused:
+            return "\n".join([f"qmprr new_episodes serving {self.recording}: {len(refused)} command(s) refused"]
+                             + [f"  {a.line()}" for a in refused])
         if not report.unmatched and not unused:
             return ""
         where = self.recording if self.recording is not None else "a script built in code"
@@ -198,6 +253,10 @@ async def _report(fake: FakeQemu) -> FakeReport:
     return fake.report()
 
 
+async def _hybrid_report(hybrid: Any) -> Any:
+    return hybrid.report()
+
+
 @pytest.fixture
 def qmp_fake(request: pytest.FixtureRequest) -> Iterator[QmpEndpoint]:
     """A QMP socket for the code under test, serving the marked recording (see the module docstring)."""
@@ -209,7 +268,7 @@ def qmp_fake(request: pytest.FixtureRequest) -> Iterator[QmpEndpoint]:
     record_mode = config.getoption("--qmp-record-mode") or config.getini("qmp_record_mode")
     test_dir, rootdir = Path(request.path).parent, Path(config.rootpath)
     path = _resolve(options["path"], test_dir, rootdir)
-    record = record_mode == "rewrite" or (record_mode == "once" and not path.exists())
+    record = record_mode == "rewrite" or (record_mode in ("once", "new_episodes") and not path.exists())
     if not record and not path.exists():
         pytest.fail(
             f"recording {options['path']} not found (looked next to the test file and under rootdir);"
@@ -225,7 +284,14 @@ def qmp_fake(request: pytest.FixtureRequest) -> Iterator[QmpEndpoint]:
         normalizer = Normalizer()
         if options["rules"]:
             normalizer = normalizer.with_rules(load_rules(str(_resolve(options["rules"], test_dir, rootdir))))
-        fake = FakeQemu.from_recording(path, mode=options["mode"], reuse=options["reuse"], normalizer=normalizer)
+        try:
+            fake = FakeQemu.from_recording(path, mode=options["mode"], reuse=options["reuse"],
+                                           normalizer=normalizer, matchers=options["matchers"])
+        except (ValueError, TypeError) as exc:  # an unknown or bad matcher
+            pytest.fail(f"{MARKER}: {exc}", pytrace=False)
+        if record_mode == "new_episodes":
+            yield from _new_episodes_endpoint(request, serving, path, fake)
+            return
         yield serving.serve(fake, recording=path)
 
 
@@ -256,12 +322,18 @@ class _Serving:
     def socket_path(self) -> str:
         return os.path.join(self.folder, f"qmp-{len(self.endpoints)}.sock")
 
-    def serve(self, fake: FakeQemu, *, recording: Path | None = None) -> QmpEndpoint:
+    def serve(self, fake: FakeQemu, *, recording: Path | None = None, hybrid: Any = None) -> QmpEndpoint:
+        seed = self.request.config.getoption("--qmp-chaos")
+        if seed is not None and fake.chaos is None:
+            from .fake_chaos import DEFAULT_MAX_DELAY, Chaos
+
+            delay = self.request.config.getoption("--qmp-chaos-max-delay")
+            fake.chaos = Chaos(seed, DEFAULT_MAX_DELAY if delay is None else delay)
         live = _Connections()
         path = self.socket_path()
-        server = self.loop.call(_serve_fake(fake, path, live))
+        server = self.loop.call(_serve_fake(hybrid if hybrid is not None else fake, path, live))
         self._servers.append((server, live))
-        endpoint = QmpEndpoint(path, recording, fake.mode, fake, _loop=self.loop, _live=live)
+        endpoint = QmpEndpoint(path, recording, fake.mode, fake, _loop=self.loop, _live=live, hybrid=hybrid)
         self.add(endpoint)
         return endpoint
 
@@ -335,12 +407,66 @@ def _recording_endpoint(
                     partial.unlink()
 
 
+def _new_episodes_endpoint(
+    request: pytest.FixtureRequest, serving: _Serving, path: Path, fake: FakeQemu
+) -> Iterator[QmpEndpoint]:
+    """Serve *fake* as a hybrid: what the recording lacks goes to a real QEMU and is appended as its next segment."""
+    from .errors import QmprrError
+    from .fake_forward import HybridFake, continuation, upstream_qemu
+
+    if fake.mode != "lenient":
+        pytest.fail(
+            f"{request.node.nodeid}: --qmp-record-mode=new_episodes needs mode='lenient' in {MARKER}"
+            f" (new exchanges are appended after the recorded ones), not {fake.mode!r}",
+            pytrace=False,
+        )
+    try:
+        target, link = continuation(str(path))
+        partial = Path(target).with_name(f".{Path(target).name}.{os.getpid()}.episodes")
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        labels = {"made-by": "qmprr pytest plugin (new_episodes)", "test": request.node.nodeid}
+        hybrid = HybridFake(fake, upstream_qemu(fake.script, str(partial), labels, link=link), record=str(partial))
+    except QmprrError as exc:
+        pytest.fail(f"cannot record new episodes of {path}: {exc}", pytrace=False)
+    endpoint = serving.serve(fake, recording=path, hybrid=hybrid)
+    try:
+        yield endpoint
+    finally:
+        try:
+            serving.loop.call(hybrid.close())
+            report = hybrid.report()
+            new = report.count("qemu")
+            call = request.node.stash.get(_REPORTS, {}).get("call")
+            if new and call is not None and call.passed:
+                from .recording import verify
+
+                checked = verify(partial, jobs=1)  # no fork: this process runs the fake's thread
+                if not checked.ok:
+                    problems = "; ".join(f"line {p.line}: {p.message}" for p in checked.problems[:3])
+                    pytest.fail(f"the new episodes of {path} do not verify: {problems}", pytrace=False)
+                try:
+                    os.link(partial, target)  # never over a segment written meanwhile
+                except FileExistsError:
+                    pytest.fail(f"{target} appeared meanwhile (another run?): the new episodes are not saved",
+                                pytrace=False)
+                request.node.user_properties.append(("qmp_new_episodes", new))
+                request.config.stash.setdefault(_NEW, []).append(
+                    f"{request.node.nodeid}: {new} new exchange(s) appended to {target}"
+                    f" ({report.count('recording')} answered from the recording)"
+                )
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()  # saved: linked as the next segment; else dropped with the failed test
+
+
 def _marker_options(marker: pytest.Mark) -> dict[str, Any]:
     args, kwargs = list(marker.args), dict(marker.kwargs)
-    names = ("path", "mode", "reuse", "qemu_argv", "rules")
+    names = ("path", "mode", "reuse", "qemu_argv", "rules", "matchers")
     if len(args) > len(names):
         raise pytest.UsageError(f"{MARKER} takes at most {len(names)} positional arguments")
-    options: dict[str, Any] = {"path": None, "mode": "strict", "reuse": False, "qemu_argv": None, "rules": None}
+    options: dict[str, Any] = {"path": None, "mode": "strict", "reuse": False, "qemu_argv": None, "rules": None,
+                               "matchers": None}
     options.update(zip(names, args))
     unknown = set(kwargs) - set(names)
     if unknown:
@@ -350,6 +476,10 @@ def _marker_options(marker: pytest.Mark) -> dict[str, Any]:
         raise pytest.UsageError(f"{MARKER} needs the recording's path")
     if options["mode"] not in MODES:
         raise pytest.UsageError(f"{MARKER}: mode must be one of {', '.join(MODES)}, not {options['mode']!r}")
+    if options["matchers"] is None:
+        options["matchers"] = ("arguments",)
+    elif isinstance(options["matchers"], str) or callable(options["matchers"]):
+        options["matchers"] = (options["matchers"],)
     return options
 
 
@@ -424,7 +554,7 @@ class _Connections:
             return self._cond.wait_for(lambda: self._count == 0, timeout)
 
 
-async def _serve_fake(fake: FakeQemu, path: str, live: _Connections) -> asyncio.Server:
+async def _serve_fake(fake: Any, path: str, live: _Connections) -> asyncio.Server:
     from .server import bind_unix
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -450,19 +580,19 @@ async def _close_fake(server: asyncio.Server, live: _Connections) -> None:
 
 @attrs.define(eq=False)
 class _Recorder:
-    """A real QEMU behind qmprr's recording proxy (Channel + QmpServer)."""
+    """A real QEMU behind qmprr's recording proxy (Channel + QmpServer), started as replay starts one.
 
-    qemu: Any
-    channel: Any
+    QEMU runs in a fresh temporary folder, the only one it may write (the host is read-only in its sandbox).
+    """
+
+    stack: contextlib.AsyncExitStack
     server: Any
-    workdir: str  # QEMU's folder: the only one it may write (the host is read-only in its sandbox)
 
     @classmethod
     async def start(cls, argv: list[str], record: Path, socket_path: str, nodeid: str) -> _Recorder:
-        from .channel import Channel
-        from .launch import start_qemu
-        from .sandbox import Sandbox
         from .recording import RecordWriter, new_header, relevant_env
+        from .replay.targets import qemu_target
+        from .sandbox import Sandbox
         from .server import QmpServer
 
         def make_log(greeting: dict[str, Any]) -> RecordWriter:
@@ -475,44 +605,19 @@ class _Recorder:
             )
             return RecordWriter.create(record, header)
 
-        workdir = tempfile.mkdtemp(prefix="qmprr-record-")
+        stack = contextlib.AsyncExitStack()
         try:
-            qemu = await start_qemu(argv, {"TMPDIR": workdir}, sandbox=Sandbox((workdir,)), cwd=workdir)
-        except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
-        channel = None
-        try:
-            reader, writer = await asyncio.open_unix_connection(sock=qemu.monitor)
-            try:
-                channel = await Channel.open(reader, writer, make_log)
-            except Exception:
-                with contextlib.suppress(ProcessLookupError):
-                    qemu.process.kill()
-                await qemu.wait()
-                raise qemu.startup_failure() from None
+            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="qmprr-record-", ignore_cleanup_errors=True))
+            target = qemu_target(argv, make_log, workdir, {"TMPDIR": workdir}, sandbox=Sandbox((workdir,)))
+            channel = await stack.enter_async_context(target)
             server = QmpServer(channel)
             await server.listen(socket_path, "primary")
         except BaseException:
-            if channel is not None:
-                await channel.close()
-                channel.log.close()
-            if qemu.process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    qemu.process.kill()
-                await qemu.wait()
-            shutil.rmtree(workdir, ignore_errors=True)
+            await stack.aclose()
             raise
-        return cls(qemu, channel, server, workdir)
+        return cls(stack, server)
 
     async def stop(self) -> None:
         """Disconnect the clients, close the channel and the log (no ``quit`` is recorded), stop QEMU."""
         await self.server.close()
-        await self.channel.close()
-        self.channel.log.close()
-        if self.qemu.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.qemu.process.kill()
-        with contextlib.suppress(Exception):
-            await self.qemu.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        await self.stack.aclose()

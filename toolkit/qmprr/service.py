@@ -26,9 +26,10 @@ from typing import Any
 
 import attrs
 
-from . import address
+from . import address, images
 from .channel import INTERNAL_SRC, Channel, ChannelError
 from .errors import QmprrError, RecordingError
+from .image_watch import ImageWatcher
 from .launch import LaunchedQemu, start_qemu
 from .recording import RecordWriter, Redactor, SyncPolicy, new_header, relevant_env
 from .recording.segment import SegmentEnd, segment_end
@@ -115,6 +116,14 @@ def _log_factory(
     return make_log
 
 
+def _argv_images(argv: list[str], options: ServiceOptions) -> list[dict[str, Any]] | None:
+    """The images *argv* names (as the header keeps it, redacted), described; None when there are none."""
+    from .recording.redact import REDACTED, redact_argv
+
+    logged = redact_argv(argv)[0] if options.redactor.builtin else argv
+    return images.describe_all([p for p in images.named_in_argv(logged) if REDACTED not in p]) or None
+
+
 def _check_record_path(path: str, options: ServiceOptions | None = None, segment: int = 1) -> None:
     if options is not None:
         path = options.first_file(segment)
@@ -162,7 +171,7 @@ async def _serve(channel: Channel, options: ServiceOptions) -> QmpServer:
         from .fdpass import FdBackend, FdServing, inherited_listener
 
         listener = inherited_listener(options.socket_fd)
-        server = QmpServer(FdBackend(channel), policy=options.policy, limits=options.limits)
+        server = QmpServer(FdBackend(ImageWatcher(channel)), policy=options.policy, limits=options.limits)
         serving = FdServing(server, listener)
         serving.start()
         _close = server.close
@@ -173,7 +182,7 @@ async def _serve(channel: Channel, options: ServiceOptions) -> QmpServer:
 
         server.close = close  # type: ignore[method-assign]
     else:
-        server = QmpServer(channel, policy=options.policy, limits=options.limits)
+        server = QmpServer(ImageWatcher(channel), policy=options.policy, limits=options.limits)
     try:
         if options.socket is not None:
             await server.listen(options.socket, "primary", listen_any=options.listen_any)
@@ -250,7 +259,7 @@ async def run_launch(
     _check_socket_paths(options, monitor)
     stop = _stop_event()
     qemu = await start_qemu(argv, env, keep_vm=keep_vm, monitor_path=monitor)
-    fields: dict[str, Any] = {"qemu_pid": qemu.process.pid}
+    fields: dict[str, Any] = {"qemu_pid": qemu.process.pid, "images": _argv_images(argv, options)}
     if monitor is not None:
         fields["monitor_socket"] = os.path.abspath(monitor)
     reader, writer = await asyncio.open_unix_connection(sock=qemu.monitor)

@@ -208,7 +208,7 @@ def run(records: int = 1_000_000, folder: str | None = None) -> None:
               + f"; {base_rss:.1f} MiB after imports alone)   goal <= 200 MB")
         print(f"  throughput: {records / inside:,.0f} records/s, {size / inside / 2**20:.0f} MiB/s")
 
-        show = [sys.executable, "-m", "qmprr.analysis.commands", "show", path, "--command", SELECTED, "--json"]
+        show = [sys.executable, "-m", "qmprr.cli", "show", path, "--command", SELECTED, "--json"]
         print(f"\nselecting '{SELECTED}' commands and their replies as JSON Lines")
         n_show, t_show = _count_lines(show)
         print(f"  qmprr show --command {SELECTED} --json: {n_show:,} lines in {t_show:.2f} s, "

@@ -91,6 +91,9 @@ class Header(Record):
     #: Retention deleted older segments: ``{"deleted": [files], "final_seq", "final_hash"}``
     #: of the newest one deleted (the segment after it names that hash in ``previous``).
     retention: Msg | None = None
+    #: The images the argv names, described (never their data): ``[{"path", "format", "virtual_size",
+    #: "cluster_size", "backing": [...]}]`` (see :mod:`qmprr.images`); images commands open are in notes.
+    images: list[Msg] | None = None
 
 
 @attrs.define(kw_only=True)

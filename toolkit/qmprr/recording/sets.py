@@ -89,8 +89,11 @@ def resolve(path: str | os.PathLike[str], *, since: str | None = None) -> list[s
     """The files *path* stands for, in order.
 
     A folder: the one set it holds. A set's first segment (the lowest number
-    on disk): the whole set. Anything else: that file alone. With *since* (a
-    segment's name or number), the set from that segment on.
+    on disk): the whole set. A plain ``NAME.jsonl`` continued by segments
+    from ``NAME.000002.jsonl`` on (the pytest plugin's ``new_episodes``; it
+    counts as segment 1): the file and its continuation. Anything else: that
+    file alone. With *since* (a segment's name or number), the set from that
+    segment on.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -99,7 +102,11 @@ def resolve(path: str | os.PathLike[str], *, since: str | None = None) -> list[s
             raise RecordingError(f"{path}: cannot read recording: Is a directory with no segment set (NAME.000001.jsonl ...)")
         if len(stems) > 1:
             raise RecordingError(f"{path}: the folder holds several sets ({', '.join(sorted(stems))}); name one's first segment")
-        files = [p for _, p in segments_of(os.path.join(path, stems.pop()))]
+        stem = os.path.join(path, stems.pop())
+        files = [p for _, p in segments_of(stem)]
+        plain = stem + ".jsonl"
+        if files and parse(files[0]) == (stem, 2) and os.path.isfile(plain) and _continues(files[0], plain):
+            files.insert(0, plain)
     else:
         p = parse(path)
         files = [path]
@@ -107,9 +114,33 @@ def resolve(path: str | os.PathLike[str], *, since: str | None = None) -> list[s
             found = segments_of(p[0])
             if found and found[0][0] == p[1]:
                 files = [f for _, f in found]
+        elif path.endswith(".jsonl"):
+            found = segments_of(stem_of(path))
+            if found and found[0][0] == 2 and _continues(found[0][1], path):
+                files += [f for _, f in found]
     if since is not None:
         files = _since(files, since, path)
     return files
+
+
+def continuation(path: str) -> str:
+    """The file name of the segment that would continue the set ending with *path*."""
+    p = parse(path.removesuffix(ZST))
+    stem, number = p if p is not None else (stem_of(path), 1)
+    return os.path.join(os.path.dirname(path), segment_name(os.path.basename(stem), number + 1))
+
+
+def _continues(segment: str, path: str) -> bool:
+    """True when *segment*'s header names *path* as the file it continues (read from its first line only)."""
+    from .. import codec
+
+    try:
+        with open_bytes(segment) as f:
+            header = codec.loads(f.readline(1 << 20))
+    except Exception:  # unreadable or not a header: not a continuation; the file stands alone
+        return False
+    previous = header.get("previous") if isinstance(header, dict) else None
+    return isinstance(previous, dict) and previous.get("file") == os.path.basename(path)
 
 
 def _since(files: list[str], since: str, where: str) -> list[str]:
@@ -123,10 +154,19 @@ def _since(files: list[str], since: str, where: str) -> list[str]:
 
 
 def open_bytes(path: str) -> BinaryIO:
-    """*path* open for binary reading (a regular file only), ``.zst`` decompressed as it is read."""
-    f = open_regular(path)
+    """*path* open for binary reading (a regular file only), ``.zst`` decompressed as it is read.
+
+    A closed segment named while it was being compressed is read from its ``.zst``: the
+    compressor renames that into place before it deletes the ``.jsonl``.
+    """
     if not path.endswith(ZST):
-        return f
+        try:
+            return open_regular(path)
+        except FileNotFoundError:
+            if not os.path.exists(path + ZST):
+                raise
+            path += ZST
+    f = open_regular(path)
     import zstandard
 
     reader = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True, closefd=True)

@@ -73,6 +73,7 @@ def new_header(
     previous: dict[str, Any] | None = None,
     recording: str | None = None,
     segment: int | None = None,
+    images: list[dict[str, Any]] | None = None,
 ) -> Header:
     """A header stamped with the current time, host and qmprr version."""
     now = time.time()
@@ -93,6 +94,7 @@ def new_header(
         previous=previous,
         recording=recording,
         segment=segment,
+        images=[Msg(d) for d in images] if images else None,
     )
 
 

@@ -54,12 +54,17 @@ class Difference:
     summary: str | None = None
     host: str | None = None
 
-    def describe(self, a: str = "recorded", b: str = "got", a_name: str = "the recorded", b_name: str = "the replay") -> str:
-        """The difference in words: values as ``{a} X, {b} Y``, one-sided entries ``only in {a_name}``."""
+    def describe(self, a: str = "recorded", b: str = "got", a_name: str = "the recorded", b_name: str = "the replay",
+                 *, width: int | None = 80) -> str:
+        """The difference in words: values as ``{a} X, {b} Y``, one-sided entries ``only in {a_name}``.
+
+        Values are cut to *width* (None: never), but an error text (QMP ``desc``) never is.
+        """
         if self.summary is not None:
             text = f"{self.what} {self.path}: {self.summary.format(a=a, b=b, a_name=a_name, b_name=b_name)}"
         else:
-            text = f"{self.what} {self.path}: {a} {short(self.recorded)}, {b} {short(self.actual)}"
+            width = None if self.path.endswith("desc") else width
+            text = f"{self.what} {self.path}: {a} {short(self.recorded, width)}, {b} {short(self.actual, width)}"
         return text if self.host is None else f"{text} [host difference: {self.host}]"
 
     def __str__(self) -> str:
@@ -322,7 +327,9 @@ class _Missing:
 MISSING: Any = _Missing()
 
 
-def short(value: Any, width: int = 80) -> str:
-    """``repr`` of *value*, cut to *width* characters."""
+def short(value: Any, width: int | None = 80) -> str:
+    """``repr`` of *value*, cut to *width* characters (None: whole); a QMP error's text is never cut."""
+    if isinstance(value, dict) and isinstance(value.get("desc"), str) and set(value) <= {"class", "desc"}:
+        return f"{value.get('class')}: {value['desc']!r}"  # an error: the whole sentence
     text = repr(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"

@@ -88,6 +88,7 @@ class ReplayReport:
     steps: list[Step] = attrs.Factory(list)
     warnings: list[str] = attrs.Factory(list)
     error: str | None = None
+    scratch_images: list[str] = attrs.Factory(list)  # blank images made for the replay (qmprr.replay.scratch)
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.steps if s.status == status)

@@ -8,6 +8,12 @@ Actions: ``send`` (as recorded, paths mapped), ``skip`` (not sent; not a
 divergence), ``refuse`` (not sent; a divergence: it would run a host program
 or reach the host), ``placeholder`` (sent with ``/dev/null`` for the recorded
 fd), ``secret`` (sent with the ``--secret`` value for a redacted one).
+
+The fake decides with the same policy (:meth:`ReplayPolicy.for_fake`): for
+it ``send`` means "answer from the recording"; qmprr's own commands are
+skipped (clients never send them) and a command recorded without a reply is
+refused (there is nothing to answer). Commands the hybrid fake forwards to a
+real QEMU (:mod:`qmprr.fake_forward`) are decided by the replay rules.
 """
 
 from __future__ import annotations
@@ -38,6 +44,21 @@ class Decision:
 
 
 Rule = Callable[["ReplayPolicy", Exchange, Any], "Decision | None"]
+
+
+def _internal(policy: ReplayPolicy, ex: Exchange, args: Any) -> Decision | None:
+    if not policy.internal and ex.role == "internal":
+        return Decision("skip", "qmprr's own command (its shutdown quit): not expected from clients")
+    return None
+
+
+def _unanswered(policy: ReplayPolicy, ex: Exchange, args: Any) -> Decision | None:
+    if ex.reply is None:
+        return Decision(
+            "refuse",
+            f"the recording has no reply to {ex.command} (seq {ex.seq}): it was in flight when recording ended",
+        )
+    return None
 
 
 def _source(policy: ReplayPolicy, ex: Exchange, args: Any) -> Decision | None:
@@ -71,7 +92,9 @@ def _fill(policy: ReplayPolicy, ex: Exchange, args: Any) -> Decision | None:
 
 
 #: The rules, in order; the first that returns a decision wins, else ``send``.
-RULES: tuple[Rule, ...] = (_source, _secret, _safety, _fd, _fill)
+RULES: tuple[Rule, ...] = (_internal, _source, _secret, _safety, _fd, _fill)
+#: The fake's rules: what it may answer from the recording.
+FAKE_RULES: tuple[Rule, ...] = (_internal, _unanswered)
 
 
 @attrs.frozen
@@ -83,7 +106,13 @@ class ReplayPolicy:
     secrets: dict[str, str] = attrs.Factory(dict)
     only_src: tuple[str, ...] = ()
     checks: bool = True
+    internal: bool = True  # qmprr's own commands (role internal) take part; the fake's clients never send them
     rules: tuple[Rule, ...] = RULES
+
+    @classmethod
+    def for_fake(cls, *, internal: bool = False) -> ReplayPolicy:
+        """The fake's policy: answer from the recording (``send``), skip or refuse; nothing runs."""
+        return cls(checks=False, internal=internal, rules=FAKE_RULES)
 
     def decide(self, ex: Exchange) -> Decision:
         """What to do with *ex*, and why."""

@@ -28,6 +28,8 @@ def summary(report: ReplayReport, out: TextIO | ScrubbingWriter) -> None:
            if report.count("prelude") else ""),
         file=out,
     )
+    if report.scratch_images:
+        print(f"scratch images (blank, made for this replay): {', '.join(report.scratch_images)}", file=out)
     for warning in report.warnings:
         print(f"warning: {warning}", file=out)
     for step in report.steps:
@@ -67,6 +69,7 @@ def to_json(report: ReplayReport) -> dict[str, Any]:
         "reproduced": report.reproduced,
         "error": report.error,
         "warnings": report.warnings,
+        "scratch_images": report.scratch_images,
         "counts": {k: report.count(k) for k in ("matched", "diverged", "skipped", "refused", "interrupted")},
         "steps": [_step(s) for s in report.steps],
     }
@@ -74,7 +77,7 @@ def to_json(report: ReplayReport) -> dict[str, Any]:
 
 def _step(step: Step) -> dict[str, Any]:
     d = attrs.asdict(step, recurse=True)
-    d["differences"] = [{**attrs.asdict(x), "text": str(x)} for x in step.differences]
+    d["differences"] = [{**attrs.asdict(x), "text": x.describe(width=None)} for x in step.differences]
     return d
 
 

@@ -40,6 +40,7 @@ class RunOptions:
     record: str | None = None
     report: str | None = None
     progress: bool = False
+    scratch_images: bool = False  # blank images for every described one (else only for missing ones)
 
 
 async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> ReplayReport:
@@ -77,6 +78,7 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
             target = fake_target(script, make_log)
         elif run.target == "qemu":
             workdir = run.workdir or _fresh_workdir(stack, run.keep_workdir)
+            options = _scratch(script, workdir, options, report, always=run.scratch_images)
             policy = options.policy(checks=run.checks, roots=(os.path.realpath(workdir),))
             sandbox = None
             if run.sandbox and not options.allow_unsafe:
@@ -127,6 +129,19 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
     if run.report:
         write_json(report, run.report, secrets=secrets)
     return report
+
+
+def _scratch(script: Any, workdir: str, options: ReplayOptions, report: ReplayReport, *, always: bool) -> ReplayOptions:
+    """Blank images for the recorded ones missing here (all, with --scratch-images); the options with their paths mapped."""
+    from .safety import PathMap
+    from .scratch import prepare
+
+    scratch = prepare(script, workdir, options.path_map, always=always)
+    report.scratch_images = scratch.created
+    report.warnings += scratch.problems
+    if not scratch.pairs:
+        return options
+    return attrs.evolve(options, path_map=PathMap(options.path_map.pairs + tuple(scratch.pairs)))
 
 
 def _fresh_workdir(stack: contextlib.ExitStack, keep: bool) -> str:

@@ -55,6 +55,7 @@ class Script:
     initial_events: list[dict[str, Any]] = attrs.Factory(list)
     header: Header | None = None
     closed: str | None = None  # the recording's close reason, if it has one
+    images: list[dict[str, Any]] = attrs.Factory(list)  # image descriptions from notes (qmprr.images)
 
 
 DEFAULT_GREETING = {
@@ -95,6 +96,8 @@ def load_script(path: str | os.PathLike[str]) -> Script:
                 if exchange is not None:
                     exchange.reply = {k: v for k, v in record.msg.items() if k != "id"}
                     replied = exchange is current
+            elif isinstance(record, Note) and record.data and isinstance(record.data.get("images"), list):
+                script.images += record.data["images"]
             elif isinstance(record, Note) and record.data and record.data.get("external"):
                 external = True
             elif isinstance(record, Note) and record.data and isinstance(record.data.get("session"), int):

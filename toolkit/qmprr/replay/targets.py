@@ -32,12 +32,27 @@ LogFactory = Callable[[dict[str, Any]], RecordWriter]
 
 
 def log_factory(
-    path: str, argv: list[str] | None, labels: dict[str, str], redactor: Redactor | None = None
+    path: str,
+    argv: list[str] | None,
+    labels: dict[str, str],
+    redactor: Redactor | None = None,
+    *,
+    link: dict[str, Any] | None = None,
 ) -> LogFactory:
+    """A log for the target's channel; *link* makes it the next segment of a set.
+
+    *link* holds the header's ``recording``, ``segment`` and ``previous``, and
+    the writer's ``first_seq`` and ``t_offset`` (see :mod:`qmprr.recording.rotate`).
+    """
+    link = dict(link or {})
+    first_seq, t_offset = link.pop("first_seq", 0), link.pop("t_offset", 0.0)
+
     def make(greeting: dict[str, Any]) -> RecordWriter:
         version = greeting.get("QMP", {}).get("version")
-        header = new_header(qemu_version=version if isinstance(version, dict) else None, qemu_argv=argv, labels=labels)
-        return RecordWriter.create(path, header, redactor=redactor)
+        header = new_header(
+            qemu_version=version if isinstance(version, dict) else None, qemu_argv=argv, labels=labels, **link
+        )
+        return RecordWriter.create(path, header, redactor=redactor, first_seq=first_seq, t_offset=t_offset)
 
     return make
 

@@ -1,41 +1,17 @@
-"""The analysis subcommands of ``qmprr``: show, stats, report, export, diff.
-
-:func:`register` adds them to the main parser's subparsers (``qmprr bench
-analysis`` is registered by :mod:`qmprr.cli`, its code is in
-:mod:`qmprr.bench.analysis`). Handlers
-return an exit status and raise :class:`~qmprr.errors.QmprrError` for what a
-user can get wrong. ``python -m qmprr.analysis.commands`` runs them on their own.
-"""
+"""``qmprr show``, ``stats``, ``report``, ``export`` and ``diff``: reading recordings."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any
 
-from ..errors import QmprrError
 from ..recording.reader import Problem
-
-EXIT_OK = 0
-EXIT_DIFFERENT = 1
+from .base import EXIT_OK, EXIT_PROBLEMS, UsageError, command
+from .options import add_color, add_rules, color, normalizer, write_bytes
 
 POSITION_HELP = ("a seq (120) or a time offset since the start: +1.5, +1.5s, 250ms, +2m, 1h, +30us; "
                  "inclusive")
-
-
-def use_color(stream: TextIO) -> bool:
-    """Colour on a terminal, unless NO_COLOR is set and not empty (no-color.org) or TERM=dumb."""
-    try:
-        tty = stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-    return tty and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
-
-
-def _color(args: argparse.Namespace, stream: TextIO) -> bool:
-    return use_color(stream) if args.color == "auto" else args.color == "always"
 
 
 def _problem_printer(path: str) -> Any:
@@ -52,10 +28,10 @@ def _problem_printer(path: str) -> Any:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from ..recording import convert
-    from .filters import Filter
-    from .selection import select
-    from .show import ShowFormatter
-    from .source import Scanner
+    from ..analysis.filters import Filter
+    from ..analysis.selection import select
+    from ..analysis.show import ShowFormatter
+    from ..analysis.source import Scanner
 
     flt = Filter.build(kinds=args.kind, src=args.src, roles=args.role, command=args.command,
                        event=args.event, errors=args.errors, tx=args.tx, start=args.start,
@@ -76,7 +52,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                 if args.follow:
                     out.flush()
             return EXIT_OK
-        formatter = ShowFormatter(color=_color(args, out))
+        formatter = ShowFormatter(color=color(args, out))
         for item in select(scanner, flt):
             try:
                 record = convert.structure(item.record)
@@ -90,9 +66,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from .stats import compute_many
+    from ..analysis.stats import compute_many
 
-    from .query.stats import problem_lines
+    from ..analysis.query.stats import problem_lines
 
     stats = compute_many(args.files)
     for line in problem_lines(stats):
@@ -102,14 +78,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
         sys.stdout.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        from .stats_table import render
+        from ..analysis.stats_table import render
 
-        render(stats, sys.stdout, color=_color(args, sys.stdout))
+        render(stats, sys.stdout, color=color(args, sys.stdout))
     return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from ..analysis.report import write_report
 
     summary = write_report(args.file, args.output, title=args.title)
     print(f"{args.output}: {summary.spans:,} command spans, {summary.events:,} events, "
@@ -119,14 +95,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "parquet":
-        from .query.commands import cmd_export_parquet
+        from .query import cmd_export_parquet
 
         return cmd_export_parquet(args)
     if len(args.files) != 1:
-        raise QmprrError("--format chrome-trace converts one recording")
+        raise UsageError("--format chrome-trace converts one recording")
     if args.verified:
-        raise QmprrError("--verified goes with --format parquet")
-    from .export import write_chrome_trace
+        raise UsageError("--verified goes with --format parquet")
+    from ..analysis.export import write_chrome_trace
 
     count = write_chrome_trace(args.files[0], args.output)
     if args.output != "-":
@@ -135,30 +111,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from ..replay.normalize import Normalizer, load_rules
-    from .diff import diff_recordings, render, to_json
+    from ..analysis.diff import diff_recordings, render, to_json
 
-    normalizer = Normalizer()
-    if args.rules:
-        normalizer = normalizer.with_rules(load_rules(args.rules))
-    result = diff_recordings(args.a, args.b, normalizer=normalizer, internal=args.internal)
+    result = diff_recordings(args.a, args.b, normalizer=normalizer(args), internal=args.internal)
     if args.json:
-        data = to_json(result)
-        if hasattr(sys.stdout, "buffer"):
-            sys.stdout.buffer.write(data)
-        else:
-            sys.stdout.write(data.decode())
+        write_bytes(to_json(result))
     else:
-        render(result, sys.stdout, color=_color(args, sys.stdout))
-    return EXIT_OK if result.equivalent else EXIT_DIFFERENT
+        render(result, sys.stdout, color=color(args, sys.stdout))
+    return EXIT_OK if result.equivalent else EXIT_PROBLEMS
 
 
 # -- parsers --------------------------------------------------------------------
 
 
 def _add_show(sub: Any) -> None:
-    p = sub.add_parser(
-        "show",
+    p = command(
+        sub, "show",
         help="print one readable line per record (filters, JSON, follow)",
         description="Print a recording, one line per record: time offset, seq, client, a '|' while "
         "a transaction holds the channel, direction (-> command, <- reply, <~ event, <> answered "
@@ -167,14 +135,16 @@ def _add_show(sub: Any) -> None:
         "ones) are alternatives; --command and --event together select either. A reply belongs "
         "to its command (client, role, name, transaction). Problems (broken hash chain, torn "
         "last line) are reported on stderr and the bad line skipped.",
-        epilog="Examples: qmprr show rec.jsonl --role debug;  qmprr show rec.jsonl --errors;  "
-        "qmprr show rec.jsonl --command 'query-*' --from +1.5s --to +3s;  "
-        "qmprr show rec.jsonl --command block-commit --json | jq .msg;  "
-        "qmprr show --follow live.jsonl",
+        examples=["qmprr show rec.jsonl --role debug",
+                  "qmprr show rec.jsonl --errors",
+                  "qmprr show rec.jsonl --command 'query-*' --from +1.5s --to +3s",
+                  "qmprr show rec.jsonl --command block-commit --json | jq .msg",
+                  "qmprr show --follow /var/log/qmprr/vm1/"],
+        exits="0 shown (problems in the file are printed on stderr), 2 unreadable or not a recording.",
+        func=cmd_show,
     )
-    p.add_argument("file", help="recording (.jsonl)")
-    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
-                   help="colour output (auto: on a terminal, unless NO_COLOR is set)")
+    p.add_argument("file", help="recording (.jsonl, .jsonl.zst), or a segment set (its folder or first segment)")
+    add_color(p)
     f = p.add_argument_group("filters")
     f.add_argument("--kind", action="append", default=[], metavar="KIND",
                    help="record kind: command, reply, event, local, tx, taint, client, fd, note, close, "
@@ -197,13 +167,70 @@ def _add_show(sub: Any) -> None:
     o.add_argument("--json", action="store_true",
                    help="print the selected records as JSON Lines, exactly as in the file (for jq)")
     o.add_argument("--follow", "-f", action="store_true",
-                   help="keep reading as the recording grows (like tail -f); Ctrl-C to stop")
-    p.set_defaults(func=cmd_show)
+                   help="keep reading as the recording grows (like tail -f), across segments; Ctrl-C to stop")
 
 
-def _add_diff(sub: Any) -> None:
-    p = sub.add_parser(
-        "diff",
+def register(sub: Any) -> None:
+    """Add show, stats, report, export and diff to ``qmprr``'s subparsers."""
+    _add_show(sub)
+
+    p = command(
+        sub, "stats",
+        help="what recordings hold: commands, latencies, errors, events, clients, transactions",
+        description="Per command: count, errors by class, latency p50/p95/p99/max (exact). Events by "
+        "name; clients with roles and command counts; taint; transactions (count, longest hold, how "
+        "long others waited: exact where commands carry queued); the busiest second; commands without "
+        "a reply. SQL over the 'qmprr query' views (DuckDB); over several recordings (or folders) the "
+        "figures add up. The hash chain is not checked (qmprr verify does).",
+        examples=["qmprr stats session.jsonl",
+                  "qmprr stats /var/log/qmprr/ --json | jq '.commands | map_values(select(.errors != {}))'"],
+        exits="0 computed (unreadable lines are named on stderr), 2 no recording could be read.",
+        func=cmd_stats,
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="recording (.jsonl, .jsonl.zst) or folder of them")
+    p.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
+    add_color(p)
+
+    p = command(
+        sub, "report",
+        help="write a self-contained HTML timeline of a recording",
+        description="Write one HTML file that works offline: a summary table (from stats) above a "
+        "zoomable timeline with a lane per client, each command drawn from send to reply, events "
+        "on their own lane, transactions shaded (clients seen waiting for them hatched), errors in "
+        "red; hover or click for the JSON. Wheel zooms, drag pans, double-click fits.",
+        examples=["qmprr report session.jsonl -o session.html && xdg-open session.html"],
+        exits="0 written, 2 unreadable or not a recording, the output cannot be written.",
+        func=cmd_report,
+    )
+    p.add_argument("file", help="recording (.jsonl)")
+    p.add_argument("-o", "--output", required=True, metavar="HTML",
+                   help="file to write (replaced; mode 0600, never through a link)")
+    p.add_argument("--title", help="page title (default: the recording's file name)")
+
+    p = command(
+        sub, "export",
+        help="convert a recording for trace viewers (Perfetto), or recordings to a Parquet dataset",
+        description="chrome-trace: write the recording in Chrome's Trace Event format: a thread per client with "
+        "each command as a slice from send to reply (JSON of command and reply in its args), "
+        "events as instants on a 'QEMU events' thread, transactions and waits as slices. "
+        "parquet: write the query views of every recording under FILES (folders searched recursively) "
+        "as a Hive-partitioned (date=/host=), zstd-compressed Parquet dataset in folder -o DIR, for "
+        "'qmprr query --dataset', Spark or Trino (docs/query.md); incremental: recordings already in "
+        "DIR are skipped.",
+        examples=["qmprr export session.jsonl -o trace.json   # open in https://ui.perfetto.dev",
+                  "qmprr export --format parquet /var/log/qmprr/ -o /srv/qmp-dataset --verified"],
+        exits="0 written, 2 unreadable input, the output cannot be written, bad arguments.",
+        func=cmd_export,
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="recording (.jsonl); parquet: recordings or folders")
+    p.add_argument("--format", choices=("chrome-trace", "parquet"), default="chrome-trace",
+                   help="output format (default chrome-trace)")
+    p.add_argument("--verified", action="store_true", help="parquet: only recordings whose chain verifies")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="file to write (mode 0600, never through a link), or - for stdout; parquet: the dataset folder")
+
+    p = command(
+        sub, "diff",
         help="compare two recordings of the same session (say, the original and its replay)",
         description="Align two recordings by their command sequence (command name and normalized "
         "arguments) and compare them as replay does, after the same normalization (built-in rules "
@@ -213,103 +240,14 @@ def _add_diff(sub: Any) -> None:
         "'seq A / seq B  command: what'. A command only A has is 'missing in B', one only B has "
         "'extra in B'. qmprr's own commands (role internal: its quit) are left out with their "
         "windows unless --internal.",
-        epilog="Exit status: 0 equivalent, 1 different, 2 a file cannot be read or is not a recording. "
-        "Example: qmprr replay rec.jsonl --target fake --record replay.jsonl; qmprr diff rec.jsonl replay.jsonl",
+        examples=["qmprr replay rec.jsonl --target fake --record replay.jsonl; qmprr diff rec.jsonl replay.jsonl",
+                  "qmprr diff before.jsonl after.jsonl --rules rules.toml --json | jq .differences"],
+        exits="0 equivalent, 1 different, 2 a file cannot be read or is not a recording.",
+        func=cmd_diff,
     )
     p.add_argument("a", metavar="A", help="recording (.jsonl), the reference")
     p.add_argument("b", metavar="B", help="recording (.jsonl) compared with it")
-    p.add_argument("--rules", metavar="FILE",
-                   help="normalization rules (TOML, as replay --rules), on top of the built-in ones")
+    add_rules(p, help="normalization rules (TOML, as replay --rules), on top of the built-in ones")
     p.add_argument("--internal", action="store_true", help="compare qmprr's own commands too")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
-                   help="colour output (auto: on a terminal, unless NO_COLOR is set)")
-    p.set_defaults(func=cmd_diff)
-
-
-def register(subparsers: Any) -> None:
-    """Add show, stats, report, export and diff to ``qmprr``'s subparsers."""
-    _add_show(subparsers)
-
-    p = subparsers.add_parser(
-        "stats",
-        help="what recordings hold: commands, latencies, errors, events, clients, transactions",
-        description="Per command: count, errors by class, latency p50/p95/p99/max (exact). Events by "
-        "name; clients with roles and command counts; taint; transactions (count, longest hold, how "
-        "long others waited: exact where commands carry queued); the busiest second; commands without a reply. SQL over the 'qmprr query' "
-        "views (DuckDB); over several recordings (or folders) the figures add up. The hash chain is "
-        "not checked (qmprr verify does).",
-    )
-    p.add_argument("files", nargs="+", metavar="FILE", help="recording (.jsonl, .jsonl.zst) or folder of them")
-    p.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
-    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
-                   help="colour output (auto: on a terminal, unless NO_COLOR is set)")
-    p.set_defaults(func=cmd_stats)
-
-    p = subparsers.add_parser(
-        "report",
-        help="write a self-contained HTML timeline of a recording",
-        description="Write one HTML file that works offline: a summary table (from stats) above a "
-        "zoomable timeline with a lane per client, each command drawn from send to reply, events "
-        "on their own lane, transactions shaded (clients seen waiting for them hatched), errors in "
-        "red; hover or click for the JSON. Wheel zooms, drag pans, double-click fits.",
-    )
-    p.add_argument("file", help="recording (.jsonl)")
-    p.add_argument("-o", "--output", required=True, metavar="HTML", help="file to write (replaced; mode 0600, never through a link)")
-    p.add_argument("--title", help="page title (default: the recording's file name)")
-    p.set_defaults(func=cmd_report)
-
-    p = subparsers.add_parser(
-        "export",
-        help="convert a recording for trace viewers (Perfetto), or recordings to a Parquet dataset",
-        description="chrome-trace: write the recording in Chrome's Trace Event format: a thread per client with "
-        "each command as a slice from send to reply (JSON of command and reply in its args), "
-        "events as instants on a 'QEMU events' thread, transactions and waits as slices. "
-        "parquet: write the query views of every recording under FILES (folders searched recursively) "
-        "as a Hive-partitioned (date=/host=), zstd-compressed Parquet dataset in folder -o DIR, for "
-        "'qmprr query --dataset', Spark or Trino (docs/query.md); incremental: recordings already in "
-        "DIR are skipped.",
-    )
-    p.add_argument("files", nargs="+", metavar="FILE", help="recording (.jsonl); parquet: recordings or folders")
-    p.add_argument("--format", choices=("chrome-trace", "parquet"), default="chrome-trace",
-                   help="output format (default chrome-trace)")
-    p.add_argument("--verified", action="store_true", help="parquet: only recordings whose chain verifies")
-    p.add_argument("-o", "--output", required=True, metavar="FILE",
-                   help="file to write (mode 0600, never through a link), or - for stdout; parquet: the dataset folder")
-    p.set_defaults(func=cmd_export)
-
-    _add_diff(subparsers)
-
-    from .query.commands import register as register_query
-
-    register_query(subparsers)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """A parser with only the analysis commands (for ``python -m qmprr.analysis.commands``)."""
-    parser = argparse.ArgumentParser(prog="qmprr", description="qmprr analysis commands")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    register(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one analysis command as ``qmprr`` would (errors as one line, exit 2)."""
-    args = build_parser().parse_args(argv)
-    try:
-        status = int(args.func(args))
-        sys.stdout.flush()
-        return status
-    except QmprrError as exc:
-        print(f"qmprr: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    add_color(p)

@@ -1,4 +1,4 @@
-"""``qmprr query`` and ``qmprr export --format parquet``: parsers and commands."""
+"""``qmprr query`` and ``qmprr export --format parquet``: SQL over recordings, with DuckDB."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import decimal
 import sys
 from typing import Any, TextIO
 
-from .files import QueryError
+from ..analysis.query.files import QueryError
+from .base import command
 
 FORMATS = ("table", "json", "csv", "markdown", "parquet")
 
@@ -49,7 +50,7 @@ def write_rows(columns: list[str], rows: list[tuple[Any, ...]], fmt: str, out: T
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from .engine import open_dataset, open_recordings
+    from ..analysis.query.engine import open_dataset, open_recordings
 
     def excluded(path: str, why: str) -> None:
         print(f"qmprr: left out (does not verify): {why}", file=sys.stderr)
@@ -91,7 +92,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_export_parquet(args: argparse.Namespace) -> int:
-    from .parquet import export_parquet
+    from ..analysis.query.parquet import export_parquet
 
     result = export_parquet(args.files, args.output, only_verified=args.verified)
     for why in result.excluded.values():
@@ -104,21 +105,21 @@ def cmd_export_parquet(args: argparse.Namespace) -> int:
     return 0
 
 
-QUERY_EPILOG = ("Views: sessions, records, commands, locals, events, transactions, clients (columns in "
-                "docs/query.md). Example: qmprr query \"SELECT command, count(*), "
-                "quantile_cont(latency_ms, 0.99) AS p99 FROM commands GROUP BY ALL ORDER BY 2 DESC\" "
-                "/var/log/qmprr/. Exit status: 0 ok, 2 bad SQL, no recordings, unreadable dataset.")
-
-
 def register(sub: Any) -> None:
     """Add ``query`` to ``qmprr``'s subparsers."""
-    p = sub.add_parser(
-        "query",
+    p = command(
+        sub, "query",
         help="SQL over many recordings (or an exported Parquet dataset), with DuckDB",
         description="Run SQL over the recordings under PATHS (files, folders searched recursively, globs; "
         ".jsonl, segments, .jsonl.zst), or over a dataset written by 'qmprr export --format parquet'. "
         "Records are read with an explicit schema; a torn last line is skipped; every row names its file.",
-        epilog=QUERY_EPILOG,
+        note="Views: sessions, records, commands, locals, events, transactions, clients (columns in "
+        "docs/query.md).",
+        examples=["qmprr query \"SELECT command, count(*), quantile_cont(latency_ms, 0.99) AS p99 FROM commands "
+                  "GROUP BY ALL ORDER BY 2 DESC\" /var/log/qmprr/",
+                  "qmprr query \"SELECT * FROM events WHERE event = 'BLOCK_JOB_ERROR'\" --dataset /srv/qmp-dataset --format csv"],
+        exits="0 ok, 2 bad SQL, no recordings, unreadable dataset.",
+        func=cmd_query,
     )
     p.add_argument("sql", metavar="SQL")
     p.add_argument("paths", nargs="*", metavar="PATH", help="recordings (default: the current folder)")
@@ -129,7 +130,6 @@ def register(sub: Any) -> None:
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     p.add_argument("-o", "--output", metavar="FILE", help="write the result to FILE")
     p.add_argument("--explain", action="store_true", help="print the SQL the views expand to, and the query")
-    p.set_defaults(func=cmd_query)
 
 
 __all__ = ["cmd_export_parquet", "cmd_query", "register"]

@@ -1,10 +1,5 @@
 """``qmprr import libvirt`` and ``qmprr import replies``.
 
-Wiring (in :func:`qmprr.cli.build_parser`)::
-
-    from .importers.commands import register as register_import
-    register_import(sub)
-
 Exit status: 0 imported, every line read; 1 imported, but some lines could
 not be read (each printed with its number); 2 nothing imported (unreadable
 input, no monitor traffic, ambiguous choice, output exists).
@@ -18,38 +13,17 @@ import sys
 from typing import Any, TextIO
 
 from ..files import check_output
-
-EXIT_OK, EXIT_PROBLEMS = 0, 1
-
-
-def add_seal_key_option(p: argparse.ArgumentParser) -> None:
-    """``--seal-key FILE``: shared by every command that writes a recording."""
-    p.add_argument("--seal-key", metavar="KEYFILE",
-                   help="seal the recording: key its hash chain with this file's bytes (16 or more; the key "
-                   "is never written, the header names its fingerprint); check with 'qmprr verify --key'")
-
-
-def load_seal_key(path: str | None) -> Any:
-    """The :class:`~qmprr.recording.chain.SealKey` in *path* (None: no sealing)."""
-    from ..recording.chain import SealKey
-
-    return SealKey.from_file(path) if path else None
+from .base import EXIT_OK, EXIT_PROBLEMS, command, group
+from .options import add_seal_key, load_key
 
 
 def register(subparsers: Any) -> None:
     """Add ``import`` (with ``libvirt`` and ``replies``) to the ``qmprr`` subcommands."""
-    p = subparsers.add_parser(
-        "import",
-        help="turn libvirt logs and .replies files into recordings",
-        description="Import QMP traffic logged by other programs as qmprr/1 recordings, "
-        "ready for verify, show, replay and fake.",
-        epilog="Exit status: 0 imported; 1 imported, but some lines could not be read "
-        "(listed with their numbers); 2 nothing imported.",
-    )
-    kinds = p.add_subparsers(dest="import_kind", metavar="SOURCE", required=True)
-
-    q = kinds.add_parser(
-        "libvirt",
+    kinds = group(subparsers, "import", help="turn libvirt logs and .replies files into recordings",
+                  description="Import QMP traffic logged by other programs as qmprr/1 recordings, "
+                  "ready for verify, show, replay and fake.", dest="import_kind", metavar="SOURCE")
+    q = command(
+        kinds, "libvirt",
         help="a libvirtd / virtqemud debug log: one recording per monitor connection",
         description="Read a libvirtd (or virtqemud) debug log written with log_filters that include "
         "1:qemu.qemu_monitor and 1:qemu.qemu_monitor_json, and write a monitor connection as a "
@@ -57,9 +31,10 @@ def register(subparsers: Any) -> None:
         "order, fd passes, taints, the close; each record keeps its original timestamp, thread id "
         "and line ('orig'). A log holds many connections (VMs, capability probes, reconnections "
         "after a daemon restart): --list shows them, --monitor picks one, --all writes each.",
-        epilog="Example: qmprr import libvirt /var/log/libvirt/libvirtd.log --list; "
-        "qmprr import libvirt libvirtd.log --monitor 5 --qemu-log /var/log/libvirt/qemu/vm1.log -o vm1.jsonl. "
-        "Exit status: 0 imported; 1 imported, but some lines could not be read; 2 nothing imported.",
+        examples=["qmprr import libvirt /var/log/libvirt/libvirtd.log --list",
+                  "qmprr import libvirt libvirtd.log --monitor 5 --qemu-log /var/log/libvirt/qemu/vm1.log -o vm1.jsonl"],
+        exits="0 imported; 1 imported, but some lines could not be read; 2 nothing imported.",
+        func=cmd_import_libvirt,
     )
     q.add_argument("log", metavar="DEBUG.log", help="libvirtd debug log")
     q.add_argument(
@@ -83,31 +58,32 @@ def register(subparsers: Any) -> None:
     which.add_argument("--all", action="store_true", help="write every connection into the folder OUT")
     which.add_argument("--list", action="store_true", help="list the connections and import nothing")
     q.add_argument("-o", "--output", metavar="OUT", help="recording to write (a folder with --all); must not exist")
-    add_seal_key_option(q)
-    q.set_defaults(func=cmd_import_libvirt)
+    add_seal_key(q)
 
-    r = kinds.add_parser(
-        "replies",
+    r = command(
+        kinds, "replies",
         help="a libvirt .replies capability corpus (tests/qemucapabilitiesdata)",
         description="Read a libvirt .replies file (pretty-printed command, blank line, reply, blank line, "
         "...; no greeting, events or times) and write it as a recording whose fake replays libvirt's "
         "capability probe.",
-        epilog="Exit status: 0 imported; 1 imported, but some objects could not be read; 2 nothing imported.",
+        examples=["qmprr import replies tests/qemucapabilitiesdata/caps_7.2.0_x86_64.replies -o caps.jsonl "
+                  "&& qmprr fake caps.jsonl --socket /tmp/caps.sock"],
+        exits="0 imported; 1 imported, but some objects could not be read; 2 nothing imported.",
+        func=cmd_import_replies,
     )
     r.add_argument("file", metavar="FILE.replies")
     r.add_argument("-o", "--output", metavar="OUT", required=True, help="recording to write (must not exist)")
-    add_seal_key_option(r)
-    r.set_defaults(func=cmd_import_replies)
+    add_seal_key(r)
 
 
 # -- libvirt debug logs ------------------------------------------------------------
 
 
 def cmd_import_libvirt(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    from .libvirt import output_name, parse_selector, read_domain_xml, selects, write_connection
-    from .libvirt_log import Connection, LibvirtLogParser
-    from .qemu_log import read_qemu_log
-    from .writer import LogImportError
+    from ..importers.libvirt import output_name, parse_selector, read_domain_xml, selects, write_connection
+    from ..importers.libvirt_log import Connection, LibvirtLogParser
+    from ..importers.qemu_log import read_qemu_log
+    from ..importers.writer import LogImportError
 
     out = out or sys.stdout
     if not args.list and not args.output:
@@ -116,7 +92,7 @@ def cmd_import_libvirt(args: argparse.Namespace, out: TextIO | None = None) -> i
         raise LogImportError("--list writes nothing: drop -o")
     if not os.path.isfile(args.log):
         raise LogImportError(f"{args.log}: no such file")
-    seal_key = load_seal_key(args.seal_key)
+    seal_key = load_key(args.seal_key)
     qemu_logs = [read_qemu_log(path) for path in args.qemu_log]
     domains = dict(read_domain_xml(path) for path in args.domain_xml)
     selector = parse_selector(args.monitor) if args.monitor else None
@@ -250,11 +226,11 @@ def _cut(text: str, width: int) -> str:
 
 
 def cmd_import_replies(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    from .replies import read_replies, write_replies
+    from ..importers.replies import read_replies, write_replies
 
     out = out or sys.stdout
     check_output(args.output, exist_ok=False)
-    seal_key = load_seal_key(args.seal_key)
+    seal_key = load_key(args.seal_key)
     result = read_replies(args.file)
     records = write_replies(result, args.output, seal_key)
     print(f"{args.file}: {result.commands} commands, {result.replies} replies"

@@ -1,0 +1,7 @@
+"""``python -m qmprr.cli``: the ``qmprr`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
