@@ -727,6 +727,16 @@ def test_append_to_checks_the_header_hash(tmp_path: Path) -> None:
     assert path.read_bytes() == before
 
 
+def test_reader_and_append_to_refuse_a_header_with_the_same_words(tmp_path: Path) -> None:
+    """One header check: the appending writer says what the reader says."""
+    for name, path in _not_recordings(tmp_path).items():
+        with pytest.raises(NotARecording) as by_reader:
+            RecordingReader(path)
+        with pytest.raises(NotARecording) as by_writer:
+            RecordWriter.append_to(path).close()
+        assert str(by_writer.value) == str(by_reader.value), name
+
+
 def test_missing_file_is_a_recording_error(tmp_path: Path) -> None:
     with pytest.raises(RecordingError, match="cannot read"):
         RecordingReader(tmp_path / "missing.jsonl")

@@ -462,13 +462,12 @@ class _Recorder:
         from .channel import Channel
         from .launch import start_qemu
         from .sandbox import Sandbox
-        from .recording import RecordWriter, new_header, relevant_env
+        from .recording import RecordWriter, header_for_greeting, relevant_env
         from .server import QmpServer
 
         def make_log(greeting: dict[str, Any]) -> RecordWriter:
-            version = greeting.get("QMP", {}).get("version")
-            header = new_header(
-                qemu_version=version if isinstance(version, dict) else None,
+            header = header_for_greeting(
+                greeting,
                 qemu_argv=argv,
                 qemu_env=relevant_env(),
                 labels={"made-by": "qmprr pytest plugin", "test": nodeid},

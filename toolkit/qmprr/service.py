@@ -29,7 +29,7 @@ import attrs
 from .channel import INTERNAL_SRC, Channel, ChannelError
 from .errors import QmprrError, RecordingError
 from .launch import LaunchedQemu, start_qemu
-from .recording import RecordWriter, Redactor, SyncPolicy, new_header, relevant_env
+from .recording import RecordWriter, Redactor, SyncPolicy, header_for_greeting, relevant_env
 from .recording.segment import SegmentEnd, segment_end
 from .recording import sets
 from .recording.chain import SealKey
@@ -87,9 +87,8 @@ def _log_factory(
     **header_fields: Any,
 ) -> Callable[[dict[str, Any]], RecordWriter]:
     def make_log(greeting: dict[str, Any]) -> RecordWriter:
-        version = greeting.get("QMP", {}).get("version")
-        header = new_header(
-            qemu_version=version if isinstance(version, dict) else None,
+        header = header_for_greeting(
+            greeting,
             qemu_argv=argv,
             qemu_env={**relevant_env(), **(env or {})} if argv is not None else None,
             domain_xml=domain_xml,

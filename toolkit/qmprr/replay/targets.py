@@ -18,7 +18,7 @@ from ..channel import Channel
 from ..errors import QmprrError
 from ..fake import FakeQemu
 from ..launch import LaunchedQemu, LaunchError, start_qemu
-from ..recording import RecordWriter, Redactor, new_header
+from ..recording import RecordWriter, Redactor, header_for_greeting
 from ..sandbox import SECCOMP_SIGNAL, Sandbox
 from .safety import PathMap, argv_refusal, resolve_qemu
 from .script import Script
@@ -35,9 +35,7 @@ def log_factory(
     path: str, argv: list[str] | None, labels: dict[str, str], redactor: Redactor | None = None
 ) -> LogFactory:
     def make(greeting: dict[str, Any]) -> RecordWriter:
-        version = greeting.get("QMP", {}).get("version")
-        header = new_header(qemu_version=version if isinstance(version, dict) else None, qemu_argv=argv, labels=labels)
-        return RecordWriter.create(path, header, redactor=redactor)
+        return RecordWriter.create(path, header_for_greeting(greeting, qemu_argv=argv, labels=labels), redactor=redactor)
 
     return make
 
