@@ -450,19 +450,18 @@ async def _close_fake(server: asyncio.Server, live: _Connections) -> None:
 
 @attrs.define(eq=False)
 class _Recorder:
-    """A real QEMU behind qmprr's recording proxy (Channel + QmpServer)."""
+    """A real QEMU behind qmprr's recording proxy (Channel + QmpServer), in its own work folder."""
 
-    qemu: Any
     channel: Any
     server: Any
     workdir: str  # QEMU's folder: the only one it may write (the host is read-only in its sandbox)
+    running: contextlib.AsyncExitStack  # the work folder, QEMU and the channel, closed by :meth:`stop`
 
     @classmethod
     async def start(cls, argv: list[str], record: Path, socket_path: str, nodeid: str) -> _Recorder:
-        from .channel import Channel
-        from .launch import start_qemu
-        from .sandbox import Sandbox
+        from .qemu_channel import qemu_channel, work_folder
         from .recording import RecordWriter, header_for_greeting, relevant_env
+        from .sandbox import Sandbox
         from .server import QmpServer
 
         def make_log(greeting: dict[str, Any]) -> RecordWriter:
@@ -474,44 +473,16 @@ class _Recorder:
             )
             return RecordWriter.create(record, header)
 
-        workdir = tempfile.mkdtemp(prefix="qmprr-record-")
-        try:
-            qemu = await start_qemu(argv, {"TMPDIR": workdir}, sandbox=Sandbox((workdir,)), cwd=workdir)
-        except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
-        channel = None
-        try:
-            reader, writer = await asyncio.open_unix_connection(sock=qemu.monitor)
-            try:
-                channel = await Channel.open(reader, writer, make_log)
-            except Exception:
-                with contextlib.suppress(ProcessLookupError):
-                    qemu.process.kill()
-                await qemu.wait()
-                raise qemu.startup_failure() from None
+        async with contextlib.AsyncExitStack() as stack:
+            workdir = stack.enter_context(work_folder("qmprr-record-"))
+            _, channel = await stack.enter_async_context(
+                qemu_channel(argv, make_log, workdir=workdir, env={"TMPDIR": workdir}, sandbox=Sandbox((workdir,))))
             server = QmpServer(channel)
             await server.listen(socket_path, "primary")
-        except BaseException:
-            if channel is not None:
-                await channel.close()
-                channel.log.close()
-            if qemu.process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    qemu.process.kill()
-                await qemu.wait()
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
-        return cls(qemu, channel, server, workdir)
+            return cls(channel, server, workdir, stack.pop_all())
+        raise AssertionError("unreachable")  # mypy: the stack does not swallow exceptions
 
     async def stop(self) -> None:
         """Disconnect the clients, close the channel and the log (no ``quit`` is recorded), stop QEMU."""
         await self.server.close()
-        await self.channel.close()
-        self.channel.log.close()
-        if self.qemu.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.qemu.process.kill()
-        with contextlib.suppress(Exception):
-            await self.qemu.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        await self.running.aclose()
