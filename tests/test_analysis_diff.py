@@ -87,7 +87,7 @@ def test_a_replay_against_the_fake_equals_the_original(name: str, tmp_path: Path
     assert status == 0, out
     assert out.rstrip().endswith(": equivalent") and "warning" not in out
     result = diff_recordings(RECORDINGS / name, replayed, internal=True)
-    assert result.equivalent and result.counts()["aligned"] == result.counts()["commands_a"] > 0
+    assert result.equivalent and result.counts().aligned == result.counts().commands_a > 0
 
 
 # -- an edited copy ------------------------------------------------------------------------------
@@ -132,6 +132,18 @@ def test_edits_as_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert data["first_divergence"] == data["differences"][0]
     assert [r["status"] for r in data["alignment"]] == ["same", "same", "differs", "missing", "differs",
                                                        "extra", "same", "same"]
+
+
+def test_the_json_form_reads_back_as_the_typed_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from qmprr.analysis.diff import DiffReport, diff_recordings
+    from qmprr.results import structure, unstructure
+
+    edited = edited_lifecycle(tmp_path / "edited.jsonl")
+    status, out, _ = diff(LIFECYCLE, edited, "--json", capsys=capsys)
+    typed = structure(json.loads(out), DiffReport)
+    assert typed == diff_recordings(LIFECYCLE, edited).report()
+    assert typed.counts.differs == 2 and typed.first_divergence == typed.differences[0]
+    assert json.loads(out) == json.loads(json.dumps(unstructure(typed)))
 
 
 def test_rules_make_differences_disappear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
