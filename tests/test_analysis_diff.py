@@ -334,7 +334,7 @@ def test_not_a_recording_exits_2_with_one_line(tmp_path: Path, capsys: pytest.Ca
     rules = tmp_path / "rules.toml"
     rules.write_text("[[rule]]\naction = 'ignore'\n")
     status, _, err = diff(LIFECYCLE, LIFECYCLE, "--rules", rules, capsys=capsys)
-    assert status == 2 and err.startswith(f"qmprr: {rules}: rule 1: needs 'path'") and err.count("\n") == 1
+    assert status == 2 and err.startswith(f"qmprr: {rules}: rule 1: 'path' is required") and err.count("\n") == 1
 
 
 def test_exit_status_of_the_real_command(tmp_path: Path) -> None:
