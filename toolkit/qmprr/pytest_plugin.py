@@ -68,9 +68,8 @@ import attrs
 import pytest
 
 from . import wire
-from .fake import MODES, FakeQemu, FakeReport
-
-MARKER = "qmp_recording"
+from .fake import FakeQemu, FakeReport
+from .plugin_markers import MARKER, SIGNATURE, MarkerError, RecordingMarker, misuse, read_marker
 RECORD_MODES = ("none", "once", "rewrite")
 DEFAULT_QEMU_ARGV = ("qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none")
 #: How long to wait, when the test returns, for its clients' connections to end.
@@ -101,7 +100,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        f"{MARKER}(path, mode='strict', reuse=False, qemu_argv=None, rules=None): "
+        f"{SIGNATURE.removeprefix('@pytest.mark.')}: "
         "the qmprr recording the qmp_fake fixture serves (path relative to the test file's "
         "folder, else to rootdir); mode strict|ordered|lenient",
     )
@@ -201,31 +200,41 @@ async def _report(fake: FakeQemu) -> FakeReport:
 @pytest.fixture
 def qmp_fake(request: pytest.FixtureRequest) -> Iterator[QmpEndpoint]:
     """A QMP socket for the code under test, serving the marked recording (see the module docstring)."""
+    nodeid = request.node.nodeid
     marker = request.node.get_closest_marker(MARKER)
     if marker is None:
-        pytest.fail(f"qmp_fake needs @pytest.mark.{MARKER}('path/to/recording.jsonl')", pytrace=False)
-    options = _marker_options(marker)
+        misuse(nodeid, "qmp_fake needs a recording", f"mark the test @pytest.mark.{MARKER}('path/to/recording.jsonl')")
+    options = read_marker(marker)
+    if isinstance(options, MarkerError):
+        misuse(nodeid, f"@pytest.mark.{MARKER}: {options}")
     config = request.config
     record_mode = config.getoption("--qmp-record-mode") or config.getini("qmp_record_mode")
     test_dir, rootdir = Path(request.path).parent, Path(config.rootpath)
-    path = _resolve(options["path"], test_dir, rootdir)
+    path = _resolve(options.path, test_dir, rootdir)
     record = record_mode == "rewrite" or (record_mode == "once" and not path.exists())
     if not record and not path.exists():
-        pytest.fail(
-            f"recording {options['path']} not found (looked next to the test file and under rootdir);"
-            " run with --qmp-record-mode=once to record it against a real QEMU",
-            pytrace=False,
-        )
+        misuse(nodeid, f"recording {options.path} not found (looked next to the test file and under rootdir)",
+               "run with --qmp-record-mode=once to record it against a real QEMU")
     with _Serving(request) as serving:
         if record:
             yield from _recording_endpoint(request, serving, path, options)
             return
-        from .replay.normalize import Normalizer, load_rules
+        from .errors import QmprrError
+        from .replay.normalize import Normalizer, RulesError, load_rules
 
-        normalizer = Normalizer()
-        if options["rules"]:
-            normalizer = normalizer.with_rules(load_rules(str(_resolve(options["rules"], test_dir, rootdir))))
-        fake = FakeQemu.from_recording(path, mode=options["mode"], reuse=options["reuse"], normalizer=normalizer)
+        normalizer, problem = Normalizer(), None
+        try:
+            if options.rules:
+                normalizer = normalizer.with_rules(load_rules(str(_resolve(options.rules, test_dir, rootdir))))
+        except RulesError as exc:
+            problem = (str(exc), f"fix the rules file, or the marker's rules={options.rules!r}")
+        try:
+            fake = FakeQemu.from_recording(path, mode=options.mode, reuse=options.reuse, normalizer=normalizer)
+        except QmprrError as exc:
+            problem = problem or (str(exc), f"check it with 'qmprr verify {path}', or record it again"
+                                  " (--qmp-record-mode=rewrite)")
+        if problem is not None:  # outside the except: one line, no chained traceback
+            misuse(nodeid, *problem)
         yield serving.serve(fake, recording=path)
 
 
@@ -298,9 +307,9 @@ class _Serving:
 
 
 def _recording_endpoint(
-    request: pytest.FixtureRequest, serving: _Serving, path: Path, options: dict[str, Any]
+    request: pytest.FixtureRequest, serving: _Serving, path: Path, options: RecordingMarker
 ) -> Iterator[QmpEndpoint]:
-    argv = list(options["qemu_argv"] or DEFAULT_QEMU_ARGV)
+    argv = list(options.qemu_argv or DEFAULT_QEMU_ARGV)
     if shutil.which(argv[0]) is None:
         pytest.fail(f"cannot record {path}: QEMU binary {argv[0]!r} not found", pytrace=False)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -312,7 +321,7 @@ def _recording_endpoint(
     recorder = None
     try:
         recorder = serving.loop.call(_Recorder.start(argv, partial, socket_path, request.node.nodeid))
-        endpoint = QmpEndpoint(socket_path, path, options["mode"], None, recording_now=True, _loop=serving.loop)
+        endpoint = QmpEndpoint(socket_path, path, options.mode, None, recording_now=True, _loop=serving.loop)
         serving.add(endpoint)
         yield endpoint
     finally:
@@ -333,24 +342,6 @@ def _recording_endpoint(
             if not saved:
                 with contextlib.suppress(FileNotFoundError):
                     partial.unlink()
-
-
-def _marker_options(marker: pytest.Mark) -> dict[str, Any]:
-    args, kwargs = list(marker.args), dict(marker.kwargs)
-    names = ("path", "mode", "reuse", "qemu_argv", "rules")
-    if len(args) > len(names):
-        raise pytest.UsageError(f"{MARKER} takes at most {len(names)} positional arguments")
-    options: dict[str, Any] = {"path": None, "mode": "strict", "reuse": False, "qemu_argv": None, "rules": None}
-    options.update(zip(names, args))
-    unknown = set(kwargs) - set(names)
-    if unknown:
-        raise pytest.UsageError(f"{MARKER}: unknown argument(s) {sorted(unknown)}; it takes {', '.join(names)}")
-    options.update(kwargs)
-    if not options["path"]:
-        raise pytest.UsageError(f"{MARKER} needs the recording's path")
-    if options["mode"] not in MODES:
-        raise pytest.UsageError(f"{MARKER}: mode must be one of {', '.join(MODES)}, not {options['mode']!r}")
-    return options
 
 
 def _resolve(name: str | os.PathLike[str], test_dir: Path, rootdir: Path) -> Path:

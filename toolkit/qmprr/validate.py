@@ -29,8 +29,30 @@ def _strict_str(value: Any, _type: Any) -> str:
     return value
 
 
+def _strict_bool(value: Any, _type: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{value!r} is not true or false")
+    return value
+
+
+def _strict_list(value: Any, type_: Any) -> list[Any]:
+    if not isinstance(value, (list, tuple)):  # a string is not a list of its characters
+        raise TypeError(f"{value!r} is not a list")
+    (item,) = typing.get_args(type_) or (Any,)
+    return [_converter.structure(v, item) for v in value]
+
+
 _converter = cattrs.Converter(forbid_extra_keys=True)
 _converter.register_structure_hook(str, _strict_str)
+_converter.register_structure_hook(bool, _strict_bool)
+
+
+def _is_list(type_: Any) -> bool:
+    origin: Any = typing.get_origin(type_)
+    return origin is list
+
+
+_converter.register_structure_hook_func(_is_list, _strict_list)
 
 
 def _wanted(type_: Any) -> str:
@@ -40,6 +62,8 @@ def _wanted(type_: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in args)
     if args and typing.get_origin(type_) in (typing.Union, types.UnionType):
         return " or ".join(_wanted(a) for a in args)
+    if _is_list(type_):
+        return f"a list of {_wanted(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
     return {str: "a string", bool: "true or false", int: "an integer", float: "a number"}.get(type_, "a table")
 
 
