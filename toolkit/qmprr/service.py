@@ -29,7 +29,7 @@ import attrs
 from .channel import INTERNAL_SRC, Channel, ChannelError
 from .errors import QmprrError, RecordingError
 from .launch import LaunchedQemu, start_qemu
-from .recording import RecordWriter, Redactor, SyncPolicy, header_for_greeting, relevant_env
+from .recording import RecordLog, RecordWriter, Redactor, SyncPolicy, header_for_greeting, relevant_env
 from .recording.segment import SegmentEnd, segment_end
 from .recording import sets
 from .recording.chain import SealKey
@@ -85,8 +85,8 @@ def _log_factory(
     first_seq: int = 0,
     t_offset: float = 0.0,
     **header_fields: Any,
-) -> Callable[[dict[str, Any]], RecordWriter]:
-    def make_log(greeting: dict[str, Any]) -> RecordWriter:
+) -> Callable[[dict[str, Any]], RecordLog]:
+    def make_log(greeting: dict[str, Any]) -> RecordLog:
         header = header_for_greeting(
             greeting,
             qemu_argv=argv,
@@ -102,7 +102,7 @@ def _log_factory(
                 sets.stem_of(options.record), header, options.rotation, sync=options.sync,
                 redactor=options.redactor, seal_key=options.seal_key,
                 first_segment=parsed[1] if parsed else (header.segment or 1), first_seq=first_seq, t_offset=t_offset,
-            )  # type: ignore[return-value]  # RecordWriter's interface; no shared Protocol yet
+            )
         return RecordWriter.create(
             options.record, header, sync=options.sync, redactor=options.redactor, seal_key=options.seal_key,
             first_seq=first_seq, t_offset=t_offset,

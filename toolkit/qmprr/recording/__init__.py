@@ -26,6 +26,7 @@ from .reader import Problem, RecordingReader, Torn, read_records
 from .redact import REDACTED, ArgumentRule, HmpRule, Redactor
 from .verify import VerifyReport, verify
 from .header import header_for_greeting, new_header
+from .log import RecordLog
 from .writer import RecordWriter, SyncPolicy, relevant_env
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "Note",
     "Problem",
     "Record",
+    "RecordLog",
     "RecordWriter",
     "RecordingReader",
     "Redactor",
