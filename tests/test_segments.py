@@ -193,7 +193,7 @@ def test_follow_goes_on_across_segments(tmp_path: Path) -> None:
             w.rotate()
         w.append(Event(msg=Msg({"event": "X", "data": {"i": i}})))
     w.close()
-    time.sleep(0.2)
+    support.wait_until(lambda: len(seen) >= 200 or not t.is_alive(), "the follower to read every event", 20)
     done.set()
     t.join(20)
     assert seen == list(range(200))
