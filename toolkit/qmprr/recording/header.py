@@ -4,7 +4,8 @@
 the source's own start and host); :func:`header_for_greeting` adds the QEMU
 version a greeting names (every recorder starts from QEMU's greeting).
 :func:`parse_header` checks a first line as the reader, the appending writer
-and every other opener must: its size, JSON, kind, format and hash.
+and every other opener must: its size, JSON, kind, format and hash
+(:func:`header_problem`, the kind and format, also for ``qmprr rechain``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from .. import __version__, codec
 from . import chain, convert
-from .model import FORMAT, Header, Msg
+from .model import FORMAT, Header, Msg, Record
 
 #: Longest header line read (it holds the QEMU argv and a domain XML of at most 4 MiB).
 MAX_HEADER_BYTES = 16 * 1024 * 1024
@@ -68,6 +69,15 @@ def header_for_greeting(greeting: Mapping[str, Any], **fields: Any) -> Header:
     return new_header(qemu_version=greeting_version(greeting), **fields)
 
 
+def header_problem(record: Record) -> str | None:
+    """Why a recording's first record is not its header (its kind, its format), or None."""
+    if not isinstance(record, Header):
+        return f"first record is a {record.kind}, not a header"
+    if record.format != FORMAT:
+        return f"format {record.format!r} is not {FORMAT!r}"
+    return None
+
+
 def parse_header(first: bytes, *, check_chain: bool = True) -> tuple[Header, str]:
     """The header a first line (its newline included) holds and its hash; raises :class:`HeaderProblem`.
 
@@ -84,10 +94,10 @@ def parse_header(first: bytes, *, check_chain: bool = True) -> tuple[Header, str
         record = convert.structure(codec.loads(body))
     except ValueError as exc:
         raise HeaderProblem(f"first line is not a {FORMAT} header ({exc})") from None
-    if not isinstance(record, Header):
-        raise HeaderProblem(f"first record is a {record.kind}, not a header")
-    if record.format != FORMAT:
-        raise HeaderProblem(f"format {record.format!r} is not {FORMAT!r}")
+    problem = header_problem(record)
+    if problem is not None:
+        raise HeaderProblem(problem)
+    assert isinstance(record, Header)  # no problem: it is one
     if check_chain and chain.link(chain.GENESIS, body) != h:
         raise HeaderProblem("header's hash does not match its content")
     return record, h
