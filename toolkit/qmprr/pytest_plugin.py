@@ -464,14 +464,17 @@ class _Recorder:
             )
             return RecordWriter.create(record, header)
 
-        async with contextlib.AsyncExitStack() as stack:
+        stack = contextlib.AsyncExitStack()  # closed here on failure, else by stop()
+        try:
             workdir = stack.enter_context(work_folder("qmprr-record-"))
             _, channel = await stack.enter_async_context(
                 qemu_channel(argv, make_log, workdir=workdir, env={"TMPDIR": workdir}, sandbox=Sandbox((workdir,))))
             server = QmpServer(channel)
             await server.listen(socket_path, "primary")
-            return cls(channel, server, workdir, stack.pop_all())
-        raise AssertionError("unreachable")  # mypy: the stack does not swallow exceptions
+        except BaseException:
+            await stack.aclose()
+            raise
+        return cls(channel, server, workdir, stack)
 
     async def stop(self) -> None:
         """Disconnect the clients, close the channel and the log (no ``quit`` is recorded), stop QEMU."""
