@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from qmprr.channel import Channel
-from qmprr.recording import RecordWriter, new_header
+from qmprr.recording import RecordWriter, header_for_greeting
 
 QMPRR = [sys.executable, "-m", "qmprr.cli"]
 QEMU = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-nodefaults", "-display", "none",
@@ -57,8 +57,7 @@ async def session(tmp: str) -> int:
             await asyncio.sleep(0.01)
 
         def make_log(greeting: dict[str, Any]) -> RecordWriter:
-            header = new_header(qemu_version=greeting["QMP"]["version"], qemu_argv=QEMU,
-                                labels={"example": "transaction_library"})  # fmt: skip
+            header = header_for_greeting(greeting, qemu_argv=QEMU, labels={"example": "transaction_library"})
             return RecordWriter.create(record, header)
 
         channel = await Channel.open_unix(qmp, make_log)

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import io
-import os
 import re
 import socket
 import sys
@@ -274,18 +273,14 @@ def replay(prepared: Prepared, mode: Mode) -> tuple[int, str]:
 
     prepared.reset()
     out = io.StringIO()
-    old = os.getcwd()
-    os.chdir(prepared.caller)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            if mode == "sandbox-only":
-                status = _replay_sandbox_only(prepared)
-            else:
-                extra = ["--allow-unsafe"] if mode == "unsafe" else []
-                status = main(["replay", str(prepared.recording), "--target", "qemu", "--keep-going",
-                               "--event-timeout", "1", *extra])
-    finally:
-        os.chdir(old)
+    # The replay's relative paths are the caller's: its folder, for this call only (QEMU gets its own).
+    with contextlib.chdir(prepared.caller), contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        if mode == "sandbox-only":
+            status = _replay_sandbox_only(prepared)
+        else:
+            extra = ["--allow-unsafe"] if mode == "unsafe" else []
+            status = main(["replay", str(prepared.recording), "--target", "qemu", "--keep-going",
+                           "--event-timeout", "1", *extra])
     return status, out.getvalue()
 
 

@@ -167,3 +167,107 @@ def qmprr_exe() -> str:
     if found is None:
         raise RuntimeError("the qmprr console script is not installed: run 'make test'")
     return found
+
+
+# -- a channel and an in-process proxy in front of a QEMU (tests of channel and server) --------
+
+
+def log_to(path: Path, sync: str = "none") -> Callable[[dict[str, Any]], Any]:
+    """A channel's ``make_log``: a recording at *path*, its header from QEMU's greeting."""
+    from qmprr.recording import RecordWriter, SyncPolicy, header_for_greeting
+
+    def make_log(greeting: dict[str, Any]) -> RecordWriter:
+        return RecordWriter.create(path, header_for_greeting(greeting), sync=SyncPolicy(sync))
+
+    return make_log
+
+
+def read_log(path: Path) -> list[Any]:
+    """Every record of *path* (unreadable lines skipped)."""
+    from qmprr.recording import RecordingReader
+
+    with RecordingReader(path, errors="skip") as reader:
+        return list(reader)
+
+
+async def open_channel(qemu_sock: str, make_log: Callable[[dict[str, Any]], Any], **options: Any) -> Any:
+    """``Channel.open_unix`` to QEMU's QMP socket, again while QEMU still refuses (the socket file
+    exists a moment before QEMU listens, and its single monitor frees up a moment after a client)."""
+    import asyncio
+
+    from qmprr.channel import Channel, ChannelError
+
+    for _ in range(100):
+        try:
+            return await Channel.open_unix(qemu_sock, make_log, **options)
+        except ChannelError as exc:
+            if "refused" not in str(exc):
+                raise
+            await asyncio.sleep(0.02)
+    return await Channel.open_unix(qemu_sock, make_log, **options)
+
+
+@attrs.define
+class Proxy:
+    """An in-process proxy: the channel to QEMU and the server on a primary and a debug socket."""
+
+    channel: Any
+    server: Any
+    socket: str
+    debug_socket: str
+    record: Path
+    qemu: subprocess.Popen | None = None
+
+
+@contextlib.asynccontextmanager
+async def proxy_for(
+    qemu_sock: str, tmp_path: Path, *, qemu: subprocess.Popen | None = None, record: Path | None = None,
+    sockets: tuple[str, str] = ("p.sock", "p-debug.sock"), tx_idle_timeout: float = 30.0, **server_options: Any,
+) -> Any:
+    """Channel to *qemu_sock* + QmpServer (primary and debug sockets in *tmp_path*), in this event loop."""
+    from qmprr.server import QmpServer
+
+    record = record or tmp_path / "rec.jsonl"
+    channel = await open_channel(qemu_sock, log_to(record, "batch"), tx_idle_timeout=tx_idle_timeout)
+    server = QmpServer(channel, **server_options)
+    sock, dbg = str(tmp_path / sockets[0]), str(tmp_path / sockets[1])
+    try:
+        await server.listen(sock, "primary")
+        await server.listen(dbg, "debug")
+        yield Proxy(channel, server, sock, dbg, record, qemu)
+    finally:
+        await server.close()
+        await channel.close()
+        channel.log.close()
+
+
+def disk_full(path: str | Path) -> Exception:
+    """The error a log raises when the disk is full (what a failing fake log raises)."""
+    from qmprr.errors import RecordingError
+
+    return RecordingError(f"{path}: cannot write record: No space left on device")
+
+
+# -- qmprr and QEMU processes a test starts --------------------------------------------------
+
+
+def reap(proc: subprocess.Popen) -> None:
+    """Kill *proc* if it still runs, and wait for it (a test's ``finally``)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def qmprr_process(tmp_path: Path, *args: str, stem: str) -> tuple[subprocess.Popen, Path]:
+    """Start ``qmprr ARGS``, its stderr to tmp_path/STEM.stderr (a QEMU it leaves behind must not hold
+    a pipe of ours); (the process, that file)."""
+    err_path = tmp_path / f"{stem}.stderr"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen([*QMPRR, *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    return proc, err_path
+
+
+def kill_qemus_named(name: str) -> None:
+    """SIGKILL every QEMU still running with ``-name NAME`` (a fixture's clean-up, by pid)."""
+    for pid in qemu_processes(name):
+        os.kill(pid, signal.SIGKILL)

@@ -87,7 +87,7 @@ def test_a_replay_against_the_fake_equals_the_original(name: str, tmp_path: Path
     assert status == 0, out
     assert out.rstrip().endswith(": equivalent") and "warning" not in out
     result = diff_recordings(RECORDINGS / name, replayed, internal=True)
-    assert result.equivalent and result.counts()["aligned"] == result.counts()["commands_a"] > 0
+    assert result.equivalent and result.counts().aligned == result.counts().commands_a > 0
 
 
 # -- an edited copy ------------------------------------------------------------------------------
@@ -132,6 +132,18 @@ def test_edits_as_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert data["first_divergence"] == data["differences"][0]
     assert [r["status"] for r in data["alignment"]] == ["same", "same", "differs", "missing", "differs",
                                                        "extra", "same", "same"]
+
+
+def test_the_json_form_reads_back_as_the_typed_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from qmprr.analysis.diff import DiffReport, diff_recordings
+    from qmprr.results import structure, unstructure
+
+    edited = edited_lifecycle(tmp_path / "edited.jsonl")
+    status, out, _ = diff(LIFECYCLE, edited, "--json", capsys=capsys)
+    typed = structure(json.loads(out), DiffReport)
+    assert typed == diff_recordings(LIFECYCLE, edited).report()
+    assert typed.counts.differs == 2 and typed.first_divergence == typed.differences[0]
+    assert json.loads(out) == json.loads(json.dumps(unstructure(typed)))
 
 
 def test_rules_make_differences_disappear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -322,7 +334,7 @@ def test_not_a_recording_exits_2_with_one_line(tmp_path: Path, capsys: pytest.Ca
     rules = tmp_path / "rules.toml"
     rules.write_text("[[rule]]\naction = 'ignore'\n")
     status, _, err = diff(LIFECYCLE, LIFECYCLE, "--rules", rules, capsys=capsys)
-    assert status == 2 and err.startswith(f"qmprr: {rules}: rule 1: needs 'path'") and err.count("\n") == 1
+    assert status == 2 and err.startswith(f"qmprr: {rules}: rule 1: 'path' is required") and err.count("\n") == 1
 
 
 def test_exit_status_of_the_real_command(tmp_path: Path) -> None:

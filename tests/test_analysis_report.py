@@ -76,3 +76,25 @@ def test_output_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert err.startswith("qmprr: ") and "cannot write" in err
     assert main(["report", str(tmp_path / "none.jsonl"), "-o", str(tmp_path / "r.html")]) == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_report_and_stats_show_the_same_sections(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One view model: every table ``qmprr stats`` prints is a card of the report, cell for cell."""
+    import html as html_lib
+
+    from qmprr.analysis.stats import compute
+    from qmprr.analysis.stats_view import sections
+
+    out = tmp_path / "report.html"
+    assert main(["report", str(TX), "-o", str(out)]) == 0
+    assert main(["stats", str(TX)]) == 0
+    printed = capsys.readouterr().out
+    page = out.read_text()
+    summary = page[page.index('id="summary"'):page.index('id="timeline-section"')]
+    shown = sections(compute(TX))
+    assert {s.key for s in shown} >= {"commands", "local", "events", "clients", "transactions"}
+    for section in shown:
+        assert f"<h3>{html_lib.escape(section.title)}</h3>" in summary and section.title in printed
+        for row in section.rows:
+            assert all(f">{html_lib.escape(c.text)}</td>" in summary for c in row), section.key
+            assert all(c.text[:20] in printed for c in row if c.text), section.key

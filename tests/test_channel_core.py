@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+import support
 from qmprr import codec, wire
 from qmprr.channel_core import (
     ATTRIBUTION,
@@ -34,7 +35,6 @@ from qmprr.channel_core import (
     TxState,
     Write,
 )
-from qmprr.errors import RecordingError
 from qmprr.recording import ABSENT, Command, Event, Local, Note, Reply, Tx
 
 
@@ -49,7 +49,7 @@ class Sink:
 
     def append(self, record: Any) -> Any:
         if self.failing:
-            raise RecordingError(f"{self.path}: cannot write record: No space left on device")
+            raise support.disk_full(self.path)
         record.seq = len(self.records)
         self.records.append(record)
         return record

@@ -22,32 +22,25 @@ import pytest
 import support
 from qmprr.channel import (
     Channel,
-    ChannelError,
     ChannelWedged,
     LogUnavailable,
     ReplyNotRecorded,
 )
 from qmprr.channel_core import Runstate
 from qmprr.client import QmpClient
-from qmprr.errors import RecordingError
 from qmprr.recording import (
     Command,
     Local,
     Note,
-    RecordingReader,
     RecordWriter,
     Reply,
-    SyncPolicy,
-    new_header,
 )
 from qmprr.recording import verify as verify_recording
 
 pytestmark = pytest.mark.qemu
 
 
-def read_log(path: Path) -> list[Any]:
-    with RecordingReader(path, errors="skip") as reader:
-        return list(reader)
+read_log = support.read_log
 
 
 async def until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
@@ -60,20 +53,8 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 20.0)
 
 @contextlib.asynccontextmanager
 async def channel_to_qemu(tmp_path: Path, log: Path | None = None, **options: Any) -> AsyncIterator[tuple[subprocess.Popen, Channel]]:
-    log = log or tmp_path / "rec.jsonl"
-
-    def make_log(greeting: dict[str, Any]) -> RecordWriter:
-        return RecordWriter.create(log, new_header(qemu_version=greeting["QMP"]["version"]), sync=SyncPolicy.NONE)
-
     with support.qemu_with_qmp(tmp_path) as (qemu, sock):
-        for _ in range(100):  # the socket file can exist a moment before QEMU listens on it
-            try:
-                channel = await Channel.open_unix(sock, make_log, **options)
-                break
-            except ChannelError as exc:
-                if "refused" not in str(exc):
-                    raise
-                await asyncio.sleep(0.01)
+        channel = await support.open_channel(sock, support.log_to(log or tmp_path / "rec.jsonl"), **options)
         try:
             yield qemu, channel
         finally:
@@ -123,7 +104,7 @@ class FailingLog:
     def append(self, record: Any) -> Any:
         if self.failing or record.kind == self.kind:
             self.failing, self.kind = True, "-"
-            raise RecordingError(f"{self.real.__self__.path}: cannot write record: No space left on device")
+            raise support.disk_full(self.real.__self__.path)
         return self.real(record)
 
 

@@ -82,8 +82,7 @@ def marker() -> Iterator[str]:
     """A unique QEMU ``-name``; QEMUs left running with it are killed (by pid) afterwards."""
     name = f"qmprr-test-{uuid.uuid4().hex[:12]}"
     yield name
-    for pid in qemu_processes(name):
-        os.kill(pid, signal.SIGKILL)
+    support.kill_qemus_named(name)
 
 
 def qemu_none(marker: str) -> list[str]:
@@ -333,9 +332,7 @@ def test_proxy_records_and_leaves_qemu_running(tmp_path: Path) -> None:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            support.reap(proc)
         assert "Traceback" not in proc.stderr.read().decode()
         # QEMU keeps running, and its monitor is free again.
         assert qemu.poll() is None
@@ -369,9 +366,7 @@ def test_proxy_exits_0_when_qemu_goes_away(tmp_path: Path) -> None:
             assert proc.wait(20) == 0
             assert qemu.wait(10) == 0
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            support.reap(proc)
     records = load(record)
     assert isinstance(records[-1], Close) and records[-1].reason == "eof"
 

@@ -22,14 +22,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 from qemu.qmp import ExecuteError, QMPClient
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 import support
 from qmprr import wire
-from qmprr.channel import Channel
 from qmprr.recording import (
     ABSENT,
     Client,
@@ -39,14 +37,11 @@ from qmprr.recording import (
     Greeting,
     Local,
     Record,
-    RecordWriter,
     Reply,
     Taint,
-    new_header,
     read_records,
     verify,
 )
-from qmprr.server import QmpServer
 
 pytestmark = pytest.mark.qemu
 
@@ -99,35 +94,15 @@ def events(records: list[Record]) -> list[str]:
     return [r.msg["event"] for r in records if isinstance(r, Event)]
 
 
-@attrs.define
-class Proxy:
-    channel: Channel
-    server: QmpServer
-    socket: str
-    debug_socket: str
-    record: Path
-    qemu: subprocess.Popen
+Proxy = support.Proxy
 
 
 @contextlib.asynccontextmanager
 async def proxy_for(qemu_sock: str, qemu: subprocess.Popen, tmp_path: Path) -> AsyncIterator[Proxy]:
     """Channel.open_unix to QEMU's QMP socket + QmpServer on two sockets, in this event loop."""
-    record = tmp_path / f"inproc-{time.monotonic_ns()}.jsonl"
-
-    def make_log(greeting: dict[str, Any]) -> RecordWriter:
-        return RecordWriter.create(record, new_header(qemu_version=greeting["QMP"]["version"]))
-
-    channel = await Channel.open_unix(qemu_sock, make_log)
-    server = QmpServer(channel)
-    sock, dbg = str(tmp_path / "p.sock"), str(tmp_path / "p-debug.sock")
-    try:
-        await server.listen(sock, "primary")
-        await server.listen(dbg, "debug")
-        yield Proxy(channel, server, sock, dbg, record, qemu)
-    finally:
-        await server.close()
-        await channel.close()
-        channel.log.close()
+    async with support.proxy_for(qemu_sock, tmp_path, qemu=qemu,
+                                 record=tmp_path / f"inproc-{time.monotonic_ns()}.jsonl") as proxy:
+        yield proxy
 
 
 @contextlib.asynccontextmanager

@@ -37,12 +37,8 @@ from qmprr.recording import (
     Event,
     Local,
     Note,
-    RecordingReader,
-    RecordWriter,
     Reply,
-    SyncPolicy,
     Tx,
-    new_header,
     verify,
 )
 from qmprr.server import QmpServer
@@ -189,14 +185,8 @@ async def proxy(
 ) -> AsyncIterator[Proxy]:
     """QEMU (support.qemu_with_qmp) + Channel + QmpServer listening on tmp_path/proxy.sock."""
     log = tmp_path / "rec.jsonl"
-
-    def make_log(greeting: dict[str, Any]) -> RecordWriter:
-        return RecordWriter.create(
-            log, new_header(qemu_version=greeting["QMP"]["version"]), sync=SyncPolicy.NONE
-        )
-
     with support.qemu_with_qmp(tmp_path, argv) as (qemu, qemu_sock):
-        channel = await Channel.open_unix(qemu_sock, make_log, tx_idle_timeout=tx_idle_timeout)
+        channel = await support.open_channel(qemu_sock, support.log_to(log), tx_idle_timeout=tx_idle_timeout)
         server = QmpServer(channel, **server_kw)
         sock = str(tmp_path / "proxy.sock")
         await server.listen(sock)
@@ -213,9 +203,7 @@ async def proxy(
             channel.log.close()
 
 
-def read_log(path: Path) -> list[Any]:
-    with RecordingReader(path, errors="skip") as reader:
-        return list(reader)
+read_log = support.read_log
 
 
 def strip_id(msg: dict[str, Any]) -> dict[str, Any]:

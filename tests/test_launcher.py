@@ -44,8 +44,7 @@ def names() -> Iterator[list[str]]:
     handed: list[str] = []
     yield handed
     for name in handed:
-        for pid in support.qemu_processes(name):
-            os.kill(pid, signal.SIGKILL)
+        support.kill_qemus_named(name)
 
 
 def new_name(names: list[str]) -> str:
@@ -66,12 +65,8 @@ def wait_gone(name: str, bound: float = GONE_WITHIN) -> bool:
 def launch(tmp_path: Path, name: str, *extra: str, stem: str = "rec") -> tuple[subprocess.Popen, Path, str]:
     """Start ``qmprr launch`` (stderr to a file: a surviving QEMU must not hold a pipe of ours)."""
     record, sock = tmp_path / f"{stem}.jsonl", str(tmp_path / f"{stem}.sock")
-    with open(tmp_path / f"{stem}.stderr", "wb") as err:
-        proc = subprocess.Popen(
-            [*support.QMPRR, "launch", "--record", str(record), "--socket", sock, *extra,
-             "--", *support.QEMU_NONE, "-name", name],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-        )
+    proc, _ = support.qmprr_process(tmp_path, "launch", "--record", str(record), "--socket", sock, *extra,
+                                    "--", *support.QEMU_NONE, "-name", name, stem=stem)
     return proc, record, sock
 
 
@@ -134,9 +129,7 @@ def test_sigkill_of_launch_never_orphans_qemu(tmp_path: Path, names: list[str]) 
             proc.kill()
             assert proc.wait(20) == -signal.SIGKILL
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            support.reap(proc)
         had_qemu[phase] += alive
         if phase != "start-up":
             assert alive, "QEMU should have been running"
@@ -174,10 +167,7 @@ def test_ownership_refusals() -> None:
 
 
 def start_proxy(tmp_path: Path, *args: str, stem: str) -> tuple[subprocess.Popen, Path]:
-    with open(tmp_path / f"{stem}.stderr", "wb") as err:
-        proc = subprocess.Popen([*support.QMPRR, "proxy", *args], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err)
-    return proc, tmp_path / f"{stem}.stderr"
+    return support.qmprr_process(tmp_path, "proxy", *args, stem=stem)
 
 
 def last_line_hash(path: Path) -> tuple[int, str]:
@@ -203,9 +193,7 @@ def test_keep_vm_survives_sigkill_and_reattach_continues_the_recording(tmp_path:
         proc.kill()
         assert proc.wait(20) == -signal.SIGKILL
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        support.reap(proc)
     time.sleep(0.5)  # the scenario: time passes and --keep-vm QEMU stays
     assert support.qemu_processes(name) == [pid]  # --keep-vm: still there, paused as it was left
     # The SIGKILL may have torn the last line; make sure it is: reattach must link to the last complete record.
@@ -226,9 +214,7 @@ def test_keep_vm_survives_sigkill_and_reattach_continues_the_recording(tmp_path:
         proxy.send_signal(signal.SIGTERM)
         assert proxy.wait(20) == 0
     finally:
-        if proxy.poll() is None:
-            proxy.kill()
-            proxy.wait()
+        support.reap(proxy)
     stderr = err.read_text()
     assert "Traceback" not in stderr and f"torn last line of {len(torn)} bytes" in stderr, stderr
     assert support.qemu_processes(name) == [pid]  # proxy semantics: QEMU keeps running
@@ -244,9 +230,7 @@ def test_keep_vm_survives_sigkill_and_reattach_continues_the_recording(tmp_path:
             assert client.execute("quit")["return"] == {}
         assert proxy.wait(20) == 0
     finally:
-        if proxy.poll() is None:
-            proxy.kill()
-            proxy.wait()
+        support.reap(proxy)
     assert wait_gone(name)
     assert not os.path.exists(header.monitor_socket)  # the stale monitor socket is cleaned up
 
@@ -294,9 +278,7 @@ def test_keep_vm_sigterm_still_quits_qemu(tmp_path: Path, names: list[str]) -> N
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        support.reap(proc)
     assert wait_gone(name)
     assert not monitor.exists()
     assert header_of(record).monitor_socket == str(monitor)
@@ -365,9 +347,7 @@ def test_sigterm_stops_qemu_when_the_log_cannot_be_written(tmp_path: Path, names
         proc.send_signal(signal.SIGTERM)
         status = proc.wait(60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        support.reap(proc)
     assert wait_gone(name), "qmprr exited and left QEMU running"
     stderr = (tmp_path / "rec.stderr").read_text()
     assert "Traceback" not in stderr, stderr

@@ -201,10 +201,12 @@ def _write(folder: Path, name: str, text: str) -> Path:
 @pytest.mark.parametrize(
     "text, message",
     [
-        ('[[rule]]\ncommand = "x"\n', "rule 1: needs 'path'"),
-        ('[[rule]]\npath = "a"\nwhat = 1\n', "unknown keys ['what']"),
-        ('[[rule]]\npath = "a"\naction = "drop"\n', "action must be 'ignore', or 'pattern' with a pattern"),
-        ('[[rule]]\npath = "a"\naction = "pattern"\n', "action must be 'ignore', or 'pattern' with a pattern"),
+        ('[[rule]]\ncommand = "x"\n', "rule 1: 'path' is required"),
+        ('[[rule]]\npath = "a"\nwhat = 1\n', "rule 1: unknown key(s) 'what'"),
+        ('[[rule]]\npath = "a"\naction = "drop"\n', "rule 1: 'action' must be one of 'ignore', 'pattern'"),
+        ('[[rule]]\npath = "a"\naction = "pattern"\n', "'action' must be 'ignore', or 'pattern' with a 'pattern'"),
+        ('[[rule]]\npath = "a"\n[[rule]]\npath = 5\n', "rule 2: 'path' must be a string"),
+        ('[[rule]]\npath = "a"\ncommand = ["x"]\n', "rule 1: 'command' must be a string"),
         ('[[rule]]\npath = "a"\npattern = "("\n', "rule 1: invalid pattern"),
         ('[[rule]\npath = "a"\n', "invalid TOML"),
     ],

@@ -259,7 +259,9 @@ def test_client_kept_by_a_fixture_is_checked_at_teardown(suite: pytest.Pytester)
 
 
 def test_missing_recording_and_missing_marker(suite: pytest.Pytester) -> None:
-    suite.makepyfile('''
+    """Misusing the marker: one line per test that names it and the fix, no fixture traceback."""
+    (suite.path / "recordings" / "bad.jsonl").write_text("not a recording\n")
+    suite.makepyfile(test_misuse='''
         import pytest
 
         @pytest.mark.qmp_recording("recordings/nope.jsonl")
@@ -272,14 +274,39 @@ def test_missing_recording_and_missing_marker(suite: pytest.Pytester) -> None:
         @pytest.mark.qmp_recording("recordings/lifecycle.jsonl", mode="sloppy")
         def test_bad_mode(qmp_fake):
             pass
+
+        @pytest.mark.qmp_recording("recordings/lifecycle.jsonl", qemu_argv="qemu -m 1", reuse="yes", speed=2)
+        def test_bad_types(qmp_fake):
+            pass
+
+        @pytest.mark.qmp_recording("recordings/lifecycle.jsonl", rules="nope.toml")
+        def test_bad_rules(qmp_fake):
+            pass
+
+        @pytest.mark.qmp_recording("recordings/bad.jsonl")
+        def test_bad_recording(qmp_fake):
+            pass
     ''')
     result = run(suite)
-    result.assert_outcomes(errors=3)
+    result.assert_outcomes(errors=6)
+    fix = "write it as @pytest.mark.qmp_recording(path, mode='strict', *"
     result.stdout.fnmatch_lines_random([
-        "*recording recordings/nope.jsonl not found*--qmp-record-mode=once*",
-        "*qmp_fake needs @pytest.mark.qmp_recording*",
-        "*mode must be one of strict, ordered, lenient, not 'sloppy'*",
+        "test_misuse.py::test_missing: recording recordings/nope.jsonl not found*; run with --qmp-record-mode=once*",
+        "test_misuse.py::test_no_marker: qmp_fake needs a recording; mark the test @pytest.mark.qmp_recording(*",
+        f"test_misuse.py::test_bad_mode: @pytest.mark.qmp_recording: 'mode' must be one of 'strict', 'ordered',"
+        f" 'lenient'; {fix}",
+        "test_misuse.py::test_bad_types: @pytest.mark.qmp_recording: 'reuse' must be true or false; 'qemu_argv' must"
+        f" be a list of strings; unknown key(s) 'speed'; {fix}",
+        "test_misuse.py::test_bad_rules: */nope.toml: cannot read rules file*; fix the rules file, or the marker's"
+        " rules='nope.toml'",
+        "test_misuse.py::test_bad_recording: */bad.jsonl: not a qmprr/1 recording*; check it with 'qmprr verify *",
     ])
+    errors = result.stdout.str().split("= ERRORS =")[1].split("short test summary")[0]
+    sections = errors.split("ERROR at setup of ")[1:]
+    assert len(sections) == 6
+    for section in sections:
+        body = [line for line in section.splitlines()[1:] if line.strip("_ =")]
+        assert len(body) == 1, section  # the one line: no traceback, no chained exception
 
 
 def test_rules_in_the_marker(suite: pytest.Pytester) -> None:

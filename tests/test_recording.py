@@ -727,6 +727,16 @@ def test_append_to_checks_the_header_hash(tmp_path: Path) -> None:
     assert path.read_bytes() == before
 
 
+def test_reader_and_append_to_refuse_a_header_with_the_same_words(tmp_path: Path) -> None:
+    """One header check: the appending writer says what the reader says."""
+    for name, path in _not_recordings(tmp_path).items():
+        with pytest.raises(NotARecording) as by_reader:
+            RecordingReader(path)
+        with pytest.raises(NotARecording) as by_writer:
+            RecordWriter.append_to(path).close()
+        assert str(by_writer.value) == str(by_reader.value), name
+
+
 def test_missing_file_is_a_recording_error(tmp_path: Path) -> None:
     with pytest.raises(RecordingError, match="cannot read"):
         RecordingReader(tmp_path / "missing.jsonl")
@@ -763,3 +773,26 @@ def test_verify_reply_checks_and_in_flight(tmp_recording: Path) -> None:
     assert [p.line for p in report.problems] == [5, 6, 7]
     assert [c.seq for c in report.in_flight] == [3]
     assert not report.ok
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 30)), max_size=60))
+def test_pending_pairs_a_reply_with_its_command_once_and_stays_bounded(steps: list[tuple[bool, int]]) -> None:
+    from qmprr.recording.pairs import Pending
+
+    dropped: list[int] = []
+    pending: Pending[int] = Pending(limit=5, on_drop=dropped.append)
+    model: dict[int, int] = {}
+    for is_command, seq in steps:
+        if is_command:
+            pending.command(seq, seq)
+            model[seq] = seq
+            if len(model) > 5:
+                oldest = next(iter(model))
+                assert dropped[-1] == model.pop(oldest)
+        else:
+            assert pending.find(seq) == model.get(seq)
+            assert pending.reply(seq) == model.pop(seq, None)
+            assert pending.reply(seq) is None  # a second reply answers nothing
+        assert len(pending) == len(model) <= 5
+        assert pending.values() == list(model.values())
+    assert pending.reply("1") is None and pending.reply(None) is None and pending.reply([1]) is None

@@ -212,6 +212,22 @@ def test_until(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "3 step(s), 3 matched" in out
 
 
+def test_the_report_reads_back_as_the_typed_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from qmprr.replay.engine import ReplayReport
+    from qmprr.replay.report import to_json
+    from qmprr.results import ResultError, structure
+
+    report = tmp_path / "r.json"
+    status, _, _ = replay(str(LIFECYCLE), "--target", "fake", "--until", "11", "--report", str(report), capsys=capsys)
+    assert status == 0
+    data = load_report(report)
+    typed = structure(data, ReplayReport)
+    assert [s.status for s in typed.steps] == ["matched"] * 3 and typed.reproduced
+    assert to_json(typed) == data
+    with pytest.raises(ResultError, match=r"\$\.steps\[0\]\.status"):
+        structure({**data, "steps": [{**data["steps"][0], "status": "won"}]}, ReplayReport)
+
+
 def test_only_src(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rec = RECORDINGS / "inject-during-transaction.jsonl"
     report = tmp_path / "r.json"

@@ -193,7 +193,7 @@ def test_follow_goes_on_across_segments(tmp_path: Path) -> None:
             w.rotate()
         w.append(Event(msg=Msg({"event": "X", "data": {"i": i}})))
     w.close()
-    time.sleep(0.2)
+    support.wait_until(lambda: len(seen) >= 200 or not t.is_alive(), "the follower to read every event", 20)
     done.set()
     t.join(20)
     assert seen == list(range(200))
@@ -320,3 +320,17 @@ def test_retention_reads_a_link_from_a_segment_compressed_meanwhile(tmp_path: Pa
     assert second.endswith(sets.ZST)
     link = _previous_of(second.removesuffix(sets.ZST))  # the name it had before compression
     assert link["file"] == os.path.basename(files[0]).removesuffix(sets.ZST)
+
+
+def test_both_writers_are_a_record_log(tmp_path: Path) -> None:
+    """The channel takes either through one Protocol (recording/log.py)."""
+    from qmprr.recording import RecordLog, RecordWriter
+
+    segmented = SegmentedWriter(str(tmp_path / "vm"), new_header(), Rotation(size=1 << 20))
+    single = RecordWriter.create(str(tmp_path / "one.jsonl"), new_header())
+    for log in (segmented, single):
+        assert isinstance(log, RecordLog)
+        seq = log.next_seq
+        assert log.append(Note(text="x")).seq == seq and log.next_seq == seq + 1
+        log.close()
+        assert log.closed

@@ -18,56 +18,25 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 
 import support
 from qmprr import wire
-from qmprr.channel import Channel, ChannelError
-from qmprr.recording import Client, Command, Local, Note, RecordWriter, new_header, read_records, verify
-from qmprr.server import Limits, QmpServer
+from qmprr.recording import Client, Command, Local, Note, read_records, verify
+from qmprr.server import Limits
 
 pytestmark = pytest.mark.qemu
 
 TIMEOUT = 10.0
 
 
-@attrs.define
-class Proxy:
-    channel: Channel
-    server: QmpServer
-    socket: str
-    debug_socket: str
-    record: Path
-
-
 @contextlib.asynccontextmanager
-async def proxy(tmp_path: Path, tx_idle_timeout: float = 30.0, **limits: Any) -> AsyncIterator[Proxy]:
+async def proxy(tmp_path: Path, tx_idle_timeout: float = 30.0, **limits: Any) -> AsyncIterator[support.Proxy]:
     """QEMU -machine none + Channel + QmpServer (primary and debug sockets), in this loop."""
-    record = tmp_path / "rec.jsonl"
-
-    def make_log(greeting: dict[str, Any]) -> RecordWriter:
-        return RecordWriter.create(record, new_header(qemu_version=greeting["QMP"]["version"]))
-
     with support.qemu_with_qmp(tmp_path) as (_proc, qemu_sock):
-        for _ in range(100):  # QEMU creates the socket file a moment before it listens
-            try:
-                channel = await Channel.open_unix(qemu_sock, make_log, tx_idle_timeout=tx_idle_timeout)
-                break
-            except ChannelError as exc:
-                if "refused" not in str(exc):
-                    raise
-                await asyncio.sleep(0.02)
-        server = QmpServer(channel, limits=Limits(**limits))
-        sock, dbg = str(tmp_path / "p.sock"), str(tmp_path / "d.sock")
-        try:
-            await server.listen(sock, "primary")
-            await server.listen(dbg, "debug")
-            yield Proxy(channel, server, sock, dbg, record)
-        finally:
-            await server.close()
-            await channel.close()
-            channel.log.close()
+        async with support.proxy_for(qemu_sock, tmp_path, sockets=("p.sock", "d.sock"),
+                                     tx_idle_timeout=tx_idle_timeout, limits=Limits(**limits)) as p:
+            yield p
 
 
 def records_of(path: Path) -> list[Any]:

@@ -458,7 +458,8 @@ def test_rechain_renumbers_after_a_deletion(tmp_path: Path) -> None:
     assert verify(fixed).ok
 
 
-@pytest.mark.parametrize("case", ["not json", "dangling reply", "second header", "output exists"])
+@pytest.mark.parametrize("case", ["not json", "dangling reply", "second header", "no header", "other format",
+                                  "output exists"])
 def test_rechain_errors_are_one_line_status_2(tmp_path: Path, case: str) -> None:
     original, edited, out = tmp_path / "a.jsonl", tmp_path / "e.jsonl", tmp_path / "o.jsonl"
     lines = build(original)
@@ -468,6 +469,11 @@ def test_rechain_errors_are_one_line_status_2(tmp_path: Path, case: str) -> None
         del lines[1]  # the command of the reply on the next line
     elif case == "second header":
         lines.insert(3, lines[0])
+    elif case == "no header":
+        del lines[0]
+    elif case == "other format":
+        lines[0] = lines[0].replace(b'"format":"qmprr/1"', b'"format":"qmprr/9"')
+        assert b"qmprr/9" in lines[0]
     else:
         out.write_text("x")
     edited.write_bytes(b"".join(lines))
@@ -477,6 +483,9 @@ def test_rechain_errors_are_one_line_status_2(tmp_path: Path, case: str) -> None
     if case != "output exists":
         assert re.search(r"e\.jsonl:\d+: ", line), line
         assert not out.exists()
+    words = {"second header": "e.jsonl:4: a second header", "no header": "e.jsonl:1: first record is a command, not a header",
+             "other format": "e.jsonl:1: format 'qmprr/9' is not 'qmprr/1'"}  # the reader's words
+    assert words.get(case, "") in line
 
 
 def test_replay_accepts_a_rechained_recording(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ from .channel_core import (
     UpstreamProtocolError,
     Write,
 )
-from .recording import ABSENT, Greeting, Msg, Note, Record, RecordWriter
+from .recording import ABSENT, Greeting, Msg, Note, Record, RecordLog
 
 __all__ = [
     "DEFAULT_LOG_WAIT_TIMEOUT",
@@ -198,7 +198,7 @@ class Channel:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        log: RecordWriter,
+        log: RecordLog,
         greeting: dict[str, Any],
         *,
         decoder: wire.StreamDecoder | None = None,
@@ -260,7 +260,7 @@ class Channel:
         cls,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        make_log: Callable[[dict[str, Any]], RecordWriter],
+        make_log: Callable[[dict[str, Any]], RecordLog],
         *,
         greeting_timeout: float = 10.0,
         **options: Any,
@@ -318,7 +318,7 @@ class Channel:
 
     @classmethod
     async def open_unix(
-        cls, path: str, make_log: Callable[[dict[str, Any]], RecordWriter], **kwargs: Any
+        cls, path: str, make_log: Callable[[dict[str, Any]], RecordLog], **kwargs: Any
     ) -> Channel:
         """Connect to QEMU's QMP UNIX socket at *path* and :meth:`open` the channel."""
         try:

@@ -164,9 +164,10 @@ Effect = Write | Answer | Fanout | Began | TxEnded | Closed
 
 
 class LogSink(Protocol):
-    """Where records go: :class:`~qmprr.recording.RecordWriter` is one."""
+    """Where records go: a :class:`~qmprr.recording.RecordLog` is one."""
 
-    path: Any
+    @property
+    def path(self) -> Any: ...
 
     def append(self, record: Any) -> Any: ...
 

@@ -85,9 +85,9 @@ import attrs
 import pytest
 
 from . import wire
-from .fake import MODES, FakeQemu, FakeReport
+from .fake import FakeQemu, FakeReport
+from .plugin_markers import MARKER, SIGNATURE, MarkerError, RecordingMarker, misuse, read_marker
 
-MARKER = "qmp_recording"
 RECORD_MODES = ("none", "once", "rewrite", "new_episodes")
 DEFAULT_QEMU_ARGV = ("qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none")
 #: How long to wait, when the test returns, for its clients' connections to end.
@@ -127,7 +127,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        f"{MARKER}(path, mode='strict', reuse=False, qemu_argv=None, rules=None, matchers=None): "
+        f"{SIGNATURE.removeprefix('@pytest.mark.')}: "
         "the qmprr recording the qmp_fake fixture serves (path relative to the test file's "
         "folder, else to rootdir); mode strict|ordered|lenient",
     )
@@ -260,35 +260,44 @@ async def _hybrid_report(hybrid: Any) -> Any:
 @pytest.fixture
 def qmp_fake(request: pytest.FixtureRequest) -> Iterator[QmpEndpoint]:
     """A QMP socket for the code under test, serving the marked recording (see the module docstring)."""
+    nodeid = request.node.nodeid
     marker = request.node.get_closest_marker(MARKER)
     if marker is None:
-        pytest.fail(f"qmp_fake needs @pytest.mark.{MARKER}('path/to/recording.jsonl')", pytrace=False)
-    options = _marker_options(marker)
+        misuse(nodeid, "qmp_fake needs a recording", f"mark the test @pytest.mark.{MARKER}('path/to/recording.jsonl')")
+    options = read_marker(marker)
+    if isinstance(options, MarkerError):
+        misuse(nodeid, f"@pytest.mark.{MARKER}: {options}")
     config = request.config
     record_mode = config.getoption("--qmp-record-mode") or config.getini("qmp_record_mode")
     test_dir, rootdir = Path(request.path).parent, Path(config.rootpath)
-    path = _resolve(options["path"], test_dir, rootdir)
+    path = _resolve(options.path, test_dir, rootdir)
     record = record_mode == "rewrite" or (record_mode in ("once", "new_episodes") and not path.exists())
     if not record and not path.exists():
-        pytest.fail(
-            f"recording {options['path']} not found (looked next to the test file and under rootdir);"
-            " run with --qmp-record-mode=once to record it against a real QEMU",
-            pytrace=False,
-        )
+        misuse(nodeid, f"recording {options.path} not found (looked next to the test file and under rootdir)",
+               "run with --qmp-record-mode=once to record it against a real QEMU")
     with _Serving(request) as serving:
         if record:
             yield from _recording_endpoint(request, serving, path, options)
             return
-        from .replay.normalize import Normalizer, load_rules
+        from .errors import QmprrError
+        from .replay.normalize import Normalizer, RulesError, load_rules
 
-        normalizer = Normalizer()
-        if options["rules"]:
-            normalizer = normalizer.with_rules(load_rules(str(_resolve(options["rules"], test_dir, rootdir))))
+        normalizer, problem = Normalizer(), None
         try:
-            fake = FakeQemu.from_recording(path, mode=options["mode"], reuse=options["reuse"],
-                                           normalizer=normalizer, matchers=options["matchers"])
+            if options.rules:
+                normalizer = normalizer.with_rules(load_rules(str(_resolve(options.rules, test_dir, rootdir))))
+        except RulesError as exc:
+            problem = (str(exc), f"fix the rules file, or the marker's rules={options.rules!r}")
+        try:
+            fake = FakeQemu.from_recording(path, mode=options.mode, reuse=options.reuse, normalizer=normalizer,
+                                           matchers=options.matchers)
         except (ValueError, TypeError) as exc:  # an unknown or bad matcher
-            pytest.fail(f"{MARKER}: {exc}", pytrace=False)
+            problem = problem or (f"{MARKER}: {exc}", "name a matcher given to qmprr.fake.register_matcher, or pass a callable")
+        except QmprrError as exc:
+            problem = problem or (str(exc), f"check it with 'qmprr verify {path}', or record it again"
+                                  " (--qmp-record-mode=rewrite)")
+        if problem is not None:  # outside the except: one line, no chained traceback
+            misuse(nodeid, *problem)
         if record_mode == "new_episodes":
             yield from _new_episodes_endpoint(request, serving, path, fake)
             return
@@ -370,9 +379,9 @@ class _Serving:
 
 
 def _recording_endpoint(
-    request: pytest.FixtureRequest, serving: _Serving, path: Path, options: dict[str, Any]
+    request: pytest.FixtureRequest, serving: _Serving, path: Path, options: RecordingMarker
 ) -> Iterator[QmpEndpoint]:
-    argv = list(options["qemu_argv"] or DEFAULT_QEMU_ARGV)
+    argv = list(options.qemu_argv or DEFAULT_QEMU_ARGV)
     if shutil.which(argv[0]) is None:
         pytest.fail(f"cannot record {path}: QEMU binary {argv[0]!r} not found", pytrace=False)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -384,7 +393,7 @@ def _recording_endpoint(
     recorder = None
     try:
         recorder = serving.loop.call(_Recorder.start(argv, partial, socket_path, request.node.nodeid))
-        endpoint = QmpEndpoint(socket_path, path, options["mode"], None, recording_now=True, _loop=serving.loop)
+        endpoint = QmpEndpoint(socket_path, path, options.mode, None, recording_now=True, _loop=serving.loop)
         serving.add(endpoint)
         yield endpoint
     finally:
@@ -458,29 +467,6 @@ def _new_episodes_endpoint(
         finally:
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()  # saved: linked as the next segment; else dropped with the failed test
-
-
-def _marker_options(marker: pytest.Mark) -> dict[str, Any]:
-    args, kwargs = list(marker.args), dict(marker.kwargs)
-    names = ("path", "mode", "reuse", "qemu_argv", "rules", "matchers")
-    if len(args) > len(names):
-        raise pytest.UsageError(f"{MARKER} takes at most {len(names)} positional arguments")
-    options: dict[str, Any] = {"path": None, "mode": "strict", "reuse": False, "qemu_argv": None, "rules": None,
-                               "matchers": None}
-    options.update(zip(names, args))
-    unknown = set(kwargs) - set(names)
-    if unknown:
-        raise pytest.UsageError(f"{MARKER}: unknown argument(s) {sorted(unknown)}; it takes {', '.join(names)}")
-    options.update(kwargs)
-    if not options["path"]:
-        raise pytest.UsageError(f"{MARKER} needs the recording's path")
-    if options["mode"] not in MODES:
-        raise pytest.UsageError(f"{MARKER}: mode must be one of {', '.join(MODES)}, not {options['mode']!r}")
-    if options["matchers"] is None:
-        options["matchers"] = ("arguments",)
-    elif isinstance(options["matchers"], str) or callable(options["matchers"]):
-        options["matchers"] = (options["matchers"],)
-    return options
 
 
 def _resolve(name: str | os.PathLike[str], test_dir: Path, rootdir: Path) -> Path:
@@ -580,44 +566,42 @@ async def _close_fake(server: asyncio.Server, live: _Connections) -> None:
 
 @attrs.define(eq=False)
 class _Recorder:
-    """A real QEMU behind qmprr's recording proxy (Channel + QmpServer), started as replay starts one.
+    """A real QEMU behind qmprr's recording proxy (Channel + QmpServer), in its own work folder."""
 
-    QEMU runs in a fresh temporary folder, the only one it may write (the host is read-only in its sandbox).
-    """
-
-    stack: contextlib.AsyncExitStack
+    channel: Any
     server: Any
+    workdir: str  # QEMU's folder: the only one it may write (the host is read-only in its sandbox)
+    running: contextlib.AsyncExitStack  # the work folder, QEMU and the channel, closed by :meth:`stop`
 
     @classmethod
     async def start(cls, argv: list[str], record: Path, socket_path: str, nodeid: str) -> _Recorder:
-        from .recording import RecordWriter, new_header, relevant_env
-        from .replay.targets import qemu_target
+        from .qemu_channel import qemu_channel, work_folder
+        from .recording import RecordWriter, header_for_greeting, relevant_env
         from .sandbox import Sandbox
         from .server import QmpServer
 
         def make_log(greeting: dict[str, Any]) -> RecordWriter:
-            version = greeting.get("QMP", {}).get("version")
-            header = new_header(
-                qemu_version=version if isinstance(version, dict) else None,
+            header = header_for_greeting(
+                greeting,
                 qemu_argv=argv,
                 qemu_env=relevant_env(),
                 labels={"made-by": "qmprr pytest plugin", "test": nodeid},
             )
             return RecordWriter.create(record, header)
 
-        stack = contextlib.AsyncExitStack()
+        stack = contextlib.AsyncExitStack()  # closed here on failure, else by stop()
         try:
-            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="qmprr-record-", ignore_cleanup_errors=True))
-            target = qemu_target(argv, make_log, workdir, {"TMPDIR": workdir}, sandbox=Sandbox((workdir,)))
-            channel = await stack.enter_async_context(target)
+            workdir = stack.enter_context(work_folder("qmprr-record-"))
+            _, channel = await stack.enter_async_context(
+                qemu_channel(argv, make_log, workdir=workdir, env={"TMPDIR": workdir}, sandbox=Sandbox((workdir,))))
             server = QmpServer(channel)
             await server.listen(socket_path, "primary")
         except BaseException:
             await stack.aclose()
             raise
-        return cls(stack, server)
+        return cls(channel, server, workdir, stack)
 
     async def stop(self) -> None:
         """Disconnect the clients, close the channel and the log (no ``quit`` is recorded), stop QEMU."""
         await self.server.close()
-        await self.stack.aclose()
+        await self.running.aclose()

@@ -31,7 +31,7 @@ from .channel import INTERNAL_SRC, Channel, ChannelError
 from .errors import QmprrError, RecordingError
 from .image_watch import ImageWatcher
 from .launch import LaunchedQemu, start_qemu
-from .recording import RecordWriter, Redactor, SyncPolicy, new_header, relevant_env
+from .recording import RecordLog, RecordWriter, Redactor, SyncPolicy, header_for_greeting, relevant_env
 from .recording.segment import SegmentEnd, segment_end
 from .recording import sets
 from .recording.chain import SealKey
@@ -89,11 +89,10 @@ def _log_factory(
     first_seq: int = 0,
     t_offset: float = 0.0,
     **header_fields: Any,
-) -> Callable[[dict[str, Any]], RecordWriter]:
-    def make_log(greeting: dict[str, Any]) -> RecordWriter:
-        version = greeting.get("QMP", {}).get("version")
-        header = new_header(
-            qemu_version=version if isinstance(version, dict) else None,
+) -> Callable[[dict[str, Any]], RecordLog]:
+    def make_log(greeting: dict[str, Any]) -> RecordLog:
+        header = header_for_greeting(
+            greeting,
             qemu_argv=argv,
             qemu_env={**relevant_env(), **(env or {})} if argv is not None else None,
             domain_xml=domain_xml,
@@ -107,7 +106,7 @@ def _log_factory(
                 sets.stem_of(options.record), header, options.rotation, sync=options.sync,
                 redactor=options.redactor, seal_key=options.seal_key,
                 first_segment=parsed[1] if parsed else (header.segment or 1), first_seq=first_seq, t_offset=t_offset,
-            )  # type: ignore[return-value]  # RecordWriter's interface; no shared Protocol yet
+            )
         return RecordWriter.create(
             options.record, header, sync=options.sync, redactor=options.redactor, seal_key=options.seal_key,
             first_seq=first_seq, t_offset=t_offset,

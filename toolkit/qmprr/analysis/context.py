@@ -2,9 +2,8 @@
 belongs to, whether a transaction holds the channel.
 
 :class:`Tracker` follows a stream of record dicts. Memory holds only commands
-awaiting a reply (one at a time on a serialized channel; at most
-:data:`MAX_PENDING`, the oldest dropped beyond that) and client roles (at most
-:data:`MAX_CLIENTS`).
+awaiting a reply (a :class:`~qmprr.recording.pairs.Pending`, bounded) and
+client roles (at most :data:`MAX_CLIENTS`).
 """
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ from typing import Any
 import attrs
 
 from .. import wire
+from ..recording.pairs import MAX_PENDING, Pending
 
-MAX_PENDING = 10_000
 MAX_CLIENTS = 10_000
 
 
@@ -74,11 +73,10 @@ class Tracker:
     """
 
     def __init__(self, on_drop: Callable[[CommandInfo], None] | None = None) -> None:
-        self.pending: dict[int, CommandInfo] = {}
+        self.pending: Pending[CommandInfo] = Pending(MAX_PENDING, on_drop)
         self.roles: dict[str, str] = {}
         self.open_tx: TxInfo | None = None
         self.last_t = 0.0
-        self._on_drop = on_drop
 
     def update(self, d: dict[str, Any]) -> CommandInfo | None:
         """Take in one record; for a command or a reply, the command's info."""
@@ -90,16 +88,11 @@ class Tracker:
             msg = d.get("msg")
             info = CommandInfo(d["seq"], d["t"], command_name(msg), src, role,
                                tx if type(tx) is int else None, msg if isinstance(msg, dict) else {})
-            self.pending[info.seq] = info
-            if len(self.pending) > MAX_PENDING:
-                dropped = self.pending.pop(next(iter(self.pending)))
-                if self._on_drop is not None:
-                    self._on_drop(dropped)
+            self.pending.command(info.seq, info)
             self._role(src, role)
             return info
         if kind == "reply":
-            cmd = d.get("cmd")
-            return self.pending.pop(cmd, None) if type(cmd) is int else None
+            return self.pending.reply(d.get("cmd"))
         if kind == "tx":
             tx = d.get("tx")
             if d.get("action") == "begin" and type(tx) is int:

@@ -32,7 +32,7 @@ from typing import Any, TextIO
 import attrs
 
 from .. import codec
-from ..replay.compare import RATE_LIMITED_EVENTS, MISSING, compare_replies, event_key, field_differences
+from ..replay.compare import RATE_LIMITED_EVENTS, compare_replies, event_key, field_differences
 from ..replay.normalize import Normalizer
 from ..replay.script import DEFAULT_GREETING, Exchange, Script, load_script
 from .show import escape_controls
@@ -79,10 +79,6 @@ class Item:
     a: Any = None
     b: Any = None
 
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "seq_a": self.seq_a, "seq_b": self.seq_b, "command": self.command,
-                "path": self.path, "a": _jsonable(self.a), "b": _jsonable(self.b), "text": self.text}
-
 
 @attrs.define
 class Row:
@@ -103,6 +99,45 @@ class Row:
     @property
     def command(self) -> str:
         return (self.a or self.b).command  # type: ignore[union-attr]  # a pair always has one side
+
+
+@attrs.frozen
+class Counts:
+    """The alignment in figures."""
+
+    commands_a: int
+    commands_b: int
+    aligned: int
+    same: int
+    differs: int
+    missing: int
+    extra: int
+    differences: int
+
+
+@attrs.frozen
+class Aligned:
+    """One step of the alignment in the JSON form: the seqs on each side and how they compare."""
+
+    seq_a: int | None
+    seq_b: int | None
+    command: str
+    status: str
+
+
+@attrs.define
+class DiffReport:
+    """A :class:`DiffResult` as ``qmprr diff --json`` writes it (:mod:`qmprr.results` reads it back)."""
+
+    a: str
+    b: str
+    equivalent: bool
+    internal: bool
+    counts: Counts
+    warnings: list[str]
+    first_divergence: Item | None
+    differences: list[Item]
+    alignment: list[Aligned]
 
 
 @attrs.define
@@ -128,33 +163,27 @@ class DiffResult:
     def first(self) -> Item | None:
         return next(iter(self.items), None)
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> Counts:
         status = collections.Counter(row.status for row in self.rows)
-        return {
-            "commands_a": sum(1 for r in self.rows if r.a is not None),
-            "commands_b": sum(1 for r in self.rows if r.b is not None),
-            "aligned": status["same"] + status["differs"],
-            "same": status["same"],
-            "differs": status["differs"],
-            "missing": status["missing"],
-            "extra": status["extra"],
-            "differences": len(self.items),
-        }
+        return Counts(
+            commands_a=sum(1 for r in self.rows if r.a is not None),
+            commands_b=sum(1 for r in self.rows if r.b is not None),
+            aligned=status["same"] + status["differs"],
+            same=status["same"],
+            differs=status["differs"],
+            missing=status["missing"],
+            extra=status["extra"],
+            differences=len(self.items),
+        )
 
-    def to_json(self) -> dict[str, Any]:
-        first = self.first
-        return {
-            "a": self.a,
-            "b": self.b,
-            "equivalent": self.equivalent,
-            "internal": self.internal,
-            "counts": self.counts(),
-            "warnings": self.warnings,
-            "first_divergence": first.to_json() if first else None,
-            "differences": [item.to_json() for item in self.items],
-            "alignment": [{"seq_a": r.a.seq if r.a else None, "seq_b": r.b.seq if r.b else None,
-                           "command": r.command, "status": r.status} for r in self.rows],
-        }
+    def report(self) -> DiffReport:
+        """The typed JSON form."""
+        return DiffReport(
+            a=self.a, b=self.b, equivalent=self.equivalent, internal=self.internal, counts=self.counts(),
+            warnings=self.warnings, first_divergence=self.first, differences=self.items,
+            alignment=[Aligned(r.a.seq if r.a else None, r.b.seq if r.b else None, r.command, r.status)
+                       for r in self.rows],
+        )
 
 
 # -- comparing ------------------------------------------------------------------
@@ -406,10 +435,6 @@ def _summary(value: Any) -> str:
     return _cut(codec.dumps(value).decode())
 
 
-def _jsonable(value: Any) -> Any:
-    return "(absent)" if value is MISSING else value
-
-
 # -- printing -------------------------------------------------------------------
 
 
@@ -440,9 +465,9 @@ def render(result: DiffResult, out: TextIO, *, color: bool = False) -> None:
         out.write((paint(style, text) if style else text) + "\n")
 
     c = result.counts()
-    head = (f"{result.a} vs {result.b}: {c['commands_a']} / {c['commands_b']} commands, {c['aligned']} aligned "
-            f"({c['differs']} differ), {c['missing']} missing in B, {c['extra']} extra in B")
-    verdict = "equivalent" if result.equivalent else f"{c['differences']} difference(s)"
+    head = (f"{result.a} vs {result.b}: {c.commands_a} / {c.commands_b} commands, {c.aligned} aligned "
+            f"({c.differs} differ), {c.missing} missing in B, {c.extra} extra in B")
+    verdict = "equivalent" if result.equivalent else f"{c.differences} difference(s)"
     line(f"{head}: {verdict}", "head")
     for warning in result.warnings:
         line(f"warning: {warning}", "meta")
@@ -473,4 +498,6 @@ def to_json(result: DiffResult) -> bytes:
     """The result as one JSON object (indented), for machines."""
     import orjson
 
-    return orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2, default=repr) + b"\n"
+    from ..results import unstructure
+
+    return orjson.dumps(unstructure(result.report()), option=orjson.OPT_INDENT_2, default=repr) + b"\n"

@@ -156,7 +156,7 @@ class _ChromeTrace:
                       "ts": _us(t0), "dur": _us(t - t0), "pid": PID, "tid": TX_TID, "args": args})
 
     def finish(self) -> None:
-        for info in list(self.tracker.pending.values()):
+        for info in self.tracker.pending.values():
             self._slice(info, None, None, None)
         for tx in list(self.tx_open):
             self._tx_slice(tx, self.tracker.last_t, "open")

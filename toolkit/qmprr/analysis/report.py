@@ -187,7 +187,7 @@ class _Timeline:
             self._marker(d, 0, label, ERROR if kind == "close" and d.get("reason") == "error" else 0)
 
     def finish(self) -> None:
-        for info in list(self.tracker.pending.values()):
+        for info in self.tracker.pending.values():
             self._unanswered(info)
         end = self.tracker.last_t
         for tx, (label, owner, t0) in self.tx_open.items():

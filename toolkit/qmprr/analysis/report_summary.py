@@ -1,5 +1,8 @@
 """The summary above the report's timeline: ``qmprr stats`` as static HTML.
 
+The facts at the top, then the sections of :mod:`~qmprr.analysis.stats_view`
+(the same as ``qmprr stats`` prints) as cards.
+
 Every string from the recording is escaped (it is untrusted input).
 """
 
@@ -8,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from html import escape
 from typing import Any
+
+from .stats_view import Section, sections
 
 
 def _cell(value: Any, cls: str = "") -> str:
@@ -20,10 +25,6 @@ def _table(title: str, head: Sequence[str], rows: Iterable[str], cls: str = "") 
     body = "".join(rows)
     return (f'<div class="card {cls}"><h3>{escape(title)}</h3><table><thead><tr>{ths}</tr></thead>'
             f"<tbody>{body}</tbody></table></div>")
-
-
-def _errors(errors: dict[str, int]) -> str:
-    return ", ".join(f"{cls} {n}" for cls, n in errors.items())
 
 
 def overview(stats: dict[str, Any]) -> str:
@@ -58,56 +59,18 @@ def overview(stats: dict[str, Any]) -> str:
     return f'<div class="facts">{items}</div>{taint}{problems}'
 
 
-def commands(stats: dict[str, Any]) -> str:
+def card(section: Section) -> str:
+    """One section as an HTML card: a table (a list of facts: no header)."""
     rows = []
-    for name, c in stats["commands"].items():
-        lat = c["latency_ms"]
-        rows.append(
-            "<tr>" + _cell(name) + _cell(f"{c['count']:,}", "n") + _cell(_errors(c["errors"]), "err")
-            + "".join(_cell(f"{lat[k]:.3f}", "n") for k in ("p50", "p95", "p99", "max"))
-            + _cell(c["no_reply"] or "", "n err") + "</tr>"
-        )
-    return _table("Commands (latency in ms)", ["command", "count", "errors", "p50", "p95", "p99", "max",
-                                               "no reply"], rows, "wide")
-
-
-def events(stats: dict[str, Any]) -> str:
-    rows = ("<tr>" + _cell(name) + _cell(f"{n:,}", "n") + "</tr>" for name, n in stats["events"].items())
-    return _table("Events", ["event", "count"], rows)
-
-
-def clients(stats: dict[str, Any]) -> str:
-    rows = (
-        f'<tr class="role-{escape(c["role"])}">' + _cell(name) + _cell(c["role"]) + _cell(f"{c['commands']:,}", "n")
-        + _cell(f"{c['local']:,}", "n") + _cell(c["errors"] or "", "n err") + "</tr>"
-        for name, c in stats["clients"].items()
-    )
-    return _table("Clients", ["client", "role", "commands", "answered by qmprr", "errors"], rows)
-
-
-def transactions(stats: dict[str, Any]) -> str:
-    tx = stats["transactions"]
-    rows = [
-        "<tr>" + _cell("count") + _cell(f"{tx['count']:,} ({tx['ended']:,} ended, {tx['aborted']:,} aborted, "
-                                         f"{tx['open_at_end']:,} open)") + "</tr>",
-        "<tr>" + _cell("held") + _cell(f"{tx['held_seconds']:.6f} s") + "</tr>",
-    ]
-    longest = tx["longest"]
-    if longest:
-        rows.append("<tr>" + _cell("longest") + _cell(
-            f"tx {longest['tx']} {longest['label']!r} by {longest['owner']}: {longest['seconds']:.6f} s") + "</tr>")
-    rows.append("<tr>" + _cell("others waited") + _cell(
-        f"{tx['waited_seconds']:.6f} s ({tx['waits']['count']:,} wait(s) seen; exact, a lower bound in logs without queued)") + "</tr>")
-    return _table("Transactions", ["", ""], rows)
+    for row in section.rows:
+        cls = f' class="role-{escape(row[1].text)}"' if section.key == "clients" else ""
+        cells = (_cell(cell.text, " ".join(filter(None, (
+            "n" if i and col in section.numeric else "", "err" if cell.style == "error" else ""))))
+            for i, (col, cell) in enumerate(zip(section.columns or ("", ""), row)))
+        rows.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
+    return _table(section.title, section.columns or ("", ""), rows, "wide" if section.key == "commands" else "")
 
 
 def summary_html(stats: dict[str, Any]) -> str:
     """The whole summary section's inner HTML."""
-    parts = [overview(stats), '<div class="cards">', commands(stats)]
-    if stats["events"]:
-        parts.append(events(stats))
-    parts.append(clients(stats))
-    if stats["transactions"]["count"]:
-        parts.append(transactions(stats))
-    parts.append("</div>")
-    return "".join(parts)
+    return "".join([overview(stats), '<div class="cards">', *(card(s) for s in sections(stats)), "</div>"])

@@ -32,6 +32,7 @@ from ..recording.model import (
     Taint,
     Tx,
 )
+from ..recording.pairs import Pending
 from .context import CommandInfo
 
 SUMMARY_WIDTH = 96
@@ -70,7 +71,7 @@ class ShowFormatter:
     def __init__(self, *, color: bool = False, width: int = SUMMARY_WIDTH) -> None:
         self.color = color
         self.width = width
-        self._pending: dict[int, CommandInfo] = {}
+        self._pending: Pending[CommandInfo] = Pending()
         self._open_tx: int | None = None
 
     def _paint(self, style: str, text: str) -> str:
@@ -105,7 +106,7 @@ class ShowFormatter:
         if isinstance(r, Command):
             name = wire.command_name(r.msg) or "?"
             if command is None:
-                self._pending[r.seq] = CommandInfo(r.seq, r.t, str(name), r.src, r.role, r.tx, r.msg)
+                self._pending.command(r.seq, CommandInfo(r.seq, r.t, str(name), r.src, r.role, r.tx, r.msg))
             tags = ""
             if r.role == "debug":
                 tags += " [debug]"
@@ -117,7 +118,7 @@ class ShowFormatter:
             text = f"{name}{tags}" + (f" {summarize(args, w)}" if args else "")
             return r.src, "->", text, "debug" if r.role == "debug" else "command"
         if isinstance(r, Reply):
-            cmd = command or self._pending.pop(r.cmd, None)
+            cmd = command or self._pending.reply(r.cmd)
             name = cmd.name if cmd else f"(seq {r.cmd})"
             who = cmd.src if cmd else "?"
             latency = f"  {1000 * (r.t - cmd.t):.3f} ms" if cmd else ""

@@ -217,22 +217,13 @@ def bench_fake(n: int, rounds: int, qemu: str, tmp: str) -> dict[str, float]:
 
 async def _record_mix(qemu: str, path: str, m: int) -> list[str]:
     """Record *m* commands of the mix through the channel against a real QEMU; return the argv."""
-    from ..channel import Channel
-    from ..launch import start_qemu
+    from ..qemu_channel import qemu_channel
     from ..replay.targets import log_factory
 
     argv = [qemu, *QEMU_NONE]
-    launched = await start_qemu(argv)
-    reader, writer = await asyncio.open_unix_connection(sock=launched.monitor)
-    channel = await Channel.open(reader, writer, log_factory(path, argv, {"made-by": "qmprr bench replay"}))
-    try:
+    async with qemu_channel(argv, log_factory(path, argv, {"made-by": "qmprr bench replay"})) as (_, channel):
         for i in range(m):
             await channel.execute(MIX[i % len(MIX)], src="primary-1")
-    finally:
-        await channel.close()
-        channel.log.close()
-        launched.process.kill()
-        await launched.wait()
     return argv
 
 

@@ -21,11 +21,11 @@ from typing import Any
 
 import attrs
 
-from .. import __version__
 from ..recording import Header, Msg, Note, Taint
+from ..recording.header import greeting_version, new_header
 from .libvirt_log import Connection, LibvirtLogParser
 from .qemu_log import QemuLog, QemuRun
-from .writer import ImportWriter, Item, LogImportError, iso_utc
+from .writer import ImportWriter, Item, LogImportError
 
 #: libvirt 9.0's capability probe: ``qemuProcessQMPLaunch`` runs BINARY with these
 #: (and ``-qmp unix:...``, ``-pidfile ...``, ``-daemonize``, which a replay does not want).
@@ -151,11 +151,7 @@ def build_header(conn: Connection, parser: LibvirtLogParser, items: list[Item], 
         labels["reconnect"] = "libvirtd reconnected to a QEMU already running: its state comes from before this log"
     if conn.implicit:
         labels["partial"] = "the log starts in the middle of this connection"
-    version = None
-    if conn.greeting is not None:
-        qmp = conn.greeting.get("QMP")
-        if isinstance(qmp, dict) and isinstance(qmp.get("version"), dict):
-            version = Msg(qmp["version"])
+    version = greeting_version(conn.greeting) if conn.greeting is not None else None
     argv = env = None
     if match is not None:
         argv, _ = match.run.replay_argv()
@@ -166,11 +162,9 @@ def build_header(conn: Connection, parser: LibvirtLogParser, items: list[Item], 
         if conn.machine:
             argv += ["-machine", conn.machine]
         labels["qemu-argv"] = "reconstructed: libvirt's probe command line without -qmp, -pidfile, -daemonize"
-    return Header(
-        started=iso_utc(started),
+    return new_header(
         started_epoch=started,
         host=stats.hosts[daemon] if 0 <= daemon < len(stats.hosts) else "unknown",
-        qmprr_version=__version__,
         qemu_version=version,
         qemu_argv=argv or None,
         qemu_env=env or None,

@@ -40,11 +40,11 @@ from typing import Any
 
 import attrs
 
-from .. import __version__
 from ..files import open_regular
-from ..recording import Command, Event, Header, Msg, Note, Reply
+from ..recording import Command, Event, Msg, Note, Reply
+from ..recording.header import new_header
 from .libvirt_log import Problem
-from .writer import ImportWriter, Item, LogImportError, iso_utc
+from .writer import ImportWriter, Item, LogImportError
 
 #: The note before a later ``qmp_capabilities`` (``data.session``: its number, from 1).
 SESSION_NOTE = ("monitor session {n} starts here: libvirt probed again (its TCG phase after KVM) with a new QEMU"
@@ -172,12 +172,10 @@ def write_replies(result: RepliesImport, out: str, seal_key: Any = None) -> int:
     argv = probe_argv(result.path)
     if argv is not None:
         labels["qemu-argv"] = "reconstructed: libvirt's probe command line, the binary named by the file's architecture"
-    header = Header(
-        started=iso_utc(now),
+    header = new_header(
         started_epoch=now,
         host="unknown",
-        qmprr_version=__version__,
-        qemu_version=Msg(result.qemu_version) if result.qemu_version else None,
+        qemu_version=result.qemu_version or None,
         labels=labels,
         qemu_argv=argv,
     )

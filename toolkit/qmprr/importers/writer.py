@@ -21,7 +21,6 @@ resolved here.
 
 from __future__ import annotations
 
-import datetime
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -53,11 +52,6 @@ class Item:
     orig: dict[str, Any] | None = None
     ref: Item | None = None
     seq: int = -1
-
-
-def iso_utc(epoch: float) -> str:
-    """*epoch* as the header's ``started``: ISO 8601 with microseconds, UTC."""
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat(timespec="microseconds")
 
 
 def _has_orig_field(record: Record) -> bool:

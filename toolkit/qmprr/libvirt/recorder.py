@@ -20,7 +20,7 @@ from typing import Any
 from ..channel import Channel
 from ..errors import QmprrError
 from ..fdpass import FdBackend, FdServing
-from ..recording import RecordWriter, Redactor, SyncPolicy, new_header, relevant_env
+from ..recording import RecordWriter, Redactor, SyncPolicy, header_for_greeting, relevant_env
 from ..server import QmpServer
 from ..session import Policy
 
@@ -91,9 +91,8 @@ async def _record(
     sync = SyncPolicy(config.get("sync", "batch"))
 
     def make_log(greeting: dict[str, Any]) -> RecordWriter:
-        version = greeting.get("QMP", {}).get("version")
-        header = new_header(
-            qemu_version=version if isinstance(version, dict) else None,
+        header = header_for_greeting(
+            greeting,
             qemu_argv=argv, qemu_env=relevant_env(), domain_xml=_status_xml(name), labels=labels,
             qemu_pid=qemu_pid,
         )

@@ -25,7 +25,9 @@ from .chain import SealKey, SealKeyError
 from .reader import Problem, RecordingReader, Torn, read_records
 from .redact import REDACTED, ArgumentRule, HmpRule, Redactor
 from .verify import VerifyReport, verify
-from .writer import RecordWriter, SyncPolicy, new_header, relevant_env
+from .header import header_for_greeting, new_header
+from .log import RecordLog
+from .writer import RecordWriter, SyncPolicy, relevant_env
 
 __all__ = [
     "ABSENT",
@@ -45,6 +47,7 @@ __all__ = [
     "Note",
     "Problem",
     "Record",
+    "RecordLog",
     "RecordWriter",
     "RecordingReader",
     "Redactor",
@@ -56,6 +59,7 @@ __all__ = [
     "Torn",
     "Tx",
     "VerifyReport",
+    "header_for_greeting",
     "new_header",
     "read_records",
     "relevant_env",

@@ -84,10 +84,11 @@ def structure(d: Any) -> Record:
     try:
         return _structure(d, cls)
     except Exception as exc:  # cattrs raises ClassValidationError and friends
-        raise RecordSchemaError(f"invalid {kind} record: {_describe(exc)}") from None
+        raise RecordSchemaError(f"invalid {kind} record: {describe_error(exc)}") from None
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """A cattrs error in words, each naming the field (``invalid value for type, expected int @ $.seq``)."""
     if isinstance(exc, cattrs.ClassValidationError):
         notes = cattrs.transform_error(exc)
         return "; ".join(notes)

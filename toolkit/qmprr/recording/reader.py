@@ -23,10 +23,8 @@ import attrs
 from .. import codec
 from ..errors import CorruptRecord, NotARecording, RecordingError
 from . import chain, convert, sets
+from .header import MAX_HEADER_BYTES, HeaderProblem, parse_header
 from .model import FORMAT, Header, Record
-
-#: Longest header line read (it holds the QEMU argv and a domain XML of at most 4 MiB).
-MAX_HEADER_BYTES = 16 * 1024 * 1024
 
 ErrorMode = Literal["raise", "stop", "skip"]
 
@@ -126,30 +124,11 @@ class RecordingReader:
         except OSError as exc:
             f.close()
             raise NotARecording(f"{path}: not a {FORMAT} recording: {exc}") from None
-        problem = None
-        if not first:
-            problem = "file is empty"
-        elif len(first) > MAX_HEADER_BYTES:
-            problem = f"its first line is over {MAX_HEADER_BYTES:,} bytes, more than any header"
-        elif not first.endswith(b"\n"):
-            problem = "its only line is incomplete"
-        else:
-            try:
-                body, h = chain.unseal(first)
-                record = convert.structure(codec.loads(body))
-            except ValueError as exc:
-                problem = f"first line is not a {FORMAT} header ({exc})"
-            else:
-                if not isinstance(record, Header):
-                    problem = f"first record is a {record.kind}, not a header"
-                elif record.format != FORMAT:
-                    problem = f"format {record.format!r} is not {FORMAT!r}"
-                elif self.check_chain and chain.link(chain.GENESIS, body) != h:
-                    problem = "header's hash does not match its content"
-        if problem is not None:
+        try:
+            record, h = parse_header(first, check_chain=self.check_chain)
+        except HeaderProblem as exc:
             f.close()
-            raise NotARecording(f"{path}: not a {FORMAT} recording: {problem}")
-        assert isinstance(record, Header)  # no problem: it is one
+            raise NotARecording(f"{path}: not a {FORMAT} recording: {exc}") from None
         if record.seal is not None and self.key is not None:
             key_id = record.seal.get("key_id")
             if record.seal.get("alg") != chain.SEAL_ALG:

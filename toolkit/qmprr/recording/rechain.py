@@ -27,6 +27,7 @@ from .. import codec
 from ..errors import RecordingError
 from . import chain, convert
 from .encode import END_SEAL_TEXT, LineEncoder
+from .header import header_problem
 from .redact import Redactor
 
 
@@ -67,9 +68,9 @@ def read_edited(path: str) -> tuple[list[dict[str, Any]], str | None, str]:
             record = convert.structure(d)
         except convert.RecordSchemaError as exc:
             raise RechainError(f"{path}:{lineno}: {exc}") from None
-        if (record.kind == "header") != (not records):
-            where = "the first line must be the header" if records else "a second header"
-            raise RechainError(f"{path}:{lineno}: {where}")
+        problem = header_problem(record) if not records else "a second header" if record.kind == "header" else None
+        if problem is not None:
+            raise RechainError(f"{path}:{lineno}: {problem}")
         d["_line"] = lineno
         records.append(d)
     if not records:

@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 
 from .. import codec, qemuopts, wire
+from .pairs import Pending
 
 #: What a redacted secret becomes in the log.
 REDACTED = "<qmprr-redacted>"
@@ -471,7 +472,7 @@ class RecordScrubber:
         self.redactor = redactor
         self.values: set[str] = {v for v in redactor.values if len(v) >= MIN_ECHO_LEN}  # given: trusted
         self.secret_ids: set[str] = set()
-        self._pending: dict[int, tuple[set[str], bool]] = {}
+        self._pending: Pending[tuple[set[str], bool]] = Pending()
         self._enc: dict[str, bytes] = {}
         patterns = {r.command for r in redactor.argument_rules}
         self._globs = tuple(p for p in patterns if any(c in p for c in "*?["))
@@ -492,11 +493,11 @@ class RecordScrubber:
             if msg is not d["msg"]:
                 d = {**d, "msg": msg}
             if kind == "command" and (echo or reads):
-                self._pending[d.get("seq", -1)] = (echo, reads)
+                self._pending.command(d.get("seq", -1), (echo, reads))
             elif kind == "local" and isinstance(d.get("reply"), dict) and reads:
                 d = {**d, "reply": _redact_return(d["reply"])}
         elif kind == "reply" and self._pending:
-            echo, reads = self._pending.pop(d.get("cmd", -1), (echo, False))
+            echo, reads = self._pending.reply(d.get("cmd")) or (echo, False)
             if reads and isinstance(d.get("msg"), dict):
                 d = {**d, "msg": _redact_return(d["msg"])}
         if kind == "local" and d.get("input") is not None and not self.redactor.keep_input:

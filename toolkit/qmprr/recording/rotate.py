@@ -1,7 +1,8 @@
 """Rotation: a recording written as a set of segments (``--rotate-size``, ``--rotate-age``, SIGHUP).
 
-:class:`SegmentedWriter` has the :class:`~.writer.RecordWriter` interface the
-channel uses (``append``, ``offset``, ``next_seq``, ``path``, ``flush``,
+:class:`SegmentedWriter` is a :class:`~.log.RecordLog`, as the
+:class:`~.writer.RecordWriter` of one file is: the interface the channel
+uses (``append``, ``offset``, ``next_seq``, ``path``, ``flush``,
 ``close``). When a rotation is due it closes the current segment (a sealed
 one gets its end seal), opens ``STEM.(N+1).jsonl`` whose header carries the
 recording id, its number and ``previous`` (the closed file, its final seq
@@ -101,7 +102,7 @@ class SegmentedWriter:
         )
         self._opened = time.monotonic()
 
-    # -- the RecordWriter interface ------------------------------------------
+    # -- the RecordLog interface (recording/log.py) ----------------------------
 
     @property
     def path(self) -> str:

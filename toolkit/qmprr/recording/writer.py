@@ -20,19 +20,18 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 import enum
 import fcntl
 import os
-import socket
 import threading
 import time
 from typing import Any, TypeVar
 
-from .. import __version__, codec
+from .. import codec
 from ..errors import NotARecording, RecordingError, RecordingLocked, TornTail
 from . import chain, convert
 from .encode import END_SEAL_TEXT, LineEncoder
+from .header import MAX_HEADER_BYTES, HeaderProblem, new_header, parse_header
 from .model import FORMAT, Header, Msg, Note, Record
 from .redact import Redactor
 
@@ -59,43 +58,6 @@ class SyncPolicy(enum.Enum):
 
 
 BATCH_INTERVAL = 0.1
-
-
-def new_header(
-    *,
-    qemu_version: dict[str, Any] | None = None,
-    qemu_argv: list[str] | None = None,
-    qemu_env: dict[str, str] | None = None,
-    domain_xml: str | None = None,
-    labels: dict[str, str] | None = None,
-    qemu_pid: int | None = None,
-    monitor_socket: str | None = None,
-    previous: dict[str, Any] | None = None,
-    recording: str | None = None,
-    segment: int | None = None,
-    images: list[dict[str, Any]] | None = None,
-) -> Header:
-    """A header stamped with the current time, host and qmprr version."""
-    now = time.time()
-    return Header(
-        started=datetime.datetime.fromtimestamp(now, datetime.timezone.utc).isoformat(
-            timespec="microseconds"
-        ),
-        started_epoch=round(now, 6),
-        host=socket.gethostname(),
-        qmprr_version=__version__,
-        qemu_version=Msg(qemu_version) if qemu_version is not None else None,
-        qemu_argv=qemu_argv,
-        qemu_env=qemu_env,
-        domain_xml=domain_xml,
-        labels=dict(labels or {}),
-        qemu_pid=qemu_pid,
-        monitor_socket=monitor_socket,
-        previous=previous,
-        recording=recording,
-        segment=segment,
-        images=[Msg(d) for d in images] if images else None,
-    )
 
 
 class RecordWriter:
@@ -391,14 +353,11 @@ def _read_tail(fd: int, path: str, block: int = 65536) -> _Tail:
     """Find the header, the last complete record, and any torn bytes after it."""
     size = os.fstat(fd).st_size
     tail = _Tail()
-    first = _read_line_at(fd, 0, size)
+    first = _read_line_at(fd, 0, min(size, MAX_HEADER_BYTES + 1))
     try:
-        body, h = chain.unseal(first)
-        header = convert.structure(codec.loads(body)) if chain.link(chain.GENESIS, body) == h else None
-    except ValueError:
-        header = None
-    if not isinstance(header, Header) or header.format != FORMAT:
-        raise NotARecording(f"{path}: not a {FORMAT} recording (first line is not its header)")
+        header, _ = parse_header(first)
+    except HeaderProblem as exc:
+        raise NotARecording(f"{path}: not a {FORMAT} recording: {exc}") from None
     tail.started_epoch = header.started_epoch
     tail.seal = header.seal
     # Walk back from the end to the last newline: what follows it is torn.

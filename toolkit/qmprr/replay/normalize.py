@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import attrs
 
+from .. import validate
 from ..errors import QmprrError
 from ..files import InputError, read_text_limited
 
@@ -203,6 +204,17 @@ class Normalizer:
         return self._run(arguments, command, None) if arguments else arguments
 
 
+@attrs.frozen
+class RuleTable:
+    """A ``[[rule]]`` table as a rules file writes it (checked by :func:`qmprr.validate.check`)."""
+
+    path: str
+    action: Literal["ignore", "pattern"] | None = None
+    pattern: str | None = None
+    command: str | None = None
+    event: str | None = None
+
+
 #: Largest rules file read (a rules file is a few lines).
 MAX_RULES_BYTES = 1024 * 1024
 
@@ -227,17 +239,15 @@ def load_rules(path: str) -> list[Rule]:
         raise RulesError(f"{path}: 'rule' must be an array of tables: write [[rule]] before each rule")
     rules = []
     for i, table in enumerate(tables, 1):
-        unknown = set(table) - {"path", "action", "pattern", "command", "event"}
-        if unknown or "path" not in table:
-            raise RulesError(f"{path}: rule {i}: needs 'path'; unknown keys {sorted(unknown)}")
-        bad = [k for k, v in table.items() if not isinstance(v, str)]
-        if bad:
-            raise RulesError(f"{path}: rule {i}: {bad[0]!r} must be a string")
-        action = table.get("action", "pattern" if "pattern" in table else "ignore")
-        if action not in ("ignore", "pattern") or (action == "pattern") != ("pattern" in table):
-            raise RulesError(f"{path}: rule {i}: action must be 'ignore', or 'pattern' with a pattern")
         try:
-            rules.append(Rule(**{k: v for k, v in table.items() if k != "action"}, action=action))
+            rule = validate.check(table, RuleTable)
+        except validate.Invalid as exc:
+            raise RulesError(f"{path}: rule {i}: {exc}") from None
+        action = rule.action or ("pattern" if rule.pattern is not None else "ignore")
+        if (action == "pattern") != (rule.pattern is not None):
+            raise RulesError(f"{path}: rule {i}: 'action' must be 'ignore', or 'pattern' with a 'pattern'")
+        try:
+            rules.append(Rule(rule.path, action, rule.pattern, rule.command, rule.event))
         except re.error as exc:
             raise RulesError(f"{path}: rule {i}: invalid pattern: {exc}") from None
     return rules

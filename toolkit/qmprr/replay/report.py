@@ -6,12 +6,12 @@ import json
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-import attrs
-
 from ..errors import QmprrError
 from ..recording.redact import scrub, scrub_text
 from ..files import replace_file
-from .engine import ReplayReport, Step
+from .. import results
+from .compare import Difference
+from .engine import ReplayReport
 
 CONTEXT_STEPS = 3
 
@@ -61,24 +61,17 @@ def summary(report: ReplayReport, out: TextIO | ScrubbingWriter) -> None:
         print(f"(and {len(later)} more divergent step(s); see --report)", file=out)
 
 
+#: The statuses counted in the JSON form (``prelude`` steps are not).
+COUNTED = ("matched", "diverged", "skipped", "refused", "interrupted")
+
+results.derived(Difference, text=lambda d: d.describe(width=None))  # whole values, unlike the summary
+results.derived(ReplayReport, reproduced=lambda r: r.reproduced, counts=lambda r: {k: r.count(k) for k in COUNTED})
+
+
 def to_json(report: ReplayReport) -> dict[str, Any]:
-    """The whole report as a JSON-ready dict."""
-    return {
-        "recording": report.recording,
-        "target": report.target,
-        "reproduced": report.reproduced,
-        "error": report.error,
-        "warnings": report.warnings,
-        "scratch_images": report.scratch_images,
-        "counts": {k: report.count(k) for k in ("matched", "diverged", "skipped", "refused", "interrupted")},
-        "steps": [_step(s) for s in report.steps],
-    }
-
-
-def _step(step: Step) -> dict[str, Any]:
-    d = attrs.asdict(step, recurse=True)
-    d["differences"] = [{**attrs.asdict(x), "text": x.describe(width=None)} for x in step.differences]
-    return d
+    """The whole report as a JSON-ready dict (:func:`qmprr.results.structure` reads it back)."""
+    out: dict[str, Any] = results.unstructure(report)
+    return out
 
 
 class ScrubbingWriter:

@@ -21,6 +21,7 @@ from .engine import ReplayOptions, ReplayReport, replay
 from .normalize import package_warning
 from .report import ScrubbingWriter, summary, write_json
 from .script import load_script
+from ..qemu_channel import work_folder
 from .targets import TargetError, fake_target, log_factory, qemu_argv, qemu_target, socket_target
 
 
@@ -77,7 +78,7 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
             policy = options.policy(checks=False)  # the fake runs nothing
             target = fake_target(script, make_log)
         elif run.target == "qemu":
-            workdir = run.workdir or _fresh_workdir(stack, run.keep_workdir)
+            workdir = run.workdir or stack.enter_context(work_folder("qmprr-replay-", keep=run.keep_workdir))
             options = _scratch(script, workdir, options, report, always=run.scratch_images)
             policy = options.policy(checks=run.checks, roots=(os.path.realpath(workdir),))
             sandbox = None
@@ -142,15 +143,6 @@ def _scratch(script: Any, workdir: str, options: ReplayOptions, report: ReplayRe
     if not scratch.pairs:
         return options
     return attrs.evolve(options, path_map=PathMap(options.path_map.pairs + tuple(scratch.pairs)))
-
-
-def _fresh_workdir(stack: contextlib.ExitStack, keep: bool) -> str:
-    """A new temporary work folder: removed when *stack* closes, unless *keep* (then its path is printed)."""
-    if keep:
-        folder = tempfile.mkdtemp(prefix="qmprr-replay-")
-        print(f"qmprr: the work folder is kept: {folder}", file=sys.stderr)
-        return folder
-    return stack.enter_context(tempfile.TemporaryDirectory(prefix="qmprr-replay-", ignore_cleanup_errors=True))
 
 
 async def _exit_signal(launched: list[LaunchedQemu]) -> int | None:

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from .. import wire
+from ..recording.pairs import Pending
 from ..recording import Close, Command, Event, Fd, Greeting, Header, Note, RecordingReader, Reply
 
 
@@ -67,7 +68,7 @@ def load_script(path: str | os.PathLike[str]) -> Script:
     """Read a recording into a :class:`Script` (raises on a corrupt recording)."""
     with RecordingReader(path, errors="raise") as reader:
         script = Script(greeting=DEFAULT_GREETING, header=reader.header)
-        by_seq: dict[int, Exchange] = {}
+        by_seq: Pending[Exchange] = Pending(limit=None)  # every exchange is kept anyway
         current: Exchange | None = None
         replied = False
         external = False  # the next event comes from outside the monitor
@@ -89,10 +90,10 @@ def load_script(path: str | os.PathLike[str]) -> Script:
                     session=session,
                 )
                 replied = False
-                by_seq[record.seq] = current
+                by_seq.command(record.seq, current)
                 script.exchanges.append(current)
             elif isinstance(record, Reply):
-                exchange = by_seq.get(record.cmd)
+                exchange = by_seq.find(record.cmd)
                 if exchange is not None:
                     exchange.reply = {k: v for k, v in record.msg.items() if k != "id"}
                     replied = exchange is current
@@ -113,7 +114,7 @@ def load_script(path: str | os.PathLike[str]) -> Script:
                 else:
                     current.events_before.append(record.msg)
             elif isinstance(record, Fd):
-                target = by_seq.get(record.cmd) if record.cmd is not None else current
+                target = by_seq.find(record.cmd) if record.cmd is not None else current
                 if target is not None:
                     target.fds.append(record)
             elif isinstance(record, Close):

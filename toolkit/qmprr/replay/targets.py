@@ -17,8 +17,9 @@ from typing import Any
 from ..channel import Channel
 from ..errors import QmprrError
 from ..fake import FakeQemu
-from ..launch import LaunchedQemu, LaunchError, start_qemu
-from ..recording import RecordWriter, Redactor, new_header
+from ..launch import LaunchedQemu, LaunchError
+from ..qemu_channel import qemu_channel
+from ..recording import RecordWriter, Redactor, header_for_greeting
 from ..sandbox import SECCOMP_SIGNAL, Sandbox
 from .safety import PathMap, argv_refusal, resolve_qemu
 from .script import Script
@@ -48,10 +49,7 @@ def log_factory(
     first_seq, t_offset = link.pop("first_seq", 0), link.pop("t_offset", 0.0)
 
     def make(greeting: dict[str, Any]) -> RecordWriter:
-        version = greeting.get("QMP", {}).get("version")
-        header = new_header(
-            qemu_version=version if isinstance(version, dict) else None, qemu_argv=argv, labels=labels, **link
-        )
+        header = header_for_greeting(greeting, qemu_argv=argv, labels=labels, **link)
         return RecordWriter.create(path, header, redactor=redactor, first_seq=first_seq, t_offset=t_offset)
 
     return make
@@ -143,35 +141,27 @@ async def qemu_target(
 
     *started* is told the launched QEMU (to watch how it ends).
     """
-    try:
-        qemu = await start_qemu(argv, env, sandbox=sandbox, cwd=workdir)
-    except LaunchError as exc:
-        raise TargetError(str(exc)) from None
-    if started is not None:
-        started(qemu)
-    try:
-        reader, writer = await asyncio.open_unix_connection(sock=qemu.monitor)
+    launched: list[LaunchedQemu] = []
+
+    def on_start(qemu: LaunchedQemu) -> None:
+        launched.append(qemu)
+        if started is not None:
+            started(qemu)
+
+    async with contextlib.AsyncExitStack() as stack:
         try:
-            channel = await Channel.open(reader, writer, make_log)
+            _, channel = await stack.enter_async_context(
+                qemu_channel(argv, make_log, workdir=workdir, env=env, sandbox=sandbox, started=on_start))
         except QmprrError as exc:
-            failure = await qemu.fail_startup(exc)
-            if qemu.process.returncode == -SECCOMP_SIGNAL:
+            if not launched and isinstance(exc, LaunchError):
+                raise TargetError(str(exc)) from None
+            if launched and launched[0].process.returncode == -SECCOMP_SIGNAL:
                 raise TargetError(
                     "QEMU was killed at start-up by its sandbox (SIGSYS): the command line made a forbidden"
                     " system call, such as running a program"
                 ) from None
-            raise failure from None
-        try:
-            yield channel
-        finally:
-            await channel.close()
-            channel.log.close()
-    finally:
-        if qemu.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                qemu.process.kill()
-        with contextlib.suppress(LaunchError):
-            await qemu.wait()
+            raise
+        yield channel
 
 
 @contextlib.asynccontextmanager
