@@ -485,6 +485,32 @@ async def _fake_main(args: argparse.Namespace, normalizer: Normalizer) -> int:
     return EXIT_OK if report.ok(args.mode) else EXIT_PROBLEMS
 
 
+# -- minimize (issue 12): a thin handler; the logic is in replay/minimize.py ---
+
+
+def cmd_minimize(args: argparse.Namespace) -> int:
+    from .replay.engine import ReplayOptions
+    from .replay.minimize import Criterion, Settings, parse_budget, run_minimize
+    from .replay.run import RunOptions
+
+    try:
+        budget = parse_budget(args.budget)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    jobs = args.jobs or os.cpu_count() or 1
+    if args.target.startswith("socket:") and jobs > 1:
+        print("qmprr: --target socket: tries run one at a time into the same QEMU (its state carries over)",
+              file=sys.stderr)
+        jobs = 1
+    settings = Settings(
+        run=RunOptions(target=args.target, qemu=args.qemu),
+        replay=ReplayOptions(event_timeout=args.event_timeout),
+        criterion=Criterion(error_class=args.error_class, event=args.event, predicate=args.predicate),
+        jobs=jobs, budget=budget, argv=args.argv, progress=sys.stderr.isatty(),
+    )
+    return _run_async(run_minimize(args.file, args.output, settings))
+
+
 def cmd_bench_proxy(args: argparse.Namespace) -> int:
     from .bench import proxy
 
@@ -762,6 +788,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="FILE.json", help="write every step as JSON")
     p.add_argument("--record", metavar="OUT.jsonl", help="record the replay itself through the channel")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser(
+        "minimize",
+        help="shrink a failing recording to a smallest one that still fails the same way",
+        description="Delta debugging (ddmin) over FILE's commands: each try replays a candidate as "
+        "'qmprr replay' does (--target qemu: a fresh sandboxed QEMU from the recorded argv), up to --jobs "
+        "at once. Dependencies are kept together: qmp_capabilities, a blockdev-add/device_add/object-add "
+        "with every command naming its node or id, a job's start with its job-* commands, a transaction "
+        "whole. 'Still fails' is the original's first divergence (command and differences) unless "
+        "--error-class, --event or --predicate say otherwise (all given must hold). OUT is a normal "
+        "recording whose header's derived_from names FILE's final hash and how it was reduced.",
+        epilog="Example: qmprr minimize bug.jsonl -o small.jsonl --target qemu --budget 200 --argv. "
+        "Exit status: 0 minimized (OUT written), 1 the original does not fail, 2 could not run.",
+    )
+    p.add_argument("file", help="recording to minimize (one uncompressed .jsonl)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="minimized recording (must not exist)")
+    p.add_argument("--target", default="qemu", help="qemu (default), fake, or socket:PATH")
+    p.add_argument("--qemu", metavar="BINARY", help="QEMU binary instead of the recorded one")
+    p.add_argument("--error-class", metavar="NAME", help="still failing: some reply is an error of class NAME")
+    p.add_argument("--event", metavar="NAME", help="still failing: QEMU still sends event NAME")
+    p.add_argument("--predicate", metavar="CMD",
+                   help="still failing: CMD, given the replay report as JSON on stdin, exits 0")
+    p.add_argument("--jobs", type=count, metavar="N", help="tries at once (default: the number of cores)")
+    p.add_argument("--budget", default="1000", metavar="N|TIME",
+                   help="stop after N tries or TIME (60s, 5m) with the best so far (default 1000 tries)")
+    p.add_argument("--argv", action="store_true", help="also drop QEMU options not needed to reproduce")
+    p.add_argument("--event-timeout", type=seconds, default=3.0, metavar="SECONDS",
+                   help="how long each try waits for a window's recorded events (default 3)")
+    p.set_defaults(func=cmd_minimize)
 
     p = sub.add_parser(
         "fake",
