@@ -51,8 +51,17 @@ NOISE: list[tuple[str, dict[str, Any] | None]] = [
 ]
 
 
-def record_session(folder: str, noise: int = 500, seed: int = 0, qemu_argv: list[str] | None = None) -> str:
-    """Record the session (see the module docstring) into *folder*; return the edited recording's path."""
+def record_session(
+    folder: str,
+    noise: int = 500,
+    seed: int = 0,
+    qemu_argv: list[str] | None = None,
+    steps: list[tuple[str, dict[str, Any]]] = BUG_STEPS,
+) -> str:
+    """Record the session (see the module docstring) into *folder*; return the edited recording's path.
+
+    *steps* are the bug's (the last one's error reply is edited to success).
+    """
     rng = random.Random(seed)
     raw = os.path.join(folder, "session.jsonl")
     sock = os.path.join(folder, "qmp.sock")
@@ -68,13 +77,13 @@ def record_session(folder: str, noise: int = 500, seed: int = 0, qemu_argv: list
                 raise RuntimeError(f"qmprr launch did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
             time.sleep(0.02)
         # where the bug's steps go among the noise, in order, spread over the session
-        at = sorted(rng.sample(range(noise), len(BUG_STEPS)))
+        at = sorted(rng.sample(range(noise), len(steps)))
         with QmpClient(sock) as client:
             extra = 0
             for i in range(noise):
                 if at and i == at[0]:
                     at.pop(0)
-                    command, arguments = BUG_STEPS[len(BUG_STEPS) - len(at) - 1]
+                    command, arguments = steps[len(steps) - len(at) - 1]
                     client.execute(command, arguments)
                 if rng.random() < 0.04:  # an unrelated node, added and deleted again
                     name = f"noise{extra}"
@@ -88,18 +97,18 @@ def record_session(folder: str, noise: int = 500, seed: int = 0, qemu_argv: list
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
     edited = os.path.join(folder, "bug.jsonl")
-    inject_bug(raw, edited)
+    inject_bug(raw, edited, steps[-1])
     return edited
 
 
-def inject_bug(src: str, dst: str) -> None:
-    """*src* with the reply to the ``blockdev-del`` of the mirror's target edited to success."""
+def inject_bug(src: str, dst: str, step: tuple[str, dict[str, Any]] = BUG_STEPS[-1]) -> None:
+    """*src* with the error reply to *step* (the ``blockdev-del`` of the mirror's target) edited to success."""
     records, final_hash, sha = read_edited(src)
     target = next(r["seq"] for r in records if r.get("kind") == "command"
-                  and r["msg"].get("execute") == "blockdev-del" and r["msg"].get("arguments") == BUG_STEPS[-1][1])
+                  and r["msg"].get("execute") == step[0] and r["msg"].get("arguments") == step[1])
     reply = next(r for r in records if r.get("kind") == "reply" and r.get("cmd") == target)
     if "error" not in reply["msg"]:
-        raise RuntimeError(f"QEMU allowed deleting the mirror's target: {reply['msg']}")
+        raise RuntimeError(f"{step[0]} did not fail as the bug needs: {reply['msg']}")
     reply["msg"] = {"return": {}, "id": reply["msg"].get("id")}
     write_derived(records, dst, {"file": os.path.basename(src), "final_hash": final_hash, "file_sha256": sha,
                                  "how": "edited: blockdev-del of a busy node answered with success (injected bug)",

@@ -283,8 +283,8 @@ async def minimize(path: str, out: str, settings: Settings, err: TextIO = sys.st
             _progress(settings.progress, total, settings.budget, err) as show:
         tries = _Tries(rec, settings, folder)
         baseline = {"stage": "original"}
-        # run_replay prints each try's summary: not wanted here
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        # run_replay prints each try's summary, and relays QEMU's stderr (a try's QEMU may well fail): not here
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
             if not await tries.replay(rec.records_for(everything), baseline):
                 if tries.errors:
                     raise MinimizeError(f"cannot replay {path}: {tries.errors[-1]}")
