@@ -326,12 +326,12 @@ def test_a_bug_buried_in_a_long_session_against_qemu(tmp_path: Path, capsys: pyt
     out = tmp_path / "small.jsonl"
     status, stdout, err = run_cli(capsys, str(rec), "-o", str(out), "--target", "qemu", "--budget", "200")
     assert status == 0, err
-    assert f"-> {bench.KNOWN_MINIMAL} command(s)" in stdout
+    assert f"-> {bench.KNOWN_MINIMAL} command(s)" in stdout, stdout
     kept = [(r["msg"]["execute"], r["msg"].get("arguments")) for r in read_edited(str(out))[0] if r["kind"] == "command"]
-    assert kept == [("qmp_capabilities", None), *bench.BUG_STEPS]
+    assert kept == [("qmp_capabilities", None), *bench.BUG_STEPS], stdout
     assert int(stdout.split(" tries")[0].rsplit(" ", 1)[1]) <= 200
     replayed = qmprr("replay", str(out))  # what 'qmprr replay' makes of it: the same divergence
-    assert replayed.returncode == 1
+    assert replayed.returncode == 1, replayed.stdout + replayed.stderr
     assert "first divergence at step 4" in replayed.stdout and "blockdev-del" in replayed.stdout
     assert "reply return vs error" in replayed.stdout and "in use" in replayed.stdout
 

@@ -214,10 +214,10 @@ def analyze(records: list[dict[str, Any]]) -> Analysis:
 def argv_names(analysis: Analysis, units: Iterable[int]) -> set[str]:
     """Names the commands of *units* use that no command of the recording makes (the command line's, if any)."""
     made_anywhere: set[str] = set()
-    for c in analysis.commands:
-        made_anywhere |= made(c)
+    for record in analysis.commands:
+        made_anywhere |= made(record)
     used: set[str] = set()
     for u in units:
-        for c in analysis.units[u].commands:
-            used |= set(strings(_arguments(analysis.commands[c])))
+        for i in analysis.units[u].commands:
+            used |= set(strings(_arguments(analysis.commands[i])))
     return used - made_anywhere

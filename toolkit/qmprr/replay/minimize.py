@@ -105,7 +105,7 @@ def signature(report: ReplayReport) -> Signature | None:
 
 
 def _has_event(path: str, name: str) -> bool:
-    with contextlib.suppress(RecordingError, OSError), RecordingReader(path, errors="ignore", one_file=True) as r:
+    with contextlib.suppress(RecordingError, OSError), RecordingReader(path, errors="skip", one_file=True) as r:
         return any(isinstance(rec, Event) and rec.msg.get("event") == name for rec in r)
     return False
 
