@@ -148,31 +148,35 @@ def made(record: dict[str, Any]) -> set[str]:
 
 
 def _nested_node_names(node: Any) -> set[str]:
+    """Every ``node-name`` inside a ``blockdev-add``'s arguments (iterative: hostile nesting is deep)."""
     out: set[str] = set()
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "node-name" and isinstance(value, str):
-                out.add(value)
-            else:
-                out |= _nested_node_names(value)
-    elif isinstance(node, list):
-        for value in node:
-            out |= _nested_node_names(value)
+    todo = [node]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, dict):
+            for key, v in value.items():
+                if key == "node-name" and isinstance(v, str):
+                    out.add(v)
+                else:
+                    todo.append(v)
+        elif isinstance(value, list):
+            todo.extend(value)
     return out
 
 
 def strings(value: Any) -> Iterator[str]:
     """Every string in a JSON value, and the last part of each QOM-like path (``/a/b/NAME`` -> NAME)."""
-    if isinstance(value, str):
-        yield value
-        if value.startswith("/") and "/" in value[1:]:
-            yield value.rstrip("/").rsplit("/", 1)[-1]
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from strings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from strings(v)
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, str):
+            yield v
+            if v.startswith("/") and "/" in v[1:]:
+                yield v.rstrip("/").rsplit("/", 1)[-1]
+        elif isinstance(v, dict):
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
 
 
 def analyze(records: list[dict[str, Any]]) -> Analysis:

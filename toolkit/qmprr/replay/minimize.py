@@ -24,6 +24,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterable
 from typing import Any, TextIO
 
@@ -41,6 +42,8 @@ from .report import to_json
 from .run import RunOptions, run_replay
 
 PREDICATE_TIMEOUT = 60.0
+#: Times a try is run when the target cannot start or be reached (a loaded host: a QEMU slow to start).
+RUN_ATTEMPTS = 3
 
 
 class MinimizeError(QmprrError):
@@ -111,10 +114,16 @@ def _has_event(path: str, name: str) -> bool:
 
 
 async def _predicate(command: str, report: ReplayReport) -> bool:
-    data = json.dumps(json.loads(json.dumps(to_json(report), default=repr))).encode()
+    data = json.dumps(to_json(report), default=repr).encode()
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise MinimizeError(f"--predicate {command}: {exc}") from None
+    if not argv:
+        raise MinimizeError("--predicate: an empty command")
     try:
         proc = await asyncio.create_subprocess_exec(
-            *shlex.split(command), stdin=asyncio.subprocess.PIPE,
+            *argv, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )
     except OSError as exc:
@@ -155,6 +164,8 @@ class Outcome:
     argv_before: list[str] | None = None
     argv_after: list[str] | None = None
     check_ok: bool = True  # the written file's own replay showed the failure
+    not_run: int = 0  # tries that could not run (counted as not failing)
+    last_error: str | None = None
 
 
 class _Recording:
@@ -234,6 +245,7 @@ class _Tries:
         self.rec, self.settings, self.folder = rec, settings, folder
         self.counter = 0
         self.errors: list[str] = []
+        self.failed_to_run = 0  # tries that could not run even when run again
         self.options = attrs.evolve(settings.replay, keep_going=not settings.criterion.default or settings.replay.keep_going)
 
     async def replay(self, records: list[dict[str, Any]], how: dict[str, Any], out: str | None = None) -> bool:
@@ -246,12 +258,19 @@ class _Tries:
             write_derived(records, path, self.rec.derived(how), src=self.rec.path)
             log = os.path.join(folder, "replay.jsonl")
             run = attrs.evolve(self.settings.run, record=log, report=None, progress=False, keep_workdir=False)
-            try:
-                report = await run_replay(path, run, self.options)
-            except MinimizeError:
-                raise
-            except QmprrError as exc:
-                self.errors.append(str(exc))
+            report = None
+            for _attempt in range(RUN_ATTEMPTS):  # a try that could not run says nothing about the candidate
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(log)
+                try:
+                    report = await run_replay(path, run, self.options)
+                    break
+                except MinimizeError:
+                    raise
+                except QmprrError as exc:
+                    self.errors.append(str(exc))
+            if report is None:
+                self.failed_to_run += 1
                 return False
             if self.settings.criterion.default and self.settings.criterion.signature is None:
                 self.settings.criterion.signature = signature(report)  # the original's: what later tries match
@@ -277,6 +296,7 @@ async def minimize(path: str, out: str, settings: Settings, err: TextIO = sys.st
     if settings.argv and not header_argv:
         raise MinimizeError(f"{path}: --argv: the recording has no QEMU command line")
     a = rec.analysis
+    settings.budget.started = time.monotonic()  # a time budget counts from here
     everything = rec.close(range(len(a.units)))
     total = rec.size(everything)
     with tempfile.TemporaryDirectory(prefix="qmprr-minimize-") as folder, \
@@ -331,6 +351,8 @@ async def minimize(path: str, out: str, settings: Settings, err: TextIO = sys.st
         argv_before=header_argv,
         argv_after=argv_after,
         check_ok=check,
+        not_run=tries.failed_to_run,
+        last_error=tries.errors[-1] if tries.errors else None,
     )
 
 
@@ -413,6 +435,9 @@ def print_outcome(path: str, out: str, outcome: Outcome, settings: Settings, fil
         dropped = [g for g in split_argv(outcome.argv_before[1:]) if _sub(g, outcome.argv_after[1:]) is False]
         print(f"argv: {len(outcome.argv_before)} -> {len(outcome.argv_after)} argument(s), dropped "
               + " ".join(" ".join(g) for g in dropped), file=file)
+    if outcome.not_run:
+        print(f"warning: {outcome.not_run} tries could not run (counted as not failing): {outcome.last_error}",
+              file=file)
     print(f"wrote {out}", file=file)
     if not outcome.check_ok:
         print(f"warning: replaying {out} did not show the failure again (a flaky failure?)", file=file)
