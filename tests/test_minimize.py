@@ -173,6 +173,8 @@ def test_a_candidate_keeps_its_replies_its_events_and_a_kept_jobs_events(tmp_pat
         Step("query-status", reply={"return": RUNNING},
              after=[event("JOB_STATUS_CHANGE", {"status": "ready", "id": "j0"}), event("STOP")]),
         Step("block-job-cancel", {"device": "j0"}, after=[event("BLOCK_JOB_CANCELLED", {"device": "j0"})]),
+        Step("quit", role="internal", src="qmprr",  # names nothing, yet causes the kept job's end: goes with it
+             after=[event("JOB_STATUS_CHANGE", {"status": "aborting", "id": "j0"}), event("SHUTDOWN")]),
     ])
     r = _Recording(str(rec))
     a = r.analysis
@@ -181,7 +183,8 @@ def test_a_candidate_keeps_its_replies_its_events_and_a_kept_jobs_events(tmp_pat
     names = [(d["kind"], (d.get("msg") or {}).get("execute") or (d.get("msg") or {}).get("event")) for d in kept]
     assert ("command", "query-status") not in names and ("command", "block-job-cancel") not in names
     events = [n for k, n in names if k == "event"]
-    # the job's own events stay (also the one in query-status's window); STOP and the cancel's go with their commands
+    # the job's own events stay (also the one in the window of query-status, a query); STOP, the cancel's
+    # and quit's go with their commands
     assert events == ["JOB_STATUS_CHANGE", "JOB_STATUS_CHANGE"]
     assert sum(1 for k, _ in names if k == "reply") == 3  # negotiation, blockdev-add, blockdev-mirror
 

@@ -92,7 +92,9 @@ def record_session(
                     client.execute("blockdev-del", {"node-name": name})
                 command, args = rng.choice(NOISE)
                 client.execute(command, args)
-            client.execute("block-job-cancel", {"device": "mirror0", "force": True})
+            for _command, arguments in steps:
+                if "job-id" in arguments:
+                    client.execute("block-job-cancel", {"device": arguments["job-id"], "force": True})
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

@@ -108,6 +108,15 @@ class Analysis:
         return out
 
 
+#: Commands that only read: whatever events come in their window were caused by earlier commands.
+QUERIES = frozenset({"qom-get", "qom-list", "qom-list-types", "qom-list-properties", "device-list-properties"})
+
+
+def side_effect_free(command: str) -> bool:
+    """Whether *command* only reads QEMU's state (``query-*``, ``x-query-*``, QOM reads)."""
+    return command.startswith(("query-", "x-query-")) or command in QUERIES
+
+
 def command_name(record: dict[str, Any]) -> str:
     msg = record.get("msg") or {}
     name = msg.get("execute", msg.get("exec-oob"))

@@ -43,7 +43,7 @@ from .run import RunOptions, run_replay
 
 PREDICATE_TIMEOUT = 60.0
 #: Times a try is run when the target cannot start or be reached (a loaded host: a QEMU slow to start).
-RUN_ATTEMPTS = 3
+RUN_ATTEMPTS = 2
 
 
 class MinimizeError(QmprrError):
@@ -201,25 +201,24 @@ class _Recording:
         names = a.made_by(config)
         out: list[dict[str, Any]] = []
         owner: int | None = None  # the seq of the command whose window this is
-        owner_names: set[str] = set()  # what it names
+        owner_quiet = False  # it is a query: the events in its window came from earlier commands
         for rec in self.records:
             kind = rec.get("kind")
             if kind == "command":
                 owner = rec["seq"]
                 if owner not in kept_seqs:
-                    owner_names = set(deps.strings((rec.get("msg") or {}).get("arguments")))
+                    owner_quiet = deps.side_effect_free(deps.command_name(rec))
                     continue
             elif kind in ("reply", "fd"):
                 cmd = rec.get("cmd", owner)
                 if cmd is not None and cmd not in kept_seqs:
                     continue
             elif kind == "event":
-                # A dropped command's event goes with it, unless it names something a kept command made
-                # and the dropped command did not name (a kept job's event in an unrelated command's window).
-                if owner is not None and owner not in kept_seqs:
-                    named = set(deps.strings(rec.get("msg")))
-                    if not names & named or owner_names & named:
-                        continue
+                # A dropped command's event goes with it, unless the command was a query (it causes no
+                # events) and the event names something a kept command made (a kept job's, in its window).
+                if owner is not None and owner not in kept_seqs and not (
+                        owner_quiet and names & set(deps.strings(rec.get("msg")))):
+                    continue
             elif kind == "tx" and rec.get("tx") not in kept_tx:
                 continue
             elif kind == "header" and argv is not None:
@@ -267,7 +266,7 @@ class _Tries:
                     break
                 except MinimizeError:
                     raise
-                except QmprrError as exc:
+                except (QmprrError, OSError) as exc:  # OSError: a QEMU that died at start-up, seen by uvloop
                     self.errors.append(str(exc))
             if report is None:
                 self.failed_to_run += 1
