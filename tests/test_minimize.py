@@ -19,7 +19,7 @@ from qmprr.recording.rechain import read_edited
 from qmprr.replay import deps
 from qmprr.replay.ddmin import Budget, Search
 from qmprr.replay.minimize import _Recording, parse_budget, split_argv
-from replay_support import RUNNING, Step, event, qmprr, write_recording
+from replay_support import RUNNING, Step, event, fake_process, qmprr, write_recording
 
 
 def cmd(seq: int, execute: str, arguments: dict[str, Any] | None = None, tx: int | None = None) -> dict[str, Any]:
@@ -365,3 +365,20 @@ def test_argv_keeps_what_the_kept_commands_name(tmp_path: Path, capsys: pytest.C
 def test_the_figure_script_meets_its_goal_on_a_short_session(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.run(noise=100, budget=200, jobs=2, seed=5) == 0
     assert "goal <= 2x in <= 200 tries: met" in capsys.readouterr().out
+
+
+def test_an_edited_reply_against_a_fake_of_the_original_on_a_socket(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    special = {40: Step("query-name", reply={"return": {"name": "vm1"}})}
+    original = write_recording(tmp_path / "original.jsonl", noisy(80, special))
+    edited = write_recording(tmp_path / "edited.jsonl", noisy(80, {40: Step("query-name", reply={"return": {"name": "vm2"}})}))
+    sock = tmp_path / "fake.sock"
+    out = tmp_path / "small.jsonl"
+    with fake_process(original, sock, "--mode", "lenient", "--reuse", "--keep-serving"):
+        status, stdout, err = run_cli(capsys, str(edited), "-o", str(out), "--target", f"socket:{sock}", "--jobs", "2")
+    assert status == 0, err
+    assert "one at a time" in err  # --jobs 2 against one socket: said, and not done
+    assert [r["msg"]["execute"] for r in read_edited(str(out))[0] if r["kind"] == "command"] == [
+        "qmp_capabilities", "query-name"]
+    assert "first divergence: query-name diverged (reply return.name)" in stdout
