@@ -382,3 +382,15 @@ def test_an_edited_reply_against_a_fake_of_the_original_on_a_socket(
     assert [r["msg"]["execute"] for r in read_edited(str(out))[0] if r["kind"] == "command"] == [
         "qmp_capabilities", "query-name"]
     assert "first divergence: query-name diverged (reply return.name)" in stdout
+
+
+def test_a_transaction_is_kept_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rec = Path(__file__).resolve().parent.parent / "recordings" / "inject-during-transaction.jsonl"
+    out = tmp_path / "small.jsonl"
+    status, stdout, err = run_cli(capsys, str(rec), "-o", str(out), "--target", "fake", "--event", "RESUME")
+    assert status == 0, err
+    records = read_edited(str(out))[0]
+    assert [r["msg"]["execute"] for r in records if r["kind"] == "command"] == [
+        "qmp_capabilities", "stop", "dump-guest-memory", "cont"]  # cont alone sends RESUME: its tx comes whole
+    assert [r["action"] for r in records if r["kind"] == "tx"] == ["begin", "end"]
+    assert "(transaction 1, 3 commands)" in stdout and "could not run" not in stdout

@@ -249,6 +249,9 @@ class _Tries:
 
     async def replay(self, records: list[dict[str, Any]], how: dict[str, Any], out: str | None = None) -> bool:
         """Write *records* as a candidate (or as *out*), replay it, and tell whether it still fails."""
+        if not any(r.get("kind") == "command" and not (r.get("role") == "internal" and deps.command_name(r) in deps.PINNED)
+                   for r in records):
+            return False  # only the negotiation: nothing to replay, nothing to fail
         self.counter += 1
         folder = os.path.join(self.folder, f"try-{self.counter}")
         os.mkdir(folder)
