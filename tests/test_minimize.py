@@ -394,3 +394,42 @@ def test_a_transaction_is_kept_whole(tmp_path: Path, capsys: pytest.CaptureFixtu
         "qmp_capabilities", "stop", "dump-guest-memory", "cont"]  # cont alone sends RESUME: its tx comes whole
     assert [r["action"] for r in records if r["kind"] == "tx"] == ["begin", "end"]
     assert "(transaction 1, 3 commands)" in stdout and "could not run" not in stdout
+
+
+@pytest.fixture(scope="module")
+def mixed_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("mixed")
+    return write_recording(folder / "mixed.jsonl", noisy(30, {
+        3: Step("blockdev-add", {"driver": "null-co", "node-name": "n0"}),
+        8: Step("blockdev-mirror", {"job-id": "j0", "device": "n0", "target": "n0", "sync": "full"},
+                before=[event("JOB_STATUS_CHANGE", {"status": "created", "id": "j0"})]),
+        12: Step("stop", after=[event("STOP")]),
+        20: Step("job-pause", {"id": "j0"}, fd="fd0"),
+        25: Step("blockdev-del", {"node-name": "n0"}, reply=None),  # in flight at the end
+    }))
+
+
+@given(keep=st.sets(st.integers(0, 40)))
+def test_every_candidate_is_a_valid_recording_with_its_commands_replies_and_fds(
+    mixed_recording: Path, keep: set[int], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from qmprr.recording import verify
+    from qmprr.recording.rechain import write_derived
+    from qmprr.replay.script import load_script
+
+    r = _Recording(str(mixed_recording))
+    config = r.close({k for k in keep if k < len(r.analysis.units)})
+    out = tmp_path_factory.mktemp("cand") / "c.jsonl"
+    write_derived(r.records_for(config), str(out), r.derived({"stage": "test"}))
+    assert verify(out).ok
+    script = load_script(out)
+    wanted = sorted(r.analysis.commands[c]["seq"] for u in config for c in r.analysis.units[u].commands)
+    originals = {d["seq"]: d for d in r.records}
+    assert [e.command for e in script.exchanges] == [
+        originals[s]["msg"]["execute"] for s in wanted if originals[s]["role"] != "internal"]
+    by_name = {e.command: e for e in script.exchanges}
+    if "job-pause" in by_name:
+        assert [f.placeholder for f in by_name["job-pause"].fds] == ["fd0"]
+        assert "blockdev-mirror" in by_name and "blockdev-add" in by_name  # what it needs came along
+    if "blockdev-del" in by_name:
+        assert by_name["blockdev-del"].reply is None
