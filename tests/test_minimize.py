@@ -433,3 +433,11 @@ def test_every_candidate_is_a_valid_recording_with_its_commands_replies_and_fds(
         assert "blockdev-mirror" in by_name and "blockdev-add" in by_name  # what it needs came along
     if "blockdev-del" in by_name:
         assert by_name["blockdev-del"].reply is None
+
+
+def test_a_time_budget_that_is_spent_tries_nothing() -> None:
+    async def test(config: frozenset[int]) -> bool:
+        return 7 in config
+
+    result = asyncio.run(Search(test, budget=Budget(seconds=1e-9)).run(range(20)))
+    assert result.tries == 0 and not result.complete and result.config == frozenset(range(20))

@@ -221,8 +221,10 @@ class _Recording:
                     continue
             elif kind == "tx" and rec.get("tx") not in kept_tx:
                 continue
-            elif kind == "header" and argv is not None:
-                rec = {**rec, "qemu_argv": argv}
+            elif kind == "header":
+                rec = {k: v for k, v in rec.items() if k != "seal"}  # the new chain is not sealed
+                if argv is not None:
+                    rec["qemu_argv"] = argv
             out.append(rec)
         return out
 
