@@ -441,3 +441,18 @@ def test_a_time_budget_that_is_spent_tries_nothing() -> None:
 
     result = asyncio.run(Search(test, budget=Budget(seconds=1e-9)).run(range(20)))
     assert result.tries == 0 and not result.complete and result.config == frozenset(range(20))
+
+
+def test_a_sealed_original_gives_an_unsealed_file_that_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = tmp_path / "key"
+    key.write_bytes(bytes(range(32)))
+    sealed = tmp_path / "sealed.jsonl"
+    src = Path(__file__).resolve().parent.parent / "recordings" / "inject-during-transaction.jsonl"
+    assert qmprr("rechain", str(src), str(sealed), "--seal-key", str(key)).returncode == 0
+    out = tmp_path / "small.jsonl"
+    status, _, err = run_cli(capsys, str(sealed), "-o", str(out), "--target", "fake", "--event", "RESUME")
+    assert status == 0, err
+    records = read_edited(str(out))[0]
+    assert "seal" not in records[0] and not [r for r in records if r["kind"] == "note" and "seal" in r["text"]]
+    checked = qmprr("verify", str(out))
+    assert checked.returncode == 0 and "ok" in checked.stdout

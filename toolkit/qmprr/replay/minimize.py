@@ -33,6 +33,7 @@ import attrs
 from .. import qemuopts
 from ..errors import QmprrError, RecordingError
 from ..recording import Event, RecordingReader
+from ..recording.encode import END_SEAL_TEXT
 from ..recording.rechain import RechainError, read_edited, write_derived
 from . import deps
 from .compare import short
@@ -221,6 +222,8 @@ class _Recording:
                     continue
             elif kind == "tx" and rec.get("tx") not in kept_tx:
                 continue
+            elif kind == "note" and rec.get("text") == END_SEAL_TEXT:
+                continue  # the original's end seal: this chain is not sealed
             elif kind == "header":
                 rec = {k: v for k, v in rec.items() if k != "seal"}  # the new chain is not sealed
                 if argv is not None:
