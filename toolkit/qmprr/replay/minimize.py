@@ -16,11 +16,8 @@ hash and how it was reduced.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import os
-import shlex
 import shutil
 import sys
 import tempfile
@@ -32,112 +29,25 @@ import attrs
 
 from .. import qemuopts
 from ..errors import QmprrError, RecordingError
-from ..recording import Event, RecordingReader
+from ..recording import RecordingReader
 from ..recording.encode import END_SEAL_TEXT
 from ..recording.rechain import RechainError, read_edited, write_derived
 from . import deps
-from .compare import short
+from .criteria import Criterion, MinimizeError, signature
 from .ddmin import Budget, Config, Search
-from .engine import ReplayOptions, ReplayReport
-from .report import to_json
+from .engine import ReplayOptions
 from .run import RunOptions, run_replay
 
-PREDICATE_TIMEOUT = 60.0
+__all__ = ["Criterion", "MinimizeError", "NotFailing", "Outcome", "Settings", "minimize", "run_minimize"]
+
 #: Times a try is run when the target cannot start or be reached (a loaded host: a QEMU slow to start).
 RUN_ATTEMPTS = 2
-
-
-class MinimizeError(QmprrError):
-    """The recording cannot be minimized (bad input, the target cannot run it)."""
 
 
 class NotFailing(QmprrError):
     """The original recording does not show the failure: nothing to minimize."""
 
     exit_code = 1
-
-
-Signature = tuple[Any, ...]
-
-
-@attrs.define
-class Criterion:
-    """What "still failing" means; all that are given must hold. None given: the original's first divergence."""
-
-    error_class: str | None = None
-    event: str | None = None
-    predicate: str | None = None  # a command line: the report as JSON on stdin, exit 0 = still failing
-    signature: Signature | None = None  # the default's: set from the original's replay
-
-    @property
-    def default(self) -> bool:
-        return self.error_class is None and self.event is None and self.predicate is None
-
-    def describe(self) -> str:
-        if self.default:
-            if not self.signature:
-                return "the first divergence"
-            command, status, diffs = self.signature
-            return f"first divergence: {command} {status}" + (f" ({diffs[0][0]} {diffs[0][1]})" if diffs else "")
-        parts = [f"error class {self.error_class}" if self.error_class else "",
-                 f"event {self.event}" if self.event else "",
-                 f"predicate {self.predicate}" if self.predicate else ""]
-        return ", ".join(p for p in parts if p)
-
-    async def holds(self, report: ReplayReport, replay_log: str | None) -> bool:
-        if report.error is not None:
-            return False
-        if self.default:
-            return self.signature is not None and signature(report) == self.signature
-        if self.error_class is not None and not any(
-            isinstance(s.actual_reply, dict) and isinstance(s.actual_reply.get("error"), dict)
-            and s.actual_reply["error"].get("class") == self.error_class for s in report.steps
-        ):
-            return False
-        if self.event is not None and not (replay_log and _has_event(replay_log, self.event)):
-            return False
-        return self.predicate is None or await _predicate(self.predicate, report)
-
-
-def signature(report: ReplayReport) -> Signature | None:
-    """The first divergence as compared between tries: command, status, each difference's kind, path and values."""
-    first = report.first_divergence
-    if first is None:
-        return None
-    diffs = tuple((d.what, d.path, short(d.recorded, 200), short(d.actual, 200)) for d in first.differences)
-    return (first.command, first.status, diffs)
-
-
-def _has_event(path: str, name: str) -> bool:
-    with contextlib.suppress(RecordingError, OSError), RecordingReader(path, errors="skip", one_file=True) as r:
-        return any(isinstance(rec, Event) and rec.msg.get("event") == name for rec in r)
-    return False
-
-
-async def _predicate(command: str, report: ReplayReport) -> bool:
-    data = json.dumps(to_json(report), default=repr).encode()
-    try:
-        argv = shlex.split(command)
-    except ValueError as exc:
-        raise MinimizeError(f"--predicate {command}: {exc}") from None
-    if not argv:
-        raise MinimizeError("--predicate: an empty command")
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )
-    except OSError as exc:
-        raise MinimizeError(f"--predicate {command}: cannot run: {exc.strerror or exc}") from None
-    try:
-        async with asyncio.timeout(PREDICATE_TIMEOUT):
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                await proc.communicate(data)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return False
-    return proc.returncode == 0
 
 
 @attrs.define
