@@ -497,16 +497,11 @@ def cmd_minimize(args: argparse.Namespace) -> int:
         budget = parse_budget(args.budget)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    jobs = args.jobs or os.cpu_count() or 1
-    if args.target.startswith("socket:") and jobs > 1:
-        print("qmprr: --target socket: tries run one at a time into the same QEMU (its state carries over)",
-              file=sys.stderr)
-        jobs = 1
     settings = Settings(
         run=RunOptions(target=args.target, qemu=args.qemu),
         replay=ReplayOptions(event_timeout=args.event_timeout),
         criterion=Criterion(error_class=args.error_class, event=args.event, predicate=args.predicate),
-        jobs=jobs, budget=budget, argv=args.argv, progress=sys.stderr.isatty(),
+        jobs=args.jobs or os.cpu_count() or 1, budget=budget, argv=args.argv, progress=sys.stderr.isatty(),
     )
     return _run_async(run_minimize(args.file, args.output, settings))
 

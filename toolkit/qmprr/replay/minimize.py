@@ -196,17 +196,22 @@ class _Tries:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-async def minimize(path: str, out: str, settings: Settings, err: TextIO = sys.stderr) -> Outcome:
+async def minimize(path: str, out: str, settings: Settings, err: TextIO | None = None) -> Outcome:
     """Minimize the recording at *path* into *out* (must not exist); see the module docstring.
 
     Raises :class:`NotFailing` when the original does not fail, :class:`MinimizeError`
     (or another :class:`~qmprr.errors.QmprrError`) when it cannot be run.
     """
+    err = err or sys.stderr
     if os.path.exists(out):
         raise MinimizeError(f"{out}: file exists; recordings are never overwritten")
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         raise MinimizeError(f"-o {out}: its folder does not exist")
     rec = _Recording(path)
+    if settings.run.target.startswith("socket:") and settings.jobs > 1:
+        print("qmprr: --target socket: tries run one at a time into the same QEMU (its state carries over)",
+              file=err)
+        settings = attrs.evolve(settings, jobs=1)
     if settings.argv and settings.run.target != "qemu":
         raise MinimizeError("--argv minimizes the QEMU command line: it needs --target qemu")
     header_argv = rec.records[0].get("qemu_argv")
