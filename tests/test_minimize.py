@@ -456,3 +456,16 @@ def test_a_sealed_original_gives_an_unsealed_file_that_verifies(tmp_path: Path, 
     assert "seal" not in records[0] and not [r for r in records if r["kind"] == "note" and "seal" in r["text"]]
     checked = qmprr("verify", str(out))
     assert checked.returncode == 0 and "ok" in checked.stdout
+
+
+@pytest.mark.qemu
+def test_an_error_class_against_qemu_keeps_what_makes_qemu_fail(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench.record_session(str(tmp_path), noise=80, seed=4)
+    raw = tmp_path / "session.jsonl"  # as recorded, not edited: QEMU refuses the delete of the busy node
+    out = tmp_path / "small.jsonl"
+    status, stdout, err = run_cli(capsys, str(raw), "-o", str(out), "--target", "qemu", "--error-class", "GenericError")
+    assert status == 0, err
+    kept = [(r["msg"]["execute"], r["msg"].get("arguments")) for r in read_edited(str(out))[0] if r["kind"] == "command"]
+    # the delete fails only while the mirror runs, and the mirror needs both nodes
+    assert kept == [("qmp_capabilities", None), *bench.BUG_STEPS], stdout
+    assert "needed for the failure" in stdout
