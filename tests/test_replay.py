@@ -404,3 +404,29 @@ def test_from_segment_replays_the_start_as_prelude(tmp_path: Path, capsys: pytes
         assert status == 1 and "diverged" in out
     status, _, err = replay(str(first), "--target", "fake", "--from-segment", "9", capsys=capsys)
     assert status == 2 and err.startswith("qmprr: ") and "no such segment" in err
+
+
+def test_events_the_guest_caused_are_host_differences() -> None:
+    """A guest's own RESET or SHUTDOWN ("guest": true) falls where the guest's clock puts it: a warning."""
+    import asyncio
+
+    from qmprr.replay.engine import GUEST_TIMING, ReplayOptions, _compare_events
+    from qmprr.replay.normalize import Normalizer
+
+    class Events:
+        def __init__(self, msgs: list[dict]) -> None:
+            self.queue: asyncio.Queue = asyncio.Queue()
+            for m in msgs + [None]:
+                self.queue.put_nowait(m)
+
+    guest = {"event": "RESET", "data": {"guest": True, "reason": "guest-reset"}}
+    host = {"event": "RESET", "data": {"guest": False, "reason": "host-qmp-system-reset"}}
+
+    async def diffs(expected: list[dict], got: list[dict]) -> list:
+        return await _compare_events(expected, Events(got), ReplayOptions(event_timeout=0.01), Normalizer())
+
+    extra = asyncio.run(diffs([], [guest]))
+    assert [(d.what, d.host) for d in extra] == [("extra-event", GUEST_TIMING)]
+    missing = asyncio.run(diffs([guest], []))
+    assert [(d.what, d.host) for d in missing] == [("missing-event", GUEST_TIMING)]
+    assert [d.host for d in asyncio.run(diffs([], [host]))] == [None]  # the host's own: a divergence

@@ -21,7 +21,7 @@ __all__ = ["EXIT_CANNOT_RUN", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PROBLEMS", "U
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import analysis, bench, domain, importing, libvirt, query, recordings, replay, service
+    from . import analysis, bench, domain, importing, libvirt, query, recordings, replay, service, triage
 
     parser = Parser(
         prog="qmprr",
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"qmprr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (recordings, analysis, query, service, replay, bench, domain, importing, libvirt):
+    for group in (recordings, analysis, query, service, replay, triage, bench, domain, importing, libvirt):
         group.register(sub)
     return parser
 

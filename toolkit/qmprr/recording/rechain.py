@@ -88,11 +88,6 @@ def rechain(
 ) -> RechainResult:
     """Write *src* (a recording, its chain possibly broken) as a newly chained *dst* (must not exist)."""
     records, final_hash, sha = read_edited(src)
-    remap = {d["seq"]: i for i, d in enumerate(records)}
-    if len(remap) != len(records):
-        dup = next(d for i, d in enumerate(records) if remap[d["seq"]] != i)
-        raise RechainError(f"{src}:{dup['_line']}: seq {dup['seq']} appears twice; give each record its own")
-    header = dict(records[0])
     derived: dict[str, Any] = {
         "file": os.path.basename(src),
         "final_hash": final_hash,
@@ -100,6 +95,32 @@ def rechain(
         "how": how,
         "records": len(records),
     }
+    renumbered = write_derived(records, dst, derived, seal_key=seal_key, redactor=redactor, src=src)
+    return RechainResult(len(records), renumbered, final_hash)
+
+
+def write_derived(
+    records: list[dict[str, Any]],
+    dst: str,
+    derived: dict[str, Any],
+    *,
+    seal_key: chain.SealKey | None = None,
+    redactor: Redactor | None = None,
+    src: str = "the input",
+) -> int:
+    """Write *records* (dicts as :func:`read_edited` gives them) as a newly chained *dst* (must not exist).
+
+    The header gets ``derived_from`` = *derived* (the header's earlier one as its
+    ``previous``); ``seq`` is renumbered and the ``cmd`` of replies and fds with
+    it. Returns how many records were renumbered. *records* is not changed.
+    """
+    records = [dict(d) for d in records]
+    remap = {d["seq"]: i for i, d in enumerate(records)}
+    if len(remap) != len(records):
+        dup = next(d for i, d in enumerate(records) if remap[d["seq"]] != i)
+        raise RechainError(f"{src}:{dup.get('_line', '?')}: seq {dup['seq']} appears twice; give each record its own")
+    header = dict(records[0])
+    derived = dict(derived)
     if header.get("derived_from") is not None:
         derived["previous"] = header["derived_from"]
     header["derived_from"] = derived
@@ -108,7 +129,7 @@ def rechain(
     encoder = LineEncoder(redactor or Redactor(keep_input=True), seal_key)
     lines = []
     for i, d in enumerate(records):
-        line_no = d.pop("_line")
+        line_no = d.pop("_line", "?")
         if d["seq"] != i:
             renumbered += 1
             d["seq"] = i
@@ -127,7 +148,7 @@ def rechain(
         line, h = encoder.encode(end)
         lines.append(line)
     _write_new(dst, b"".join(lines))
-    return RechainResult(len(records), renumbered, final_hash)
+    return renumbered
 
 
 def _write_new(path: str, data: bytes) -> None:

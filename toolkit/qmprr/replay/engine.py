@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import attrs
 
+from .. import codec
 from ..channel import Channel, ChannelError
 from ..sandbox import SECCOMP_SIGNAL
 from .compare import RATE_LIMITED_EVENTS, Difference, compare_replies, event_key
@@ -239,4 +240,22 @@ async def _compare_events(
             diffs.append(Difference("missing-event", key[0], f"{n} x {key[1]}", f"{seen[key]} seen"))
     for key in extras:
         diffs.append(Difference("extra-event", key[0], None, key[1]))
+    for d in diffs:
+        if _guest_caused(d.recorded if d.what == "missing-event" else d.actual):
+            d.host = GUEST_TIMING
     return diffs
+
+
+#: Why an event the guest caused is a host difference: the guest runs on its own clock, not the replay's.
+GUEST_TIMING = ("guest-timing: the guest caused this event (\"guest\": true) on its own clock, which"
+                " replay does not control (firmware rebooting, a guest shutting down)")
+
+
+def _guest_caused(data: Any) -> bool:
+    """Whether an event's canonical data (``N x {...}`` for a missing one) says ``"guest": true``."""
+    text = data.split(" x ", 1)[1] if isinstance(data, str) and " x {" in data else data
+    try:
+        parsed = codec.loads(text) if isinstance(text, str) else None
+    except codec.JSONDecodeError:
+        return False
+    return isinstance(parsed, dict) and parsed.get("guest") is True
