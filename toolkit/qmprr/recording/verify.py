@@ -25,6 +25,7 @@ short, or its writer crashed: ``qmprr repair --seal-key`` seals a crashed one).
 from __future__ import annotations
 
 import os
+import sys
 from binascii import hexlify
 from hashlib import blake2b
 from typing import Any
@@ -34,23 +35,15 @@ import orjson
 
 from .. import codec
 from ..errors import RecordingError
-from . import convert, sets
+from . import convert, lineschema, sets
 from .chain import SealKey
 from .encode import END_SEAL_TEXT
-from .model import RECORD_TYPES, Command, Header
+from .model import Command, Header, Record
 from .reader import Problem, RecordingReader, Torn, link_problem
 
 _H_MARK = b',"h":"'
 _H_TAIL = len(_H_MARK) + 32 + 3  # the mark, 32 hex digits, '"}\n'
-_NUMBERS = (int, float)
 _BROKEN = "hash chain broken: the line was edited, or a line before it was deleted, inserted or moved"
-#: Per kind: the fields it must have, and whether ``msg`` is one (the fast path's checks; the
-#: typed schema decides anything they do not accept).
-_CHECKS = {
-    kind: (frozenset(a.name for a in attrs.fields(cls) if a.default is attrs.NOTHING),
-           any(a.name == "msg" and a.default is attrs.NOTHING for a in attrs.fields(cls)))
-    for kind, cls in RECORD_TYPES.items()
-}
 
 
 @attrs.define
@@ -100,7 +93,7 @@ class SegmentResult:
     last_note: str | None = None  # text of the last record when it is a note
     last_line: int = 1  # line of the last good record
     lines: int = 0  # lines read (of a chunk: from its start)
-    pending: dict[int, dict[str, Any]] = attrs.Factory(dict)  # commands with no reply in this segment
+    pending: dict[int, bytes] = attrs.Factory(dict)  # lines of commands with no reply in this segment
     orphans: list[tuple[int, int, int]] = attrs.Factory(list)  # (line, reply seq, cmd) not matched here
 
 
@@ -134,7 +127,7 @@ def scan_segment(path: str, key: SealKey | None = None, chunk: Chunk | None = No
         key_bytes = key.key if key is not None and reader.chain_checked else None
         if chunk is None or chunk.start == 0:
             _scan_lines(reader._file, result, key_bytes, prev=reader._prev_hash, seq=header.seq, lineno=1,
-                        end=chunk.end if chunk else float("inf"))
+                        end=chunk.end if chunk else sys.maxsize)
         else:
             reader._file.seek(chunk.start)
             _scan_lines(reader._file, result, key_bytes, prev=chunk.prev_hash, seq=chunk.prev_seq, lineno=0,
@@ -143,21 +136,23 @@ def scan_segment(path: str, key: SealKey | None = None, chunk: Chunk | None = No
 
 
 def _scan_lines(f: Any, r: SegmentResult, key: bytes | None, *, prev: str, seq: int, lineno: int,
-                offset: int | None = None, end: float = float("inf")) -> None:
-    """The fast loop: no typed records, each line hashed as it is on disk."""
-    loads, decode_error = orjson.loads, orjson.JSONDecodeError
-    checks, numbers, mark_bytes, end_bytes = _CHECKS, _NUMBERS, _H_MARK, b'"}\n'
-    problems = r.problems
-    add_problem = problems.append
+                offset: int | None = None, end: int = sys.maxsize) -> None:
+    """The fast loop: each line hashed as it is on disk, checked by :mod:`.lineschema`, no typed records."""
+    decode, refused = lineschema.decode_unchecked, lineschema.Refused
+    mark_bytes, end_bytes, tail = _H_MARK, b'"}\n', _H_TAIL
+    add_problem = r.problems.append
     pending = r.pending
     answered: set[int] = set()
     check = r.chain_checked
+    new_hash = (blake2b(digest_size=16) if key is None else blake2b(digest_size=16, key=key)).copy
     prev_b = prev.encode("ascii")
     expected = seq + 1
     final_seq = seq
     last_line = lineno
-    records = 1 if lineno else 0
-    last_d: Any = None
+    first_line = lineno  # records: the lines read after it, less those with a problem
+    start_problems = len(r.problems)
+    last: Any = None
+    last_kind = damaged = ""
     if offset is None:
         offset = f.tell()
     try:
@@ -169,40 +164,35 @@ def _scan_lines(f: Any, r: SegmentResult, key: bytes | None, *, prev: str, seq: 
                 r.torn = (lineno, offset, len(raw))
                 break
             offset += len(raw)
-            mark = len(raw) - _H_TAIL
-            if raw[mark : mark + 6] != mark_bytes or raw[-3:] != end_bytes:
-                add_problem((lineno, _format_problem(raw)))
-                continue
-            h = raw[mark + 6 : -3]
-            if not check:
-                good = True
-            elif key is None:
-                good = hexlify(blake2b(prev_b + raw[:mark] + b"}", digest_size=16).digest()) == h
+            mark = len(raw) - tail
+            if check:
+                hasher = new_hash()  # == blake2b(prev + body, digest_size=16[, key]): chain.link
+                hasher.update(prev_b)
+                hasher.update(raw[:mark])
+                hasher.update(b"}")
+                h = hexlify(hasher.digest())
+                good = raw[mark:] == mark_bytes + h + end_bytes  # the "h" member, well-formed and linked
             else:
-                good = hexlify(blake2b(prev_b + raw[:mark] + b"}", digest_size=16, key=key).digest()) == h
+                good = False
+            if not good:
+                if raw[mark : mark + 6] != mark_bytes or raw[-3:] != end_bytes:
+                    add_problem((lineno, _format_problem(raw)))
+                    continue
+                h = raw[mark + 6 : -3]
+                good = not check
             prev_b = h
             try:
-                d = loads(raw)  # the whole line: "h" is one more member
-                kind = d["kind"]
-                seq = d["seq"]
-                need, msg = checks[kind]
-                fast = (type(seq) is int and seq >= 0 and type(d["t"]) in numbers and need <= d.keys()
-                        and (not msg or type(d["msg"]) is dict))
-            except decode_error:
-                try:
-                    d = codec.loads(raw)  # what orjson refuses but qmprr writes (deep nesting, 1e999)
-                except codec.JSONDecodeError as exc:
-                    add_problem((lineno, f"invalid JSON: {exc}"))
+                rec: Any = decode(raw)  # the whole line: "h" is one more member
+                if not raw.isascii():
+                    raw.decode()  # lineschema.decode, inline: msgspec does not check skipped UTF-8
+                kind = rec.K
+            except refused:
+                rec = _slow_record(raw)
+                if type(rec) is str:
+                    add_problem((lineno, rec))
                     continue
-                fast = False
-            except (KeyError, TypeError, AttributeError):
-                fast = False
-            if not fast:
-                message = _slow_problem(d)
-                if message is not None:
-                    add_problem((lineno, message))
-                    continue
-                kind, seq = d["kind"], d["seq"]
+                kind = rec.kind
+            seq = rec.seq
             exp, expected = expected, seq + 1
             if not good:
                 add_problem((lineno, _BROKEN))
@@ -211,9 +201,9 @@ def _scan_lines(f: Any, r: SegmentResult, key: bytes | None, *, prev: str, seq: 
                 add_problem((lineno, f"seq {seq} where {exp} was expected"))
                 continue
             if kind == "command":
-                pending[seq] = d
+                pending[seq] = raw
             elif kind == "reply":
-                cmd = d["cmd"]
+                cmd = rec.cmd
                 if cmd in pending:
                     del pending[cmd]
                     answered.add(cmd)
@@ -226,18 +216,20 @@ def _scan_lines(f: Any, r: SegmentResult, key: bytes | None, *, prev: str, seq: 
             elif kind == "header":
                 add_problem((lineno, "a second header"))
                 continue
-            records += 1
             final_seq = seq
             last_line = lineno
-            last_d = d
+            last, last_kind = rec, kind
     except OSError as exc:  # a damaged .zst
-        add_problem((lineno + 1, str(exc)))
-    r.records = records
+        damaged = str(exc)
+    read = (lineno if r.torn is None else lineno - 1) - first_line
+    r.records = (1 if first_line else 0) + read - (len(r.problems) - start_problems)
+    if damaged:
+        add_problem((lineno + 1, damaged))
     r.final_seq = final_seq
     r.last_line = last_line
     r.final_hash = prev_b.decode("ascii", "replace")
     r.lines = lineno
-    r.last_note = last_d.get("text") if last_d is not None and last_d["kind"] == "note" else None
+    r.last_note = last.text if last_kind == "note" else None
 
 
 def _format_problem(raw: bytes) -> str:
@@ -250,13 +242,20 @@ def _format_problem(raw: bytes) -> str:
     return 'line has no well-formed "h" member at its end'
 
 
-def _slow_problem(d: Any) -> str | None:
-    """The typed schema's verdict on a line the fast path did not accept (None: it is fine)."""
+def _slow_record(raw: bytes) -> Record | str:
+    """The typed record of a line the fast schema refused, or what is wrong with it.
+
+    orjson, then QEMU's grammar (what orjson refuses but qmprr writes: deep
+    nesting, 1e999), then the typed schema: its verdict and message decide.
+    """
     try:
-        convert.structure(d)
+        d = codec.loads(raw)
+    except codec.JSONDecodeError as exc:
+        return f"invalid JSON: {exc}"
+    try:
+        return convert.structure(d)
     except convert.RecordSchemaError as exc:
         return str(exc)
-    return None
 
 
 def verify(
@@ -281,7 +280,7 @@ def verify(
     report = VerifyReport(path=path, header=first.header, files=files,
                           chain_checked=all(r.chain_checked for r in results))
     problems: list[Problem] = []
-    pending: dict[int, dict[str, Any]] = {}
+    pending: dict[int, bytes] = {}
     for i, r in enumerate(results):
         where = None if len(results) == 1 else r.file
         problems += [Problem(line, message, where) for line, message in r.problems]
@@ -316,7 +315,7 @@ def verify(
         problems += _start_problems(results, report)
     report.records = sum(r.records for r in results)
     report.problems = sorted(problems, key=lambda p: (files.index(p.file) if p.file in files else 0, p.line))
-    report.in_flight = [convert.structure(d) for d in pending.values()]  # type: ignore[misc]
+    report.in_flight = [convert.structure(codec.loads(line)) for line in pending.values()]  # type: ignore[misc]
     return report
 
 
