@@ -24,8 +24,8 @@ short, or its writer crashed: ``qmprr repair --seal-key`` seals a crashed one).
 
 from __future__ import annotations
 
+import io
 import os
-import sys
 from binascii import hexlify
 from hashlib import blake2b
 from typing import Any
@@ -125,45 +125,67 @@ def scan_segment(path: str, key: SealKey | None = None, chunk: Chunk | None = No
         header = reader.header
         result = SegmentResult(path, header, reader._prev_hash, reader.chain_checked)
         key_bytes = key.key if key is not None and reader.chain_checked else None
-        if chunk is None or chunk.start == 0:
-            _scan_lines(reader._file, result, key_bytes, prev=reader._prev_hash, seq=header.seq, lineno=1,
-                        end=chunk.end if chunk else sys.maxsize)
+        f = reader._file
+        if chunk is None:
+            _scan_lines(f, result, key_bytes, prev=reader._prev_hash, seq=header.seq, lineno=1)
         else:
-            reader._file.seek(chunk.start)
-            _scan_lines(reader._file, result, key_bytes, prev=chunk.prev_hash, seq=chunk.prev_seq, lineno=0,
-                        offset=chunk.start, end=chunk.end)
+            with io.BufferedReader(_Window(f.fileno(), chunk.start or f.tell(), chunk.end), 1 << 20) as window:
+                if chunk.start == 0:
+                    _scan_lines(window, result, key_bytes, prev=reader._prev_hash, seq=header.seq, lineno=1)
+                else:
+                    _scan_lines(window, result, key_bytes, prev=chunk.prev_hash, seq=chunk.prev_seq, lineno=0)
     return result
 
 
-def _scan_lines(f: Any, r: SegmentResult, key: bytes | None, *, prev: str, seq: int, lineno: int,
-                offset: int | None = None, end: int = sys.maxsize) -> None:
-    """The fast loop: each line hashed as it is on disk, checked by :mod:`.lineschema`, no typed records."""
+class _Window(io.RawIOBase):
+    """Bytes ``[start, end)`` of an open file (a chunk), read with pread: its own position, EOF at *end*."""
+
+    def __init__(self, fd: int, start: int, end: int) -> None:
+        self._fd, self._pos, self._end = fd, start, end
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        data = os.pread(self._fd, min(len(b), self._end - self._pos), self._pos)
+        b[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:  # the fd is the reader's
+        super().close()
+
+
+def _scan_lines(f: Any, r: SegmentResult, key: bytes | None, *, prev: str, seq: int, lineno: int) -> None:
+    """The fast loop: each line hashed as it is on disk, checked by :mod:`.lineschema`, no typed records.
+
+    The common case costs one hash, one comparison (the line's ``"h"``
+    member, well-formed and linked) and one msgspec decode; anything else
+    (a torn or malformed line, a broken link, a line the schema refuses, a
+    seq gap) leaves the fast path to find out exactly what is wrong.
+    """
     decode, refused = lineschema.decode_unchecked, lineschema.Refused
     mark_bytes, end_bytes, tail = _H_MARK, b'"}\n', _H_TAIL
-    add_problem = r.problems.append
+    problems = r.problems
+    add_problem = problems.append
     pending = r.pending
     answered: set[int] = set()
     check = r.chain_checked
     new_hash = (blake2b(digest_size=16) if key is None else blake2b(digest_size=16, key=key)).copy
     prev_b = prev.encode("ascii")
     expected = seq + 1
+    first_line = lineno
+    start_problems = len(problems)
     final_seq = seq
     last_line = lineno
-    first_line = lineno  # records: the lines read after it, less those with a problem
-    start_problems = len(r.problems)
     last: Any = None
-    last_kind = damaged = ""
-    if offset is None:
-        offset = f.tell()
+    damaged = ""
+    kept = 0  # problems on lines that still count as records
     try:
-        for raw in f:
-            if offset >= end:
-                break
-            lineno += 1
-            if raw[-1] != 10:
-                r.torn = (lineno, offset, len(raw))
-                break
-            offset += len(raw)
+        for lineno, raw in enumerate(f, first_line + 1):  # noqa: B007 - lineno is used after the loop
             mark = len(raw) - tail
             if check:
                 hasher = new_hash()  # == blake2b(prev + body, digest_size=16[, key]): chain.link
@@ -171,20 +193,23 @@ def _scan_lines(f: Any, r: SegmentResult, key: bytes | None, *, prev: str, seq: 
                 hasher.update(raw[:mark])
                 hasher.update(b"}")
                 h = hexlify(hasher.digest())
-                good = raw[mark:] == mark_bytes + h + end_bytes  # the "h" member, well-formed and linked
+                broken = raw[mark:] != mark_bytes + h + end_bytes  # the "h" member, well-formed and linked
             else:
-                good = False
-            if not good:
+                broken = True
+            if broken:
+                if raw[-1] != 10:
+                    r.torn = (lineno, f.tell() - len(raw), len(raw))
+                    break
                 if raw[mark : mark + 6] != mark_bytes or raw[-3:] != end_bytes:
                     add_problem((lineno, _format_problem(raw)))
                     continue
                 h = raw[mark + 6 : -3]
-                good = not check
+                broken = check
             prev_b = h
             try:
                 rec: Any = decode(raw)  # the whole line: "h" is one more member
                 if not raw.isascii():
-                    raw.decode()  # lineschema.decode, inline: msgspec does not check skipped UTF-8
+                    raw.decode()  # lineschema.decode's UTF-8 check, inline
                 kind = rec.K
             except refused:
                 rec = _slow_record(raw)
@@ -193,13 +218,11 @@ def _scan_lines(f: Any, r: SegmentResult, key: bytes | None, *, prev: str, seq: 
                     continue
                 kind = rec.kind
             seq = rec.seq
-            exp, expected = expected, seq + 1
-            if not good:
-                add_problem((lineno, _BROKEN))
+            if broken or seq != expected:
+                add_problem((lineno, _BROKEN if broken else f"seq {seq} where {expected} was expected"))
+                expected = seq + 1
                 continue
-            if seq != exp:
-                add_problem((lineno, f"seq {seq} where {exp} was expected"))
-                continue
+            expected = seq + 1
             if kind == "command":
                 pending[seq] = raw
             elif kind == "reply":
@@ -209,27 +232,29 @@ def _scan_lines(f: Any, r: SegmentResult, key: bytes | None, *, prev: str, seq: 
                     answered.add(cmd)
                 elif cmd >= seq:
                     add_problem((lineno, f"reply names seq {cmd}, not an earlier record"))
+                    kept += 1  # still a record
                 elif cmd in answered:
                     add_problem((lineno, f"second reply to the command at seq {cmd}"))
+                    kept += 1
                 else:
                     r.orphans.append((lineno, seq, cmd))
             elif kind == "header":
                 add_problem((lineno, "a second header"))
                 continue
-            final_seq = seq
+            last = rec
             last_line = lineno
-            last, last_kind = rec, kind
     except OSError as exc:  # a damaged .zst
         damaged = str(exc)
-    read = (lineno if r.torn is None else lineno - 1) - first_line
-    r.records = (1 if first_line else 0) + read - (len(r.problems) - start_problems)
+    read = lineno - first_line - (r.torn is not None)
+    r.records = (1 if first_line else 0) + read - (len(problems) - start_problems - kept)
     if damaged:
         add_problem((lineno + 1, damaged))
-    r.final_seq = final_seq
+    r.lines = lineno
     r.last_line = last_line
     r.final_hash = prev_b.decode("ascii", "replace")
-    r.lines = lineno
-    r.last_note = last.text if last_kind == "note" else None
+    r.final_seq = final_seq if last is None else last.seq
+    kind = "" if last is None else last.K if isinstance(last, lineschema.LineRecord) else last.kind
+    r.last_note = last.text if kind == "note" else None
 
 
 def _format_problem(raw: bytes) -> str:
