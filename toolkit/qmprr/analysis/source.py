@@ -13,11 +13,12 @@ defensively.
 from __future__ import annotations
 
 import os
-import re
 from binascii import hexlify
 from collections.abc import Callable, Iterable, Iterator
 from hashlib import blake2b
 from typing import Any, BinaryIO
+
+import msgspec
 
 from .. import codec
 from ..errors import NotARecording, RecordingError
@@ -136,26 +137,34 @@ class Scanner:
         return self._records(lambda decoder, lines: decoder.decode(lines), header=True)
 
     def kind_lines(self, kinds: frozenset[str], grep: bytes | None = None) -> Iterator[tuple[dict[str, Any], bytes]]:
-        """The records of *kinds* (and holding *grep*), checked as :meth:`__iter__` checks them, faster.
+        """:meth:`kind_raw`'s lines with their decoded dicts."""
+        loads = codec.loads
+        for raw in self.kind_raw(kinds, grep):
+            yield loads(raw), raw
 
-        Every line's chain, ``seq`` and kind are checked from its bytes (qmprr
-        writes ``{"seq":…,"t":…,"kind":"…"`` first); only the lines kept are
-        decoded. A line that does not look as qmprr writes it goes the slow
+    def kind_raw(self, kinds: frozenset[str], grep: bytes | None = None) -> Iterator[bytes]:
+        """The lines of records of *kinds* (and holding *grep*), checked as :meth:`__iter__` checks them, faster.
+
+        Every line's chain, JSON, ``seq``, ``t`` and kind are checked with
+        one hash and one msgspec decode of just those fields (no dicts); the
+        lines are yielded as they are. A line that fails there goes the slow
         way, so its problem is reported as :meth:`__iter__` reports it.
         """
         def torn(size: int) -> None:
             self._tail.torn = (self._file.tell() - size, size)
 
-        return self._records(lambda decoder, lines: _fast_kinds(decoder, lines, kinds, grep, torn),
-                             header="header" in kinds and (grep is None or grep in self._first), direct=True)
+        return self._records(lambda decoder, lines: _fast_kinds(decoder, lines, kinds, grep, torn),  # type: ignore[arg-type, return-value]
+                             header="header" in kinds and (grep is None or grep in self._first), direct=True,
+                             pairs=False)
 
     def _records(self, decode: Callable[[Decoder, Iterable[bytes]], Iterator[tuple[dict[str, Any], bytes]]],
-                 *, header: bool, direct: bool = False) -> Iterator[tuple[dict[str, Any], bytes]]:
-        """*direct*: not following, *decode* reads the file's lines itself (and reports a torn one)."""
+                 *, header: bool, direct: bool = False, pairs: bool = True) -> Iterator[tuple[dict[str, Any], bytes]]:
+        """*direct*: not following, *decode* reads the file's lines itself (and reports a torn one);
+        *pairs*: the header is yielded as *decode* yields lines, ``(dict, raw)`` (else raw)."""
         first = self._first
         self.line = 1
         if header:
-            yield codec.loads(first), first
+            yield (codec.loads(first), first) if pairs else first  # type: ignore[misc]
         prev = chain.unseal(first)[1].encode("ascii") if self.check_chain else None
         decoder = Decoder(self._report, expected=self.header.seq + 1, prev_hash=prev, line=1)
         headers = [(self.current, self.header)]
@@ -210,56 +219,64 @@ class Scanner:
         self.close()
 
 
-#: How qmprr's writer starts every line: seq, t, kind.
-_PREFIX = re.compile(rb'\{"seq":(0|[1-9][0-9]{0,18}),"t":[-0-9.eE+]+,"kind":"([a-z]+)"')
-_BODY_KINDS_B = frozenset(k.encode() for k in _BODY_KINDS)
+class _Common(msgspec.Struct, gc=False):
+    """The fields every line's record has: what :class:`Decoder` checks of each (the JSON too)."""
+
+    seq: int
+    t: float
+    kind: str
+
+
+_decode_common = msgspec.json.Decoder(_Common).decode
+_BODY_KIND_NAMES = frozenset(_BODY_KINDS)
 
 
 def _fast_kinds(decoder: Decoder, lines: Iterable[bytes], kinds: frozenset[str],
-                grep: bytes | None, on_torn: Callable[[int], None]) -> Iterator[tuple[dict[str, Any], bytes]]:
-    """:meth:`Decoder.decode`, keeping only *kinds*, decoding only what it keeps (see :meth:`Scanner.kind_lines`)."""
-    wanted = frozenset(k.encode() for k in kinds)
-    body_kinds, mark_b, end_b, loads, match = _BODY_KINDS_B, _H_MARK, b'"}\n', codec.loads, _PREFIX.match
+                grep: bytes | None, on_torn: Callable[[int], None]) -> Iterator[bytes]:
+    """:meth:`Decoder.decode`, keeping only the lines of *kinds* (see :meth:`Scanner.kind_raw`)."""
+    body_kinds, mark_b, end_b, tail, common = _BODY_KIND_NAMES, _H_MARK, b'"}\n', _H_TAIL, _decode_common
+    refused = (msgspec.DecodeError, UnicodeDecodeError)
     check = decoder.prev_hash is not None
+    new_hash = blake2b(digest_size=16).copy
     prev = decoder.prev_hash or b""
     expected = decoder.expected
-    lineno = decoder.line
-    for raw in lines:
-        lineno += 1
-        m = match(raw)
-        mark = len(raw) - _H_TAIL
-        ok = (m is not None and expected is not None and int(m[1]) == expected and raw[mark : mark + 6] == mark_b
-              and raw[-3:] == end_b)
-        if ok and check:
-            ok = hexlify(blake2b(prev + raw[:mark] + b"}", digest_size=16).digest()) == raw[mark + 6 : -3]
+    lineno = first = decoder.line
+    for lineno, raw in enumerate(lines, first + 1):  # noqa: B007 - lineno is used after the loop
+        mark = len(raw) - tail
+        if check:
+            hasher = new_hash()  # chain.link: blake2b(prev + body, digest_size=16)
+            hasher.update(prev)
+            hasher.update(raw[:mark])
+            hasher.update(b"}")
+            h = hexlify(hasher.digest())
+            ok = raw[mark:] == mark_b + h + end_b  # the "h" member, well-formed and linked
+        else:
+            h = raw[mark + 6 : -3]
+            ok = raw[mark : mark + 6] == mark_b and raw[-3:] == end_b
         if ok:
-            kind = m[2]  # type: ignore[index]
-            if kind not in body_kinds:
-                ok = False
+            try:
+                rec = common(raw)
+                if not raw.isascii():
+                    raw.decode()  # msgspec does not check UTF-8 in what it skips; orjson does
+                kind = rec.kind
+                if rec.seq == expected and kind in body_kinds:
+                    prev = h
+                    expected += 1  # type: ignore[operator]  # seq == expected: an int
+                    if kind in kinds and (grep is None or grep in raw):
+                        decoder.line = lineno
+                        yield raw
+                    continue
+            except refused:
+                pass
         elif raw[-1:] != b"\n":  # only the last line can lack its newline
             on_torn(len(raw))
             lineno -= 1  # not a line taken in
             break
-        if ok:
-            if kind not in wanted or (grep is not None and grep not in raw):
-                prev = raw[mark + 6 : -3]
-                expected += 1  # type: ignore[operator]
-                continue
-            try:
-                d = loads(raw)
-            except codec.JSONDecodeError:
-                d = None  # the slow way reports it
-            if type(d) is dict and d.get("seq") == expected and type(d.get("t")) in _NUMBERS:
-                prev = raw[mark + 6 : -3]
-                expected += 1  # type: ignore[operator]
-                decoder.line = lineno
-                yield d, raw
-                continue
         # The slow way, for one line: the Decoder's exact checks and messages.
         decoder.prev_hash, decoder.expected, decoder.line = (prev if check else None), expected, lineno - 1
         for d, r in decoder.decode((raw,)):
             if d.get("kind") in kinds and (grep is None or grep in r):
-                yield d, r
+                yield r
         prev, expected = decoder.prev_hash or b"", decoder.expected
     decoder.prev_hash, decoder.expected, decoder.line = (prev if check else None), expected, lineno
 
