@@ -261,7 +261,7 @@ def _fast_kinds(decoder: Decoder, lines: Iterable[bytes], kinds: frozenset[str],
                 kind = rec.kind
                 if rec.seq == expected and kind in body_kinds:
                     prev = h
-                    expected += 1  # type: ignore[operator]  # seq == expected: an int
+                    expected = rec.seq + 1
                     if kind in kinds and (grep is None or grep in raw):
                         decoder.line = lineno
                         yield raw

@@ -51,7 +51,7 @@ def _spec(tp: Any) -> Any:
         return typing.Union[tuple(_spec(a) for a in typing.get_args(tp))]
     if origin is dict:
         key, value = typing.get_args(tp)
-        return _Object if value is Any else dict[key, _spec(value)]  # type: ignore[valid-type]
+        return _Object if value is Any else dict[key, _spec(value)]  # type: ignore[valid-type, misc]
     if origin is list:
         return list[_spec(typing.get_args(tp)[0])]  # type: ignore[misc]
     if origin is Literal or tp in (int, float, str, type(None)):
@@ -68,14 +68,15 @@ def _struct(kind: str, cls: type) -> type[LineRecord]:
         spec = _spec(hints[a.name])
         fields.append((a.name, spec) if a.default is attrs.NOTHING else (a.name, spec, None))
     fields.sort(key=len)  # required fields first, as msgspec wants
-    return msgspec.defstruct(f"Line{cls.__name__}", fields, bases=(LineRecord,), tag=kind,
-                             namespace={"K": kind}, gc=False)
+    struct: type[LineRecord] = msgspec.defstruct(f"Line{cls.__name__}", fields, bases=(LineRecord,), tag=kind,
+                                                 namespace={"K": kind}, gc=False)  # type: ignore[assignment]
+    return struct
 
 
 #: The struct of each kind.
 STRUCTS: dict[str, type[LineRecord]] = {kind: _struct(kind, cls) for kind, cls in RECORD_TYPES.items()}
 #: :func:`decode` without its UTF-8 check (a caller that checks it inline).
-decode_unchecked = msgspec.json.Decoder(typing.Union[tuple(STRUCTS.values())]).decode  # type: ignore[arg-type]
+decode_unchecked = msgspec.json.Decoder(typing.Union[tuple(STRUCTS.values())]).decode
 
 
 def decode(line: bytes) -> LineRecord:
