@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from qmprr import codec
 from qmprr.analysis.commands import main
+from qmprr.analysis import source
 from qmprr.analysis.source import Scanner
 from qmprr.bench.analysis import write_records
 from qmprr.recording import chain, convert, lineschema, verify
@@ -40,12 +41,22 @@ def header() -> dict[str, Any]:
             "started_epoch": 1767225600.0, "host": "test", "qmprr_version": "0.1.0"}
 
 
+@pytest.fixture(params=["one process", "split"])
+def split(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run the fast path in one process, or with any file cut in chunks scanned by forked workers."""
+    if request.param == "split":
+        monkeypatch.setattr(source, "MIN_SPLIT", 200)
+        monkeypatch.setattr(source, "_cpus", lambda: 3)
+    return request.param == "split"
+
+
 def both_ways(path: Path, kinds: frozenset[str]) -> tuple[tuple[list[bytes], list[Any]], tuple[list[bytes], list[Any]]]:
     """(lines, problems) of the fast path and of the slow one."""
     fast_problems: list[Any] = []
     with Scanner(path, on_problem=fast_problems.append) as s:
         fast = list(s.kind_raw(kinds))
         fast_torn = s.torn
+        assert source.MIN_SPLIT > 200 or path.stat().st_size < 600 or source._chunks_of(str(path))  # it splits
     slow_problems: list[Any] = []
     with Scanner(path, on_problem=slow_problems.append) as s:
         slow = [raw for d, raw in s if d.get("kind") in kinds]
@@ -55,7 +66,8 @@ def both_ways(path: Path, kinds: frozenset[str]) -> tuple[tuple[list[bytes], lis
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in RECORDINGS.glob("*.jsonl")))
-def test_show_json_by_kind_prints_the_recordings_own_lines(capsys: pytest.CaptureFixture[str], name: str) -> None:
+def test_show_json_by_kind_prints_the_recordings_own_lines(capsys: pytest.CaptureFixture[str], name: str,
+                                                           split: bool) -> None:
     path = RECORDINGS / name
     lines = path.read_bytes().splitlines(keepends=True)
     present = sorted({json.loads(line)["kind"] for line in lines})
@@ -109,6 +121,18 @@ DAMAGE = {
 def test_show_by_kind_fast_path_equals_the_slow_path_on_damaged_recordings(
         tmp_path_factory: pytest.TempPathFactory, kinds: list[str], damage: list[tuple[int, str, int, bool]],
         cut: str | None, where: int, selected: set[str]) -> None:
+    with pytest.MonkeyPatch.context() as patch:  # and cut between processes (a fixture would outlive an example)
+        patch.setattr(source, "MIN_SPLIT", 200)
+        patch.setattr(source, "_cpus", lambda: 3)
+        split_fast, split_slow = _damaged_both_ways(tmp_path_factory, kinds, damage, cut, where, selected)
+    assert split_fast == split_slow
+    fast, slow = _damaged_both_ways(tmp_path_factory, kinds, damage, cut, where, selected)
+    assert fast == slow == split_slow
+
+
+def _damaged_both_ways(tmp_path_factory: pytest.TempPathFactory, kinds: list[str],
+                       damage: list[tuple[int, str, int, bool]], cut: str | None, where: int,
+                       selected: set[str]) -> tuple[Any, Any]:
     path = tmp_path_factory.mktemp("rec") / "r.jsonl"
     write_records(path, [header(), *(_record(i, k) for i, k in enumerate(kinds, 1))])
     lines = path.read_bytes().splitlines(keepends=True)
@@ -133,13 +157,12 @@ def test_show_by_kind_fast_path_equals_the_slow_path_on_damaged_recordings(
     elif cut == "torn":
         lines[-1] = lines[-1][: len(lines[-1]) // 2]
     path.write_bytes(b"".join(lines))
-    fast, slow = both_ways(path, frozenset(selected))
-    assert fast == slow
+    return both_ways(path, frozenset(selected))
 
 
 @pytest.mark.parametrize("name", sorted(DAMAGE))
 @pytest.mark.parametrize("rechain", [False, True])
-def test_each_damage_reads_the_same_both_ways(tmp_path: Path, name: str, rechain: bool) -> None:
+def test_each_damage_reads_the_same_both_ways(tmp_path: Path, name: str, rechain: bool, split: bool) -> None:
     kinds = ["command", "reply", "event", "note", "event", "command", "reply"]
     path = tmp_path / "r.jsonl"
     write_records(path, [header(), *(_record(i, k) for i, k in enumerate(kinds, 1))])

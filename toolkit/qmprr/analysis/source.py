@@ -12,12 +12,14 @@ defensively.
 
 from __future__ import annotations
 
+import io
 import os
 from binascii import hexlify
 from collections.abc import Callable, Iterable, Iterator
 from hashlib import blake2b
 from typing import Any, BinaryIO
 
+import attrs
 import msgspec
 
 from .. import codec
@@ -25,6 +27,7 @@ from ..errors import NotARecording, RecordingError
 from ..recording import RecordingReader, chain, sets
 from ..recording.model import FORMAT, RECORD_TYPES, Header
 from ..recording.reader import Problem, Torn, link_problem
+from ..recording.verify import Chunk, Window, split_file
 from .follow import POLL_INTERVAL, LineTail
 
 KINDS = frozenset(RECORD_TYPES)
@@ -153,9 +156,80 @@ class Scanner:
         def torn(size: int) -> None:
             self._tail.torn = (self._file.tell() - size, size)
 
-        return self._records(lambda decoder, lines: _fast_kinds(decoder, lines, kinds, grep, torn),  # type: ignore[arg-type, return-value]
-                             header="header" in kinds and (grep is None or grep in self._first), direct=True,
-                             pairs=False)
+        def scan(decoder: Decoder, lines: Iterable[bytes]) -> Iterator[bytes]:
+            if lines is self._file and not self.follow and self.check_chain:
+                chunks = _chunks_of(self.current)
+                if chunks:
+                    return self._split_kinds(decoder, chunks, kinds, grep)
+            return _fast_kinds(decoder, lines, kinds, grep, torn)
+
+        return self._records(scan, header="header" in kinds and (grep is None or grep in self._first),  # type: ignore[arg-type, return-value]
+                             direct=True, pairs=False)
+
+    def _split_kinds(self, decoder: Decoder, chunks: list[Chunk], kinds: frozenset[str],
+                     grep: bytes | None) -> Iterator[bytes]:
+        """:func:`_fast_kinds` over a large file, its later chunks scanned by forked processes meanwhile.
+
+        This process reads the first chunk and yields its lines; then, when
+        its chain and seq arrive where the next chunk's scan started from
+        (always, but after damage at the boundary), it takes that chunk's
+        lines and problems (line numbers moved on), else it scans the chunk
+        itself. The output is the serial scan's, line for line.
+        """
+        import multiprocessing
+        import tempfile
+
+        path = self.current
+        fd = self._file.fileno()
+        ctx = multiprocessing.get_context("fork")
+        outs = [tempfile.TemporaryFile(prefix="qmprr-show-") for _ in chunks[1:]]
+        workers = []
+        try:
+            for c, out in zip(chunks[1:], outs):
+                receive, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_chunk_worker, args=(path, c, kinds, grep, out.fileno(), send), daemon=True)
+                proc.start()
+                send.close()
+                workers.append((proc, receive))
+            start = self._file.tell()
+            bounds: list[tuple[Chunk, int]] = [(c, nxt.start) for c, nxt in zip(chunks, chunks[1:])]
+            bounds.append((chunks[-1], 1 << 62))
+            for i, (chunk, end) in enumerate(bounds):
+                result = None
+                if i and decoder.prev_hash == chunk.prev_hash.encode("ascii") and decoder.expected == chunk.prev_seq + 1:
+                    proc, receive = workers[i - 1]
+                    try:
+                        result = receive.recv()
+                    except EOFError:  # the worker died: scan the chunk here
+                        pass
+                    proc.join()
+                if result is not None:  # its scan started where this one arrived: take it
+                    base = decoder.line
+                    for problem in result.problems:
+                        self._report(Problem(problem.line + base, problem.message))
+                    out = outs[i - 1]
+                    out.seek(0)
+                    for lineno, raw in zip(result.lines, out):
+                        decoder.line = base + lineno
+                        yield raw
+                    decoder.line, decoder.prev_hash, decoder.expected = (base + result.last_line, result.prev_hash,
+                                                                         result.expected)
+                    if result.torn:
+                        self._tail.torn = (os.fstat(fd).st_size - result.torn, result.torn)
+                    continue
+                with io.BufferedReader(Window(fd, chunk.start or start, end), 1 << 20) as window:
+                    def torn(size: int, window: Any = window) -> None:
+                        self._tail.torn = (window.tell() - size, size)
+
+                    yield from _fast_kinds(decoder, window, kinds, grep, torn)
+        finally:
+            for proc, receive in workers:
+                if proc.is_alive():
+                    proc.terminate()
+                proc.join()
+                receive.close()
+            for out in outs:
+                out.close()
 
     def _records(self, decode: Callable[[Decoder, Iterable[bytes]], Iterator[tuple[dict[str, Any], bytes]]],
                  *, header: bool, direct: bool = False, pairs: bool = True) -> Iterator[tuple[dict[str, Any], bytes]]:
@@ -229,6 +303,70 @@ class _Common(msgspec.Struct, gc=False):
 
 _decode_common = msgspec.json.Decoder(_Common).decode
 _BODY_KIND_NAMES = frozenset(_BODY_KINDS)
+
+
+#: A file smaller than this is scanned by one process (:meth:`Scanner.kind_raw`).
+MIN_SPLIT = 16 << 20
+
+
+def _cpus() -> int:
+    return min(len(os.sched_getaffinity(0)), 4)
+
+
+def _chunks_of(path: str) -> list[Chunk]:
+    """Chunks for :meth:`Scanner._split_kinds`, one a CPU, or [] when the file is not worth splitting."""
+    cpus = _cpus()
+    if cpus < 2 or path.endswith(sets.ZST):
+        return []
+    try:
+        if os.path.getsize(path) < MIN_SPLIT:
+            return []
+    except OSError:
+        return []
+    chunks = split_file(path, cpus, min_size=MIN_SPLIT)
+    return [c for c in chunks if c is not None] if len(chunks) > 1 else []
+
+
+@attrs.define
+class _ChunkScan:
+    """What a worker found in its chunk (line numbers from the chunk's start)."""
+
+    problems: list[Problem]
+    lines: list[int]  # the line of each line written out
+    last_line: int
+    prev_hash: bytes | None
+    expected: int | None
+    torn: int  # size of a torn last line, or 0
+
+
+def _scan_chunk(path: str, chunk: Chunk, kinds: frozenset[str], grep: bytes | None, out_fd: int) -> _ChunkScan:
+    """:func:`_fast_kinds` over *chunk* of *path*, its lines written to *out_fd* (a forked worker)."""
+    problems: list[Problem] = []
+    decoder = Decoder(problems.append, expected=chunk.prev_seq + 1, prev_hash=chunk.prev_hash.encode("ascii"))
+    torn = [0]
+    lines: list[int] = []
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with io.BufferedReader(Window(fd, chunk.start, chunk.end), 1 << 20) as window, \
+                open(out_fd, "wb", closefd=False, buffering=1 << 20) as out:
+            write = out.write
+            for raw in _fast_kinds(decoder, window, kinds, grep, lambda size: torn.__setitem__(0, size)):
+                write(raw)
+                lines.append(decoder.line)
+    finally:
+        os.close(fd)
+    return _ChunkScan(problems, lines, decoder.line, decoder.prev_hash, decoder.expected, torn[0])
+
+
+def _chunk_worker(path: str, chunk: Chunk, kinds: frozenset[str], grep: bytes | None, out_fd: int,
+                  send: Any) -> None:
+    """A forked process's work: :func:`_scan_chunk`, its result sent back (None: it failed, scan it again)."""
+    try:
+        result: _ChunkScan | None = _scan_chunk(path, chunk, kinds, grep, out_fd)
+    except Exception:  # noqa: BLE001 - the parent scans the chunk itself and reports what is wrong
+        result = None
+    send.send(result)
+    send.close()
 
 
 def _fast_kinds(decoder: Decoder, lines: Iterable[bytes], kinds: frozenset[str],

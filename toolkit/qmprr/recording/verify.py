@@ -129,7 +129,7 @@ def scan_segment(path: str, key: SealKey | None = None, chunk: Chunk | None = No
         if chunk is None:
             _scan_lines(f, result, key_bytes, prev=reader._prev_hash, seq=header.seq, lineno=1)
         else:
-            with io.BufferedReader(_Window(f.fileno(), chunk.start or f.tell(), chunk.end), 1 << 20) as window:
+            with io.BufferedReader(Window(f.fileno(), chunk.start or f.tell(), chunk.end), 1 << 20) as window:
                 if chunk.start == 0:
                     _scan_lines(window, result, key_bytes, prev=reader._prev_hash, seq=header.seq, lineno=1)
                 else:
@@ -137,7 +137,7 @@ def scan_segment(path: str, key: SealKey | None = None, chunk: Chunk | None = No
     return result
 
 
-class _Window(io.RawIOBase):
+class Window(io.RawIOBase):
     """Bytes ``[start, end)`` of an open file (a chunk), read with pread: its own position, EOF at *end*."""
 
     def __init__(self, fd: int, start: int, end: int) -> None:
@@ -369,7 +369,7 @@ def _scan_all(files: list[str], key: SealKey | None, jobs: int | None) -> list[S
     tasks: list[tuple[int, str, Chunk | None]] = []
     for i, f in enumerate(files):
         pieces = -(-cpus // len(files))
-        chunks = _split(f, pieces) if pieces > 1 and not f.endswith(sets.ZST) else [None]
+        chunks = split_file(f, pieces) if pieces > 1 and not f.endswith(sets.ZST) else [None]
         tasks += [(i, f, c) for c in chunks]
     workers = min(len(tasks), cpus)
     if workers <= 1:
@@ -389,13 +389,16 @@ def _scan_all(files: list[str], key: SealKey | None, jobs: int | None) -> list[S
     return results
 
 
-def _split(path: str, pieces: int) -> list[Chunk | None]:
-    """Cut a file at line starts into about *pieces* chunks, each knowing the line before it."""
+def split_file(path: str, pieces: int, min_size: int | None = None) -> list[Chunk | None]:
+    """Cut a file at line starts into about *pieces* chunks, each knowing the line before it.
+
+    ``[None]``: not cut (smaller than *min_size*, default :data:`MIN_SPLIT`).
+    """
     try:
         size = os.path.getsize(path)
     except OSError:
         return [None]
-    if size < MIN_SPLIT:
+    if size < (MIN_SPLIT if min_size is None else min_size):
         return [None]
     out: list[tuple[str, int]] = []
     with open(path, "rb") as f:
