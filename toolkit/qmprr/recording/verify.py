@@ -1,10 +1,12 @@
 """Whole-recording checks behind ``qmprr verify``, for one file or a segment set.
 
 Each line is checked as the reader checks it -- the hash chain over the exact
-line bytes, JSON, ``seq`` continuity, the record's kind and required fields
--- without building typed records: the fast path hashes the line, decodes it
-with orjson and looks at a few fields; only a line that fails there goes
-through the typed schema (:func:`.convert.structure`) for its exact message.
+line bytes, JSON, ``seq`` continuity, the record's kind and its fields' types
+-- without building typed records: the fast path hashes the line and checks
+it against :mod:`.lineschema` (msgspec structs that keep only what is
+checked); only a line that fails there goes through orjson, QEMU's grammar
+and the typed schema (:func:`.convert.structure`) for the verdict and its
+exact message. A large file is cut in chunks verified in parallel processes.
 On top it checks that every reply names an earlier command that had no reply
 yet, and lists the commands still waiting for one when the log ends (in
 flight when QEMU or qmprr stopped: information, not a problem).
