@@ -131,6 +131,11 @@ class Scanner:
         t = self._tail.torn
         return Torn(self.line + 1, t[0], t[1]) if t else None
 
+    @property
+    def _chain_checked(self) -> bool:
+        """Lines' hashes are checked: asked for, and the chain is not keyed (sealed: as the reader without a key)."""
+        return self.check_chain and self.header.seal is None
+
     def _next_file(self, index: int) -> str | None:
         if self.follow:
             return sets.next_segment(self.current)
@@ -157,7 +162,7 @@ class Scanner:
             self._tail.torn = (self._file.tell() - size, size)
 
         def scan(decoder: Decoder, lines: Iterable[bytes]) -> Iterator[bytes]:
-            if lines is self._file and not self.follow and self.check_chain:
+            if lines is self._file and not self.follow and self._chain_checked:
                 chunks = _chunks_of(self.current)
                 if chunks:
                     return self._split_kinds(decoder, chunks, kinds, grep)
@@ -239,7 +244,7 @@ class Scanner:
         self.line = 1
         if header:
             yield (codec.loads(first), first) if pairs else first  # type: ignore[misc]
-        prev = chain.unseal(first)[1].encode("ascii") if self.check_chain else None
+        prev = chain.unseal(first)[1].encode("ascii") if self._chain_checked else None
         decoder = Decoder(self._report, expected=self.header.seq + 1, prev_hash=prev, line=1)
         headers = [(self.current, self.header)]
         index = 0
@@ -279,7 +284,7 @@ class Scanner:
                 if problem is not None:
                     self._report(Problem(1, f"segment {problem}"))
             headers.append((nxt, seg_header))
-            decoder.prev_hash = h.encode("ascii") if self.check_chain else None
+            decoder.prev_hash = h.encode("ascii") if self._chain_checked else None
             decoder.expected = seg_header.seq + 1
             decoder.line = 1
 
