@@ -12,18 +12,22 @@ defensively.
 
 from __future__ import annotations
 
+import io
 import os
-import re
 from binascii import hexlify
 from collections.abc import Callable, Iterable, Iterator
 from hashlib import blake2b
 from typing import Any, BinaryIO
+
+import attrs
+import msgspec
 
 from .. import codec
 from ..errors import NotARecording, RecordingError
 from ..recording import RecordingReader, chain, sets
 from ..recording.model import FORMAT, RECORD_TYPES, Header
 from ..recording.reader import Problem, Torn, link_problem
+from ..recording.verify import Chunk, Window, split_file
 from .follow import POLL_INTERVAL, LineTail
 
 KINDS = frozenset(RECORD_TYPES)
@@ -127,6 +131,11 @@ class Scanner:
         t = self._tail.torn
         return Torn(self.line + 1, t[0], t[1]) if t else None
 
+    @property
+    def _chain_checked(self) -> bool:
+        """Lines' hashes are checked: asked for, and the chain is not keyed (sealed: as the reader without a key)."""
+        return self.check_chain and self.header.seal is None
+
     def _next_file(self, index: int) -> str | None:
         if self.follow:
             return sets.next_segment(self.current)
@@ -136,27 +145,106 @@ class Scanner:
         return self._records(lambda decoder, lines: decoder.decode(lines), header=True)
 
     def kind_lines(self, kinds: frozenset[str], grep: bytes | None = None) -> Iterator[tuple[dict[str, Any], bytes]]:
-        """The records of *kinds* (and holding *grep*), checked as :meth:`__iter__` checks them, faster.
+        """:meth:`kind_raw`'s lines with their decoded dicts."""
+        loads = codec.loads
+        for raw in self.kind_raw(kinds, grep):
+            yield loads(raw), raw
 
-        Every line's chain, ``seq`` and kind are checked from its bytes (qmprr
-        writes ``{"seq":…,"t":…,"kind":"…"`` first); only the lines kept are
-        decoded. A line that does not look as qmprr writes it goes the slow
+    def kind_raw(self, kinds: frozenset[str], grep: bytes | None = None) -> Iterator[bytes]:
+        """The lines of records of *kinds* (and holding *grep*), checked as :meth:`__iter__` checks them, faster.
+
+        Every line's chain, JSON, ``seq``, ``t`` and kind are checked with
+        one hash and one msgspec decode of just those fields (no dicts); the
+        lines are yielded as they are. A line that fails there goes the slow
         way, so its problem is reported as :meth:`__iter__` reports it.
         """
         def torn(size: int) -> None:
             self._tail.torn = (self._file.tell() - size, size)
 
-        return self._records(lambda decoder, lines: _fast_kinds(decoder, lines, kinds, grep, torn),
-                             header="header" in kinds and (grep is None or grep in self._first), direct=True)
+        def scan(decoder: Decoder, lines: Iterable[bytes]) -> Iterator[bytes]:
+            if lines is self._file and not self.follow and self._chain_checked:
+                chunks = _chunks_of(self.current)
+                if chunks:
+                    return self._split_kinds(decoder, chunks, kinds, grep)
+            return _fast_kinds(decoder, lines, kinds, grep, torn)
+
+        return self._records(scan, header="header" in kinds and (grep is None or grep in self._first),  # type: ignore[arg-type, return-value]
+                             direct=True, pairs=False)
+
+    def _split_kinds(self, decoder: Decoder, chunks: list[Chunk], kinds: frozenset[str],
+                     grep: bytes | None) -> Iterator[bytes]:
+        """:func:`_fast_kinds` over a large file, its later chunks scanned by forked processes meanwhile.
+
+        This process reads the first chunk and yields its lines; then, when
+        its chain and seq arrive where the next chunk's scan started from
+        (always, but after damage at the boundary), it takes that chunk's
+        lines and problems (line numbers moved on), else it scans the chunk
+        itself. The output is the serial scan's, line for line.
+        """
+        import multiprocessing
+        import tempfile
+
+        path = self.current
+        fd = self._file.fileno()
+        ctx = multiprocessing.get_context("fork")
+        outs = [tempfile.TemporaryFile(prefix="qmprr-show-") for _ in chunks[1:]]
+        workers = []
+        try:
+            for c, out in zip(chunks[1:], outs):
+                receive, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_chunk_worker, args=(path, c, kinds, grep, out.fileno(), send), daemon=True)
+                proc.start()
+                send.close()
+                workers.append((proc, receive))
+            start = self._file.tell()
+            bounds: list[tuple[Chunk, int]] = [(c, nxt.start) for c, nxt in zip(chunks, chunks[1:])]
+            bounds.append((chunks[-1], 1 << 62))
+            for i, (chunk, end) in enumerate(bounds):
+                result = None
+                if i and decoder.prev_hash == chunk.prev_hash.encode("ascii") and decoder.expected == chunk.prev_seq + 1:
+                    proc, receive = workers[i - 1]
+                    try:
+                        result = receive.recv()
+                    except EOFError:  # the worker died: scan the chunk here
+                        pass
+                    proc.join()
+                if result is not None:  # its scan started where this one arrived: take it
+                    base = decoder.line
+                    for problem in result.problems:
+                        self._report(Problem(problem.line + base, problem.message))
+                    out = outs[i - 1]
+                    out.seek(0)
+                    for lineno, raw in zip(result.lines, out):
+                        decoder.line = base + lineno
+                        yield raw
+                    decoder.line, decoder.prev_hash, decoder.expected = (base + result.last_line, result.prev_hash,
+                                                                         result.expected)
+                    if result.torn:
+                        self._tail.torn = (os.fstat(fd).st_size - result.torn, result.torn)
+                    continue
+                with io.BufferedReader(Window(fd, chunk.start or start, end), 1 << 20) as window:
+                    def torn(size: int, window: Any = window) -> None:
+                        self._tail.torn = (window.tell() - size, size)
+
+                    yield from _fast_kinds(decoder, window, kinds, grep, torn)
+        finally:
+            for proc, receive in workers:
+                if proc.is_alive():
+                    proc.terminate()
+                proc.join()
+                receive.close()
+            for out in outs:
+                out.close()
 
     def _records(self, decode: Callable[[Decoder, Iterable[bytes]], Iterator[tuple[dict[str, Any], bytes]]],
-                 *, header: bool, direct: bool = False) -> Iterator[tuple[dict[str, Any], bytes]]:
-        """*direct*: not following, *decode* reads the file's lines itself (and reports a torn one)."""
+                 *, header: bool, direct: bool = False, pairs: bool = True) -> Iterator[tuple[dict[str, Any], bytes]]:
+        """*direct*: not following, *decode* reads the file's lines itself (and reports a torn one);
+        *pairs*: the header is yielded as *decode* yields lines, ``(dict, raw)`` (else raw)."""
         first = self._first
         self.line = 1
         if header:
-            yield codec.loads(first), first
-        prev = chain.unseal(first)[1].encode("ascii") if self.check_chain else None
+            yield (codec.loads(first), first) if pairs else first  # type: ignore[misc]
+        prev = chain.unseal(first)[1].encode("ascii") if self._chain_checked else None
         decoder = Decoder(self._report, expected=self.header.seq + 1, prev_hash=prev, line=1)
         headers = [(self.current, self.header)]
         index = 0
@@ -196,7 +284,7 @@ class Scanner:
                 if problem is not None:
                     self._report(Problem(1, f"segment {problem}"))
             headers.append((nxt, seg_header))
-            decoder.prev_hash = h.encode("ascii") if self.check_chain else None
+            decoder.prev_hash = h.encode("ascii") if self._chain_checked else None
             decoder.expected = seg_header.seq + 1
             decoder.line = 1
 
@@ -210,56 +298,128 @@ class Scanner:
         self.close()
 
 
-#: How qmprr's writer starts every line: seq, t, kind.
-_PREFIX = re.compile(rb'\{"seq":(0|[1-9][0-9]{0,18}),"t":[-0-9.eE+]+,"kind":"([a-z]+)"')
-_BODY_KINDS_B = frozenset(k.encode() for k in _BODY_KINDS)
+class _Common(msgspec.Struct, gc=False):
+    """The fields every line's record has: what :class:`Decoder` checks of each (the JSON too)."""
+
+    seq: int
+    t: float
+    kind: str
+
+
+_decode_common = msgspec.json.Decoder(_Common).decode
+_BODY_KIND_NAMES = frozenset(_BODY_KINDS)
+
+
+#: A file smaller than this is scanned by one process (:meth:`Scanner.kind_raw`).
+MIN_SPLIT = 16 << 20
+
+
+def _cpus() -> int:
+    return min(len(os.sched_getaffinity(0)), 4)
+
+
+def _chunks_of(path: str) -> list[Chunk]:
+    """Chunks for :meth:`Scanner._split_kinds`, one a CPU, or [] when the file is not worth splitting."""
+    cpus = _cpus()
+    if cpus < 2 or path.endswith(sets.ZST):
+        return []
+    try:
+        if os.path.getsize(path) < MIN_SPLIT:
+            return []
+    except OSError:
+        return []
+    chunks = split_file(path, cpus, min_size=MIN_SPLIT)
+    return [c for c in chunks if c is not None] if len(chunks) > 1 else []
+
+
+@attrs.define
+class _ChunkScan:
+    """What a worker found in its chunk (line numbers from the chunk's start)."""
+
+    problems: list[Problem]
+    lines: list[int]  # the line of each line written out
+    last_line: int
+    prev_hash: bytes | None
+    expected: int | None
+    torn: int  # size of a torn last line, or 0
+
+
+def _scan_chunk(path: str, chunk: Chunk, kinds: frozenset[str], grep: bytes | None, out_fd: int) -> _ChunkScan:
+    """:func:`_fast_kinds` over *chunk* of *path*, its lines written to *out_fd* (a forked worker)."""
+    problems: list[Problem] = []
+    decoder = Decoder(problems.append, expected=chunk.prev_seq + 1, prev_hash=chunk.prev_hash.encode("ascii"))
+    torn = [0]
+    lines: list[int] = []
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with io.BufferedReader(Window(fd, chunk.start, chunk.end), 1 << 20) as window, \
+                open(out_fd, "wb", closefd=False, buffering=1 << 20) as out:
+            write = out.write
+            for raw in _fast_kinds(decoder, window, kinds, grep, lambda size: torn.__setitem__(0, size)):
+                write(raw)
+                lines.append(decoder.line)
+    finally:
+        os.close(fd)
+    return _ChunkScan(problems, lines, decoder.line, decoder.prev_hash, decoder.expected, torn[0])
+
+
+def _chunk_worker(path: str, chunk: Chunk, kinds: frozenset[str], grep: bytes | None, out_fd: int,
+                  send: Any) -> None:
+    """A forked process's work: :func:`_scan_chunk`, its result sent back (None: it failed, scan it again)."""
+    try:
+        result: _ChunkScan | None = _scan_chunk(path, chunk, kinds, grep, out_fd)
+    except Exception:  # noqa: BLE001 - the parent scans the chunk itself and reports what is wrong
+        result = None
+    send.send(result)
+    send.close()
 
 
 def _fast_kinds(decoder: Decoder, lines: Iterable[bytes], kinds: frozenset[str],
-                grep: bytes | None, on_torn: Callable[[int], None]) -> Iterator[tuple[dict[str, Any], bytes]]:
-    """:meth:`Decoder.decode`, keeping only *kinds*, decoding only what it keeps (see :meth:`Scanner.kind_lines`)."""
-    wanted = frozenset(k.encode() for k in kinds)
-    body_kinds, mark_b, end_b, loads, match = _BODY_KINDS_B, _H_MARK, b'"}\n', codec.loads, _PREFIX.match
+                grep: bytes | None, on_torn: Callable[[int], None]) -> Iterator[bytes]:
+    """:meth:`Decoder.decode`, keeping only the lines of *kinds* (see :meth:`Scanner.kind_raw`)."""
+    body_kinds, mark_b, end_b, tail, common = _BODY_KIND_NAMES, _H_MARK, b'"}\n', _H_TAIL, _decode_common
+    refused = (msgspec.DecodeError, UnicodeDecodeError)
     check = decoder.prev_hash is not None
+    new_hash = blake2b(digest_size=16).copy
     prev = decoder.prev_hash or b""
     expected = decoder.expected
-    lineno = decoder.line
-    for raw in lines:
-        lineno += 1
-        m = match(raw)
-        mark = len(raw) - _H_TAIL
-        ok = (m is not None and expected is not None and int(m[1]) == expected and raw[mark : mark + 6] == mark_b
-              and raw[-3:] == end_b)
-        if ok and check:
-            ok = hexlify(blake2b(prev + raw[:mark] + b"}", digest_size=16).digest()) == raw[mark + 6 : -3]
+    lineno = first = decoder.line
+    for lineno, raw in enumerate(lines, first + 1):  # noqa: B007 - lineno is used after the loop
+        mark = len(raw) - tail
+        if check:
+            hasher = new_hash()  # chain.link: blake2b(prev + body, digest_size=16)
+            hasher.update(prev)
+            hasher.update(raw[:mark])
+            hasher.update(b"}")
+            h = hexlify(hasher.digest())
+            ok = raw[mark:] == mark_b + h + end_b  # the "h" member, well-formed and linked
+        else:
+            h = raw[mark + 6 : -3]
+            ok = raw[mark : mark + 6] == mark_b and raw[-3:] == end_b
         if ok:
-            kind = m[2]  # type: ignore[index]
-            if kind not in body_kinds:
-                ok = False
+            try:
+                rec = common(raw)
+                if not raw.isascii():
+                    raw.decode()  # msgspec does not check UTF-8 in what it skips; orjson does
+                kind = rec.kind
+                if rec.seq == expected and kind in body_kinds:
+                    prev = h
+                    expected = rec.seq + 1
+                    if kind in kinds and (grep is None or grep in raw):
+                        decoder.line = lineno
+                        yield raw
+                    continue
+            except refused:
+                pass
         elif raw[-1:] != b"\n":  # only the last line can lack its newline
             on_torn(len(raw))
             lineno -= 1  # not a line taken in
             break
-        if ok:
-            if kind not in wanted or (grep is not None and grep not in raw):
-                prev = raw[mark + 6 : -3]
-                expected += 1  # type: ignore[operator]
-                continue
-            try:
-                d = loads(raw)
-            except codec.JSONDecodeError:
-                d = None  # the slow way reports it
-            if type(d) is dict and d.get("seq") == expected and type(d.get("t")) in _NUMBERS:
-                prev = raw[mark + 6 : -3]
-                expected += 1  # type: ignore[operator]
-                decoder.line = lineno
-                yield d, raw
-                continue
         # The slow way, for one line: the Decoder's exact checks and messages.
         decoder.prev_hash, decoder.expected, decoder.line = (prev if check else None), expected, lineno - 1
         for d, r in decoder.decode((raw,)):
             if d.get("kind") in kinds and (grep is None or grep in r):
-                yield d, r
+                yield r
         prev, expected = decoder.prev_hash or b"", decoder.expected
     decoder.prev_hash, decoder.expected, decoder.line = (prev if check else None), expected, lineno
 

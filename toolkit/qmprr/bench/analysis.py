@@ -228,3 +228,10 @@ def run(records: int = 1_000_000, folder: str | None = None) -> None:
         print(f"  commands only: qmprr show ... --kind command {n_plain:,} lines in {t_plain:.2f} s; "
               f"jq select(...) {n_jq_plain:,} lines in {t_jq_plain:.2f} s   qmprr/jq speed: "
               f"{t_jq_plain / t_plain:.1f}x{'' if n_jq_plain == n_plain else '   COUNTS DIFFER'}")
+        # Issue 13's goal: the kind filter alone, where show prints the recording's own lines.
+        n_ev, t_ev = _count_lines([sys.executable, "-m", "qmprr.cli", "show", path, "--kind", "event",
+                                   "--json"])
+        n_jq_ev, t_jq_ev = _count_lines([jq, "-c", 'select(.kind=="event")', path])
+        print(f"  events only: qmprr show --kind event --json {n_ev:,} lines in {t_ev:.2f} s; "
+              f"jq -c 'select(.kind==\"event\")' {n_jq_ev:,} lines in {t_jq_ev:.2f} s   qmprr/jq speed: "
+              f"{t_jq_ev / t_ev:.1f}x   goal >= 3x{'' if n_jq_ev == n_ev else '   COUNTS DIFFER'}")

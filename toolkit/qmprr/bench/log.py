@@ -91,6 +91,13 @@ def _loop_seconds(path: str, loads: Callable[[bytes], object]) -> float:
     return time.perf_counter() - start
 
 
+def _cpu_loop_seconds(path: str) -> float:
+    """CPU seconds of the orjson.loads loop over *path* (what a busy machine does not change much)."""
+    start = _cpu_seconds()
+    _loop_seconds(path, orjson.loads)
+    return _cpu_seconds() - start
+
+
 def write_set(folder: str, n: int, rotation: Rotation) -> float:
     """Write *n* synthetic records as a segment set under *folder*; the seconds it took."""
     start = time.perf_counter()
@@ -100,8 +107,8 @@ def write_set(folder: str, n: int, rotation: Rotation) -> float:
     return time.perf_counter() - start
 
 
-def _segments(records: int, size: int, tmp: str) -> None:
-    """Rotation and compression: write rates, ratio, and verify of a set against the orjson loop."""
+def _segments(records: int, size: int, tmp: str) -> list[str]:
+    """Rotation and compression: write rates, ratio, and verify of a set against the orjson loop (the goals' lines)."""
     print("\nsegment sets (10 segments)")
     seg = max(size // 10, 4096)
     plain, packed = os.path.join(tmp, "plain"), os.path.join(tmp, "packed")
@@ -120,6 +127,7 @@ def _segments(records: int, size: int, tmp: str) -> None:
     n = records + len(files)
     t_loop = _loop_seconds(plain, orjson.loads)
     one = files[1]  # the first one would stand for the whole set
+    ratios: dict[str, float] = {}
     for label, path, jobs in (("one segment", one, None), ("set, 1 process", plain, 1),
                               ("set, all CPUs", plain, None), ("compressed set, all CPUs", packed, None)):
         count = n if path != one else sum(1 for _ in open(one, "rb"))
@@ -131,13 +139,20 @@ def _segments(records: int, size: int, tmp: str) -> None:
             raise SystemExit(f"verify found problems in the benchmark set: {report.problems[:3]}")
         print(f"  verify {label:<26} {count / secs:>12,.0f} records/s  {loop / secs:5.2f}x the orjson loop"
               f" ({count / loop:,.0f}/s)")
-    print(f"  verify peak memory, set, all CPUs: {peak_rss_kib('verify', plain) / 1024:.1f} MiB")
+        ratios[label] = loop / secs
+    peak = peak_rss_kib("verify", plain) / 1024
+    print(f"  verify peak memory, set, all CPUs: {peak:.1f} MiB")
+    cpus = len(os.sched_getaffinity(0))
+    return [f"verify a {len(files)}-segment set, {cpus} CPUs: {ratios['set, all CPUs']:.2f}x (1 process:"
+            f" {ratios['set, 1 process']:.2f}x, zstd: {ratios['compressed set, all CPUs']:.2f}x)   goal >= 1.0x",
+            f"verify peak memory (set): {peak:.0f} MiB   goal <= 100 MB"]
 
 
 def run(records: int = 1_000_000, always_records: int = 2_000, folder: str | None = None) -> None:
     """Run the benchmark and print its figures."""
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        print(f"qmprr bench log: {records:,} records (sync=always: {always_records:,}), in {tmp}")
+        print(f"qmprr bench log: {records:,} records (sync=always: {always_records:,}), in {tmp}; {_load()}")
+        goals: list[str] = []
         print("\nwrite throughput")
         big = os.path.join(tmp, "big.jsonl")
         rates = {}
@@ -156,21 +171,27 @@ def run(records: int = 1_000_000, always_records: int = 2_000, folder: str | Non
         print(f"  ratio batch/none: {rates[SyncPolicy.BATCH] / rates[SyncPolicy.NONE]:.2f}  "
               f"always/none: {rates[SyncPolicy.ALWAYS] / rates[SyncPolicy.NONE]:.4f}")
 
-        print("\nread throughput over the same file")
+        print("\nread throughput over the same file (one segment)")
         t_json = _loop_seconds(big, json.loads)
         t_orjson = _loop_seconds(big, orjson.loads)
-        start = time.perf_counter()
-        report = verify(big)
-        t_verify = time.perf_counter() - start
-        if not report.ok:
-            raise SystemExit(f"verify found problems in the benchmark file: {report.problems[:3]}")
+        t_one = _verify_seconds(big, 1)
+        t_verify = _verify_seconds(big, None)
         n = records + 1
+        cpus = len(os.sched_getaffinity(0))
         for label, secs in (
             ("json.loads loop (baseline)", t_json),
             ("orjson.loads loop", t_orjson),
-            ("qmprr read + verify", t_verify),
+            ("verify, 1 process", t_one),
+            (f"verify, {cpus} CPUs (split)", t_verify),
         ):
-            print(f"  {label:<28} {secs:8.2f} s {n / secs:>12,.0f} records/s  {t_json / secs:5.2f}x baseline")
+            print(f"  {label:<28} {secs:8.2f} s {n / secs:>12,.0f} records/s  {t_json / secs:5.2f}x baseline"
+                  f"  {t_orjson / secs:5.2f}x orjson")
+        cpu_loop = _cpu_loop_seconds(big)
+        print(f"  CPU time per record: orjson loop {cpu_loop / n * 1e6:.2f} us, verify {_CPU[big, 1] / n * 1e6:.2f} us"
+              f" (1 process), {_CPU[big, None] / n * 1e6:.2f} us (split, all processes)")
+        goals.append(f"verify one segment ({records:,} records), {cpus} CPUs: {t_orjson / t_verify:.2f}x the orjson"
+                     f" loop (1 process: {t_orjson / t_one:.2f}x; by CPU time: {cpu_loop / _CPU[big, 1]:.2f}x)"
+                     "   goal >= 0.6x")
 
         print("\nreader peak memory (child process, max RSS)")
         base = peak_rss_kib("import", big)
@@ -178,4 +199,31 @@ def run(records: int = 1_000_000, always_records: int = 2_000, folder: str | Non
         print(f"  import only: {base / 1024:.1f} MiB   read + verify {records:,} records: "
               f"{peak / 1024:.1f} MiB   difference: {(peak - base) / 1024:.1f} MiB")
         os.remove(big)
-        _segments(records, size, tmp)
+        goals += _segments(records, size, tmp)
+        print(f"\nissue 13's goals, each against the orjson.loads loop in this run ({_load()} at the end)")
+        for line in goals:
+            print(f"  {line}")
+
+
+def _verify_seconds(path: str, jobs: int | None) -> float:
+    start, cpu = time.perf_counter(), _cpu_seconds()
+    report = verify(path, jobs=jobs)
+    secs = time.perf_counter() - start
+    if not report.ok:
+        raise SystemExit(f"verify found problems in the benchmark file: {report.problems[:3]}")
+    _CPU[path, jobs] = _cpu_seconds() - cpu
+    return secs
+
+
+#: CPU seconds (this process and its reaped workers) of each verify run, by (path, jobs).
+_CPU: dict[tuple[str, int | None], float] = {}
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (5 min: {five:.2f}) on {len(os.sched_getaffinity(0))} CPUs"

@@ -42,7 +42,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         if args.json:
             write = out.buffer.write if hasattr(out, "buffer") else (lambda b: out.write(b.decode()))
             if flt.kinds_only:  # no record's context needed: the fast path
-                for _, raw in scanner.kind_lines(flt.kinds, flt.grep):  # type: ignore[arg-type]
+                for raw in scanner.kind_raw(flt.kinds, flt.grep):  # type: ignore[arg-type]
                     write(raw)
                     if args.follow:
                         out.flush()

@@ -1,10 +1,12 @@
 """Whole-recording checks behind ``qmprr verify``, for one file or a segment set.
 
 Each line is checked as the reader checks it -- the hash chain over the exact
-line bytes, JSON, ``seq`` continuity, the record's kind and required fields
--- without building typed records: the fast path hashes the line, decodes it
-with orjson and looks at a few fields; only a line that fails there goes
-through the typed schema (:func:`.convert.structure`) for its exact message.
+line bytes, JSON, ``seq`` continuity, the record's kind and its fields' types
+-- without building typed records: the fast path hashes the line and checks
+it against :mod:`.lineschema` (msgspec structs that keep only what is
+checked); only a line that fails there goes through orjson, QEMU's grammar
+and the typed schema (:func:`.convert.structure`) for the verdict and its
+exact message. A large file is cut in chunks verified in parallel processes.
 On top it checks that every reply names an earlier command that had no reply
 yet, and lists the commands still waiting for one when the log ends (in
 flight when QEMU or qmprr stopped: information, not a problem).
@@ -24,6 +26,7 @@ short, or its writer crashed: ``qmprr repair --seal-key`` seals a crashed one).
 
 from __future__ import annotations
 
+import io
 import os
 from binascii import hexlify
 from hashlib import blake2b
@@ -34,23 +37,15 @@ import orjson
 
 from .. import codec
 from ..errors import RecordingError
-from . import convert, sets
+from . import convert, lineschema, sets
 from .chain import SealKey
 from .encode import END_SEAL_TEXT
-from .model import RECORD_TYPES, Command, Header
+from .model import Command, Header, Record
 from .reader import Problem, RecordingReader, Torn, link_problem
 
 _H_MARK = b',"h":"'
 _H_TAIL = len(_H_MARK) + 32 + 3  # the mark, 32 hex digits, '"}\n'
-_NUMBERS = (int, float)
 _BROKEN = "hash chain broken: the line was edited, or a line before it was deleted, inserted or moved"
-#: Per kind: the fields it must have, and whether ``msg`` is one (the fast path's checks; the
-#: typed schema decides anything they do not accept).
-_CHECKS = {
-    kind: (frozenset(a.name for a in attrs.fields(cls) if a.default is attrs.NOTHING),
-           any(a.name == "msg" and a.default is attrs.NOTHING for a in attrs.fields(cls)))
-    for kind, cls in RECORD_TYPES.items()
-}
 
 
 @attrs.define
@@ -100,7 +95,7 @@ class SegmentResult:
     last_note: str | None = None  # text of the last record when it is a note
     last_line: int = 1  # line of the last good record
     lines: int = 0  # lines read (of a chunk: from its start)
-    pending: dict[int, dict[str, Any]] = attrs.Factory(dict)  # commands with no reply in this segment
+    pending: dict[int, bytes] = attrs.Factory(dict)  # lines of commands with no reply in this segment
     orphans: list[tuple[int, int, int]] = attrs.Factory(list)  # (line, reply seq, cmd) not matched here
 
 
@@ -132,112 +127,136 @@ def scan_segment(path: str, key: SealKey | None = None, chunk: Chunk | None = No
         header = reader.header
         result = SegmentResult(path, header, reader._prev_hash, reader.chain_checked)
         key_bytes = key.key if key is not None and reader.chain_checked else None
-        if chunk is None or chunk.start == 0:
-            _scan_lines(reader._file, result, key_bytes, prev=reader._prev_hash, seq=header.seq, lineno=1,
-                        end=chunk.end if chunk else float("inf"))
+        f = reader._file
+        if chunk is None:
+            _scan_lines(f, result, key_bytes, prev=reader._prev_hash, seq=header.seq, lineno=1)
         else:
-            reader._file.seek(chunk.start)
-            _scan_lines(reader._file, result, key_bytes, prev=chunk.prev_hash, seq=chunk.prev_seq, lineno=0,
-                        offset=chunk.start, end=chunk.end)
+            with io.BufferedReader(Window(f.fileno(), chunk.start or f.tell(), chunk.end), 1 << 20) as window:
+                if chunk.start == 0:
+                    _scan_lines(window, result, key_bytes, prev=reader._prev_hash, seq=header.seq, lineno=1)
+                else:
+                    _scan_lines(window, result, key_bytes, prev=chunk.prev_hash, seq=chunk.prev_seq, lineno=0)
     return result
 
 
-def _scan_lines(f: Any, r: SegmentResult, key: bytes | None, *, prev: str, seq: int, lineno: int,
-                offset: int | None = None, end: float = float("inf")) -> None:
-    """The fast loop: no typed records, each line hashed as it is on disk."""
-    loads, decode_error = orjson.loads, orjson.JSONDecodeError
-    checks, numbers, mark_bytes, end_bytes = _CHECKS, _NUMBERS, _H_MARK, b'"}\n'
+class Window(io.RawIOBase):
+    """Bytes ``[start, end)`` of an open file (a chunk), read with pread: its own position, EOF at *end*."""
+
+    def __init__(self, fd: int, start: int, end: int) -> None:
+        self._fd, self._pos, self._end = fd, start, end
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        data = os.pread(self._fd, min(len(b), self._end - self._pos), self._pos)
+        b[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:  # the fd is the reader's
+        super().close()
+
+
+def _scan_lines(f: Any, r: SegmentResult, key: bytes | None, *, prev: str, seq: int, lineno: int) -> None:
+    """The fast loop: each line hashed as it is on disk, checked by :mod:`.lineschema`, no typed records.
+
+    The common case costs one hash, one comparison (the line's ``"h"``
+    member, well-formed and linked) and one msgspec decode; anything else
+    (a torn or malformed line, a broken link, a line the schema refuses, a
+    seq gap) leaves the fast path to find out exactly what is wrong.
+    """
+    decode, refused = lineschema.decode_unchecked, lineschema.Refused
+    mark_bytes, end_bytes, tail = _H_MARK, b'"}\n', _H_TAIL
     problems = r.problems
     add_problem = problems.append
     pending = r.pending
     answered: set[int] = set()
     check = r.chain_checked
+    new_hash = (blake2b(digest_size=16) if key is None else blake2b(digest_size=16, key=key)).copy
     prev_b = prev.encode("ascii")
     expected = seq + 1
+    first_line = lineno
+    start_problems = len(problems)
     final_seq = seq
     last_line = lineno
-    records = 1 if lineno else 0
-    last_d: Any = None
-    if offset is None:
-        offset = f.tell()
+    last: Any = None
+    damaged = ""
+    kept = 0  # problems on lines that still count as records
     try:
-        for raw in f:
-            if offset >= end:
-                break
-            lineno += 1
-            if raw[-1] != 10:
-                r.torn = (lineno, offset, len(raw))
-                break
-            offset += len(raw)
-            mark = len(raw) - _H_TAIL
-            if raw[mark : mark + 6] != mark_bytes or raw[-3:] != end_bytes:
-                add_problem((lineno, _format_problem(raw)))
-                continue
-            h = raw[mark + 6 : -3]
-            if not check:
-                good = True
-            elif key is None:
-                good = hexlify(blake2b(prev_b + raw[:mark] + b"}", digest_size=16).digest()) == h
+        for lineno, raw in enumerate(f, first_line + 1):  # noqa: B007 - lineno is used after the loop
+            mark = len(raw) - tail
+            if check:
+                hasher = new_hash()  # == blake2b(prev + body, digest_size=16[, key]): chain.link
+                hasher.update(prev_b)
+                hasher.update(raw[:mark])
+                hasher.update(b"}")
+                h = hexlify(hasher.digest())
+                broken = raw[mark:] != mark_bytes + h + end_bytes  # the "h" member, well-formed and linked
             else:
-                good = hexlify(blake2b(prev_b + raw[:mark] + b"}", digest_size=16, key=key).digest()) == h
+                broken = True
+            if broken:
+                if raw[-1] != 10:
+                    r.torn = (lineno, f.tell() - len(raw), len(raw))
+                    break
+                if raw[mark : mark + 6] != mark_bytes or raw[-3:] != end_bytes:
+                    add_problem((lineno, _format_problem(raw)))
+                    continue
+                h = raw[mark + 6 : -3]
+                broken = check
             prev_b = h
             try:
-                d = loads(raw)  # the whole line: "h" is one more member
-                kind = d["kind"]
-                seq = d["seq"]
-                need, msg = checks[kind]
-                fast = (type(seq) is int and seq >= 0 and type(d["t"]) in numbers and need <= d.keys()
-                        and (not msg or type(d["msg"]) is dict))
-            except decode_error:
-                try:
-                    d = codec.loads(raw)  # what orjson refuses but qmprr writes (deep nesting, 1e999)
-                except codec.JSONDecodeError as exc:
-                    add_problem((lineno, f"invalid JSON: {exc}"))
+                rec: Any = decode(raw)  # the whole line: "h" is one more member
+                if not raw.isascii():
+                    raw.decode()  # lineschema.decode's UTF-8 check, inline
+                kind = rec.K
+            except refused:
+                rec = _slow_record(raw)
+                if type(rec) is str:
+                    add_problem((lineno, rec))
                     continue
-                fast = False
-            except (KeyError, TypeError, AttributeError):
-                fast = False
-            if not fast:
-                message = _slow_problem(d)
-                if message is not None:
-                    add_problem((lineno, message))
-                    continue
-                kind, seq = d["kind"], d["seq"]
-            exp, expected = expected, seq + 1
-            if not good:
-                add_problem((lineno, _BROKEN))
+                kind = rec.kind
+            seq = rec.seq
+            if broken or seq != expected:
+                add_problem((lineno, _BROKEN if broken else f"seq {seq} where {expected} was expected"))
+                expected = seq + 1
                 continue
-            if seq != exp:
-                add_problem((lineno, f"seq {seq} where {exp} was expected"))
-                continue
+            expected = seq + 1
             if kind == "command":
-                pending[seq] = d
+                pending[seq] = raw
             elif kind == "reply":
-                cmd = d["cmd"]
+                cmd = rec.cmd
                 if cmd in pending:
                     del pending[cmd]
                     answered.add(cmd)
                 elif cmd >= seq:
                     add_problem((lineno, f"reply names seq {cmd}, not an earlier record"))
+                    kept += 1  # still a record
                 elif cmd in answered:
                     add_problem((lineno, f"second reply to the command at seq {cmd}"))
+                    kept += 1
                 else:
                     r.orphans.append((lineno, seq, cmd))
             elif kind == "header":
                 add_problem((lineno, "a second header"))
                 continue
-            records += 1
-            final_seq = seq
+            last = rec
             last_line = lineno
-            last_d = d
     except OSError as exc:  # a damaged .zst
-        add_problem((lineno + 1, str(exc)))
-    r.records = records
-    r.final_seq = final_seq
+        damaged = str(exc)
+    read = lineno - first_line - (r.torn is not None)
+    r.records = (1 if first_line else 0) + read - (len(problems) - start_problems - kept)
+    if damaged:
+        add_problem((lineno + 1, damaged))
+    r.lines = lineno
     r.last_line = last_line
     r.final_hash = prev_b.decode("ascii", "replace")
-    r.lines = lineno
-    r.last_note = last_d.get("text") if last_d is not None and last_d["kind"] == "note" else None
+    r.final_seq = final_seq if last is None else last.seq
+    kind = "" if last is None else last.K if isinstance(last, lineschema.LineRecord) else last.kind
+    r.last_note = last.text if kind == "note" else None
 
 
 def _format_problem(raw: bytes) -> str:
@@ -250,13 +269,20 @@ def _format_problem(raw: bytes) -> str:
     return 'line has no well-formed "h" member at its end'
 
 
-def _slow_problem(d: Any) -> str | None:
-    """The typed schema's verdict on a line the fast path did not accept (None: it is fine)."""
+def _slow_record(raw: bytes) -> Record | str:
+    """The typed record of a line the fast schema refused, or what is wrong with it.
+
+    orjson, then QEMU's grammar (what orjson refuses but qmprr writes: deep
+    nesting, 1e999), then the typed schema: its verdict and message decide.
+    """
     try:
-        convert.structure(d)
+        d = codec.loads(raw)
+    except codec.JSONDecodeError as exc:
+        return f"invalid JSON: {exc}"
+    try:
+        return convert.structure(d)
     except convert.RecordSchemaError as exc:
         return str(exc)
-    return None
 
 
 def verify(
@@ -281,7 +307,7 @@ def verify(
     report = VerifyReport(path=path, header=first.header, files=files,
                           chain_checked=all(r.chain_checked for r in results))
     problems: list[Problem] = []
-    pending: dict[int, dict[str, Any]] = {}
+    pending: dict[int, bytes] = {}
     for i, r in enumerate(results):
         where = None if len(results) == 1 else r.file
         problems += [Problem(line, message, where) for line, message in r.problems]
@@ -316,7 +342,7 @@ def verify(
         problems += _start_problems(results, report)
     report.records = sum(r.records for r in results)
     report.problems = sorted(problems, key=lambda p: (files.index(p.file) if p.file in files else 0, p.line))
-    report.in_flight = [convert.structure(d) for d in pending.values()]  # type: ignore[misc]
+    report.in_flight = [convert.structure(codec.loads(line)) for line in pending.values()]  # type: ignore[misc]
     return report
 
 
@@ -345,7 +371,7 @@ def _scan_all(files: list[str], key: SealKey | None, jobs: int | None) -> list[S
     tasks: list[tuple[int, str, Chunk | None]] = []
     for i, f in enumerate(files):
         pieces = -(-cpus // len(files))
-        chunks = _split(f, pieces) if pieces > 1 and not f.endswith(sets.ZST) else [None]
+        chunks = split_file(f, pieces) if pieces > 1 and not f.endswith(sets.ZST) else [None]
         tasks += [(i, f, c) for c in chunks]
     workers = min(len(tasks), cpus)
     if workers <= 1:
@@ -365,13 +391,16 @@ def _scan_all(files: list[str], key: SealKey | None, jobs: int | None) -> list[S
     return results
 
 
-def _split(path: str, pieces: int) -> list[Chunk | None]:
-    """Cut a file at line starts into about *pieces* chunks, each knowing the line before it."""
+def split_file(path: str, pieces: int, min_size: int | None = None) -> list[Chunk | None]:
+    """Cut a file at line starts into about *pieces* chunks, each knowing the line before it.
+
+    ``[None]``: not cut (smaller than *min_size*, default :data:`MIN_SPLIT`).
+    """
     try:
         size = os.path.getsize(path)
     except OSError:
         return [None]
-    if size < MIN_SPLIT:
+    if size < (MIN_SPLIT if min_size is None else min_size):
         return [None]
     out: list[tuple[str, int]] = []
     with open(path, "rb") as f:
