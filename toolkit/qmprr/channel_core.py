@@ -704,19 +704,14 @@ class ChannelCore:
         except Exception as exc:  # noqa: BLE001 - anything the encoder refuses is refused here
             self._refuse(item, ChannelError(f"cannot encode {item.name!r} for QEMU: {exc}"))
             return
-        record = Command(
-            src=item.src,
-            role=item.role,  # type: ignore[arg-type]  # role strings are the callers'; Record.role names the known ones
-            msg=Msg(sent),
-            client_id=item.client_id if item.client_id != wire_id else ABSENT,
-            tx=item.tx,
-            queued=self._offset(item.asked) if self._now - item.asked > QUEUED_THRESHOLD else None,
-        )
-        ok = written = self._append(record)
+        queued = self._offset(item.asked) if self._now - item.asked > QUEUED_THRESHOLD else None
+        client_id = item.client_id if item.client_id != wire_id else ABSENT
+        seq = self._append_command(item.src, item.role, sent, client_id, item.tx, queued)
+        ok = written = seq is not None
         for index in range(item.fds):
             info = Msg(item.fd_info[index]) if index < len(item.fd_info) else None
             ok = ok and bool(self._append(
-                Fd(src=item.src, placeholder=f"fd:{next(self._fd_ids)}", cmd=record.seq, stat=info)))
+                Fd(src=item.src, placeholder=f"fd:{next(self._fd_ids)}", cmd=seq, stat=info)))
         if not ok and item.role != INTERNAL_ROLE:
             self._refuse(item, LogUnavailable(
                 f"{self.log.path}: cannot record {item.name!r} ({self._log_error}): command not sent;"
@@ -724,7 +719,7 @@ class ChannelCore:
             return
         if not ok:
             self.lost["command sent unrecorded"] += 1
-        self._in_flight = _InFlight(item, wire_id, record.seq if written else None, self._now)
+        self._in_flight = _InFlight(item, wire_id, seq if written else None, self._now)
         if item.tx is not None:
             self._tx_input(TxInput.SEND, None)
         self._out.append(Write(item.token, data, item.fds > 0))
@@ -742,7 +737,7 @@ class ChannelCore:
             match = IdMatch.OTHER
         route, why = ATTRIBUTION.get((kind, match), (Route.UNEXPECTED, f"a message of kind {kind.value}"))
         if route is Route.EVENT:
-            if self._append(Event(msg=Msg(msg))):
+            if self._append_event(msg):
                 self._out.append(Fanout(msg))
         elif route is Route.REPLY and flight is not None:
             self._reply(flight, msg)
@@ -754,7 +749,7 @@ class ChannelCore:
         ask = flight.ask
         self._tokens.discard(ask.token)
         if flight.seq is not None:
-            recorded = self._append(Reply(cmd=flight.seq, msg=Msg(msg)))
+            recorded = self._append_reply(flight.seq, msg)
         else:  # qmprr's own command went out unrecorded: a reply record would name no command
             recorded = self._note(f"QEMU's reply to {ask.name!r}, sent unrecorded by qmprr", {"msg": msg})
         if self.wedged is not None:
@@ -872,6 +867,40 @@ class ChannelCore:
     def _note(self, text: str, data: dict[str, Any] | None = None) -> bool:
         return self._append(Note(text=text, data=Msg(data) if data is not None else None))
 
+    # The hot path: a sink with append_command/reply/event (RecordWriter) builds those
+    # records straight to bytes, the same lines; any other sink gets the typed records.
+
+    def _append_command(
+        self, src: str, role: str, msg: dict[str, Any], client_id: Any, tx: int | None, queued: float | None
+    ) -> int | None:
+        """Write a ``command`` record; its seq, or None if it was not written."""
+        hot = getattr(self.log, "append_command", None)
+        if hot is None:
+            record = Command(src=src, role=role, msg=Msg(msg), client_id=client_id, tx=tx, queued=queued)  # type: ignore[arg-type]  # role strings are the callers'; Record.role names the known ones
+            return record.seq if self._append(record) else None
+        return self._guarded("command", hot, src=src, role=role, msg=msg, client_id=client_id, tx=tx, queued=queued)
+
+    def _append_reply(self, cmd: int, msg: dict[str, Any]) -> bool:
+        hot = getattr(self.log, "append_reply", None)
+        if hot is None:
+            return self._append(Reply(cmd=cmd, msg=Msg(msg)))
+        return self._guarded("reply", hot, cmd=cmd, msg=msg) is not None
+
+    def _append_event(self, msg: dict[str, Any]) -> bool:
+        hot = getattr(self.log, "append_event", None)
+        if hot is None:
+            return self._append(Event(msg=Msg(msg)))
+        return self._guarded("event", hot, msg=msg) is not None
+
+    def _guarded(self, kind: str, append: Callable[..., int], **fields: Any) -> int | None:
+        if self.closed_reason is not None:
+            return None
+        try:
+            return append(**fields)
+        except Exception as exc:  # noqa: BLE001 - a log that fails must not stop the channel
+            self._log_failed(kind, exc)
+            return None
+
     def _append(self, record: Record) -> bool:
         """Write *record*; on failure count it as lost and pause (see :meth:`tick`)."""
         if self.closed_reason is not None and not isinstance(record, Close):
@@ -880,13 +909,17 @@ class ChannelCore:
             self.log.append(record)
             return True
         except Exception as exc:  # noqa: BLE001 - a log that fails must not stop the channel
-            self.lost[record.kind] += 1
-            if isinstance(exc, (QmprrError, OSError)) and self.paused_since is None:
-                self.paused_since = self._now
-                self._log_error = str(exc)
-                self._retry_delay = LOG_RETRY_FIRST
-                self._retry_at = self._now + self._retry_delay
+            self._log_failed(record.kind, exc)
             return False
+
+    def _log_failed(self, kind: str, exc: Exception) -> None:
+        """A record could not be written: count it as lost and pause (see :meth:`tick`)."""
+        self.lost[kind] += 1
+        if isinstance(exc, (QmprrError, OSError)) and self.paused_since is None:
+            self.paused_since = self._now
+            self._log_error = str(exc)
+            self._retry_delay = LOG_RETRY_FIRST
+            self._retry_at = self._now + self._retry_delay
 
     def _retry_log(self) -> None:
         """Try the ``note`` that says the log works again; resume if it is written."""

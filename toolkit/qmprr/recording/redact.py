@@ -510,6 +510,20 @@ class RecordScrubber:
                 d = scrub(d, values)
         return d
 
+    # -- the writer's hot path asks first whether :meth:`record` would change anything --
+
+    def passes_command(self, msg: dict[str, Any]) -> bool:
+        """Whether a ``command`` record of *msg* goes through unchanged (but for :meth:`echoes`)."""
+        return self.redactor.builtin and not self._may_hold(msg)
+
+    def passes_reply(self, cmd: int) -> bool:
+        """Whether the ``reply`` record to *cmd* goes through unchanged (but for :meth:`echoes`)."""
+        return cmd not in self._pending
+
+    def echoes(self, body: bytes) -> bool:
+        """Whether a record's JSON bytes hold one of the secret values known so far."""
+        return any(self._encoded(v) in body for v in self.values)
+
     def _may_hold(self, msg: dict[str, Any]) -> bool:
         """Whether a rule could apply to *msg* (the fast path skips all others)."""
         name = wire.command_name(msg)
