@@ -233,7 +233,7 @@ class Channel:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.closed = asyncio.Event()
-        self._reader_task: asyncio.Task[None] | None = None
+        self._upstream: _Upstream | None = None
 
     @property
     def closed_reason(self) -> str | None:
@@ -299,7 +299,7 @@ class Channel:
         try:
             log.append(Greeting(msg=Msg(greeting)))
             channel._apply(channel._core.receive_messages(leftover, now=time.monotonic()))
-            channel._reader_task = asyncio.create_task(channel._read_loop(), name="qmprr-upstream")
+            channel._start_reading()
             async with asyncio.timeout(greeting_timeout):
                 reply = await channel.execute(
                     {"execute": "qmp_capabilities"}, src=INTERNAL_SRC, role="internal"
@@ -539,6 +539,13 @@ class Channel:
             except (OSError, ChannelError) as exc:
                 self._shutdown("error", f"write to QEMU failed: {exc}")
 
+    async def _drained(self) -> None:
+        upstream = self._upstream
+        if upstream is not None:
+            await upstream.drained()
+        else:
+            await self._writer.drain()
+
     async def _send_with_fds(self, data: bytes, fds: Sequence[int]) -> None:
         """Write *data* with *fds* attached, once everything before it has left the transport.
 
@@ -547,7 +554,7 @@ class Channel:
         follows through the (empty) transport, still in order.
         """
         while self._transport.get_write_buffer_size():
-            await self._writer.drain()  # returns once the buffer is empty (no high-water mark)
+            await self._drained()  # returns once the buffer is empty (no high-water mark)
             if self._transport.get_write_buffer_size():
                 await asyncio.sleep(0.001)  # a transport that ignored the limits: wait for it
         raw = self._transport.get_extra_info("socket")
@@ -585,22 +592,22 @@ class Channel:
         self._timer, self._timer_at = None, None
         self._apply(self._core.tick(time.monotonic()))
 
-    async def _read_loop(self) -> None:
-        reason, detail = "eof", "QEMU closed the monitor connection"
-        try:
-            while True:
-                data = await self._reader.read(READ_CHUNK)
-                if not data:
-                    break
-                self._apply(self._core.receive(data, now=time.monotonic()))
-        except (ConnectionResetError, BrokenPipeError):
-            reason, detail = "eof", "QEMU closed the monitor connection (reset)"
-        except (ConnectionError, OSError) as exc:
-            reason, detail = "error", f"reading from QEMU failed: {exc}"
-        except asyncio.CancelledError:
-            self._shutdown("stopped", "qmprr closed the connection")
-            raise
-        self._shutdown(reason, detail)
+    def _start_reading(self) -> None:
+        """From now on QEMU's bytes go straight from the transport to the core (:class:`_Upstream`).
+
+        The stream reader that read the greeting steps aside: what it still
+        holds is fed first, then its transport calls our protocol.
+        """
+        upstream = self._upstream = _Upstream(self)
+        self._transport.set_protocol(upstream)
+        buffered = bytes(getattr(self._reader, "_buffer", b""))  # read past the greeting, not yet consumed
+        if buffered:
+            upstream.data_received(buffered)
+        if self._reader.at_eof() or self._transport.is_closing():
+            upstream.connection_lost(self._reader.exception())
+            return
+        with contextlib.suppress(Exception):
+            self._transport.resume_reading()  # the stream reader may have paused it (its buffer limit)
 
     def _shutdown(self, reason: str, detail: str) -> None:
         self._apply(self._core.eof(reason, detail, now=time.monotonic()))
@@ -620,10 +627,6 @@ class Channel:
 
     async def close(self) -> None:
         """Close the connection to QEMU (logged as ``close`` ``stopped``) and wait for it."""
-        if self._reader_task is not None and not self._reader_task.done():
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader_task
         self._shutdown("stopped", "qmprr closed the connection")
         if self._write_task is not None and not self._write_task.done():
             self._write_task.cancel()
@@ -633,3 +636,51 @@ class Channel:
     async def wait_closed(self) -> None:
         """Wait until the connection to QEMU has ended."""
         await self.closed.wait()
+
+
+class _Upstream(asyncio.Protocol):
+    """QEMU's side of the channel: bytes go to the core from ``data_received``, no task hop.
+
+    A reply is decoded, recorded and handed to its caller (a future, or the
+    serve loop's callback, which writes it to the client) within the callback
+    that read it.
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self._paused = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def data_received(self, data: bytes) -> None:
+        channel = self.channel
+        channel._apply(channel._core.receive(data, now=time.monotonic()))
+
+    def eof_received(self) -> bool:
+        self.channel._shutdown("eof", "QEMU closed the monitor connection")
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if exc is None:
+            self.channel._shutdown("eof", "QEMU closed the monitor connection")
+        elif isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            self.channel._shutdown("eof", "QEMU closed the monitor connection (reset)")
+        else:
+            self.channel._shutdown("error", f"reading from QEMU failed: {exc}")
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            _set_once(waiter)
+
+    async def drained(self) -> None:
+        """Return once the transport's buffer has drained (or the connection is gone)."""
+        if not self._paused or self.channel._transport.is_closing():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
