@@ -225,6 +225,7 @@ class Channel:
         )
         self._tokens = itertools.count()
         self._futures: dict[Hashable, asyncio.Future[Any]] = {}
+        self._callbacks: dict[Hashable, Callable[[dict[str, Any] | None, ChannelError | None], None]] = {}
         self._fds: dict[Hashable, Sequence[int]] = {}
         self._txs: dict[int, Transaction] = {}
         self._subscribers: set[Subscription] = set()
@@ -370,6 +371,41 @@ class Channel:
         finally:
             self._fds.pop(token, None)
 
+    def submit(
+        self,
+        msg: dict[str, Any],
+        *,
+        done: Callable[[dict[str, Any] | None, ChannelError | None], None],
+        src: str = "library",
+        role: str = "primary",
+        client_id: Any = ABSENT,
+        tx: Transaction | None = None,
+        fds: Sequence[int] = (),
+        fd_info: Sequence[dict[str, Any]] = (),
+    ) -> Hashable:
+        """:meth:`execute` with a callback: ``done(reply, None)`` or ``done(None, error)``.
+
+        The hot path of the serve loop: no future and no task; *done* is called
+        from the callback that read QEMU's reply (or at once, when the command
+        is refused). Returns the token :meth:`withdraw` takes. *tx* is explicit
+        (no transaction of the current task is looked up).
+        """
+        token = next(self._tokens)
+        self._callbacks[token] = done
+        if fds:
+            self._fds[token] = tuple(fds)
+        self._apply(self._core.ask(
+            token, msg, now=time.monotonic(), src=src, role=role, client_id=client_id,
+            tx=tx.id if tx is not None else None, fds=len(fds), fd_info=fd_info,
+        ))
+        return token
+
+    def withdraw(self, token: Hashable) -> None:
+        """The caller of :meth:`submit` gave up: withdrawn if not yet sent; *done* is not called."""
+        if self._callbacks.pop(token, None) is not None:
+            self._fds.pop(token, None)
+            self._apply(self._core.cancel(token, now=time.monotonic()))
+
     def refuse_new_commands(self, reason: str) -> None:
         """From now on, fail every command not yet sent (the one in flight completes)."""
         self._apply(self._core.refuse(reason, now=time.monotonic()))
@@ -490,6 +526,11 @@ class Channel:
             if isinstance(effect, Write):
                 self._write(effect.data, self._fds.pop(effect.token, ()) if effect.fds else ())
             elif isinstance(effect, Answer):
+                done = self._callbacks.pop(effect.token, None)
+                if done is not None:
+                    self._fds.pop(effect.token, None)
+                    done(effect.reply, effect.error)
+                    continue
                 future = self._futures.get(effect.token)
                 if future is not None and not future.done():
                     if effect.error is not None:
@@ -607,7 +648,7 @@ class Channel:
             upstream.connection_lost(self._reader.exception())
             return
         with contextlib.suppress(Exception):
-            self._transport.resume_reading()  # the stream reader may have paused it (its buffer limit)
+            self._transport.resume_reading()  # type: ignore[attr-defined]  # a socket transport; the stream reader may have paused it
 
     def _shutdown(self, reason: str, detail: str) -> None:
         self._apply(self._core.eof(reason, detail, now=time.monotonic()))
@@ -616,6 +657,9 @@ class Channel:
         for future in self._futures.values():  # the core answered everyone; this is a safety net
             if not future.done():
                 future.set_exception(ChannelClosed(f"the connection to QEMU is closed ({self.closed_reason})"))
+        callbacks, self._callbacks = self._callbacks, {}
+        for done in callbacks.values():
+            done(None, ChannelClosed(f"the connection to QEMU is closed ({self.closed_reason})"))
         for sub in list(self._subscribers):
             sub.close()
         if self._timer is not None:

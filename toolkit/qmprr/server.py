@@ -31,12 +31,14 @@ import socket
 import stat
 import struct
 from collections.abc import Awaitable, Callable
+import typing
 from typing import Any, Protocol
 
 import attrs
 
 from . import wire
 from .errors import QmprrError
+from .fdpass import READ_FDS, FdQueue, claim_fds
 from .recording import Client, Local, Msg, Record, Taint
 from .session import (
     Answer,
@@ -157,7 +159,9 @@ class Backend(Protocol):
 
     :class:`~qmprr.channel.Channel` is one as it is. A backend may also have
     ``after_reply()``, called right after each forwarded reply is written (the
-    fake sends the events recorded after a reply there).
+    fake sends the events recorded after a reply there), and the callback
+    pair ``submit(msg, ..., done=callback) -> token`` / ``withdraw(token)``
+    (the channel's hot path: no task per command), used instead of ``execute``.
     """
 
     greeting: dict[str, Any]
@@ -193,9 +197,10 @@ class _Outbox:
     reader loses events before it is cut off.
     """
 
-    def __init__(self, writer: asyncio.StreamWriter, budget: int, over: Callable[[str], None]) -> None:
-        self._writer = writer
-        self._transport = writer.transport
+    def __init__(self, transport: asyncio.WriteTransport, protocol: _ClientProtocol, budget: int,
+                 over: Callable[[str], None]) -> None:
+        self._transport = transport
+        self._protocol = protocol
         self.budget = budget
         self._over = over
         self.overrun = False
@@ -228,10 +233,10 @@ class _Outbox:
             self._transport.abort()
             return
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._writer.drain(), 2.0)
+            await asyncio.wait_for(self._protocol.drained(), 2.0)
         with contextlib.suppress(Exception):
-            self._writer.close()
-            await asyncio.wait_for(self._writer.wait_closed(), 2.0)
+            self._transport.close()
+            await asyncio.wait_for(asyncio.shield(self._protocol.lost), 2.0)
 
 
 class _Burst:
@@ -297,13 +302,13 @@ class QmpServer:
         if max_message is not None:  # one limit for both roles (tests, library use)
             limits = attrs.evolve(limits or Limits(), max_message=max_message, debug_max_message=max_message)
         self.limits = limits or Limits()
-        self._servers: list[tuple[asyncio.AbstractServer, str]] = []
+        self._servers: list[tuple[asyncio.AbstractServer, str | None]] = []
         self._names: collections.defaultdict[str, itertools.count[int]] = collections.defaultdict(
             lambda: itertools.count(1)
         )
         self._tainted = False
-        self._connections: set[asyncio.Task[None]] = set()
         self._clients: set[_Connection] = set()
+        self._accepting: set[asyncio.Task[None]] = set()
         self._sockets: list[_Socket] = []
         self.tx_of: dict[str, Any] = {}
         self._watcher: asyncio.Task[None] | None = None
@@ -316,34 +321,39 @@ class QmpServer:
     async def listen(self, path: str, role: str = "primary") -> None:
         """Accept clients with *role* on a new UNIX socket at *path* (mode 0600)."""
         sock = bind_unix(path)
+        await self.serve_listener(sock, role, label=path, unlink=path)
+
+    async def serve_listener(self, sock: socket.socket, role: str = "primary", *, label: str,
+                             pass_fds: bool = False, unlink: str | None = None) -> None:
+        """Accept clients with *role* on the listening *sock* (ours, or inherited: ``--socket-fd``).
+
+        *label* names it in notes; *unlink* is a socket file to remove on :meth:`close`.
+
+        With *pass_fds* each client is read with ``recvmsg``, so the fds it
+        sends with a command go to QEMU with that command (:mod:`qmprr.fdpass`).
+        """
         if self._watcher is None:
             self._watcher = asyncio.create_task(self._disconnect_all_when_closed())
-        where = _Socket(path, role)
-        self._sockets.append(where)
-
-        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if not self.admit(where, writer.transport.write, lambda: describe_peer(writer.get_extra_info("socket"))):
-                with contextlib.suppress(Exception):
-                    writer.close()
-                return
-            try:
-                await self.serve(reader, writer, role)
-            finally:
-                where.left()
-
-        loop = asyncio.get_running_loop()
-
-        def protocol() -> asyncio.StreamReaderProtocol:
-            return asyncio.StreamReaderProtocol(_WatchedReader(limit=READ_CHUNK), accept)
-
-        server = await loop.create_unix_server(protocol, sock=sock)
-        self._servers.append((server, path))
-
-    def add_socket(self, label: str, role: str) -> _Socket:
-        """A listening socket served from elsewhere (an inherited fd): counted and capped like ours."""
         where = _Socket(label, role)
         self._sockets.append(where)
-        return where
+        loop = asyncio.get_running_loop()
+        if pass_fds:
+            sock.setblocking(False)
+            task = asyncio.create_task(self._accept_passing_fds(sock, where), name="qmprr-fd-accept")
+            self._accepting.add(task)
+            return
+        server = await loop.create_unix_server(lambda: _ClientProtocol(self, where), sock=sock)
+        self._servers.append((server, unlink))
+
+    async def _accept_passing_fds(self, sock: socket.socket, where: _Socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                conn, _ = await loop.sock_accept(sock)
+                with contextlib.suppress(OSError):
+                    await loop.connect_accepted_socket(lambda: _ClientProtocol(self, where, pass_fds=True), conn)
+        finally:
+            sock.close()
 
     def admit(self, where: _Socket, send: Callable[[bytes], Any], peer: Callable[[], str | None]) -> bool:
         """Count a new client of *where*; over the cap, refuse it (an error through *send*, a record)."""
@@ -381,18 +391,20 @@ class QmpServer:
         """Stop accepting, disconnect every client, remove the socket files."""
         for server, path in self._servers:
             server.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            if path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        for task in self._accepting:
+            task.cancel()
         if self._watcher is not None:
             self._watcher.cancel()
         for where in self._sockets:
             self._note_refusals(where)
         for conn in list(self._clients):
             conn.stop()  # each connection finishes what it is doing and cleans up
-        if self._connections:
-            _, pending = await asyncio.wait(list(self._connections), timeout=5.0)
-            for task in pending:
-                task.cancel()
+        finished = [conn.finished for conn in self._clients]
+        if finished:
+            await asyncio.wait(finished, timeout=5.0)
         self._servers.clear()
 
     async def _disconnect_all_when_closed(self) -> None:
@@ -402,20 +414,29 @@ class QmpServer:
             conn.stop()
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: str = "primary") -> None:
-        """Serve one client connection until it, or the backend, goes."""
-        task = asyncio.current_task()
-        assert task is not None
-        name = f"{role}-{next(self._names[role])}"
-        conn = _Connection(self, reader, writer, role, name)
-        self._connections.add(task)
-        self._clients.add(conn)
-        try:
-            await conn.run()
-        except asyncio.CancelledError:
-            pass  # server closing; run() has logged the disconnect
-        finally:
-            self._clients.discard(conn)
-            self._connections.discard(task)
+        """Serve one client connection (opened as streams) until it, or the backend, goes.
+
+        The streams step aside: the connection's transport is given the serve
+        loop's protocol, as for the clients of :meth:`listen`.
+        """
+        protocol = _ClientProtocol(self, None, role)
+        transport = writer.transport
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        buffered = bytes(getattr(reader, "_buffer", b""))
+        if buffered:
+            protocol.data_received(buffered)
+        if reader.at_eof():
+            protocol.eof_received()
+        with contextlib.suppress(Exception):
+            transport.resume_reading()  # type: ignore[attr-defined]  # the stream reader may have paused it
+        conn = protocol.conn
+        if conn is not None:
+            try:
+                await asyncio.shield(conn.finished)
+            except asyncio.CancelledError:
+                conn.stop()
+                raise
 
     # -- recording: a log that cannot be written must not stop serving ---------
 
@@ -433,38 +454,187 @@ class QmpServer:
             self.backend.record(Taint(reason="custom-monitor", client=name))
 
 
-class _WatchedReader(asyncio.StreamReader):
-    """A StreamReader that says when the client's side ends, even while nobody reads."""
+#: Decoded messages of one client waiting their turn past which its socket is no longer read.
+MAX_PENDING = 64
 
-    on_end: Callable[[], None] | None = None
 
-    def feed_eof(self) -> None:
-        super().feed_eof()
-        if self.on_end is not None:
-            self.on_end()
+class _ClientProtocol(asyncio.Protocol):
+    """One client's socket: bytes go to its :class:`_Connection` from ``data_received``.
 
-    def set_exception(self, exc: Exception) -> None:
-        super().set_exception(exc)
-        if self.on_end is not None:
-            self.on_end()
+    *where* counts the client against its socket's cap (None: served from
+    elsewhere, :meth:`QmpServer.serve`). With *pass_fds* the socket is read
+    with ``recvmsg`` (the transport only writes), so fds sent with a command
+    are kept for it.
+    """
+
+    def __init__(self, server: QmpServer, where: _Socket | None, role: str | None = None, *,
+                 pass_fds: bool = False) -> None:
+        self.server = server
+        self.where = where
+        self.role = role if role is not None else where.role if where is not None else "primary"
+        self.pass_fds = pass_fds
+        self.conn: _Connection | None = None
+        self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._paused = False
+        self._waiters: list[asyncio.Future[None]] = []
+        self._fd_reader: _FdReader | None = None
+        self._early: list[bytes] = []
+
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = typing.cast(asyncio.Transport, base)  # a stream transport (uvloop's are no subclasses)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        where = self.where
+        if where is not None and not self.server.admit(where, transport.write, lambda: describe_peer(sock)):
+            transport.close()
+            return
+        with contextlib.suppress(Exception):
+            transport.set_write_buffer_limits(high=0)  # pause_writing says when anything waits
+        if self.pass_fds:
+            # uvloop starts reading after connection_made whatever it is told there: stop it
+            # in the next callback, before the greeting (a client sends nothing before it).
+            asyncio.get_running_loop().call_soon(self._start_passing_fds, sock)
+            return
+        self.conn = _Connection(self.server, self, transport, self.role)
+        self.conn.start()
+
+    def _start_passing_fds(self, sock: socket.socket) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self._admitted_left()
+            return
+        transport.pause_reading()
+        fds = FdQueue()
+        self._fd_reader = _FdReader(sock, self, fds)
+        self.conn = _Connection(self.server, self, transport, self.role, fds)
+        self.conn.start()
+        early, self._early = self._early, []
+        for data in early:  # what the transport read before it was stopped (sent before the greeting)
+            self.conn.received(data)
+        self._fd_reader.resume()
+
+    def _admitted_left(self) -> None:
+        if self.where is not None:
+            self.where.left()
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn is not None:
+            self.conn.received(data)
+        elif self.pass_fds:
+            self._early.append(data)
+
+    def eof_received(self) -> bool:
+        if self.conn is not None:
+            self.conn.left()
+        return True  # the connection closes once its replies are written
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._fd_reader is not None:
+            self._fd_reader.close()
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self.resume_writing()
+        if self.conn is not None:
+            self.conn.left()
+
+    def pause_reading(self) -> None:
+        if self._fd_reader is not None:
+            self._fd_reader.pause()
+        elif self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._fd_reader is not None:
+            self._fd_reader.resume()
+        elif self.transport is not None and not self.transport.is_closing():
+            with contextlib.suppress(Exception):
+                self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def drained(self) -> None:
+        """Return once everything written has left the transport (or the connection is gone)."""
+        if self._paused and not self.lost.done():
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+
+
+class _FdReader:
+    """Reads a client's socket with ``recvmsg`` (a dup of it: the transport keeps writing)."""
+
+    def __init__(self, sock: socket.socket, protocol: _ClientProtocol, fds: FdQueue) -> None:
+        self.sock = socket.socket(fileno=os.dup(sock.fileno()))
+        self.sock.setblocking(False)
+        self.protocol = protocol
+        self.fds = fds
+        self.loop = asyncio.get_running_loop()
+        self.reading = False
+        self.closed = False
+
+    def resume(self) -> None:
+        if not self.reading and not self.closed:
+            self.reading = True
+            self.loop.add_reader(self.sock.fileno(), self._readable)
+
+    def pause(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.loop.remove_reader(self.sock.fileno())
+
+    def close(self) -> None:
+        if not self.closed:
+            self.pause()
+            self.closed = True
+            self.sock.close()
+
+    def _readable(self) -> None:
+        try:
+            data, fds, flags, _ = socket.recv_fds(self.sock, READ_CHUNK, READ_FDS)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data, fds, flags = b"", [], 0
+        if fds or flags & socket.MSG_CTRUNC:
+            self.fds.fds.extend(fds)
+            self.fds.truncated |= bool(flags & socket.MSG_CTRUNC)
+        if data:
+            self.protocol.data_received(data)
+        else:
+            self.pause()
+            self.protocol.eof_received()
 
 
 class _Connection:
-    """One client: reads, answers each item in turn, and withdraws what waits when it leaves.
+    """One client: answers each message in turn, and withdraws what waits when it leaves.
 
-    The client leaving is seen at once when its reader is a :class:`_WatchedReader`
-    (the sockets :meth:`QmpServer.listen` serves); with another reader, at the next read.
+    Everything happens in callbacks: a message is handled from the
+    ``data_received`` that completed it; a forwarded command goes to the
+    backend's ``submit`` (the channel: recorded and written to QEMU at once)
+    and its reply is written to the client from the callback that read it
+    from QEMU. Transactions, and backends with only ``execute`` (the fake),
+    run in a task. The client leaving is seen at once (``connection_lost``).
     """
 
-    def __init__(
-        self, server: QmpServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: str, name: str
-    ) -> None:
+    def __init__(self, server: QmpServer, protocol: _ClientProtocol, transport: asyncio.Transport, role: str,
+                 fds: FdQueue | None = None) -> None:
         self.server = server
         self.backend = server.backend
-        self.reader = reader
+        self.protocol = protocol
+        self.transport = transport
         self.role = role
-        self.name = name
-        self.peer = describe_peer(writer.get_extra_info("socket"))
+        self.name = f"{role}-{next(server._names[role])}"
+        self.peer = describe_peer(transport.get_extra_info("socket"))
+        self.fds = fds  # an FdQueue when the client may pass fds
         self.gone = False  # the client left (or must go): withdraw what waits
         self.stopping = False  # the server or backend is closing: finish the item at hand, then stop
         self.reason: str | None = None  # why qmprr disconnected it
@@ -472,108 +642,123 @@ class _Connection:
         self.withdrawn = 0
         self.burst = _Burst()
         self.decoder = wire.StreamDecoder(server.limits.max_message_for(role))
-        self.outbox = _Outbox(writer, server.limits.output_budget, self._left)
+        self.outbox = _Outbox(transport, protocol, server.limits.output_budget, self.left)
         self.greeting = client_greeting(self.backend.greeting)
         self.session = ClientSession(self.greeting, role=role, policy=server.policy)
         self.subscription: Any = None
-        self._task: asyncio.Task[Any] | None = None
-        self._in_command = False
+        self.pending: collections.deque[dict[str, Any] | wire.FramingError] = collections.deque()
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._submit = getattr(self.backend, "submit", None)
+        self._busy: str | None = None  # "forward" (a token awaits its reply) or "task"
+        self._token: Any = None
+        self._task: asyncio.Task[None] | None = None
         self._withdrawing = False
+        self._processing = False
+        self._read_paused = False
+        self._ended = False
 
-    async def run(self) -> None:
-        self._task = asyncio.current_task()
-        if isinstance(self.reader, _WatchedReader):
-            self.reader.on_end = self._left
+    def start(self) -> None:
+        self.server._clients.add(self)
         self.server._record(Client(action="connect", name=self.name, role=self.role, peer=self.peer))  # type: ignore[arg-type]  # role strings are the sockets'; Record.role names the known ones
         self.outbox.send(self.greeting)
-        try:
-            while not self._done():
-                try:
-                    data = await self.reader.read(READ_CHUNK)
-                except (ConnectionError, OSError):
-                    break
-                if not data:
-                    break
-                items = self.decoder.feed(data)
-                for index, item in enumerate(items):
-                    if self._done():
-                        if self.gone:
-                            self.withdrawn += _commands_in(items[index:])
-                        break
-                    await self._handle(item)
-        finally:
-            if isinstance(self.reader, _WatchedReader):
-                self.reader.on_end = None
-            self._finish_burst()
-            if self.subscription is not None:
-                self.subscription.close()
-            tx = self.server.tx_of.get(self.name)
-            if tx is not None and not tx.ended:
-                with contextlib.suppress(QmprrError):
-                    self.backend.abort_transactions_of(self.name, "its owner disconnected")
-            if self.withdrawn:
-                self.server._note(
-                    f"{self.name} disconnected: withdrew {self.withdrawn} more command(s) it had sent,"
-                    " never passed on to QEMU",
-                    {"client": self.name, "withdrawn": self.withdrawn},
-                )
-            self.server._record(
-                Client(action="disconnect", name=self.name, role=self.role, peer=self.peer, reason=self.reason)  # type: ignore[arg-type]  # role strings are the sockets'; Record.role names the known ones
-            )
-            await self.outbox.close()
+        if self.backend.closed_reason is not None:
+            self.stop()
+
+    # -- input -----------------------------------------------------------------
+
+    def received(self, data: bytes) -> None:
+        if self._ended or self.gone:
+            return
+        self.pending.extend(self.decoder.feed(data))
+        if len(self.pending) >= MAX_PENDING and not self._read_paused:
+            self._read_paused = True
+            self.protocol.pause_reading()
+        self._process()
 
     def _done(self) -> bool:
         return self.gone or self.stopping or self.outbox.overrun or self.backend.closed_reason is not None
 
-    def _wake(self) -> None:
-        """End a read in progress (the loop then sees why it must stop)."""
-        asyncio.StreamReader.feed_eof(self.reader)  # not the watched hook: this is no client EOF
+    def _process(self) -> None:
+        """Handle waiting messages in order until one has to wait; finish once the client is done."""
+        if self._processing or self._ended:
+            return
+        self._processing = True
+        try:
+            while self.pending and self._busy is None and not self._done():
+                self._handle(self.pending.popleft())
+        finally:
+            self._processing = False
+        if self._busy is None and self._done():
+            self._finish()
+        elif self._read_paused and not self.pending:
+            self._read_paused = False
+            self.protocol.resume_reading()
 
-    def _left(self, reason: str | None = None) -> None:
+    def left(self, reason: str | None = None) -> None:
         """The client is gone (or must go): withdraw the command it waits for, unless detached."""
         if reason is not None and self.reason is None:
             self.reason = reason
         if self.gone:
             return
         self.gone = True
-        if self._in_command:
-            if not self.detached and self._task is not None:
+        self.withdrawn += _commands_in(list(self.pending))
+        self.pending.clear()
+        if not self.detached:
+            if self._busy == "forward":
+                self._busy = None
+                self.backend.withdraw(self._token)  # type: ignore[attr-defined]  # backends with submit have it
+                # (the channel notes a withdrawal, or keeps the wire for the reply of one already sent)
+            elif self._busy == "task" and self._task is not None:
                 self._withdrawing = True
                 self._task.cancel()
-        else:
-            self._wake()
+                return  # the task ends, then finishes the connection
+        self._process()
 
     def stop(self) -> None:
         """The server or backend is closing: finish the command at hand, then end."""
         self.stopping = True
-        if not self._in_command:
-            self._wake()
+        self._process()
 
-    async def _run_command(self, coro: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
-        """Run a command for the client; None when it was withdrawn because the client left.
+    def _finish(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.protocol.pause_reading()
+        self._finish_burst()
+        if self.subscription is not None:
+            self.subscription.close()
+        tx = self.server.tx_of.get(self.name)
+        if tx is not None and not tx.ended:
+            with contextlib.suppress(QmprrError):
+                self.backend.abort_transactions_of(self.name, "its owner disconnected")
+        if self.withdrawn:
+            self.server._note(
+                f"{self.name} disconnected: withdrew {self.withdrawn} more command(s) it had sent,"
+                " never passed on to QEMU",
+                {"client": self.name, "withdrawn": self.withdrawn},
+            )
+        if self.fds is not None:
+            left = self.fds.close()
+            if left:
+                self.server._note(f"{left} file descriptor(s) a client sent with no command were closed")
+        self.server._record(
+            Client(action="disconnect", name=self.name, role=self.role, peer=self.peer, reason=self.reason)  # type: ignore[arg-type]  # role strings are the sockets'; Record.role names the known ones
+        )
+        asyncio.get_running_loop().create_task(self._close())
 
-        A command still waiting for the wire is then never sent; one already
-        sent completes (the channel holds the wire for its reply). When the
-        server stops meanwhile, the command is let finish (the backend fails it
-        if it is closing) and its answer sent; after ``qmprr-detach`` it runs
-        to its end, its reply to the log only.
-        """
-        self._in_command = True
+    async def _close(self) -> None:
         try:
-            return await coro
-        except asyncio.CancelledError:
-            if self._withdrawing:
-                self._withdrawing = False
-                task = asyncio.current_task()
-                if task is not None and task.uncancel() == 0:
-                    return None  # the channel notes the withdrawal (it alone knows it was not sent)
-            raise
+            await self.outbox.close()
         finally:
-            self._in_command = False
+            self.server._clients.discard(self)
+            if self.protocol.where is not None:
+                self.protocol.where.left()
+            if not self.finished.done():
+                self.finished.set_result(None)
 
     # -- one item ----------------------------------------------------------------
 
-    async def _handle(self, item: dict[str, Any] | wire.FramingError) -> None:
+    def _handle(self, item: dict[str, Any] | wire.FramingError) -> None:
         action = self.session.handle(item)
         if isinstance(action, Answer):
             answer = action.reply
@@ -590,20 +775,82 @@ class _Connection:
             self._answer(qmp_return(id=action.client_id), action.msg)  # kept for the rest of the connection
         elif isinstance(action, Forward):
             self._finish_burst()
-            reply = await self._run_command(self._forward(action))
-            if reply is not None:
-                self.outbox.send(reply)
-                after = getattr(self.backend, "after_reply", None)
-                if after is not None:
-                    after()
+            self._forward(action)
         elif isinstance(action, BeginTx):
-            reply = await self._run_command(self._begin(action))
-            if reply is not None:
-                self.outbox.send(reply)
+            self._run_task(self._begin(action))
         elif isinstance(action, EndTx):
-            reply = await self._run_command(self._end(action))
-            if reply is not None:
-                self.outbox.send(reply)
+            self._run_task(self._end(action))
+
+    def _forward(self, action: Forward) -> None:
+        if self.role == "debug":
+            try:
+                self.server.taint(self.name)  # before its first command, or not at all
+            except QmprrError as exc:
+                self.outbox.send(self._refused(exc, action))
+                return
+        fds: list[int] = []
+        extra: dict[str, Any] = {}
+        if self.fds is not None:
+            try:
+                fds, extra = claim_fds(self.fds)
+            except QmprrError as exc:
+                self.outbox.send(self._refused(exc, action))
+                return
+        tx = self.server.tx_of.get(self.name)
+        if self._submit is None:
+            self._run_task(self._execute(action, tx, fds, extra), forward=True)
+            return
+        self._busy = "forward"
+        replied = False
+
+        def done(reply: dict[str, Any] | None, error: QmprrError | None) -> None:
+            nonlocal replied
+            replied = True
+            _close_fds(fds)
+            if self._busy == "forward":
+                self._busy = None
+            self._replied(reply if error is None else self._refused(error, action), forward=True)
+
+        try:
+            token = self._submit(action.msg, src=self.name, role=self.role, client_id=action.client_id, tx=tx,
+                                 done=done, **extra)
+        except QmprrError as exc:
+            _close_fds(fds)
+            self._busy = None
+            self._replied(self._refused(exc, action), forward=True)
+            return
+        if not replied:
+            self._token = token
+
+    def _replied(self, reply: dict[str, Any] | None, *, forward: bool = False) -> None:
+        if reply is not None:
+            self.outbox.send(reply)
+            after = getattr(self.backend, "after_reply", None) if forward else None
+            if after is not None:
+                after()
+        self._process()
+
+    def _run_task(self, coro: Awaitable[dict[str, Any]], *, forward: bool = False) -> None:
+        self._busy = "task"
+        self._task = asyncio.get_running_loop().create_task(self._in_task(coro, forward))
+
+    async def _in_task(self, coro: Awaitable[dict[str, Any]], forward: bool) -> None:
+        """Run a command for the client; withdrawn (never sent, if not yet) when the client leaves.
+
+        When the server stops meanwhile, the command is let finish (the backend
+        fails it if it is closing) and its answer sent; after ``qmprr-detach``
+        it runs to its end, its reply to the log only.
+        """
+        reply: dict[str, Any] | None = None
+        try:
+            reply = await coro
+        except asyncio.CancelledError:
+            if not self._withdrawing:
+                raise
+        finally:
+            self._busy = None
+            self._task = None
+        self._replied(reply, forward=forward)
 
     def _answer(self, reply: dict[str, Any], msg: dict[str, Any] | None = None, raw: bytes | None = None) -> None:
         """Send a reply qmprr gives itself; record it (an error burst: the first, then a count)."""
@@ -651,16 +898,15 @@ class _Connection:
             self._record_local(reply, action.msg, None)
         return reply
 
-    async def _forward(self, action: Forward) -> dict[str, Any]:
+    async def _execute(self, action: Forward, tx: Any, fds: list[int], extra: dict[str, Any]) -> dict[str, Any]:
+        """A backend without ``submit`` (the fake): its ``execute``, in a task."""
         try:
-            if self.role == "debug":
-                self.server.taint(self.name)  # before its first command, or not at all
             return await self.backend.execute(
-                action.msg, src=self.name, role=self.role, client_id=action.client_id,
-                tx=self.server.tx_of.get(self.name),
-            )
+                action.msg, src=self.name, role=self.role, client_id=action.client_id, tx=tx, **extra)
         except QmprrError as exc:  # the channel's errors, and a log that cannot be written
             return self._refused(exc, action)
+        finally:
+            _close_fds(fds)
 
     async def _begin(self, action: BeginTx) -> dict[str, Any]:
         held = self.server.tx_of.get(self.name)
@@ -686,6 +932,12 @@ class _Connection:
         except QmprrError as exc:
             return self._refused(exc, action)
         return qmp_return({"tx": tx.id}, id=action.client_id)
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _commands_in(items: list[dict[str, Any] | wire.FramingError]) -> int:
