@@ -15,6 +15,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from qmprr import codec
 from qmprr.recording import ABSENT, Command, Event, Msg, RecordWriter, Reply, convert
 from qmprr.recording.chain import SealKey
 from qmprr.recording.encode import LineEncoder
@@ -73,7 +74,8 @@ def test_direct_lines_are_the_typed_lines(ops: list[tuple[Any, float]], redactor
         expected = typed.encode(_typed(o, seq, t, last_cmd))
         if o[0] == "command":
             _, msg, src, role, client_id, tx, queued = o
-            got = direct.encode_command(seq, t, src, role, msg, client_id, tx, queued)
+            wire_bytes = codec.dumps(msg) if seq % 2 else None  # the channel passes the bytes it sends
+            got = direct.encode_command(seq, t, src, role, msg, client_id, tx, queued, wire_bytes)
         elif o[0] == "reply":
             got = direct.encode_reply(seq, t, last_cmd, o[1])
         else:

@@ -619,8 +619,14 @@ class Channel:
             self._transport.write(data[sent:])
 
     def _arm_timer(self) -> None:
+        """Have :meth:`_on_timer` run by the core's next deadline.
+
+        A timer already set to fire no later is kept (firing early ticks
+        nothing and sets the next one), so the one-command-at-a-time rhythm
+        does not cancel and set a timer per command.
+        """
         at = self._core.next_deadline()
-        if at == self._timer_at:
+        if at is None or (self._timer_at is not None and self._timer_at <= at):
             return
         if self._timer is not None:
             self._timer.cancel()

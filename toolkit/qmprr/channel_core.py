@@ -706,7 +706,7 @@ class ChannelCore:
             return
         queued = self._offset(item.asked) if self._now - item.asked > QUEUED_THRESHOLD else None
         client_id = item.client_id if item.client_id != wire_id else ABSENT
-        seq = self._append_command(item.src, item.role, sent, client_id, item.tx, queued)
+        seq = self._append_command(item.src, item.role, sent, client_id, item.tx, queued, data[:-2])
         ok = written = seq is not None
         for index in range(item.fds):
             info = Msg(item.fd_info[index]) if index < len(item.fd_info) else None
@@ -871,14 +871,16 @@ class ChannelCore:
     # records straight to bytes, the same lines; any other sink gets the typed records.
 
     def _append_command(
-        self, src: str, role: str, msg: dict[str, Any], client_id: Any, tx: int | None, queued: float | None
+        self, src: str, role: str, msg: dict[str, Any], client_id: Any, tx: int | None, queued: float | None,
+        encoded: bytes,
     ) -> int | None:
-        """Write a ``command`` record; its seq, or None if it was not written."""
+        """Write a ``command`` record (*encoded*: *msg*'s JSON); its seq, or None if it was not written."""
         hot = getattr(self.log, "append_command", None)
         if hot is None:
             record = Command(src=src, role=role, msg=Msg(msg), client_id=client_id, tx=tx, queued=queued)  # type: ignore[arg-type]  # role strings are the callers'; Record.role names the known ones
             return record.seq if self._append(record) else None
-        return self._guarded("command", hot, src=src, role=role, msg=msg, client_id=client_id, tx=tx, queued=queued)
+        return self._guarded("command", hot, src=src, role=role, msg=msg, client_id=client_id, tx=tx, queued=queued,
+                             encoded=encoded)
 
     def _append_reply(self, cmd: int, msg: dict[str, Any]) -> bool:
         hot = getattr(self.log, "append_reply", None)

@@ -30,7 +30,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 import typing
 from typing import Any, Protocol
 
@@ -798,7 +798,7 @@ class _Connection:
                 return
         tx = self.server.tx_of.get(self.name)
         if self._submit is None:
-            self._run_task(self._execute(action, tx, fds, extra), forward=True)
+            self._run_task(self._execute(action, tx, fds, extra), forward=True, fds=fds)
             return
         self._busy = "forward"
         replied = False
@@ -830,27 +830,43 @@ class _Connection:
                 after()
         self._process()
 
-    def _run_task(self, coro: Awaitable[dict[str, Any]], *, forward: bool = False) -> None:
-        self._busy = "task"
-        self._task = asyncio.get_running_loop().create_task(self._in_task(coro, forward))
-
-    async def _in_task(self, coro: Awaitable[dict[str, Any]], forward: bool) -> None:
-        """Run a command for the client; withdrawn (never sent, if not yet) when the client leaves.
+    def _run_task(self, coro: Coroutine[Any, Any, dict[str, Any]], *, forward: bool = False,
+                  fds: list[int] | None = None) -> None:
+        """Run a command for the client in a task; withdrawn (never sent, if not yet) when it leaves.
 
         When the server stops meanwhile, the command is let finish (the backend
         fails it if it is closing) and its answer sent; after ``qmprr-detach``
         it runs to its end, its reply to the log only.
         """
-        reply: dict[str, Any] | None = None
-        try:
-            reply = await coro
-        except asyncio.CancelledError:
-            if not self._withdrawing:
+        self._busy = "task"
+        started = False
+
+        async def run() -> dict[str, Any] | None:
+            nonlocal started
+            started = True
+            try:
+                return await coro
+            except asyncio.CancelledError:
+                if self._withdrawing:
+                    return None
                 raise
-        finally:
-            self._busy = None
-            self._task = None
-        self._replied(reply, forward=forward)
+
+        def finished(task: asyncio.Task[dict[str, Any] | None]) -> None:
+            self._busy, self._task = None, None
+            reply = None
+            if task.cancelled():
+                if not started:  # cancelled before its first step: nothing reached the backend
+                    coro.close()
+                    _close_fds(fds or [])
+            elif task.exception() is not None:
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": f"qmprr: serving {self.name} failed", "exception": task.exception()})
+            else:
+                reply = task.result()
+            self._replied(reply, forward=forward)
+
+        self._task = asyncio.get_running_loop().create_task(run())
+        self._task.add_done_callback(finished)
 
     def _answer(self, reply: dict[str, Any], msg: dict[str, Any] | None = None, raw: bytes | None = None) -> None:
         """Send a reply qmprr gives itself; record it (an error burst: the first, then a count)."""

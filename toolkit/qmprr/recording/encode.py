@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from .. import codec
 from . import chain
 from .model import ABSENT
@@ -57,9 +59,12 @@ class LineEncoder:
 
     def encode_command(
         self, seq: int, t: float, src: str, role: str, msg: dict[str, Any],
-        client_id: Any, tx: int | None, queued: float | None,
+        client_id: Any, tx: int | None, queued: float | None, encoded: bytes | None = None,
     ) -> tuple[bytes, str] | None:
-        """A ``command`` record's line and hash, or None when redaction must look at it."""
+        """A ``command`` record's line and hash, or None when redaction must look at it.
+
+        *encoded* is ``codec.dumps(msg)`` when the caller has it already (the wire bytes).
+        """
         if not self.scrubber.passes_command(msg):
             return None
         prefix = self._prefixes.get((src, role))
@@ -67,13 +72,13 @@ class LineEncoder:
             prefix = b',"kind":"command","src":' + codec.dumps(src) + b',"role":' + codec.dumps(role) + b',"msg":'
             if len(self._prefixes) < 4096:
                 self._prefixes[(src, role)] = prefix
-        parts = [b'{"seq":', _int(seq), b',"t":', codec.dumps(t), prefix, codec.dumps(msg)]
+        parts = [b'{"seq":', _int(seq), b',"t":', _float(t), prefix, encoded if encoded is not None else codec.dumps(msg)]
         if client_id is not ABSENT:
             parts += (b',"client_id":', codec.dumps(client_id))
         if tx is not None:
             parts += (b',"tx":', _int(tx))
         if queued is not None:
-            parts += (b',"queued":', codec.dumps(queued))
+            parts += (b',"queued":', _float(queued))
         parts.append(b"}")
         return self._seal(b"".join(parts))
 
@@ -82,18 +87,22 @@ class LineEncoder:
         if not self.scrubber.passes_reply(cmd):
             return None
         return self._seal(b"".join((
-            b'{"seq":', _int(seq), b',"t":', codec.dumps(t), b',"kind":"reply","cmd":', _int(cmd),
+            b'{"seq":', _int(seq), b',"t":', _float(t), b',"kind":"reply","cmd":', _int(cmd),
             b',"msg":', codec.dumps(msg), b"}")))
 
     def encode_event(self, seq: int, t: float, msg: dict[str, Any]) -> tuple[bytes, str] | None:
         """An ``event`` record's line and hash, or None when redaction must look at it."""
         return self._seal(b"".join((
-            b'{"seq":', _int(seq), b',"t":', codec.dumps(t), b',"kind":"event","msg":', codec.dumps(msg), b"}")))
+            b'{"seq":', _int(seq), b',"t":', _float(t), b',"kind":"event","msg":', codec.dumps(msg), b"}")))
 
     def _seal(self, body: bytes) -> tuple[bytes, str] | None:
         if self.scrubber.values and self.scrubber.echoes(body):
             return None  # a known secret value appears: the scrubber takes it out
         return chain.seal(body, self.head, self.seal_key.key if self.seal_key is not None else None)
+
+
+def _float(value: float) -> bytes:
+    return orjson.dumps(value) if type(value) is float else codec.dumps(value)
 
 
 def _int(value: int) -> bytes:

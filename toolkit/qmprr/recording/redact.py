@@ -473,6 +473,7 @@ class RecordScrubber:
         self.secret_ids: set[str] = set()
         self._pending: dict[int, tuple[set[str], bool]] = {}
         self._enc: dict[str, bytes] = {}
+        self._passes: dict[str, bool] = {}  # command name -> passes_command
         patterns = {r.command for r in redactor.argument_rules}
         self._globs = tuple(p for p in patterns if any(c in p for c in "*?["))
         self._names = frozenset(patterns - set(self._globs)) | _STATEFUL_COMMANDS
@@ -514,7 +515,13 @@ class RecordScrubber:
 
     def passes_command(self, msg: dict[str, Any]) -> bool:
         """Whether a ``command`` record of *msg* goes through unchanged (but for :meth:`echoes`)."""
-        return self.redactor.builtin and not self._may_hold(msg)
+        name = msg.get("execute")
+        passes = self._passes.get(name) if isinstance(name, str) else None
+        if passes is None:
+            passes = self.redactor.builtin and not self._may_hold(msg)
+            if isinstance(name, str) and len(self._passes) < 4096:  # names come from clients: bounded
+                self._passes[name] = passes
+        return passes
 
     def passes_reply(self, cmd: int) -> bool:
         """Whether the ``reply`` record to *cmd* goes through unchanged (but for :meth:`echoes`)."""

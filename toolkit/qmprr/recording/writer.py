@@ -279,12 +279,15 @@ class RecordWriter:
 
     def append_command(
         self, *, src: str, role: str, msg: dict[str, Any], client_id: Any = ABSENT,
-        tx: int | None = None, queued: float | None = None,
+        tx: int | None = None, queued: float | None = None, encoded: bytes | None = None,
     ) -> int:
-        """Append a ``command`` record (as :meth:`append` would); its ``seq``."""
+        """Append a ``command`` record (as :meth:`append` would); its ``seq``.
+
+        *encoded*: ``codec.dumps(msg)``, when the caller has it (the bytes it sends QEMU).
+        """
         with self._lock:
             seq, t = self._next()
-            out = self._encoder.encode_command(seq, t, src, role, msg, client_id, tx, queued)
+            out = self._encoder.encode_command(seq, t, src, role, msg, client_id, tx, queued, encoded)
             if out is None:
                 record = Command(src=src, role=role, msg=Msg(msg), client_id=client_id, tx=tx, queued=queued)  # type: ignore[arg-type]  # role strings are the callers'
                 record.seq, record.t = seq, t
