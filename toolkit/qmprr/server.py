@@ -651,7 +651,7 @@ class _Connection:
         self._submit = getattr(self.backend, "submit", None)
         self._busy: str | None = None  # "forward" (a token awaits its reply) or "task"
         self._token: Any = None
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[dict[str, Any] | None] | None = None
         self._withdrawing = False
         self._processing = False
         self._read_paused = False
@@ -865,8 +865,8 @@ class _Connection:
                 reply = task.result()
             self._replied(reply, forward=forward)
 
-        self._task = asyncio.get_running_loop().create_task(run())
-        self._task.add_done_callback(finished)
+        task = self._task = asyncio.get_running_loop().create_task(run())
+        task.add_done_callback(finished)
 
     def _answer(self, reply: dict[str, Any], msg: dict[str, Any] | None = None, raw: bytes | None = None) -> None:
         """Send a reply qmprr gives itself; record it (an error burst: the first, then a count)."""
