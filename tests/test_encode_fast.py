@@ -149,3 +149,52 @@ def test_fast_path_is_taken_for_plain_commands() -> None:
     assert enc.encode_command(1, 0.5, "p", "primary", {"execute": "object-add", "arguments": {}}, ABSENT,
                               None, None) is None  # redaction looks at it
     assert INT64 is not None
+
+
+def test_append_many_is_one_write_of_the_same_lines_or_nothing(tmp_path: Any, monkeypatch: Any) -> None:
+    import qmprr.recording.writer as writer_module
+    from qmprr.errors import RecordingError
+    from qmprr.recording import verify
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(writer_module.time, "monotonic", lambda: next(ticks) / 8)
+    records = [(None, {"event": "STOP"}), (1, {"return": {}, "id": "qmprr-0"}), (None, {"event": "X", "data": {}})]
+    files = []
+    for many in (False, True):
+        ticks = iter(range(10**6))
+        path = tmp_path / f"{many}.jsonl"
+        header = writer_module.new_header()
+        header.started, header.started_epoch = "then", 1.0
+        with RecordWriter.create(path, header, sync="none") as log:
+            log.append_command(src="p", role="primary", msg={"execute": "stop", "id": "qmprr-0"})
+            if many:
+                writes: list[bytes] = []
+                real = os.write
+
+                def counted(fd: int, data: bytes, writes: list[bytes] = writes, real: Any = real) -> int:
+                    writes.append(data)
+                    return real(fd, data)  # type: ignore[no-any-return]
+
+                monkeypatch.setattr(writer_module.os, "write", counted)
+                assert log.append_many(records) == [2, 3, 4]
+                monkeypatch.setattr(writer_module.os, "write", real)
+                assert len(writes) == 1 and writes[0].count(b"\n") == 3
+            else:
+                for cmd, msg in records:
+                    log.append_event(msg=msg) if cmd is None else log.append_reply(cmd=cmd, msg=msg)
+        files.append(path.read_bytes())
+    assert files[0] == files[1]
+    # A failed batch leaves nothing: the next record chains on the last one written.
+    path = tmp_path / "fail.jsonl"
+    with RecordWriter.create(path, sync="none") as log:
+        log.append_command(src="p", role="primary", msg={"execute": "stop", "id": "qmprr-0"})
+        monkeypatch.setattr(writer_module.os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(28, "No space")))
+        try:
+            log.append_many(records)
+        except RecordingError:
+            pass
+        else:
+            raise AssertionError("the batch should have failed")
+        monkeypatch.undo()
+        assert log.append_reply(cmd=1, msg={"return": {}}) == 2
+    assert verify(path).ok

@@ -549,9 +549,21 @@ class ChannelCore:
         return self._flush()
 
     def receive(self, data: bytes, *, now: float) -> list[Effect]:
-        """Bytes from QEMU."""
+        """Bytes from QEMU.
+
+        Several messages read at once (a reply and the events around it) are
+        recorded with one write when the log can (``append_many``), before
+        any effect of theirs is returned: write-ahead holds for each.
+        """
         self._now = now
-        for item in self._decoder.feed(data):
+        items = self._decoder.feed(data)
+        if len(items) > 1 and self.closed_reason is None:
+            many = getattr(self.log, "append_many", None)
+            plan = self._plan(items) if many is not None else None
+            if plan is not None and many is not None:
+                self._receive_batch(plan, many)
+                return self._flush()
+        for item in items:
             if isinstance(item, wire.FramingError):
                 self._note(f"unparsable data from QEMU: {item!r}")
             else:
@@ -724,18 +736,62 @@ class ChannelCore:
             self._tx_input(TxInput.SEND, None)
         self._out.append(Write(item.token, data, item.fds > 0))
 
-    def _message(self, msg: dict[str, Any]) -> None:
-        if self.closed_reason is not None:
-            return
+    @staticmethod
+    def _route(msg: dict[str, Any], flight: _InFlight | None) -> tuple[Route, str]:
+        """Where a message from QEMU goes (:data:`ATTRIBUTION`), and why, for a note."""
         kind = wire.classify(msg)
-        flight = self._in_flight
         if "id" not in msg:
             match = IdMatch.ABSENT
         elif flight is not None and msg["id"] == flight.wire_id:
             match = IdMatch.IN_FLIGHT
         else:
             match = IdMatch.OTHER
-        route, why = ATTRIBUTION.get((kind, match), (Route.UNEXPECTED, f"a message of kind {kind.value}"))
+        return ATTRIBUTION.get((kind, match), (Route.UNEXPECTED, f"a message of kind {kind.value}"))
+
+    def _plan(self, items: list[Any]) -> list[tuple[int | None, dict[str, Any]]] | None:
+        """The records of messages read together, when each is an event or the one awaited reply.
+
+        ``(cmd, msg)`` for the reply, ``(None, msg)`` for an event; None when
+        anything else is among them (a note to write, a wedged channel): those
+        go one by one.
+        """
+        flight = self._in_flight
+        if self.wedged is not None:
+            return None
+        plan: list[tuple[int | None, dict[str, Any]]] = []
+        for item in items:
+            if not isinstance(item, dict):
+                return None
+            route, _why = self._route(item, flight)
+            if route is Route.EVENT:
+                plan.append((None, item))
+            elif route is Route.REPLY and flight is not None and flight.seq is not None:
+                plan.append((flight.seq, item))
+                flight = None  # a second reply with its id would be unexpected
+            else:
+                return None
+        return plan
+
+    def _receive_batch(self, plan: list[tuple[int | None, dict[str, Any]]], many: Callable[..., Any]) -> None:
+        try:
+            many(plan)
+            recorded = True
+        except Exception as exc:  # noqa: BLE001 - a log that fails must not stop the channel
+            recorded = False
+            for cmd, _msg in plan:
+                self._log_failed("event" if cmd is None else "reply", exc)
+        for cmd, msg in plan:
+            if cmd is None:
+                if recorded:
+                    self._out.append(Fanout(msg))
+            elif self._in_flight is not None:
+                self._reply(self._in_flight, msg, recorded)
+
+    def _message(self, msg: dict[str, Any]) -> None:
+        if self.closed_reason is not None:
+            return
+        flight = self._in_flight
+        route, why = self._route(msg, flight)
         if route is Route.EVENT:
             if self._append_event(msg):
                 self._out.append(Fanout(msg))
@@ -744,13 +800,14 @@ class ChannelCore:
         else:
             self._note(f"unexpected message from QEMU ({why}); given to no client", {"msg": msg})
 
-    def _reply(self, flight: _InFlight, msg: dict[str, Any]) -> None:
+    def _reply(self, flight: _InFlight, msg: dict[str, Any], recorded: bool | None = None) -> None:
+        """QEMU answered *flight* (its reply already written when *recorded* is given)."""
         self._in_flight = None
         ask = flight.ask
         self._tokens.discard(ask.token)
-        if flight.seq is not None:
+        if recorded is None and flight.seq is not None:
             recorded = self._append_reply(flight.seq, msg)
-        else:  # qmprr's own command went out unrecorded: a reply record would name no command
+        elif recorded is None:  # qmprr's own command went out unrecorded: a reply record would name no command
             recorded = self._note(f"QEMU's reply to {ask.name!r}, sent unrecorded by qmprr", {"msg": msg})
         if self.wedged is not None:
             self.wedged = None

@@ -27,6 +27,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from .. import __version__, codec
@@ -315,6 +316,36 @@ class RecordWriter:
             self._write(*out, t)
             return seq
 
+    def append_many(self, records: Sequence[tuple[int | None, dict[str, Any]]]) -> list[int]:
+        """Append ``reply`` (``(cmd, msg)``) and ``event`` (``(None, msg)``) records with one ``write()``.
+
+        All of them reach the OS, or none (the file and the chain are as before,
+        and :class:`RecordingError` is raised). Returns their seqs.
+        """
+        with self._lock:
+            saved = self._next_seq, self._encoder.head, self._last_t
+            lines: list[bytes] = []
+            seqs: list[int] = []
+            try:
+                for cmd, msg in records:
+                    seq, t = self._next()
+                    out = (self._encoder.encode_event(seq, t, msg) if cmd is None
+                           else self._encoder.encode_reply(seq, t, cmd, msg))
+                    if out is None:
+                        record: Record = Event(msg=Msg(msg)) if cmd is None else Reply(cmd=cmd, msg=Msg(msg))
+                        record.seq, record.t = seq, t
+                        out = self._encoder.encode(convert.unstructure(record))
+                    lines.append(out[0])
+                    seqs.append(seq)
+                    self._next_seq, self._last_t = seq + 1, t  # the next line chains on this one
+                    self._encoder.commit(out[1])
+                self._write_raw(b"".join(lines))
+            except BaseException:
+                self._next_seq, head, self._last_t = saved
+                self._encoder.commit(head)
+                raise
+            return seqs
+
     def _next(self) -> tuple[int, float]:
         """The next record's seq and t (under the lock)."""
         if self._closed:
@@ -326,10 +357,17 @@ class RecordWriter:
 
     def _write(self, line: bytes, h: str, t: float) -> None:
         """One ``write()`` of one line (under the lock); the chain moves on only if it is all written."""
+        self._write_raw(line)
+        self._next_seq += 1
+        self._encoder.commit(h)
+        self._last_t = t
+
+    def _write_raw(self, data: bytes) -> None:
+        """One ``write()`` of whole lines (under the lock), taken back if it is not all written."""
         try:
-            written = os.write(self._fd, line)
-            if written != len(line):
-                raise OSError(f"short write ({written} of {len(line)} bytes); disk full?")
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(f"short write ({written} of {len(data)} bytes); disk full?")
             if self.sync is SyncPolicy.ALWAYS:
                 os.fdatasync(self._fd)
         except OSError as exc:
@@ -341,9 +379,6 @@ class RecordWriter:
                 f"{self.path}: cannot write record: {exc.strerror or exc}"
             ) from None
         self._size += written
-        self._next_seq += 1
-        self._encoder.commit(h)
-        self._last_t = t
         if self.sync is not SyncPolicy.ALWAYS:
             self._dirty = True
 
