@@ -816,20 +816,25 @@ class ChannelCore:
                 " the channel is no longer wedged",
                 {"cmd": flight.seq},
             )
+        answer: tuple[dict[str, Any] | None, ChannelError | None] | None = None
         if not flight.answered:
             if recorded:
                 out = {k: v for k, v in msg.items() if k != "id"}
                 if ask.client_id is not ABSENT:
                     out["id"] = ask.client_id
-                self._answer(ask.token, reply=out)
+                answer = out, None
             else:
-                self._answer(ask.token, error=ReplyNotRecorded(
+                answer = None, ReplyNotRecorded(
                     f"{self.log.path}: QEMU ran {ask.name!r} (seq {flight.seq}), but its reply could not"
-                    f" be recorded ({self._log_error}), so it is withheld: the command DID run"))
+                    f" be recorded ({self._log_error}), so it is withheld: the command DID run")
         if ask.tx is not None and self._hold is not None and self._hold.id == ask.tx:
             self._hold.last_activity = self._now
             self._tx_input(TxInput.REPLY, None)
+        # The next command goes to QEMU before this reply goes to its caller: QEMU works
+        # on it meanwhile (both are recorded already; they are for different sockets).
         self._pump()
+        if answer is not None:
+            self._answer(ask.token, reply=answer[0], error=answer[1])
 
     def _wedge(self, flight: _InFlight) -> None:
         waited = self._now - flight.sent

@@ -30,6 +30,41 @@ from .. import wire
 
 QUERY = b'{"execute":"query-status","id":1}'
 
+#: The floor for any proxy process: bytes relayed as they come (uvloop protocols, no
+#: parsing, no log). What it adds is the cost of the extra hop itself.
+RELAY = r'''
+import asyncio, sys
+try:
+    import uvloop
+except ImportError:
+    uvloop = None
+
+async def main(upstream, path):
+    loop = asyncio.get_running_loop()
+    early = []
+
+    class Up(asyncio.Protocol):
+        down = None
+        def data_received(self, data):
+            (self.down.write(data) if self.down else early.append(data))
+
+    up_transport, up = await loop.create_unix_connection(Up, upstream)
+
+    class Down(asyncio.Protocol):
+        def connection_made(self, transport):
+            up.down = transport
+            transport.write(b"".join(early))
+        def data_received(self, data):
+            up_transport.write(data)
+
+    await loop.create_unix_server(Down, path)
+    await asyncio.Event().wait()
+
+if uvloop is not None:
+    uvloop.install()
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+'''
+
 
 def _wait_for(path: str, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
@@ -153,19 +188,24 @@ def run(commands: int = 2000, rounds: int = 10, qemu: str = "qemu-system-x86_64"
         raise SystemExit(f"qmprr bench: {qemu} not found (apt-get install qemu-system-x86)")
     per_round = max(1, commands // rounds)
     with tempfile.TemporaryDirectory() as tmp:
-        qsock, upstream, psock, record = (
-            os.path.join(tmp, n) for n in ("qemu.sock", "upstream.sock", "proxy.sock", "bench.jsonl")
+        qsock, upstream, psock, record, rup, rsock = (
+            os.path.join(tmp, n)
+            for n in ("qemu.sock", "upstream.sock", "proxy.sock", "bench.jsonl", "relay-up.sock", "relay.sock")
         )
         qemu_proc = subprocess.Popen(
             [qemu, "-machine", "none", "-nodefaults", "-display", "none",
              "-qmp", f"unix:{qsock},server=on,wait=off",
-             "-qmp", f"unix:{upstream},server=on,wait=off"],
+             "-qmp", f"unix:{upstream},server=on,wait=off",
+             "-qmp", f"unix:{rup},server=on,wait=off"],
             stdin=subprocess.DEVNULL,
         )
-        proxy = None
+        proxy = relay = None
         try:
             _wait_for(qsock, qemu_proc)
             _wait_for(upstream, qemu_proc)
+            _wait_for(rup, qemu_proc)
+            relay = subprocess.Popen([sys.executable, "-c", RELAY, rup, rsock], stdin=subprocess.DEVNULL)
+            _wait_for(rsock, relay)
             proxy = subprocess.Popen(
                 [sys.executable, "-m", "qmprr.cli", "proxy", "--upstream", upstream,
                  "--record", record, "--socket", psock],
@@ -173,11 +213,12 @@ def run(commands: int = 2000, rounds: int = 10, qemu: str = "qemu-system-x86_64"
                 stderr=subprocess.DEVNULL,
             )
             _wait_for(psock, proxy)
-            raw_direct, raw_proxy = RawClient(qsock), RawClient(psock)
+            raw_direct, raw_proxy, raw_relay = RawClient(qsock), RawClient(psock), RawClient(rsock)
             times: dict[str, list[float]] = {k: [] for k in ("raw", "raw+proxy", "qmp", "qmp+proxy")}
-            raw_direct.timed(50), raw_proxy.timed(50)  # warm-up
-            ratios: dict[str, list[float]] = {"ratio_raw": [], "ratio_qmp": [], "throughput": []}
+            raw_direct.timed(50), raw_proxy.timed(50), raw_relay.timed(50)  # warm-up
+            ratios: dict[str, list[float]] = {"ratio_raw": [], "ratio_qmp": [], "throughput": [], "relay": []}
             cpu: list[float] = []
+            cpu_relay: list[float] = []
             for _ in range(rounds):
                 direct = raw_direct.timed(per_round)
                 before = cpu_seconds(proxy.pid)
@@ -186,8 +227,13 @@ def run(commands: int = 2000, rounds: int = 10, qemu: str = "qemu-system-x86_64"
                 times["raw"] += direct
                 times["raw+proxy"] += proxied
                 ratios["ratio_raw"].append(statistics.median(proxied) / statistics.median(direct))
+                before = cpu_seconds(relay.pid)
+                relayed = raw_relay.timed(per_round)
+                cpu_relay.append((cpu_seconds(relay.pid) - before) / per_round * 1e6)
+                ratios["relay"].append(statistics.median(relayed) / statistics.median(direct))
             raw_direct.close()
             raw_proxy.close()
+            raw_relay.close()
             times["qmp"], times["qmp+proxy"] = asyncio.run(_qmpclient_times(qsock, psock, per_round, rounds))
             for r in range(rounds):
                 part = slice(r * per_round, (r + 1) * per_round)
@@ -195,18 +241,24 @@ def run(commands: int = 2000, rounds: int = 10, qemu: str = "qemu-system-x86_64"
                     statistics.median(times["qmp+proxy"][part]) / statistics.median(times["qmp"][part]))
             alone: list[float] = []
             together: list[float] = []
+            cpu_many: list[float] = []
             for _ in range(max(1, rounds // 2)):
                 single = RawClient(qsock)
                 t0 = time.perf_counter()
                 single.timed(clients * each // 4)
                 alone.append(clients * each // 4 / (time.perf_counter() - t0))
                 single.close()
+                before = cpu_seconds(proxy.pid)
                 together.append(concurrent_rate(psock, clients, each))
+                cpu_many.append((cpu_seconds(proxy.pid) - before) / (clients * each) * 1e6)
                 ratios["throughput"].append(together[-1] / alone[-1])
         finally:
             if proxy is not None:
                 proxy.send_signal(signal.SIGTERM)
                 proxy.wait(10)
+            if relay is not None:
+                relay.kill()
+                relay.wait()
             qemu_proc.kill()
             qemu_proc.wait()
         records = sum(1 for _ in open(record, "rb"))
@@ -230,8 +282,11 @@ def run(commands: int = 2000, rounds: int = 10, qemu: str = "qemu-system-x86_64"
           f"   ({verdict('ratio_qmp', medians['ratio_qmp'])})")
     print(f"  proxy CPU per command (user+sys):     {medians['cpu_us']:.1f} us  rounds {min(cpu):.1f}–{max(cpu):.1f}"
           f"   ({verdict('cpu_us', medians['cpu_us'])})")
+    print(f"  floor, a minimal byte relay (no parsing, no log): ratio {statistics.median(ratios['relay']):.2f}"
+          f"  rounds {_spread(ratios['relay'])}, CPU {statistics.median(cpu_relay):.1f} us/command")
     print(f"  {clients} clients x {each} commands through the proxy: {statistics.median(together):,.0f}/s;"
-          f" one raw client alone straight: {statistics.median(alone):,.0f}/s")
+          f" one raw client alone straight: {statistics.median(alone):,.0f}/s;"
+          f" proxy CPU {statistics.median(cpu_many):.1f} us/command")
     print(f"  throughput ratio:                     {medians['throughput']:.2f}  rounds {_spread(ratios['throughput'])}"
           f"   ({verdict('throughput', medians['throughput'])})")
     return medians
