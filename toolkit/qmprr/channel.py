@@ -406,6 +406,14 @@ class Channel:
             self._fds.pop(token, None)
             self._apply(self._core.cancel(token, now=time.monotonic()))
 
+    def when_written(self, callback: Callable[[], None]) -> None:
+        """Call *callback* once every write asked so far (fds included) has gone to QEMU, or failed."""
+        task = self._write_task
+        if task is None or task.done():
+            callback()
+        else:
+            task.add_done_callback(lambda _task: callback())
+
     def refuse_new_commands(self, reason: str) -> None:
         """From now on, fail every command not yet sent (the one in flight completes)."""
         self._apply(self._core.refuse(reason, now=time.monotonic()))

@@ -454,10 +454,6 @@ class QmpServer:
             self.backend.record(Taint(reason="custom-monitor", client=name))
 
 
-#: Decoded messages of one client waiting their turn past which its socket is no longer read.
-MAX_PENDING = 64
-
-
 class _ClientProtocol(asyncio.Protocol):
     """One client's socket: bytes go to its :class:`_Connection` from ``data_received``.
 
@@ -656,6 +652,8 @@ class _Connection:
         self._processing = False
         self._read_paused = False
         self._ended = False
+        self._unread: collections.deque[bytes] = collections.deque()
+        self._fds_in_use: list[int] = []
 
     def start(self) -> None:
         self.server._clients.add(self)
@@ -667,13 +665,26 @@ class _Connection:
     # -- input -----------------------------------------------------------------
 
     def received(self, data: bytes) -> None:
+        """Bytes from the client: decoded a chunk at a time, as its messages get their turn.
+
+        While messages wait (a command in flight), the socket is not read: what
+        a client has sent ahead costs at most a read's worth of bytes.
+        """
         if self._ended or self.gone:
             return
-        self.pending.extend(self.decoder.feed(data))
-        if len(self.pending) >= MAX_PENDING and not self._read_paused:
-            self._read_paused = True
-            self.protocol.pause_reading()
+        self._unread.append(data)
         self._process()
+
+    def _decode_next(self) -> bool:
+        """Decode the next chunk of what was read; False when nothing is left."""
+        if not self._unread:
+            return False
+        chunk = self._unread.popleft()
+        if len(chunk) > READ_CHUNK:
+            self._unread.appendleft(chunk[READ_CHUNK:])
+            chunk = chunk[:READ_CHUNK]
+        self.pending.extend(self.decoder.feed(chunk))
+        return True
 
     def _done(self) -> bool:
         return self.gone or self.stopping or self.outbox.overrun or self.backend.closed_reason is not None
@@ -684,13 +695,17 @@ class _Connection:
             return
         self._processing = True
         try:
-            while self.pending and self._busy is None and not self._done():
-                self._handle(self.pending.popleft())
+            while self._busy is None and not self._done() and (self.pending or self._decode_next()):
+                if self.pending:
+                    self._handle(self.pending.popleft())
         finally:
             self._processing = False
         if self._busy is None and self._done():
             self._finish()
-        elif self._read_paused and not self.pending:
+        elif (self.pending or self._unread) and not self._read_paused:
+            self._read_paused = True
+            self.protocol.pause_reading()
+        elif self._read_paused and not self.pending and not self._unread:
             self._read_paused = False
             self.protocol.resume_reading()
 
@@ -701,6 +716,8 @@ class _Connection:
         if self.gone:
             return
         self.gone = True
+        while self._decode_next():
+            pass
         self.withdrawn += _commands_in(list(self.pending))
         self.pending.clear()
         if not self.detached:
@@ -708,6 +725,10 @@ class _Connection:
                 self._busy = None
                 self.backend.withdraw(self._token)  # type: ignore[attr-defined]  # backends with submit have it
                 # (the channel notes a withdrawal, or keeps the wire for the reply of one already sent)
+                fds, self._fds_in_use = self._fds_in_use, []
+                if fds:  # closed once the channel has passed them on, if it was about to
+                    when_written = getattr(self.backend, "when_written", None)
+                    when_written(lambda: _close_fds(fds)) if when_written is not None else _close_fds(fds)
             elif self._busy == "task" and self._task is not None:
                 self._withdrawing = True
                 self._task.cancel()
@@ -801,12 +822,14 @@ class _Connection:
             self._run_task(self._execute(action, tx, fds, extra), forward=True, fds=fds)
             return
         self._busy = "forward"
+        self._fds_in_use = fds
         replied = False
 
         def done(reply: dict[str, Any] | None, error: QmprrError | None) -> None:
             nonlocal replied
             replied = True
             _close_fds(fds)
+            self._fds_in_use = []
             if self._busy == "forward":
                 self._busy = None
             self._replied(reply if error is None else self._refused(error, action), forward=True)
@@ -816,7 +839,7 @@ class _Connection:
                                  done=done, **extra)
         except QmprrError as exc:
             _close_fds(fds)
-            self._busy = None
+            self._busy, self._fds_in_use = None, []
             self._replied(self._refused(exc, action), forward=True)
             return
         if not replied:

@@ -1,9 +1,12 @@
-"""A client's disconnect is recorded when it happens, not when the next client comes (issue 16).
+"""The serve loop on protocols, against a real ``qmprr launch``.
 
-Against a real ``qmprr launch``: a client leaves (close, half-close, reset, or
-while its command waits behind another client's transaction) and its
-``client`` ``disconnect`` record appears with nothing else happening; a
-second client that connects afterwards is recorded after it.
+A client's disconnect is recorded when it happens, not when the next client
+comes (issue 16): a client leaves (close, half-close, reset, or while its
+command waits behind another client's transaction) and its ``client``
+``disconnect`` record appears with nothing else happening; a second client
+that connects afterwards is recorded after it. A client that sends thousands
+of commands at once gets every reply, in order (the socket is not read while
+its messages wait, and reading resumes).
 """
 
 from __future__ import annotations
@@ -100,3 +103,21 @@ def test_a_client_leaving_while_its_command_waits_is_recorded_at_once(tmp_path: 
     assert not [d for d in records if d.get("kind") == "command" and d.get("src") == "primary-2"]
     assert any(d.get("kind") == "note" and "withdrawn" in d.get("text", "") and "primary-2" in d.get("text", "")
                for d in records)
+
+
+def test_thousands_of_commands_sent_at_once_are_all_answered_in_order(tmp_path: Path) -> None:
+    n = 3000
+    with support.qmprr_launch(tmp_path) as launched:
+        support.wait_for_socket(launched.socket)
+        client = Raw(launched.socket)
+        client.sock.sendall(b"".join(json.dumps({"execute": "query-status", "id": i}).encode() for i in range(n)))
+        ids = []
+        while len(ids) < n:
+            msg = client.read()
+            if "return" in msg:
+                ids.append(msg["id"])
+        client.sock.close()
+    assert ids == list(range(n))
+    commands = [d for d in support.records_on_disk(launched.record) if d.get("kind") == "command"
+                and d.get("src") == "primary-1"]
+    assert [c["client_id"] for c in commands] == list(range(n))
