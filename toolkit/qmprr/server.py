@@ -65,7 +65,7 @@ DEFAULT_MAX_MESSAGE = 8 * MiB
 DEFAULT_DEBUG_MAX_MESSAGE = 16 * 1024
 #: In a long burst of local errors, a ``note`` with the count every this many.
 BURST_NOTE_EVERY = 10_000
-#: Bytes read from a client at a time (and the StreamReader's buffer limit).
+#: Bytes of a client's input decoded at a time (and read with recvmsg from an fd-passing client).
 READ_CHUNK = 64 * 1024
 
 
