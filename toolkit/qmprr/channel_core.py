@@ -941,29 +941,40 @@ class ChannelCore:
         if hot is None:
             record = Command(src=src, role=role, msg=Msg(msg), client_id=client_id, tx=tx, queued=queued)  # type: ignore[arg-type]  # role strings are the callers'; Record.role names the known ones
             return record.seq if self._append(record) else None
-        return self._guarded("command", hot, src=src, role=role, msg=msg, client_id=client_id, tx=tx, queued=queued,
-                             encoded=encoded)
+        if self.closed_reason is not None:
+            return None
+        try:
+            seq: int = hot(src=src, role=role, msg=msg, client_id=client_id, tx=tx, queued=queued, encoded=encoded)
+            return seq
+        except Exception as exc:  # noqa: BLE001 - a log that fails must not stop the channel
+            self._log_failed("command", exc)
+            return None
 
     def _append_reply(self, cmd: int, msg: dict[str, Any]) -> bool:
         hot = getattr(self.log, "append_reply", None)
         if hot is None:
             return self._append(Reply(cmd=cmd, msg=Msg(msg)))
-        return self._guarded("reply", hot, cmd=cmd, msg=msg) is not None
+        if self.closed_reason is not None:
+            return False
+        try:
+            hot(cmd=cmd, msg=msg)
+            return True
+        except Exception as exc:  # noqa: BLE001 - a log that fails must not stop the channel
+            self._log_failed("reply", exc)
+            return False
 
     def _append_event(self, msg: dict[str, Any]) -> bool:
         hot = getattr(self.log, "append_event", None)
         if hot is None:
             return self._append(Event(msg=Msg(msg)))
-        return self._guarded("event", hot, msg=msg) is not None
-
-    def _guarded(self, kind: str, append: Callable[..., int], **fields: Any) -> int | None:
         if self.closed_reason is not None:
-            return None
+            return False
         try:
-            return append(**fields)
+            hot(msg=msg)
+            return True
         except Exception as exc:  # noqa: BLE001 - a log that fails must not stop the channel
-            self._log_failed(kind, exc)
-            return None
+            self._log_failed("event", exc)
+            return False
 
     def _append(self, record: Record) -> bool:
         """Write *record*; on failure count it as lost and pause (see :meth:`tick`)."""
