@@ -434,3 +434,59 @@ def test_any_interleaving_keeps_order_attribution_and_the_log(ops: list[tuple]) 
     # Every exchange is in the log: each reply record names a command record.
     commands = {r.seq for r in world.sink.of(Command)}
     assert all(r.cmd in commands for r in world.sink.of(Reply))
+
+
+# -- messages read together: one write for their records -------------------------------------
+
+
+class BatchSink(Sink):
+    """A sink that also takes several reply/event records at once, as RecordWriter.append_many."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def append_many(self, records: list[tuple[int | None, dict[str, Any]]]) -> list[int]:
+        if self.failing:
+            raise support.disk_full(self.path)
+        self.batches.append(len(records))
+        return [self.append(Event(msg=msg) if cmd is None else Reply(cmd=cmd, msg=msg)).seq
+                for cmd, msg in records]
+
+
+def test_a_reply_and_events_read_together_are_recorded_with_one_write_before_any_effect() -> None:
+    sink = BatchSink()
+    core = ChannelCore(sink, now=0.0)
+    [w] = writes(core.ask("a", {"execute": "stop"}, now=0))
+    assert writes(core.ask("b", {"execute": "query-status"}, now=0)) == []
+    data = (wire.encode({"event": "STOP", "data": {}}) + reply_to(w)
+            + wire.encode({"event": "X", "data": {"n": 1}}))
+    out = core.receive(data, now=1)
+    assert sink.batches == [3]
+    kinds = [type(r).__name__ for r in sink.records]
+    # The three in wire order, then the next command (its record before its bytes go out).
+    assert kinds == ["Command", "Event", "Reply", "Event", "Command"]
+    # The next command goes out before the reply is handed over (both recorded already).
+    assert [type(e).__name__ for e in out] == ["Fanout", "Write", "Answer", "Fanout"]
+    assert answers(out)["a"].reply == {"return": {}}
+    assert sink.of(Reply)[0].cmd == sink.of(Command)[0].seq
+
+
+def test_a_batch_that_cannot_be_written_withholds_the_reply_and_the_events() -> None:
+    sink = BatchSink()
+    core = ChannelCore(sink, now=0.0)
+    [w] = writes(core.ask("a", {"execute": "stop"}, now=0))
+    sink.failing = True
+    out = core.receive(wire.encode({"event": "STOP"}) + reply_to(w), now=1)
+    assert isinstance(answers(out)["a"].error, ReplyNotRecorded)
+    assert not [e for e in out if isinstance(e, Fanout)]
+    assert core.runstate is Runstate.PAUSED and core.lost == {"event": 1, "reply": 1}
+
+
+def test_messages_read_together_with_a_stray_go_one_by_one() -> None:
+    sink = BatchSink()
+    core = ChannelCore(sink, now=0.0)
+    [w] = writes(core.ask("a", {"execute": "stop"}, now=0))
+    out = core.receive(wire.encode({"return": {}, "id": "qmprr-77"}) + reply_to(w), now=1)
+    assert sink.batches == [] and answers(out)["a"].reply == {"return": {}}
+    assert sink.notes("unexpected message from QEMU")

@@ -98,13 +98,25 @@ class FailingLog:
     """Makes a RecordWriter fail as a full disk does: from a record of *kind* on, until healed."""
 
     def __init__(self, log: RecordWriter, kind: str) -> None:
-        self.kind, self.failing, self.real = kind, False, log.append
+        self.kind, self.failing, self.real, self.path = kind, False, log.append, log.path
         log.append = self.append  # type: ignore[method-assign]
+        # The channel's hot path writes commands, replies and events through these.
+        for name in ("command", "reply", "event"):
+            setattr(log, f"append_{name}", self._hot(name, getattr(log, f"append_{name}")))
+
+    def _fail(self, kind: str) -> None:
+        if self.failing or kind == self.kind:
+            self.failing, self.kind = True, "-"
+            raise support.disk_full(self.path)
+
+    def _hot(self, kind: str, real: Any) -> Any:
+        def append(**fields: Any) -> Any:
+            self._fail(kind)
+            return real(**fields)
+        return append
 
     def append(self, record: Any) -> Any:
-        if self.failing or record.kind == self.kind:
-            self.failing, self.kind = True, "-"
-            raise support.disk_full(self.real.__self__.path)
+        self._fail(record.kind)
         return self.real(record)
 
 

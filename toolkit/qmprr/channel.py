@@ -225,6 +225,7 @@ class Channel:
         )
         self._tokens = itertools.count()
         self._futures: dict[Hashable, asyncio.Future[Any]] = {}
+        self._callbacks: dict[Hashable, Callable[[dict[str, Any] | None, ChannelError | None], None]] = {}
         self._fds: dict[Hashable, Sequence[int]] = {}
         self._txs: dict[int, Transaction] = {}
         self._subscribers: set[Subscription] = set()
@@ -233,7 +234,7 @@ class Channel:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.closed = asyncio.Event()
-        self._reader_task: asyncio.Task[None] | None = None
+        self._upstream: _Upstream | None = None
 
     @property
     def closed_reason(self) -> str | None:
@@ -299,7 +300,7 @@ class Channel:
         try:
             log.append(Greeting(msg=Msg(greeting)))
             channel._apply(channel._core.receive_messages(leftover, now=time.monotonic()))
-            channel._reader_task = asyncio.create_task(channel._read_loop(), name="qmprr-upstream")
+            channel._start_reading()
             async with asyncio.timeout(greeting_timeout):
                 reply = await channel.execute(
                     {"execute": "qmp_capabilities"}, src=INTERNAL_SRC, role="internal"
@@ -369,6 +370,49 @@ class Channel:
             return reply
         finally:
             self._fds.pop(token, None)
+
+    def submit(
+        self,
+        msg: dict[str, Any],
+        *,
+        done: Callable[[dict[str, Any] | None, ChannelError | None], None],
+        src: str = "library",
+        role: str = "primary",
+        client_id: Any = ABSENT,
+        tx: Transaction | None = None,
+        fds: Sequence[int] = (),
+        fd_info: Sequence[dict[str, Any]] = (),
+    ) -> Hashable:
+        """:meth:`execute` with a callback: ``done(reply, None)`` or ``done(None, error)``.
+
+        The hot path of the serve loop: no future and no task; *done* is called
+        from the callback that read QEMU's reply (or at once, when the command
+        is refused). Returns the token :meth:`withdraw` takes. *tx* is explicit
+        (no transaction of the current task is looked up).
+        """
+        token = next(self._tokens)
+        self._callbacks[token] = done
+        if fds:
+            self._fds[token] = tuple(fds)
+        self._apply(self._core.ask(
+            token, msg, now=time.monotonic(), src=src, role=role, client_id=client_id,
+            tx=tx.id if tx is not None else None, fds=len(fds), fd_info=fd_info,
+        ))
+        return token
+
+    def withdraw(self, token: Hashable) -> None:
+        """The caller of :meth:`submit` gave up: withdrawn if not yet sent; *done* is not called."""
+        if self._callbacks.pop(token, None) is not None:
+            self._fds.pop(token, None)
+            self._apply(self._core.cancel(token, now=time.monotonic()))
+
+    def when_written(self, callback: Callable[[], None]) -> None:
+        """Call *callback* once every write asked so far (fds included) has gone to QEMU, or failed."""
+        task = self._write_task
+        if task is None or task.done():
+            callback()
+        else:
+            task.add_done_callback(lambda _task: callback())
 
     def refuse_new_commands(self, reason: str) -> None:
         """From now on, fail every command not yet sent (the one in flight completes)."""
@@ -490,6 +534,11 @@ class Channel:
             if isinstance(effect, Write):
                 self._write(effect.data, self._fds.pop(effect.token, ()) if effect.fds else ())
             elif isinstance(effect, Answer):
+                done = self._callbacks.pop(effect.token, None)
+                if done is not None:
+                    self._fds.pop(effect.token, None)
+                    done(effect.reply, effect.error)
+                    continue
                 future = self._futures.get(effect.token)
                 if future is not None and not future.done():
                     if effect.error is not None:
@@ -539,6 +588,13 @@ class Channel:
             except (OSError, ChannelError) as exc:
                 self._shutdown("error", f"write to QEMU failed: {exc}")
 
+    async def _drained(self) -> None:
+        upstream = self._upstream
+        if upstream is not None:
+            await upstream.drained()
+        else:
+            await self._writer.drain()
+
     async def _send_with_fds(self, data: bytes, fds: Sequence[int]) -> None:
         """Write *data* with *fds* attached, once everything before it has left the transport.
 
@@ -547,7 +603,7 @@ class Channel:
         follows through the (empty) transport, still in order.
         """
         while self._transport.get_write_buffer_size():
-            await self._writer.drain()  # returns once the buffer is empty (no high-water mark)
+            await self._drained()  # returns once the buffer is empty (no high-water mark)
             if self._transport.get_write_buffer_size():
                 await asyncio.sleep(0.001)  # a transport that ignored the limits: wait for it
         raw = self._transport.get_extra_info("socket")
@@ -571,8 +627,14 @@ class Channel:
             self._transport.write(data[sent:])
 
     def _arm_timer(self) -> None:
+        """Have :meth:`_on_timer` run by the core's next deadline.
+
+        A timer already set to fire no later is kept (firing early ticks
+        nothing and sets the next one), so the one-command-at-a-time rhythm
+        does not cancel and set a timer per command.
+        """
         at = self._core.next_deadline()
-        if at == self._timer_at:
+        if at is None or (self._timer_at is not None and self._timer_at <= at):
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -585,22 +647,22 @@ class Channel:
         self._timer, self._timer_at = None, None
         self._apply(self._core.tick(time.monotonic()))
 
-    async def _read_loop(self) -> None:
-        reason, detail = "eof", "QEMU closed the monitor connection"
-        try:
-            while True:
-                data = await self._reader.read(READ_CHUNK)
-                if not data:
-                    break
-                self._apply(self._core.receive(data, now=time.monotonic()))
-        except (ConnectionResetError, BrokenPipeError):
-            reason, detail = "eof", "QEMU closed the monitor connection (reset)"
-        except (ConnectionError, OSError) as exc:
-            reason, detail = "error", f"reading from QEMU failed: {exc}"
-        except asyncio.CancelledError:
-            self._shutdown("stopped", "qmprr closed the connection")
-            raise
-        self._shutdown(reason, detail)
+    def _start_reading(self) -> None:
+        """From now on QEMU's bytes go straight from the transport to the core (:class:`_Upstream`).
+
+        The stream reader that read the greeting steps aside: what it still
+        holds is fed first, then its transport calls our protocol.
+        """
+        upstream = self._upstream = _Upstream(self)
+        self._transport.set_protocol(upstream)
+        buffered = bytes(getattr(self._reader, "_buffer", b""))  # read past the greeting, not yet consumed
+        if buffered:
+            upstream.data_received(buffered)
+        if self._reader.at_eof() or self._transport.is_closing():
+            upstream.connection_lost(self._reader.exception())
+            return
+        with contextlib.suppress(Exception):
+            self._transport.resume_reading()  # type: ignore[attr-defined]  # a socket transport; the stream reader may have paused it
 
     def _shutdown(self, reason: str, detail: str) -> None:
         self._apply(self._core.eof(reason, detail, now=time.monotonic()))
@@ -609,6 +671,9 @@ class Channel:
         for future in self._futures.values():  # the core answered everyone; this is a safety net
             if not future.done():
                 future.set_exception(ChannelClosed(f"the connection to QEMU is closed ({self.closed_reason})"))
+        callbacks, self._callbacks = self._callbacks, {}
+        for done in callbacks.values():
+            done(None, ChannelClosed(f"the connection to QEMU is closed ({self.closed_reason})"))
         for sub in list(self._subscribers):
             sub.close()
         if self._timer is not None:
@@ -620,10 +685,6 @@ class Channel:
 
     async def close(self) -> None:
         """Close the connection to QEMU (logged as ``close`` ``stopped``) and wait for it."""
-        if self._reader_task is not None and not self._reader_task.done():
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader_task
         self._shutdown("stopped", "qmprr closed the connection")
         if self._write_task is not None and not self._write_task.done():
             self._write_task.cancel()
@@ -633,3 +694,51 @@ class Channel:
     async def wait_closed(self) -> None:
         """Wait until the connection to QEMU has ended."""
         await self.closed.wait()
+
+
+class _Upstream(asyncio.Protocol):
+    """QEMU's side of the channel: bytes go to the core from ``data_received``, no task hop.
+
+    A reply is decoded, recorded and handed to its caller (a future, or the
+    serve loop's callback, which writes it to the client) within the callback
+    that read it.
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self._paused = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def data_received(self, data: bytes) -> None:
+        channel = self.channel
+        channel._apply(channel._core.receive(data, now=time.monotonic()))
+
+    def eof_received(self) -> bool:
+        self.channel._shutdown("eof", "QEMU closed the monitor connection")
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if exc is None:
+            self.channel._shutdown("eof", "QEMU closed the monitor connection")
+        elif isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            self.channel._shutdown("eof", "QEMU closed the monitor connection (reset)")
+        else:
+            self.channel._shutdown("error", f"reading from QEMU failed: {exc}")
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            _set_once(waiter)
+
+    async def drained(self) -> None:
+        """Return once the transport's buffer has drained (or the connection is gone)."""
+        if not self._paused or self.channel._transport.is_closing():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter

@@ -550,9 +550,21 @@ class ChannelCore:
         return self._flush()
 
     def receive(self, data: bytes, *, now: float) -> list[Effect]:
-        """Bytes from QEMU."""
+        """Bytes from QEMU.
+
+        Several messages read at once (a reply and the events around it) are
+        recorded with one write when the log can (``append_many``), before
+        any effect of theirs is returned: write-ahead holds for each.
+        """
         self._now = now
-        for item in self._decoder.feed(data):
+        items = self._decoder.feed(data)
+        if len(items) > 1 and self.closed_reason is None:
+            many = getattr(self.log, "append_many", None)
+            plan = self._plan(items) if many is not None else None
+            if plan is not None and many is not None:
+                self._receive_batch(plan, many)
+                return self._flush()
+        for item in items:
             if isinstance(item, wire.FramingError):
                 self._note(f"unparsable data from QEMU: {item!r}")
             else:
@@ -705,19 +717,14 @@ class ChannelCore:
         except Exception as exc:  # noqa: BLE001 - anything the encoder refuses is refused here
             self._refuse(item, ChannelError(f"cannot encode {item.name!r} for QEMU: {exc}"))
             return
-        record = Command(
-            src=item.src,
-            role=item.role,  # type: ignore[arg-type]  # role strings are the callers'; Record.role names the known ones
-            msg=Msg(sent),
-            client_id=item.client_id if item.client_id != wire_id else ABSENT,
-            tx=item.tx,
-            queued=self._offset(item.asked) if self._now - item.asked > QUEUED_THRESHOLD else None,
-        )
-        ok = written = self._append(record)
+        queued = self._offset(item.asked) if self._now - item.asked > QUEUED_THRESHOLD else None
+        client_id = item.client_id if item.client_id != wire_id else ABSENT
+        seq = self._append_command(item.src, item.role, sent, client_id, item.tx, queued, data[:-2])
+        ok = written = seq is not None
         for index in range(item.fds):
             info = Msg(item.fd_info[index]) if index < len(item.fd_info) else None
             ok = ok and bool(self._append(
-                Fd(src=item.src, placeholder=f"fd:{next(self._fd_ids)}", cmd=record.seq, stat=info)))
+                Fd(src=item.src, placeholder=f"fd:{next(self._fd_ids)}", cmd=seq, stat=info)))
         if not ok and item.role != INTERNAL_ROLE:
             self._refuse(item, LogUnavailable(
                 f"{self.log.path}: cannot record {item.name!r} ({self._log_error}): command not sent;"
@@ -725,38 +732,83 @@ class ChannelCore:
             return
         if not ok:
             self.lost["command sent unrecorded"] += 1
-        self._in_flight = _InFlight(item, wire_id, record.seq if written else None, self._now)
+        self._in_flight = _InFlight(item, wire_id, seq if written else None, self._now)
         if item.tx is not None:
             self._tx_input(TxInput.SEND, None)
         self._out.append(Write(item.token, data, item.fds > 0))
 
-    def _message(self, msg: dict[str, Any]) -> None:
-        if self.closed_reason is not None:
-            return
+    @staticmethod
+    def _route(msg: dict[str, Any], flight: _InFlight | None) -> tuple[Route, str]:
+        """Where a message from QEMU goes (:data:`ATTRIBUTION`), and why, for a note."""
         kind = wire.classify(msg)
-        flight = self._in_flight
         if "id" not in msg:
             match = IdMatch.ABSENT
         elif flight is not None and msg["id"] == flight.wire_id:
             match = IdMatch.IN_FLIGHT
         else:
             match = IdMatch.OTHER
-        route, why = ATTRIBUTION.get((kind, match), (Route.UNEXPECTED, f"a message of kind {kind.value}"))
+        return ATTRIBUTION.get((kind, match), (Route.UNEXPECTED, f"a message of kind {kind.value}"))
+
+    def _plan(self, items: list[Any]) -> list[tuple[int | None, dict[str, Any]]] | None:
+        """The records of messages read together, when each is an event or the one awaited reply.
+
+        ``(cmd, msg)`` for the reply, ``(None, msg)`` for an event; None when
+        anything else is among them (a note to write, a wedged channel): those
+        go one by one.
+        """
+        flight = self._in_flight
+        if self.wedged is not None:
+            return None
+        plan: list[tuple[int | None, dict[str, Any]]] = []
+        for item in items:
+            if not isinstance(item, dict):
+                return None
+            route, _why = self._route(item, flight)
+            if route is Route.EVENT:
+                plan.append((None, item))
+            elif route is Route.REPLY and flight is not None and flight.seq is not None:
+                plan.append((flight.seq, item))
+                flight = None  # a second reply with its id would be unexpected
+            else:
+                return None
+        return plan
+
+    def _receive_batch(self, plan: list[tuple[int | None, dict[str, Any]]], many: Callable[..., Any]) -> None:
+        try:
+            many(plan)
+            recorded = True
+        except Exception as exc:  # noqa: BLE001 - a log that fails must not stop the channel
+            recorded = False
+            for cmd, _msg in plan:
+                self._log_failed("event" if cmd is None else "reply", exc)
+        for cmd, msg in plan:
+            if cmd is None:
+                if recorded:
+                    self._out.append(Fanout(msg))
+            elif self._in_flight is not None:
+                self._reply(self._in_flight, msg, recorded)
+
+    def _message(self, msg: dict[str, Any]) -> None:
+        if self.closed_reason is not None:
+            return
+        flight = self._in_flight
+        route, why = self._route(msg, flight)
         if route is Route.EVENT:
-            if self._append(Event(msg=Msg(msg))):
+            if self._append_event(msg):
                 self._out.append(Fanout(msg))
         elif route is Route.REPLY and flight is not None:
             self._reply(flight, msg)
         else:
             self._note(f"unexpected message from QEMU ({why}); given to no client", {"msg": msg})
 
-    def _reply(self, flight: _InFlight, msg: dict[str, Any]) -> None:
+    def _reply(self, flight: _InFlight, msg: dict[str, Any], recorded: bool | None = None) -> None:
+        """QEMU answered *flight* (its reply already written when *recorded* is given)."""
         self._in_flight = None
         ask = flight.ask
         self._tokens.discard(ask.token)
-        if flight.seq is not None:
-            recorded = self._append(Reply(cmd=flight.seq, msg=Msg(msg)))
-        else:  # qmprr's own command went out unrecorded: a reply record would name no command
+        if recorded is None and flight.seq is not None:
+            recorded = self._append_reply(flight.seq, msg)
+        elif recorded is None:  # qmprr's own command went out unrecorded: a reply record would name no command
             recorded = self._note(f"QEMU's reply to {ask.name!r}, sent unrecorded by qmprr", {"msg": msg})
         if self.wedged is not None:
             self.wedged = None
@@ -765,20 +817,25 @@ class ChannelCore:
                 " the channel is no longer wedged",
                 {"cmd": flight.seq},
             )
+        answer: tuple[dict[str, Any] | None, ChannelError | None] | None = None
         if not flight.answered:
             if recorded:
                 out = {k: v for k, v in msg.items() if k != "id"}
                 if ask.client_id is not ABSENT:
                     out["id"] = ask.client_id
-                self._answer(ask.token, reply=out)
+                answer = out, None
             else:
-                self._answer(ask.token, error=ReplyNotRecorded(
+                answer = None, ReplyNotRecorded(
                     f"{self.log.path}: QEMU ran {ask.name!r} (seq {flight.seq}), but its reply could not"
-                    f" be recorded ({self._log_error}), so it is withheld: the command DID run"))
+                    f" be recorded ({self._log_error}), so it is withheld: the command DID run")
         if ask.tx is not None and self._hold is not None and self._hold.id == ask.tx:
             self._hold.last_activity = self._now
             self._tx_input(TxInput.REPLY, None)
+        # The next command goes to QEMU before this reply goes to its caller: QEMU works
+        # on it meanwhile (both are recorded already; they are for different sockets).
         self._pump()
+        if answer is not None:
+            self._answer(ask.token, reply=answer[0], error=answer[1])
 
     def _wedge(self, flight: _InFlight) -> None:
         waited = self._now - flight.sent
@@ -873,6 +930,53 @@ class ChannelCore:
     def _note(self, text: str, data: dict[str, Any] | None = None) -> bool:
         return self._append(Note(text=text, data=Msg(data) if data is not None else None))
 
+    # The hot path: a sink with append_command/reply/event (RecordWriter) builds those
+    # records straight to bytes, the same lines; any other sink gets the typed records.
+
+    def _append_command(
+        self, src: str, role: str, msg: dict[str, Any], client_id: Any, tx: int | None, queued: float | None,
+        encoded: bytes,
+    ) -> int | None:
+        """Write a ``command`` record (*encoded*: *msg*'s JSON); its seq, or None if it was not written."""
+        hot = getattr(self.log, "append_command", None)
+        if hot is None:
+            record = Command(src=src, role=role, msg=Msg(msg), client_id=client_id, tx=tx, queued=queued)  # type: ignore[arg-type]  # role strings are the callers'; Record.role names the known ones
+            return record.seq if self._append(record) else None
+        if self.closed_reason is not None:
+            return None
+        try:
+            seq: int = hot(src=src, role=role, msg=msg, client_id=client_id, tx=tx, queued=queued, encoded=encoded)
+            return seq
+        except Exception as exc:  # noqa: BLE001 - a log that fails must not stop the channel
+            self._log_failed("command", exc)
+            return None
+
+    def _append_reply(self, cmd: int, msg: dict[str, Any]) -> bool:
+        hot = getattr(self.log, "append_reply", None)
+        if hot is None:
+            return self._append(Reply(cmd=cmd, msg=Msg(msg)))
+        if self.closed_reason is not None:
+            return False
+        try:
+            hot(cmd=cmd, msg=msg)
+            return True
+        except Exception as exc:  # noqa: BLE001 - a log that fails must not stop the channel
+            self._log_failed("reply", exc)
+            return False
+
+    def _append_event(self, msg: dict[str, Any]) -> bool:
+        hot = getattr(self.log, "append_event", None)
+        if hot is None:
+            return self._append(Event(msg=Msg(msg)))
+        if self.closed_reason is not None:
+            return False
+        try:
+            hot(msg=msg)
+            return True
+        except Exception as exc:  # noqa: BLE001 - a log that fails must not stop the channel
+            self._log_failed("event", exc)
+            return False
+
     def _append(self, record: Record) -> bool:
         """Write *record*; on failure count it as lost and pause (see :meth:`tick`)."""
         if self.closed_reason is not None and not isinstance(record, Close):
@@ -881,13 +985,17 @@ class ChannelCore:
             self.log.append(record)
             return True
         except Exception as exc:  # noqa: BLE001 - a log that fails must not stop the channel
-            self.lost[record.kind] += 1
-            if isinstance(exc, (QmprrError, OSError)) and self.paused_since is None:
-                self.paused_since = self._now
-                self._log_error = str(exc)
-                self._retry_delay = LOG_RETRY_FIRST
-                self._retry_at = self._now + self._retry_delay
+            self._log_failed(record.kind, exc)
             return False
+
+    def _log_failed(self, kind: str, exc: Exception) -> None:
+        """A record could not be written: count it as lost and pause (see :meth:`tick`)."""
+        self.lost[kind] += 1
+        if isinstance(exc, (QmprrError, OSError)) and self.paused_since is None:
+            self.paused_since = self._now
+            self._log_error = str(exc)
+            self._retry_delay = LOG_RETRY_FIRST
+            self._retry_at = self._now + self._retry_delay
 
     def _retry_log(self) -> None:
         """Try the ``note`` that says the log works again; resume if it is written."""

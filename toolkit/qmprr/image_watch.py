@@ -28,16 +28,30 @@ class ImageWatcher:
         self._backend = backend
         self._cwd = cwd or os.getcwd()
         self._seen: set[str] = set()
+        if hasattr(backend, "submit"):  # the channel's callback path (the serve loop's hot path)
+            self.submit = self._submit
+
+    def _new_paths(self, msg: dict[str, Any]) -> list[str]:
+        if msg.get("execute") not in images.IMAGE_COMMANDS:
+            return []
+        paths = [p for p in images.named_in_command(self._as_logged(msg)) if p not in self._seen and REDACTED not in p]
+        self._seen.update(paths)
+        return paths
+
+    def _submit(self, msg: dict[str, Any], **kwargs: Any) -> Any:
+        """The note (qemu-img run here: a few ms, once per image name, image commands only), then the command."""
+        paths = self._new_paths(msg)
+        if paths:
+            self._write_note([images.describe(p, self._cwd) for p in paths])
+        return self._backend.submit(msg, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backend, name)
 
     async def execute(self, msg: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        if msg.get("execute") in images.IMAGE_COMMANDS:
-            paths = [p for p in images.named_in_command(self._as_logged(msg)) if p not in self._seen and REDACTED not in p]
-            if paths:  # before the command: the image as QEMU is about to open it (the note precedes the command)
-                self._seen.update(paths)
-                await self._note(paths)
+        paths = self._new_paths(msg)
+        if paths:  # before the command: the image as QEMU is about to open it (the note precedes the command)
+            self._write_note([await images.describe_async(p, self._cwd) for p in paths])
         reply: dict[str, Any] = await self._backend.execute(msg, **kwargs)
         return reply
 
@@ -46,7 +60,7 @@ class ImageWatcher:
         redactor = getattr(log, "redactor", None)
         return redactor.redact(msg) if redactor is not None else msg
 
-    async def _note(self, paths: list[str]) -> None:
-        found = [d for d in [await images.describe_async(p, self._cwd) for p in paths] if d is not None]
+    def _write_note(self, described: list[dict[str, Any] | None]) -> None:
+        found = [d for d in described if d is not None]
         if found:
             self._backend.note(NOTE_TEXT, {"images": found})

@@ -30,13 +30,15 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+import typing
 from typing import Any, Protocol
 
 import attrs
 
 from . import address, wire
 from .errors import QmprrError
+from .fdpass import READ_FDS, FdQueue, claim_fds
 from .recording import Client, Local, Msg, Record, Taint
 from .session import (
     Answer,
@@ -63,7 +65,7 @@ DEFAULT_MAX_MESSAGE = 8 * MiB
 DEFAULT_DEBUG_MAX_MESSAGE = 16 * 1024
 #: In a long burst of local errors, a ``note`` with the count every this many.
 BURST_NOTE_EVERY = 10_000
-#: Bytes read from a client at a time (and the StreamReader's buffer limit).
+#: Bytes of a client's input decoded at a time (and read with recvmsg from an fd-passing client).
 READ_CHUNK = 64 * 1024
 
 
@@ -169,7 +171,9 @@ class Backend(Protocol):
 
     :class:`~qmprr.channel.Channel` is one as it is. A backend may also have
     ``after_reply()``, called right after each forwarded reply is written (the
-    fake sends the events recorded after a reply there).
+    fake sends the events recorded after a reply there), and the callback
+    pair ``submit(msg, ..., done=callback) -> token`` / ``withdraw(token)``
+    (the channel's hot path: no task per command), used instead of ``execute``.
     """
 
     greeting: dict[str, Any]
@@ -205,9 +209,10 @@ class _Outbox:
     reader loses events before it is cut off.
     """
 
-    def __init__(self, writer: asyncio.StreamWriter, budget: int, over: Callable[[str], None]) -> None:
-        self._writer = writer
-        self._transport = writer.transport
+    def __init__(self, transport: asyncio.WriteTransport, protocol: _ClientProtocol, budget: int,
+                 over: Callable[[str], None]) -> None:
+        self._transport = transport
+        self._protocol = protocol
         self.budget = budget
         self._over = over
         self.overrun = False
@@ -240,10 +245,10 @@ class _Outbox:
             self._transport.abort()
             return
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._writer.drain(), 2.0)
+            await asyncio.wait_for(self._protocol.drained(), 2.0)
         with contextlib.suppress(Exception):
-            self._writer.close()
-            await asyncio.wait_for(self._writer.wait_closed(), 2.0)
+            self._transport.close()
+            await asyncio.wait_for(asyncio.shield(self._protocol.lost), 2.0)
 
 
 class _Burst:
@@ -314,8 +319,8 @@ class QmpServer:
             lambda: itertools.count(1)
         )
         self._tainted = False
-        self._connections: set[asyncio.Task[None]] = set()
         self._clients: set[_Connection] = set()
+        self._accepting: set[asyncio.Task[None]] = set()
         self._sockets: list[_Socket] = []
         self.tx_of: dict[str, Any] = {}
         self._watcher: asyncio.Task[None] | None = None
@@ -332,37 +337,42 @@ class QmpServer:
         """
         sock = bind_listener(path, listen_any=listen_any)
         unix = sock.family == socket.AF_UNIX
+        await self.serve_listener(sock, role, label=path, unlink=path if unix else None)
+
+    async def serve_listener(self, sock: socket.socket, role: str = "primary", *, label: str,
+                             pass_fds: bool = False, unlink: str | None = None) -> None:
+        """Accept clients with *role* on the listening *sock* (ours, or inherited: ``--socket-fd``).
+
+        *label* names it in notes; *unlink* is a socket file to remove on :meth:`close`.
+
+        With *pass_fds* each client is read with ``recvmsg``, so the fds it
+        sends with a command go to QEMU with that command (:mod:`qmprr.fdpass`).
+        """
         if self._watcher is None:
             self._watcher = asyncio.create_task(self._disconnect_all_when_closed())
-        where = _Socket(path, role)
-        self._sockets.append(where)
-
-        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if not self.admit(where, writer.transport.write, lambda: describe_peer(writer.get_extra_info("socket"))):
-                with contextlib.suppress(Exception):
-                    writer.close()
-                return
-            try:
-                await self.serve(reader, writer, role)
-            finally:
-                where.left()
-
-        loop = asyncio.get_running_loop()
-
-        def protocol() -> asyncio.StreamReaderProtocol:
-            return asyncio.StreamReaderProtocol(_WatchedReader(limit=READ_CHUNK), accept)
-
-        if unix:
-            server = await loop.create_unix_server(protocol, sock=sock)
-        else:
-            server = await loop.create_server(protocol, sock=sock)
-        self._servers.append((server, path if unix else None))
-
-    def add_socket(self, label: str, role: str) -> _Socket:
-        """A listening socket served from elsewhere (an inherited fd): counted and capped like ours."""
         where = _Socket(label, role)
         self._sockets.append(where)
-        return where
+        loop = asyncio.get_running_loop()
+        if pass_fds:
+            sock.setblocking(False)
+            task = asyncio.create_task(self._accept_passing_fds(sock, where), name="qmprr-fd-accept")
+            self._accepting.add(task)
+            return
+        if sock.family == socket.AF_UNIX:
+            server = await loop.create_unix_server(lambda: _ClientProtocol(self, where), sock=sock)
+        else:  # tcp:HOST:PORT (qmprr.address)
+            server = await loop.create_server(lambda: _ClientProtocol(self, where), sock=sock)
+        self._servers.append((server, unlink))
+
+    async def _accept_passing_fds(self, sock: socket.socket, where: _Socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                conn, _ = await loop.sock_accept(sock)
+                with contextlib.suppress(OSError):
+                    await loop.connect_accepted_socket(lambda: _ClientProtocol(self, where, pass_fds=True), conn)
+        finally:
+            sock.close()
 
     def admit(self, where: _Socket, send: Callable[[bytes], Any], peer: Callable[[], str | None]) -> bool:
         """Count a new client of *where*; over the cap, refuse it (an error through *send*, a record)."""
@@ -403,16 +413,17 @@ class QmpServer:
             if path is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
+        for task in self._accepting:
+            task.cancel()
         if self._watcher is not None:
             self._watcher.cancel()
         for where in self._sockets:
             self._note_refusals(where)
         for conn in list(self._clients):
             conn.stop()  # each connection finishes what it is doing and cleans up
-        if self._connections:
-            _, pending = await asyncio.wait(list(self._connections), timeout=5.0)
-            for task in pending:
-                task.cancel()
+        finished = [conn.finished for conn in self._clients]
+        if finished:
+            await asyncio.wait(finished, timeout=5.0)
         self._servers.clear()
 
     async def _disconnect_all_when_closed(self) -> None:
@@ -422,20 +433,29 @@ class QmpServer:
             conn.stop()
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: str = "primary") -> None:
-        """Serve one client connection until it, or the backend, goes."""
-        task = asyncio.current_task()
-        assert task is not None
-        name = f"{role}-{next(self._names[role])}"
-        conn = _Connection(self, reader, writer, role, name)
-        self._connections.add(task)
-        self._clients.add(conn)
-        try:
-            await conn.run()
-        except asyncio.CancelledError:
-            pass  # server closing; run() has logged the disconnect
-        finally:
-            self._clients.discard(conn)
-            self._connections.discard(task)
+        """Serve one client connection (opened as streams) until it, or the backend, goes.
+
+        The streams step aside: the connection's transport is given the serve
+        loop's protocol, as for the clients of :meth:`listen`.
+        """
+        protocol = _ClientProtocol(self, None, role)
+        transport = writer.transport
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        buffered = bytes(getattr(reader, "_buffer", b""))
+        if buffered:
+            protocol.data_received(buffered)
+        if reader.at_eof():
+            protocol.eof_received()
+        with contextlib.suppress(Exception):
+            transport.resume_reading()  # type: ignore[attr-defined]  # the stream reader may have paused it
+        conn = protocol.conn
+        if conn is not None:
+            try:
+                await asyncio.shield(conn.finished)
+            except asyncio.CancelledError:
+                conn.stop()
+                raise
 
     # -- recording: a log that cannot be written must not stop serving ---------
 
@@ -453,38 +473,183 @@ class QmpServer:
             self.backend.record(Taint(reason="custom-monitor", client=name))
 
 
-class _WatchedReader(asyncio.StreamReader):
-    """A StreamReader that says when the client's side ends, even while nobody reads."""
+class _ClientProtocol(asyncio.Protocol):
+    """One client's socket: bytes go to its :class:`_Connection` from ``data_received``.
 
-    on_end: Callable[[], None] | None = None
+    *where* counts the client against its socket's cap (None: served from
+    elsewhere, :meth:`QmpServer.serve`). With *pass_fds* the socket is read
+    with ``recvmsg`` (the transport only writes), so fds sent with a command
+    are kept for it.
+    """
 
-    def feed_eof(self) -> None:
-        super().feed_eof()
-        if self.on_end is not None:
-            self.on_end()
+    def __init__(self, server: QmpServer, where: _Socket | None, role: str | None = None, *,
+                 pass_fds: bool = False) -> None:
+        self.server = server
+        self.where = where
+        self.role = role if role is not None else where.role if where is not None else "primary"
+        self.pass_fds = pass_fds
+        self.conn: _Connection | None = None
+        self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._paused = False
+        self._waiters: list[asyncio.Future[None]] = []
+        self._fd_reader: _FdReader | None = None
+        self._early: list[bytes] = []
 
-    def set_exception(self, exc: Exception) -> None:
-        super().set_exception(exc)
-        if self.on_end is not None:
-            self.on_end()
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = typing.cast(asyncio.Transport, base)  # a stream transport (uvloop's are no subclasses)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        where = self.where
+        if where is not None and not self.server.admit(where, transport.write, lambda: describe_peer(sock)):
+            transport.close()
+            return
+        with contextlib.suppress(Exception):
+            transport.set_write_buffer_limits(high=0)  # pause_writing says when anything waits
+        if self.pass_fds:
+            # uvloop starts reading after connection_made whatever it is told there: stop it
+            # in the next callback, before the greeting (a client sends nothing before it).
+            asyncio.get_running_loop().call_soon(self._start_passing_fds, sock)
+            return
+        self.conn = _Connection(self.server, self, transport, self.role)
+        self.conn.start()
+
+    def _start_passing_fds(self, sock: socket.socket) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self._admitted_left()
+            return
+        transport.pause_reading()
+        fds = FdQueue()
+        self._fd_reader = _FdReader(sock, self, fds)
+        self.conn = _Connection(self.server, self, transport, self.role, fds)
+        self.conn.start()
+        early, self._early = self._early, []
+        for data in early:  # what the transport read before it was stopped (sent before the greeting)
+            self.conn.received(data)
+        self._fd_reader.resume()
+
+    def _admitted_left(self) -> None:
+        if self.where is not None:
+            self.where.left()
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn is not None:
+            self.conn.received(data)
+        elif self.pass_fds:
+            self._early.append(data)
+
+    def eof_received(self) -> bool:
+        if self.conn is not None:
+            self.conn.left()
+        return True  # the connection closes once its replies are written
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._fd_reader is not None:
+            self._fd_reader.close()
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self.resume_writing()
+        if self.conn is not None:
+            self.conn.left()
+
+    def pause_reading(self) -> None:
+        if self._fd_reader is not None:
+            self._fd_reader.pause()
+        elif self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._fd_reader is not None:
+            self._fd_reader.resume()
+        elif self.transport is not None and not self.transport.is_closing():
+            with contextlib.suppress(Exception):
+                self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def drained(self) -> None:
+        """Return once everything written has left the transport (or the connection is gone)."""
+        if self._paused and not self.lost.done():
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+
+
+class _FdReader:
+    """Reads a client's socket with ``recvmsg`` (a dup of it: the transport keeps writing)."""
+
+    def __init__(self, sock: socket.socket, protocol: _ClientProtocol, fds: FdQueue) -> None:
+        self.sock = socket.socket(fileno=os.dup(sock.fileno()))
+        self.sock.setblocking(False)
+        self.protocol = protocol
+        self.fds = fds
+        self.loop = asyncio.get_running_loop()
+        self.reading = False
+        self.closed = False
+
+    def resume(self) -> None:
+        if not self.reading and not self.closed:
+            self.reading = True
+            self.loop.add_reader(self.sock.fileno(), self._readable)
+
+    def pause(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.loop.remove_reader(self.sock.fileno())
+
+    def close(self) -> None:
+        if not self.closed:
+            self.pause()
+            self.closed = True
+            self.sock.close()
+
+    def _readable(self) -> None:
+        try:
+            data, fds, flags, _ = socket.recv_fds(self.sock, READ_CHUNK, READ_FDS)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data, fds, flags = b"", [], 0
+        if fds or flags & socket.MSG_CTRUNC:
+            self.fds.fds.extend(fds)
+            self.fds.truncated |= bool(flags & socket.MSG_CTRUNC)
+        if data:
+            self.protocol.data_received(data)
+        else:
+            self.pause()
+            self.protocol.eof_received()
 
 
 class _Connection:
-    """One client: reads, answers each item in turn, and withdraws what waits when it leaves.
+    """One client: answers each message in turn, and withdraws what waits when it leaves.
 
-    The client leaving is seen at once when its reader is a :class:`_WatchedReader`
-    (the sockets :meth:`QmpServer.listen` serves); with another reader, at the next read.
+    Everything happens in callbacks: a message is handled from the
+    ``data_received`` that completed it; a forwarded command goes to the
+    backend's ``submit`` (the channel: recorded and written to QEMU at once)
+    and its reply is written to the client from the callback that read it
+    from QEMU. Transactions, and backends with only ``execute`` (the fake),
+    run in a task. The client leaving is seen at once (``connection_lost``).
     """
 
-    def __init__(
-        self, server: QmpServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: str, name: str
-    ) -> None:
+    def __init__(self, server: QmpServer, protocol: _ClientProtocol, transport: asyncio.Transport, role: str,
+                 fds: FdQueue | None = None) -> None:
         self.server = server
         self.backend = server.backend
-        self.reader = reader
+        self.protocol = protocol
+        self.transport = transport
         self.role = role
-        self.name = name
-        self.peer = describe_peer(writer.get_extra_info("socket"))
+        self.name = f"{role}-{next(server._names[role])}"
+        self.peer = describe_peer(transport.get_extra_info("socket"))
+        self.fds = fds  # an FdQueue when the client may pass fds
         self.gone = False  # the client left (or must go): withdraw what waits
         self.stopping = False  # the server or backend is closing: finish the item at hand, then stop
         self.reason: str | None = None  # why qmprr disconnected it
@@ -492,108 +657,148 @@ class _Connection:
         self.withdrawn = 0
         self.burst = _Burst()
         self.decoder = wire.StreamDecoder(server.limits.max_message_for(role))
-        self.outbox = _Outbox(writer, server.limits.output_budget, self._left)
+        self.outbox = _Outbox(transport, protocol, server.limits.output_budget, self.left)
         self.greeting = client_greeting(self.backend.greeting)
         self.session = ClientSession(self.greeting, role=role, policy=server.policy)
         self.subscription: Any = None
-        self._task: asyncio.Task[Any] | None = None
-        self._in_command = False
+        self.pending: collections.deque[dict[str, Any] | wire.FramingError] = collections.deque()
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._submit = getattr(self.backend, "submit", None)
+        self._busy: str | None = None  # "forward" (a token awaits its reply) or "task"
+        self._token: Any = None
+        self._task: asyncio.Task[dict[str, Any] | None] | None = None
         self._withdrawing = False
+        self._processing = False
+        self._read_paused = False
+        self._ended = False
+        self._unread: collections.deque[bytes] = collections.deque()
+        self._fds_in_use: list[int] = []
 
-    async def run(self) -> None:
-        self._task = asyncio.current_task()
-        if isinstance(self.reader, _WatchedReader):
-            self.reader.on_end = self._left
+    def start(self) -> None:
+        self.server._clients.add(self)
         self.server._record(Client(action="connect", name=self.name, role=self.role, peer=self.peer))  # type: ignore[arg-type]  # role strings are the sockets'; Record.role names the known ones
         self.outbox.send(self.greeting)
-        try:
-            while not self._done():
-                try:
-                    data = await self.reader.read(READ_CHUNK)
-                except (ConnectionError, OSError):
-                    break
-                if not data:
-                    break
-                items = self.decoder.feed(data)
-                for index, item in enumerate(items):
-                    if self._done():
-                        if self.gone:
-                            self.withdrawn += _commands_in(items[index:])
-                        break
-                    await self._handle(item)
-        finally:
-            if isinstance(self.reader, _WatchedReader):
-                self.reader.on_end = None
-            self._finish_burst()
-            if self.subscription is not None:
-                self.subscription.close()
-            tx = self.server.tx_of.get(self.name)
-            if tx is not None and not tx.ended:
-                with contextlib.suppress(QmprrError):
-                    self.backend.abort_transactions_of(self.name, "its owner disconnected")
-            if self.withdrawn:
-                self.server._note(
-                    f"{self.name} disconnected: withdrew {self.withdrawn} more command(s) it had sent,"
-                    " never passed on to QEMU",
-                    {"client": self.name, "withdrawn": self.withdrawn},
-                )
-            self.server._record(
-                Client(action="disconnect", name=self.name, role=self.role, peer=self.peer, reason=self.reason)  # type: ignore[arg-type]  # role strings are the sockets'; Record.role names the known ones
-            )
-            await self.outbox.close()
+        if self.backend.closed_reason is not None:
+            self.stop()
+
+    # -- input -----------------------------------------------------------------
+
+    def received(self, data: bytes) -> None:
+        """Bytes from the client: decoded a chunk at a time, as its messages get their turn.
+
+        While messages wait (a command in flight), the socket is not read: what
+        a client has sent ahead costs at most a read's worth of bytes.
+        """
+        if self._ended or self.gone:
+            return
+        self._unread.append(data)
+        self._process()
+
+    def _decode_next(self) -> bool:
+        """Decode the next chunk of what was read; False when nothing is left."""
+        if not self._unread:
+            return False
+        chunk = self._unread.popleft()
+        if len(chunk) > READ_CHUNK:
+            self._unread.appendleft(chunk[READ_CHUNK:])
+            chunk = chunk[:READ_CHUNK]
+        self.pending.extend(self.decoder.feed(chunk))
+        return True
 
     def _done(self) -> bool:
         return self.gone or self.stopping or self.outbox.overrun or self.backend.closed_reason is not None
 
-    def _wake(self) -> None:
-        """End a read in progress (the loop then sees why it must stop)."""
-        asyncio.StreamReader.feed_eof(self.reader)  # not the watched hook: this is no client EOF
+    def _process(self) -> None:
+        """Handle waiting messages in order until one has to wait; finish once the client is done."""
+        if self._processing or self._ended:
+            return
+        self._processing = True
+        try:
+            while self._busy is None and not self._done() and (self.pending or self._decode_next()):
+                if self.pending:
+                    self._handle(self.pending.popleft())
+        finally:
+            self._processing = False
+        if self._busy is None and self._done():
+            self._finish()
+        elif (self.pending or self._unread) and not self._read_paused:
+            self._read_paused = True
+            self.protocol.pause_reading()
+        elif self._read_paused and not self.pending and not self._unread:
+            self._read_paused = False
+            self.protocol.resume_reading()
 
-    def _left(self, reason: str | None = None) -> None:
+    def left(self, reason: str | None = None) -> None:
         """The client is gone (or must go): withdraw the command it waits for, unless detached."""
         if reason is not None and self.reason is None:
             self.reason = reason
         if self.gone:
             return
         self.gone = True
-        if self._in_command:
-            if not self.detached and self._task is not None:
+        while self._decode_next():
+            pass
+        self.withdrawn += _commands_in(list(self.pending))
+        self.pending.clear()
+        if not self.detached:
+            if self._busy == "forward":
+                self._busy = None
+                self.backend.withdraw(self._token)  # type: ignore[attr-defined]  # backends with submit have it
+                # (the channel notes a withdrawal, or keeps the wire for the reply of one already sent)
+                fds, self._fds_in_use = self._fds_in_use, []
+                if fds:  # closed once the channel has passed them on, if it was about to
+                    when_written = getattr(self.backend, "when_written", None)
+                    when_written(lambda: _close_fds(fds)) if when_written is not None else _close_fds(fds)
+            elif self._busy == "task" and self._task is not None:
                 self._withdrawing = True
                 self._task.cancel()
-        else:
-            self._wake()
+                return  # the task ends, then finishes the connection
+        self._process()
 
     def stop(self) -> None:
         """The server or backend is closing: finish the command at hand, then end."""
         self.stopping = True
-        if not self._in_command:
-            self._wake()
+        self._process()
 
-    async def _run_command(self, coro: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
-        """Run a command for the client; None when it was withdrawn because the client left.
+    def _finish(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.protocol.pause_reading()
+        self._finish_burst()
+        if self.subscription is not None:
+            self.subscription.close()
+        tx = self.server.tx_of.get(self.name)
+        if tx is not None and not tx.ended:
+            with contextlib.suppress(QmprrError):
+                self.backend.abort_transactions_of(self.name, "its owner disconnected")
+        if self.withdrawn:
+            self.server._note(
+                f"{self.name} disconnected: withdrew {self.withdrawn} more command(s) it had sent,"
+                " never passed on to QEMU",
+                {"client": self.name, "withdrawn": self.withdrawn},
+            )
+        if self.fds is not None:
+            left = self.fds.close()
+            if left:
+                self.server._note(f"{left} file descriptor(s) a client sent with no command were closed")
+        self.server._record(
+            Client(action="disconnect", name=self.name, role=self.role, peer=self.peer, reason=self.reason)  # type: ignore[arg-type]  # role strings are the sockets'; Record.role names the known ones
+        )
+        asyncio.get_running_loop().create_task(self._close())
 
-        A command still waiting for the wire is then never sent; one already
-        sent completes (the channel holds the wire for its reply). When the
-        server stops meanwhile, the command is let finish (the backend fails it
-        if it is closing) and its answer sent; after ``qmprr-detach`` it runs
-        to its end, its reply to the log only.
-        """
-        self._in_command = True
+    async def _close(self) -> None:
         try:
-            return await coro
-        except asyncio.CancelledError:
-            if self._withdrawing:
-                self._withdrawing = False
-                task = asyncio.current_task()
-                if task is not None and task.uncancel() == 0:
-                    return None  # the channel notes the withdrawal (it alone knows it was not sent)
-            raise
+            await self.outbox.close()
         finally:
-            self._in_command = False
+            self.server._clients.discard(self)
+            if self.protocol.where is not None:
+                self.protocol.where.left()
+            if not self.finished.done():
+                self.finished.set_result(None)
 
     # -- one item ----------------------------------------------------------------
 
-    async def _handle(self, item: dict[str, Any] | wire.FramingError) -> None:
+    def _handle(self, item: dict[str, Any] | wire.FramingError) -> None:
         action = self.session.handle(item)
         if isinstance(action, Answer):
             answer = action.reply
@@ -610,20 +815,100 @@ class _Connection:
             self._answer(qmp_return(id=action.client_id), action.msg)  # kept for the rest of the connection
         elif isinstance(action, Forward):
             self._finish_burst()
-            reply = await self._run_command(self._forward(action))
-            if reply is not None:
-                self.outbox.send(reply)
-                after = getattr(self.backend, "after_reply", None)
-                if after is not None:
-                    after()
+            self._forward(action)
         elif isinstance(action, BeginTx):
-            reply = await self._run_command(self._begin(action))
-            if reply is not None:
-                self.outbox.send(reply)
+            self._run_task(self._begin(action))
         elif isinstance(action, EndTx):
-            reply = await self._run_command(self._end(action))
-            if reply is not None:
-                self.outbox.send(reply)
+            self._run_task(self._end(action))
+
+    def _forward(self, action: Forward) -> None:
+        if self.role == "debug":
+            try:
+                self.server.taint(self.name)  # before its first command, or not at all
+            except QmprrError as exc:
+                self.outbox.send(self._refused(exc, action))
+                return
+        fds: list[int] = []
+        extra: dict[str, Any] = {}
+        if self.fds is not None:
+            try:
+                fds, extra = claim_fds(self.fds)
+            except QmprrError as exc:
+                self.outbox.send(self._refused(exc, action))
+                return
+        tx = self.server.tx_of.get(self.name)
+        if self._submit is None:
+            self._run_task(self._execute(action, tx, fds, extra), forward=True, fds=fds)
+            return
+        self._busy = "forward"
+        self._fds_in_use = fds
+        replied = False
+
+        def done(reply: dict[str, Any] | None, error: QmprrError | None) -> None:
+            nonlocal replied
+            replied = True
+            _close_fds(fds)
+            self._fds_in_use = []
+            if self._busy == "forward":
+                self._busy = None
+            self._replied(reply if error is None else self._refused(error, action), forward=True)
+
+        try:
+            token = self._submit(action.msg, src=self.name, role=self.role, client_id=action.client_id, tx=tx,
+                                 done=done, **extra)
+        except QmprrError as exc:
+            _close_fds(fds)
+            self._busy, self._fds_in_use = None, []
+            self._replied(self._refused(exc, action), forward=True)
+            return
+        if not replied:
+            self._token = token
+
+    def _replied(self, reply: dict[str, Any] | None, *, forward: bool = False) -> None:
+        if reply is not None:
+            self.outbox.send(reply)
+            after = getattr(self.backend, "after_reply", None) if forward else None
+            if after is not None:
+                after()
+        self._process()
+
+    def _run_task(self, coro: Coroutine[Any, Any, dict[str, Any]], *, forward: bool = False,
+                  fds: list[int] | None = None) -> None:
+        """Run a command for the client in a task; withdrawn (never sent, if not yet) when it leaves.
+
+        When the server stops meanwhile, the command is let finish (the backend
+        fails it if it is closing) and its answer sent; after ``qmprr-detach``
+        it runs to its end, its reply to the log only.
+        """
+        self._busy = "task"
+        started = False
+
+        async def run() -> dict[str, Any] | None:
+            nonlocal started
+            started = True
+            try:
+                return await coro
+            except asyncio.CancelledError:
+                if self._withdrawing:
+                    return None
+                raise
+
+        def finished(task: asyncio.Task[dict[str, Any] | None]) -> None:
+            self._busy, self._task = None, None
+            reply = None
+            if task.cancelled():
+                if not started:  # cancelled before its first step: nothing reached the backend
+                    coro.close()
+                    _close_fds(fds or [])
+            elif task.exception() is not None:
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": f"qmprr: serving {self.name} failed", "exception": task.exception()})
+            else:
+                reply = task.result()
+            self._replied(reply, forward=forward)
+
+        task = self._task = asyncio.get_running_loop().create_task(run())
+        task.add_done_callback(finished)
 
     def _answer(self, reply: dict[str, Any], msg: dict[str, Any] | None = None, raw: bytes | None = None) -> None:
         """Send a reply qmprr gives itself; record it (an error burst: the first, then a count)."""
@@ -671,16 +956,15 @@ class _Connection:
             self._record_local(reply, action.msg, None)
         return reply
 
-    async def _forward(self, action: Forward) -> dict[str, Any]:
+    async def _execute(self, action: Forward, tx: Any, fds: list[int], extra: dict[str, Any]) -> dict[str, Any]:
+        """A backend without ``submit`` (the fake): its ``execute``, in a task."""
         try:
-            if self.role == "debug":
-                self.server.taint(self.name)  # before its first command, or not at all
             return await self.backend.execute(
-                action.msg, src=self.name, role=self.role, client_id=action.client_id,
-                tx=self.server.tx_of.get(self.name),
-            )
+                action.msg, src=self.name, role=self.role, client_id=action.client_id, tx=tx, **extra)
         except QmprrError as exc:  # the channel's errors, and a log that cannot be written
             return self._refused(exc, action)
+        finally:
+            _close_fds(fds)
 
     async def _begin(self, action: BeginTx) -> dict[str, Any]:
         held = self.server.tx_of.get(self.name)
@@ -706,6 +990,12 @@ class _Connection:
         except QmprrError as exc:
             return self._refused(exc, action)
         return qmp_return({"tx": tx.id}, id=action.client_id)
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _commands_in(items: list[dict[str, Any] | wire.FramingError]) -> int:

@@ -166,22 +166,12 @@ def _remove_if_stale(path: str | None) -> None:
 
 
 async def _serve(channel: Channel, options: ServiceOptions) -> QmpServer:
+    server = QmpServer(ImageWatcher(channel), policy=options.policy, limits=options.limits)
     if options.socket_fd is not None:
-        from .fdpass import FdBackend, FdServing, inherited_listener
+        from .fdpass import inherited_listener
 
         listener = inherited_listener(options.socket_fd)
-        server = QmpServer(FdBackend(ImageWatcher(channel)), policy=options.policy, limits=options.limits)
-        serving = FdServing(server, listener)
-        serving.start()
-        _close = server.close
-
-        async def close() -> None:
-            await serving.close()
-            await _close()
-
-        server.close = close  # type: ignore[method-assign]
-    else:
-        server = QmpServer(ImageWatcher(channel), policy=options.policy, limits=options.limits)
+        await server.serve_listener(listener, label=f"inherited socket fd {options.socket_fd}", pass_fds=True)
     try:
         if options.socket is not None:
             await server.listen(options.socket, "primary", listen_any=options.listen_any)

@@ -5,13 +5,18 @@ go straight to QEMU, one for a ``qmprr proxy`` process recording it (default
 sync policy); a QMP socket serves one client at a time. ``query-status`` round trips are timed four ways, in
 interleaved rounds so machine noise hits all of them alike: a raw socket
 client and qemu.qmp's ``QMPClient``, each straight to QEMU and through the
-proxy. Prints per-command medians and the ratios proxy/straight.
+proxy. Prints per-command medians and the ratios proxy/straight (P2 raw, P1
+QMPClient) with their spread (min–max of the per-round ratios), the proxy's
+CPU time per command (user+sys of all its threads, from ``/proc``, over the
+raw rounds), and the throughput of 50 concurrent raw clients through the
+proxy against one raw client alone straight to QEMU.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import selectors
 import shutil
 import signal
 import socket
@@ -24,6 +29,41 @@ import time
 from .. import wire
 
 QUERY = b'{"execute":"query-status","id":1}'
+
+#: The floor for any proxy process: bytes relayed as they come (uvloop protocols, no
+#: parsing, no log). What it adds is the cost of the extra hop itself.
+RELAY = r'''
+import asyncio, sys
+try:
+    import uvloop
+except ImportError:
+    uvloop = None
+
+async def main(upstream, path):
+    loop = asyncio.get_running_loop()
+    early = []
+
+    class Up(asyncio.Protocol):
+        down = None
+        def data_received(self, data):
+            (self.down.write(data) if self.down else early.append(data))
+
+    up_transport, up = await loop.create_unix_connection(Up, upstream)
+
+    class Down(asyncio.Protocol):
+        def connection_made(self, transport):
+            up.down = transport
+            transport.write(b"".join(early))
+        def data_received(self, data):
+            up_transport.write(data)
+
+    await loop.create_unix_server(Down, path)
+    await asyncio.Event().wait()
+
+if uvloop is not None:
+    uvloop.install()
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+'''
 
 
 def _wait_for(path: str, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -88,25 +128,84 @@ async def _qmpclient_times(direct: str, proxied: str, n: int, rounds: int) -> tu
             await client.disconnect()
 
 
-def run(commands: int = 2000, rounds: int = 10, qemu: str = "qemu-system-x86_64") -> dict[str, float]:
+GOALS = {"ratio_raw": 1.25, "ratio_qmp": 1.08, "cpu_us": 25.0, "throughput": 0.90}
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user+sys) of every thread of *pid* so far, in seconds (schedstat: nanoseconds)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that just ended
+    return total / 1e9
+
+
+def concurrent_rate(path: str, clients: int, each: int) -> float:
+    """Commands per second of *clients* raw clients at once, each sending *each* commands one by one."""
+    socks = []
+    for _ in range(clients):
+        client = RawClient(path)
+        client.sock.setblocking(False)
+        socks.append(client)
+    sel = selectors.DefaultSelector()
+    left = {}
+    start = time.perf_counter()
+    for client in socks:
+        sel.register(client.sock, selectors.EVENT_READ, client)
+        left[client] = each
+        client.sock.send(QUERY)
+    busy = clients
+    while busy:
+        for key, _ in sel.select():
+            client = key.data
+            data = client.sock.recv(65536)
+            if not data:
+                raise SystemExit("qmprr bench: the proxy closed a client")
+            for _item in client.decoder.feed(data):
+                left[client] -= 1
+                if left[client]:
+                    client.sock.send(QUERY)
+                else:
+                    busy -= 1
+                    sel.unregister(client.sock)
+    elapsed = time.perf_counter() - start
+    for client in socks:
+        client.close()
+    return clients * each / elapsed
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.2f}–{max(values):.2f}"
+
+
+def run(commands: int = 2000, rounds: int = 10, qemu: str = "qemu-system-x86_64",
+        clients: int = 50, each: int = 200) -> dict[str, float]:
     """Run the benchmark, print its figures, return the medians (seconds) and ratios."""
     if shutil.which(qemu) is None:
         raise SystemExit(f"qmprr bench: {qemu} not found (apt-get install qemu-system-x86)")
     per_round = max(1, commands // rounds)
     with tempfile.TemporaryDirectory() as tmp:
-        qsock, upstream, psock, record = (
-            os.path.join(tmp, n) for n in ("qemu.sock", "upstream.sock", "proxy.sock", "bench.jsonl")
+        qsock, upstream, psock, record, rup, rsock = (
+            os.path.join(tmp, n)
+            for n in ("qemu.sock", "upstream.sock", "proxy.sock", "bench.jsonl", "relay-up.sock", "relay.sock")
         )
         qemu_proc = subprocess.Popen(
             [qemu, "-machine", "none", "-nodefaults", "-display", "none",
              "-qmp", f"unix:{qsock},server=on,wait=off",
-             "-qmp", f"unix:{upstream},server=on,wait=off"],
+             "-qmp", f"unix:{upstream},server=on,wait=off",
+             "-qmp", f"unix:{rup},server=on,wait=off"],
             stdin=subprocess.DEVNULL,
         )
-        proxy = None
+        proxy = relay = None
         try:
             _wait_for(qsock, qemu_proc)
             _wait_for(upstream, qemu_proc)
+            _wait_for(rup, qemu_proc)
+            relay = subprocess.Popen([sys.executable, "-c", RELAY, rup, rsock], stdin=subprocess.DEVNULL)
+            _wait_for(rsock, relay)
             proxy = subprocess.Popen(
                 [sys.executable, "-m", "qmprr.cli", "proxy", "--upstream", upstream,
                  "--record", record, "--socket", psock],
@@ -114,19 +213,52 @@ def run(commands: int = 2000, rounds: int = 10, qemu: str = "qemu-system-x86_64"
                 stderr=subprocess.DEVNULL,
             )
             _wait_for(psock, proxy)
-            raw_direct, raw_proxy = RawClient(qsock), RawClient(psock)
+            raw_direct, raw_proxy, raw_relay = RawClient(qsock), RawClient(psock), RawClient(rsock)
             times: dict[str, list[float]] = {k: [] for k in ("raw", "raw+proxy", "qmp", "qmp+proxy")}
-            raw_direct.timed(50), raw_proxy.timed(50)  # warm-up
+            raw_direct.timed(50), raw_proxy.timed(50), raw_relay.timed(50)  # warm-up
+            ratios: dict[str, list[float]] = {"ratio_raw": [], "ratio_qmp": [], "throughput": [], "relay": []}
+            cpu: list[float] = []
+            cpu_relay: list[float] = []
             for _ in range(rounds):
-                times["raw"] += raw_direct.timed(per_round)
-                times["raw+proxy"] += raw_proxy.timed(per_round)
+                direct = raw_direct.timed(per_round)
+                before = cpu_seconds(proxy.pid)
+                proxied = raw_proxy.timed(per_round)
+                cpu.append((cpu_seconds(proxy.pid) - before) / per_round * 1e6)
+                times["raw"] += direct
+                times["raw+proxy"] += proxied
+                ratios["ratio_raw"].append(statistics.median(proxied) / statistics.median(direct))
+                before = cpu_seconds(relay.pid)
+                relayed = raw_relay.timed(per_round)
+                cpu_relay.append((cpu_seconds(relay.pid) - before) / per_round * 1e6)
+                ratios["relay"].append(statistics.median(relayed) / statistics.median(direct))
             raw_direct.close()
             raw_proxy.close()
+            raw_relay.close()
             times["qmp"], times["qmp+proxy"] = asyncio.run(_qmpclient_times(qsock, psock, per_round, rounds))
+            for r in range(rounds):
+                part = slice(r * per_round, (r + 1) * per_round)
+                ratios["ratio_qmp"].append(
+                    statistics.median(times["qmp+proxy"][part]) / statistics.median(times["qmp"][part]))
+            alone: list[float] = []
+            together: list[float] = []
+            cpu_many: list[float] = []
+            for _ in range(max(1, rounds // 2)):
+                single = RawClient(qsock)
+                t0 = time.perf_counter()
+                single.timed(clients * each // 4)
+                alone.append(clients * each // 4 / (time.perf_counter() - t0))
+                single.close()
+                before = cpu_seconds(proxy.pid)
+                together.append(concurrent_rate(psock, clients, each))
+                cpu_many.append((cpu_seconds(proxy.pid) - before) / (clients * each) * 1e6)
+                ratios["throughput"].append(together[-1] / alone[-1])
         finally:
             if proxy is not None:
                 proxy.send_signal(signal.SIGTERM)
                 proxy.wait(10)
+            if relay is not None:
+                relay.kill()
+                relay.wait()
             qemu_proc.kill()
             qemu_proc.wait()
         records = sum(1 for _ in open(record, "rb"))
@@ -137,6 +269,24 @@ def run(commands: int = 2000, rounds: int = 10, qemu: str = "qemu-system-x86_64"
         print(f"  {key:<10} median {medians[key] * 1e6:8.1f} us")
     medians["ratio_raw"] = medians["raw+proxy"] / medians["raw"]
     medians["ratio_qmp"] = medians["qmp+proxy"] / medians["qmp"]
-    print(f"  ratio raw  (proxy/straight): {medians['ratio_raw']:.2f}   (goal <= 1.30)")
-    print(f"  ratio QMPClient (proxy/straight): {medians['ratio_qmp']:.2f}   (goal <= 1.10)")
+    medians["cpu_us"] = statistics.median(cpu)
+    medians["throughput"] = statistics.median(ratios["throughput"])
+
+    def verdict(key: str, value: float) -> str:
+        ok = value >= GOALS[key] if key == "throughput" else value <= GOALS[key]
+        return f"goal {'>=' if key == 'throughput' else '<='} {GOALS[key]:g}: {'met' if ok else 'NOT met'}"
+
+    print(f"  P2 ratio raw (proxy/straight):        {medians['ratio_raw']:.2f}  rounds {_spread(ratios['ratio_raw'])}"
+          f"   ({verdict('ratio_raw', medians['ratio_raw'])})")
+    print(f"  P1 ratio QMPClient (proxy/straight):  {medians['ratio_qmp']:.2f}  rounds {_spread(ratios['ratio_qmp'])}"
+          f"   ({verdict('ratio_qmp', medians['ratio_qmp'])})")
+    print(f"  proxy CPU per command (user+sys):     {medians['cpu_us']:.1f} us  rounds {min(cpu):.1f}–{max(cpu):.1f}"
+          f"   ({verdict('cpu_us', medians['cpu_us'])})")
+    print(f"  floor, a minimal byte relay (no parsing, no log): ratio {statistics.median(ratios['relay']):.2f}"
+          f"  rounds {_spread(ratios['relay'])}, CPU {statistics.median(cpu_relay):.1f} us/command")
+    print(f"  {clients} clients x {each} commands through the proxy: {statistics.median(together):,.0f}/s;"
+          f" one raw client alone straight: {statistics.median(alone):,.0f}/s;"
+          f" proxy CPU {statistics.median(cpu_many):.1f} us/command")
+    print(f"  throughput ratio:                     {medians['throughput']:.2f}  rounds {_spread(ratios['throughput'])}"
+          f"   ({verdict('throughput', medians['throughput'])})")
     return medians

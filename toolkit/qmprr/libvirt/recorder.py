@@ -19,7 +19,6 @@ from typing import Any
 
 from ..channel import Channel
 from ..errors import QmprrError
-from ..fdpass import FdBackend, FdServing
 from ..recording import RecordWriter, Redactor, SyncPolicy, header_for_greeting, relevant_env
 from ..server import QmpServer
 from ..session import Policy
@@ -109,10 +108,10 @@ async def _record(
                      " monitor chardev and -mon (a replay brings its own) and an unused per-run master key",
                      {"argv": given})
     policy = Policy.build(deny=list(config.get("deny", [])), allow=list(config.get("allow", [])))
-    server = QmpServer(FdBackend(channel), policy=policy)
-    serving = FdServing(server, socket.socket(fileno=listen_fd), "primary")
+    server = QmpServer(channel, policy=policy)
     try:
-        serving.start()
+        await server.serve_listener(socket.socket(fileno=listen_fd), label=f"inherited socket fd {listen_fd}",
+                                    pass_fds=True)
         if config.get("debug", True):
             try:
                 await server.listen(paths["debug"], "debug")
@@ -130,7 +129,6 @@ async def _record(
         return 0
     finally:
         channel.refuse_new_commands("qmprr's recorder is stopping")
-        await serving.close()
         await server.close()
         await channel.close()
         channel.log.close()

@@ -474,6 +474,7 @@ class RecordScrubber:
         self.secret_ids: set[str] = set()
         self._pending: Pending[tuple[set[str], bool]] = Pending()
         self._enc: dict[str, bytes] = {}
+        self._passes: dict[str, bool] = {}  # command name -> passes_command
         patterns = {r.command for r in redactor.argument_rules}
         self._globs = tuple(p for p in patterns if any(c in p for c in "*?["))
         self._names = frozenset(patterns - set(self._globs)) | _STATEFUL_COMMANDS
@@ -510,6 +511,26 @@ class RecordScrubber:
             if any(self._encoded(v) in body for v in values):
                 d = scrub(d, values)
         return d
+
+    # -- the writer's hot path asks first whether :meth:`record` would change anything --
+
+    def passes_command(self, msg: dict[str, Any]) -> bool:
+        """Whether a ``command`` record of *msg* goes through unchanged (but for :meth:`echoes`)."""
+        name = msg.get("execute")
+        passes = self._passes.get(name) if isinstance(name, str) else None
+        if passes is None:
+            passes = self.redactor.builtin and not self._may_hold(msg)
+            if isinstance(name, str) and len(self._passes) < 4096:  # names come from clients: bounded
+                self._passes[name] = passes
+        return passes
+
+    def passes_reply(self, cmd: int) -> bool:
+        """Whether the ``reply`` record to *cmd* goes through unchanged (but for :meth:`echoes`)."""
+        return cmd not in self._pending
+
+    def echoes(self, body: bytes) -> bool:
+        """Whether a record's JSON bytes hold one of the secret values known so far."""
+        return any(self._encoded(v) in body for v in self.values)
 
     def _may_hold(self, msg: dict[str, Any]) -> bool:
         """Whether a rule could apply to *msg* (the fast path skips all others)."""

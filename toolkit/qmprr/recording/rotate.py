@@ -125,6 +125,25 @@ class SegmentedWriter:
                 self._rotate()
             return self._writer.append(record)
 
+    def append_command(self, **fields: Any) -> int:
+        """The hot path (see :meth:`RecordWriter.append_command`), rotating as :meth:`append` does."""
+        with self._lock:
+            if not self._closed and self._due():
+                self._rotate()
+            return self._writer.append_command(**fields)
+
+    def append_reply(self, **fields: Any) -> int:
+        with self._lock:
+            if not self._closed and self._due():
+                self._rotate()
+            return self._writer.append_reply(**fields)
+
+    def append_event(self, **fields: Any) -> int:
+        with self._lock:
+            if not self._closed and self._due():
+                self._rotate()
+            return self._writer.append_event(**fields)
+
     def flush(self) -> None:
         self._writer.flush()
 

@@ -172,12 +172,19 @@ class Normalizer:
     """Applies built-in and user rules to replies, events and command arguments."""
 
     rules: tuple[Rule, ...] = BUILTIN_RULES
+    #: The rules that apply to each (command, event), worked out once per name.
+    _applying: dict[tuple[str | None, str | None], tuple[Rule, ...]] = attrs.field(
+        factory=dict, init=False, eq=False, repr=False)
 
     def with_rules(self, rules: Iterable[Rule]) -> Normalizer:
         return Normalizer(self.rules + tuple(rules))
 
     def _run(self, payload: Any, command: str | None, event: str | None) -> Any:
-        rules = [r for r in self.rules if r.applies(command, event)]
+        rules = self._applying.get((command, event))
+        if rules is None:
+            rules = tuple(r for r in self.rules if r.applies(command, event))
+            if len(self._applying) < 4096:  # names come from recordings: bounded
+                self._applying[(command, event)] = rules
         if not rules:
             return payload
         payload = copy.deepcopy(payload)
