@@ -168,7 +168,7 @@ class Scanner:
                     return self._split_kinds(decoder, chunks, kinds, grep)
             return _fast_kinds(decoder, lines, kinds, grep, torn)
 
-        return self._records(scan, header="header" in kinds and (grep is None or grep in self._first),  # type: ignore[arg-type, return-value]
+        return self._records(scan, header="header" in kinds and (grep is None or grep in self._first),  # type: ignore[arg-type, return-value]  # pairs=False: bytes
                              direct=True, pairs=False)
 
     def _split_kinds(self, decoder: Decoder, chunks: list[Chunk], kinds: frozenset[str],
@@ -243,7 +243,7 @@ class Scanner:
         first = self._first
         self.line = 1
         if header:
-            yield (codec.loads(first), first) if pairs else first  # type: ignore[misc]
+            yield (codec.loads(first), first) if pairs else first  # type: ignore[misc]  # pairs=False: bytes
         prev = chain.unseal(first)[1].encode("ascii") if self._chain_checked else None
         decoder = Decoder(self._report, expected=self.header.seq + 1, prev_hash=prev, line=1)
         headers = [(self.current, self.header)]

@@ -42,7 +42,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         if args.json:
             write = out.buffer.write if hasattr(out, "buffer") else (lambda b: out.write(b.decode()))
             if flt.kinds_only:  # no record's context needed: the fast path
-                for raw in scanner.kind_raw(flt.kinds, flt.grep):  # type: ignore[arg-type]
+                assert flt.kinds is not None  # kinds_only: kinds are given
+                for raw in scanner.kind_raw(flt.kinds, flt.grep):
                     write(raw)
                     if args.follow:
                         out.flush()

@@ -51,9 +51,9 @@ def _spec(tp: Any) -> Any:
         return typing.Union[tuple(_spec(a) for a in typing.get_args(tp))]
     if origin is dict:
         key, value = typing.get_args(tp)
-        return _Object if value is Any else dict[key, _spec(value)]  # type: ignore[valid-type, misc]
+        return _Object if value is Any else dict[key, _spec(value)]  # type: ignore[valid-type, misc]  # a type built at run time for msgspec
     if origin is list:
-        return list[_spec(typing.get_args(tp)[0])]  # type: ignore[misc]
+        return list[_spec(typing.get_args(tp)[0])]  # type: ignore[misc]  # a type built at run time for msgspec
     if origin is Literal or tp in (int, float, str, type(None)):
         return tp
     raise TypeError(f"no msgspec type for {tp!r}")  # pragma: no cover - a new field type in model.py
@@ -69,7 +69,7 @@ def _struct(kind: str, cls: type) -> type[LineRecord]:
         fields.append((a.name, spec) if a.default is attrs.NOTHING else (a.name, spec, None))
     fields.sort(key=len)  # required fields first, as msgspec wants
     struct: type[LineRecord] = msgspec.defstruct(f"Line{cls.__name__}", fields, bases=(LineRecord,), tag=kind,
-                                                 namespace={"K": kind}, gc=False)  # type: ignore[assignment]
+                                                 namespace={"K": kind}, gc=False)  # type: ignore[assignment]  # defstruct returns type[Struct]
     return struct
 
 

@@ -186,18 +186,18 @@ class _Raw(io.RawIOBase):
     def tell(self) -> int:
         return self._pos
 
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]  # typeshed's Buffer
         import zstandard
 
         try:
-            n: int = self._r.readinto(b)  # type: ignore[attr-defined]
+            n: int = self._r.readinto(b)  # type: ignore[attr-defined]  # zstandard's reader is untyped
         except zstandard.ZstdError as exc:
             raise OSError(f"corrupt zstd data: {exc}") from None
         self._pos += n
         return n
 
     def close(self) -> None:
-        self._r.close()  # type: ignore[attr-defined]
+        self._r.close()  # type: ignore[attr-defined]  # zstandard's reader is untyped
         super().close()
 
 

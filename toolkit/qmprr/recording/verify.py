@@ -342,7 +342,7 @@ def verify(
         problems += _start_problems(results, report)
     report.records = sum(r.records for r in results)
     report.problems = sorted(problems, key=lambda p: (files.index(p.file) if p.file in files else 0, p.line))
-    report.in_flight = [convert.structure(codec.loads(line)) for line in pending.values()]  # type: ignore[misc]
+    report.in_flight = [convert.structure(codec.loads(line)) for line in pending.values()]  # type: ignore[misc]  # structure() is typed Record; these are Commands
     return report
 
 
