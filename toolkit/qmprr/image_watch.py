@@ -1,12 +1,15 @@
 """Record time: describe the images a session's commands open, in ``note`` records.
 
-:class:`ImageWatcher` wraps the proxy's backend (the channel): before a
-``blockdev-add`` or an HMP ``drive_add`` goes to QEMU, it describes each
-image file the command names that exists (:func:`qmprr.images.describe_async`;
-a few milliseconds of ``qemu-img info``, once per name) and appends a
-``note`` ``{"images": [...]}``, so the note precedes the command. Only names that
-survive redaction (as the log keeps the command) are described, so a path a
-redaction rule hides is never written out.
+:class:`ImageWatcher` wraps the proxy's backend (the channel): once QEMU
+has opened the images of a ``blockdev-add`` or an HMP ``drive_add`` (the
+command succeeded), it describes each image file the command names
+(:func:`qmprr.images.describe_async`; a few milliseconds of ``qemu-img info``,
+once per name) and appends a ``note`` ``{"images": [...]}`` after it. qemu-img
+reads an image as QEMU does (the command's format, its backing file only
+where QEMU follows it), and never one QEMU refused: a client cannot make the
+recorder read what QEMU could not. Only names that survive redaction (as the
+log keeps the command) are described, so a path a redaction rule hides is
+never written out.
 """
 
 from __future__ import annotations
@@ -21,6 +24,14 @@ from .recording.redact import REDACTED
 NOTE_TEXT = "images named by a command: format, size and backing chain (no data)"
 
 
+def _opened(msg: dict[str, Any], reply: Any) -> bool:
+    """Whether the command succeeded (an HMP command's errors are in its ``return`` text; ``drive_add`` says OK)."""
+    if not isinstance(reply, dict) or "return" not in reply:
+        return False
+    done = reply["return"]
+    return msg.get("execute") != "human-monitor-command" or (isinstance(done, str) and done.strip() == "OK")
+
+
 class ImageWatcher:
     """The backend, with image descriptions noted after image-opening commands (else delegated)."""
 
@@ -33,12 +44,13 @@ class ImageWatcher:
         return getattr(self._backend, name)
 
     async def execute(self, msg: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        if msg.get("execute") in images.IMAGE_COMMANDS:
-            paths = [p for p in images.named_in_command(self._as_logged(msg)) if p not in self._seen and REDACTED not in p]
-            if paths:  # before the command: the image as QEMU is about to open it (the note precedes the command)
-                self._seen.update(paths)
-                await self._note(paths)
         reply: dict[str, Any] = await self._backend.execute(msg, **kwargs)
+        if msg.get("execute") in images.IMAGE_COMMANDS and _opened(msg, reply):
+            opened = [o for o in images.opened_in_command(self._as_logged(msg))
+                      if o[0] not in self._seen and REDACTED not in o[0]]  # fmt: skip
+            if opened:  # after QEMU opened them: never a file QEMU refused
+                self._seen.update(o[0] for o in opened)
+                await self._note(opened)
         return reply
 
     def _as_logged(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -46,7 +58,7 @@ class ImageWatcher:
         redactor = getattr(log, "redactor", None)
         return redactor.redact(msg) if redactor is not None else msg
 
-    async def _note(self, paths: list[str]) -> None:
-        found = [d for d in [await images.describe_async(p, self._cwd) for p in paths] if d is not None]
+    async def _note(self, opened: list[images.Opened]) -> None:
+        found = [d for d in [await images.describe_async(p, self._cwd, f, c) for p, f, c in opened] if d is not None]
         if found:
             self._backend.note(NOTE_TEXT, {"images": found})

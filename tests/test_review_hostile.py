@@ -1,0 +1,78 @@
+"""Hostile review: what an attacker (a client, a guest, a recording) must never get from qmprr.
+
+Each test names the break it guards against; markers (a secret file's name,
+a marker file) must never show up where qmprr writes or be made at all.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from qmprr import images
+from support import QEMU_NONE, qmprr_launch
+
+
+def _secret_behind_raw_disk(folder: Path) -> tuple[Path, Path]:
+    """A secret host file, and a raw guest disk whose data is a qcow2 header naming it as backing file."""
+    secret = folder / "SECRET-marker-file.bin"
+    secret.write_bytes(b"s" * 12345)
+    disk = folder / "guest.img"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(secret), "-F", "raw", str(disk), "1M"],
+                   check=True)  # fmt: skip
+    return secret, disk
+
+
+def _written_by_qmprr(folder: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in folder.glob("*.jsonl"))
+
+
+def test_argv_raw_disk_is_described_as_raw_never_probed(tmp_path: Path) -> None:
+    """A guest can write a qcow2 header into its raw disk: qemu-img must not follow its backing file."""
+    secret, disk = _secret_behind_raw_disk(tmp_path)
+    argv = ["qemu", "-drive", f"file={disk},format=raw,if=none", "-blockdev",
+            f"driver=raw,node-name=r,file.driver=file,file.filename={disk}"]  # fmt: skip
+    found = images.describe_all(images.opened_in_argv(argv))
+    assert found == [{"path": str(disk), "format": "raw", "virtual_size": -(-disk.stat().st_size // 512) * 512}]
+    assert images.named_in_argv(argv) == [str(disk)]
+
+
+def test_opened_formats_follow_the_command() -> None:
+    add = {"driver": "qcow2", "node-name": "t", "backing": None, "file": {"driver": "file", "filename": "t.qcow2"}}
+    assert images.opened_in_command({"execute": "blockdev-add", "arguments": add}) == [("t.qcow2", "qcow2", False)]
+    add = {"driver": "file", "node-name": "p", "filename": "p.img"}
+    assert images.opened_in_command({"execute": "blockdev-add", "arguments": add}) == [("p.img", "raw", False)]
+    add = {"driver": "blkdebug", "node-name": "d", "image": {"driver": "file", "filename": "x"}}
+    assert images.opened_in_command({"execute": "blockdev-add", "arguments": add}) == []  # unknown: not probed
+    hmp = {"execute": "human-monitor-command", "arguments": {"command-line": "drive_add 0 file=a.img,format=raw"}}
+    assert images.opened_in_command(hmp) == [("a.img", "raw", True)]
+
+
+@pytest.mark.qemu
+def test_a_client_cannot_make_the_recorder_probe_files(tmp_path: Path) -> None:
+    """blockdev-add/drive_add QEMU refuses, or a raw disk with a qcow2 header: nothing of the secret is logged."""
+    from qmprr.client import QmpClient
+
+    secret, disk = _secret_behind_raw_disk(tmp_path)
+    other = tmp_path / "OTHER-marker.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(other), "3M"], check=True)
+    with qmprr_launch(tmp_path, QEMU_NONE) as run:
+        with QmpClient(run.socket) as client:
+            ok = client.execute("blockdev-add", {"driver": "raw", "node-name": "g",
+                                                 "file": {"driver": "file", "filename": str(disk)}})  # fmt: skip
+            assert "return" in ok
+            bad = client.execute("blockdev-add", {"driver": "no-such-driver", "node-name": "x",
+                                                  "file": {"driver": "file", "filename": str(other)}})  # fmt: skip
+            assert "error" in bad
+            hmp = client.execute("human-monitor-command",
+                                 {"command-line": f"drive_add 0 file={other},format=vmdk,if=none"})  # fmt: skip
+            assert "OK" not in hmp["return"]
+        assert run.stop() == 0
+    logged = _written_by_qmprr(tmp_path)
+    assert str(disk) in logged  # described, as raw
+    assert '"format":"qcow2"' not in logged.replace(" ", "")
+    assert secret.name not in logged and other.name not in logged.split("execute", 1)[0]
+    notes = [line for line in logged.splitlines() if '"images"' in line and '"note"' in line]
+    assert notes and all(other.name not in n and secret.name not in n for n in notes)
