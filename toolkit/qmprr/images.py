@@ -118,7 +118,7 @@ def _opened_drive(opts: str) -> list[Opened]:
     fmt = next((i.value for i in items if i.key == "format"), None)
     if fmt is not None and fmt not in CREATABLE:
         return []
-    chain = not any(i.key.startswith("backing") for i in items)
+    chain = not any((i.key or "").startswith("backing") for i in items)
     return [(i.value, fmt, chain) for i in items if i.key == "file" and _is_file_name(i.value)][:1]
 
 
