@@ -76,3 +76,15 @@ def test_a_client_cannot_make_the_recorder_probe_files(tmp_path: Path) -> None:
     assert secret.name not in logged and other.name not in logged.split("execute", 1)[0]
     notes = [line for line in logged.splitlines() if '"images"' in line and '"note"' in line]
     assert notes and all(other.name not in n and secret.name not in n for n in notes)
+
+
+@pytest.mark.parametrize("fmt", sorted(images.LINEAR_METADATA))
+def test_a_huge_claimed_size_never_fills_the_disk(tmp_path: Path, fmt: str) -> None:
+    """vdi/parallels/qcow/vmdk write a block map in proportion to the size: a 1 PiB claim would write GiBs."""
+    desc = {"path": "huge.img", "format": fmt, "virtual_size": 2**50}
+    assert images.valid(desc)
+    with pytest.raises(images.CreateError, match="is refused"):
+        images.create(desc, str(tmp_path / "huge.img"), root=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+    made = images.create({**desc, "virtual_size": 2**30}, str(tmp_path / "ok.img"), root=str(tmp_path))
+    assert made == [str(tmp_path / "ok.img")] and (tmp_path / "ok.img").stat().st_blocks * 512 < 2**24

@@ -36,6 +36,11 @@ CREATABLE = frozenset({"qcow2", "raw", "qcow", "qed", "vmdk", "vdi", "vpc", "vhd
 BACKING_FORMATS = frozenset({"qcow2", "qcow", "qed", "vmdk"})
 #: Largest backing chain kept (a hostile image could claim any).
 MAX_CHAIN = 16
+#: Formats whose blank image writes metadata in proportion to its virtual size (a block map), and the
+#: largest virtual size made blank of them: a recording claiming 1 PiB vdi disks would fill the disk
+#: with gigabytes of block map each (qcow2, qed, raw, vhdx stay small whatever the size).
+LINEAR_METADATA = frozenset({"vdi", "parallels", "qcow", "vmdk"})
+MAX_LINEAR_SIZE = 2**40
 
 
 def named_in_argv(argv: list[str]) -> list[str]:
@@ -318,6 +323,10 @@ def create(desc: dict[str, Any], where: str, *, root: str) -> list[str]:
         raise CreateError("qemu-img not found (Debian: qemu-utils)")
     root = os.path.realpath(root)
     layers = [desc, *(desc.get("backing") or [])]
+    for layer in layers:
+        if layer["format"] in LINEAR_METADATA and layer["virtual_size"] > MAX_LINEAR_SIZE:
+            raise CreateError(f"{layer['path']}: a blank {layer['format']} image of {layer['virtual_size']} bytes"
+                              f" is refused (its metadata grows with its size; at most {MAX_LINEAR_SIZE})")
     files = [os.path.normpath(where)]
     for n, layer in enumerate(layers[1:], 1):
         path = os.path.normpath(os.path.join(os.path.dirname(files[-1]), layer["path"]))
