@@ -88,3 +88,36 @@ def test_a_huge_claimed_size_never_fills_the_disk(tmp_path: Path, fmt: str) -> N
     assert list(tmp_path.iterdir()) == []
     made = images.create({**desc, "virtual_size": 2**30}, str(tmp_path / "ok.img"), root=str(tmp_path))
     assert made == [str(tmp_path / "ok.img")] and (tmp_path / "ok.img").stat().st_blocks * 512 < 2**24
+
+
+def test_hostile_chains_stay_in_the_work_folder(tmp_path: Path) -> None:
+    """Names starting with -, with commas, absolute, escaping, looping: every file made (and named) is inside."""
+    import json
+
+    from qmprr.replay.safety import PathMap
+    from qmprr.replay.scratch import prepare
+    from qmprr.replay.script import DEFAULT_GREETING, Exchange, Script
+
+    work, outside = tmp_path / "work", tmp_path / "outside"
+    work.mkdir()
+    outside.mkdir()
+    q2 = {"format": "qcow2", "virtual_size": 2**20}
+    chain = [{"path": "-o,backing_file=/etc/shadow", **q2}, {"path": "/etc/shadow", **q2},
+             {"path": f"../outside/{'x' * 3}", **q2}, {"path": "-f", **q2}, {"path": "-f", "format": "raw",
+                                                                             "virtual_size": 512}]  # fmt: skip
+    tops = ["-top,file=/etc/passwd", "../outside/top", "/etc/top", "a/../../outside/t2"]
+    script = Script(greeting=DEFAULT_GREETING, exchanges=[
+        Exchange(command="blockdev-add", arguments={"driver": "qcow2", "node-name": f"n{i}",
+                                                    "file": {"driver": "file", "filename": t}})
+        for i, t in enumerate(tops)])  # fmt: skip
+    script.images = [{"path": t, **q2, "backing": chain} for t in tops]
+    done = prepare(script, str(work), PathMap())
+    assert done.problems == [] and len(done.created) == len(tops)
+    assert list(outside.iterdir()) == []
+    made = [p for p in work.rglob("*") if p.is_file()]
+    for image in made:
+        info = json.loads(subprocess.run(["qemu-img", "info", "--backing-chain", "--output=json", "-U", str(image)],
+                                         capture_output=True, check=True).stdout)  # fmt: skip
+        for layer in info:
+            real = Path(layer["filename"]).resolve()
+            assert real.is_relative_to(work.resolve()), (image, layer["filename"])
