@@ -121,3 +121,20 @@ def test_hostile_chains_stay_in_the_work_folder(tmp_path: Path) -> None:
         for layer in info:
             real = Path(layer["filename"]).resolve()
             assert real.is_relative_to(work.resolve()), (image, layer["filename"])
+
+
+_HOSTILE_TEXT = "\x1b[31m\x07\x7f\u009b2J\u202eevil\u00e9\U0001f600\ud800"
+
+
+def test_events_lines_are_printable_ascii_whatever_the_server_sends() -> None:
+    """A hostile server's event (names, keys, data with ESC, DEL, C1 CSI, bidi, lone surrogate) never reaches a terminal raw."""
+    import json
+
+    from qmprr.events import format_event, format_json
+
+    for name in ("STOP", _HOSTILE_TEXT, "Ѕ\u0422OP", 7, None):
+        msg = {"event": name, "data": {_HOSTILE_TEXT: [_HOSTILE_TEXT]},
+               "timestamp": {"seconds": 1, "microseconds": 2}}  # fmt: skip
+        for line in (format_event(msg), format_json(msg)):
+            assert all(" " <= c <= "~" for c in line), repr(line)
+        assert json.loads(format_json(msg)) == msg
