@@ -138,3 +138,22 @@ def test_events_lines_are_printable_ascii_whatever_the_server_sends() -> None:
         for line in (format_event(msg), format_json(msg)):
             assert all(" " <= c <= "~" for c in line), repr(line)
         assert json.loads(format_json(msg)) == msg
+
+
+@pytest.mark.timeout(20)
+def test_pass_fd_of_a_fifo_never_hangs(tmp_path: Path) -> None:
+    """--pass-fd on a FIFO nobody writes (or reads): opened at once for reading, refused for writing, no hang."""
+    import os
+
+    from qmprr import kvargs
+    from qmprr.inject import PassFd
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    fd = PassFd(str(fifo), fdname="x", mode="r").open()
+    try:
+        assert os.get_blocking(fd)
+    finally:
+        os.close(fd)
+    with pytest.raises(kvargs.ArgumentsError, match="cannot open"):
+        PassFd(str(fifo), fdname="x", mode="w").open()
