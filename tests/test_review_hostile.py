@@ -157,3 +157,62 @@ def test_pass_fd_of_a_fifo_never_hangs(tmp_path: Path) -> None:
         os.close(fd)
     with pytest.raises(kvargs.ArgumentsError, match="cannot open"):
         PassFd(str(fifo), fdname="x", mode="w").open()
+
+
+def _chained(tmp_path: Path, bodies: list[bytes], name: str = "crafted.jsonl") -> Path:
+    """The first two records of a real recording, then *bodies* (``SEQ``: the next seq), hash chain made right."""
+    from qmprr.recording.chain import seal, unseal
+    from replay_support import RECORDINGS
+
+    prev, lines = "", []
+    src = (RECORDINGS / "errors.jsonl").read_bytes().splitlines(keepends=True)
+    for n, body in enumerate([unseal(line)[0] for line in src[:2]] + bodies):
+        line, prev = seal(body.replace(b"SEQ", str(n).encode()), prev)
+        lines.append(line)
+    path = tmp_path / name
+    path.write_bytes(b"".join(lines))
+    return path
+
+
+def test_verify_reads_deep_nesting_as_the_reader_does(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """msgspec's RecursionError on deep nesting crashed verify (internal error, exit 2); the reader reads it."""
+    from qmprr.cli import main
+    from qmprr.recording import RecordingReader
+
+    deep = b"[" * 5000 + b"]" * 5000
+    path = _chained(tmp_path, [b'{"seq":SEQ,"t":1,"kind":"event","src":"qemu","msg":{"event":"X","data":' + deep + b"}}"])
+    with RecordingReader(path) as reader:
+        assert len(list(reader)) == 3
+    assert main(["verify", str(path)]) == 0
+    assert "3 records, ok" in capsys.readouterr().out
+
+
+_BODIES = [
+    b'{"seq":SEQ,"seq":2,"t":0.1,"kind":"event","src":"qemu","msg":{"event":"X"}}',
+    b'{"seq":2,"t":0.1,"kind":"event","kind":"command","src":"qemu","msg":{"event":"X"}}',
+    b'{"seq":SEQ,"t":0.1,"kind":"event","src":"qemu","msg":{"event":"X"},"unknown":1}',
+    b'{"seq":SEQ,"t":1e999,"kind":"event","src":"qemu","msg":{"event":"X"}}',
+    b'{"seq":18446744073709551616,"t":1,"kind":"event","src":"qemu","msg":{"event":"X"}}',
+    b'{"seq":SEQ,"t":1,"kind":"command","src":"client","role":"primary","conn":18446744073709551617,'
+    b'"msg":{"execute":"query-status"}}',
+    b'{"seq":SEQ,"t":1,"kind":"command","src":"client","role":"primary","conn":-9223372036854775809,'
+    b'"msg":{"execute":"query-status"}}',
+    b'{"seq":SEQ,"t":1,"kind":"event","src":"qemu","msg":{"a":"\xed\xa0\x80"}}',
+    b'{"seq":SEQ,"t":1,"kind":"event","src":"qemu","msg":[]}',
+    b'{"seq":SEQ,"t":1,"kind":"note","text":5,"text":"x"}',
+    b'{"seq":SEQ,"t":1,"kind":"note","text":"x","text":5}',
+]
+
+
+@pytest.mark.parametrize("body", _BODIES)
+def test_the_fast_schema_never_accepts_what_the_reader_refuses(body: bytes) -> None:
+    from qmprr import codec
+    from qmprr.recording import convert, lineschema
+
+    line = body.replace(b"SEQ", b"2")
+    try:
+        fast = lineschema.decode(line)
+    except lineschema.Refused:
+        return  # the slow path decides
+    typed = convert.structure(codec.loads(line))
+    assert (typed.kind, typed.seq, getattr(typed, "conn", None)) == (fast.K, fast.seq, getattr(fast, "conn", None))
