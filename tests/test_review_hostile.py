@@ -216,3 +216,15 @@ def test_the_fast_schema_never_accepts_what_the_reader_refuses(body: bytes) -> N
         return  # the slow path decides
     typed = convert.structure(codec.loads(line))
     assert (typed.kind, typed.seq, getattr(typed, "conn", None)) == (fast.K, fast.seq, getattr(fast, "conn", None))
+
+
+def test_show_json_fast_path_reads_deep_nesting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``show --json --kind`` (the raw fast path) crashed on nesting the reader reads; now it prints the file's line."""
+    from qmprr.cli import main
+
+    deep = b"[" * 5000 + b"]" * 5000
+    path = _chained(tmp_path, [b'{"seq":SEQ,"t":1,"kind":"event","src":"qemu","msg":{"event":"X","data":' + deep + b"}}"])
+    capsys.readouterr()
+    assert main(["show", "--json", "--kind", "event", str(path)]) == 0
+    out = capsys.readouterr()
+    assert out.out.encode() == path.read_bytes().splitlines(keepends=True)[2] and out.err == ""
