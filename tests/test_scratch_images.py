@@ -260,7 +260,7 @@ def _add(path: Path) -> dict[str, Any]:
                                                     "file": {"driver": "file", "filename": str(path)}}}  # fmt: skip
 
 
-async def test_the_watcher_notes_images_before_the_command_never_hidden_ones(tmp_path: Path) -> None:
+async def test_the_watcher_notes_images_after_the_command_never_hidden_ones(tmp_path: Path) -> None:
     from qmprr.image_watch import ImageWatcher
     from qmprr.recording import Redactor
     from qmprr.recording.redact import ArgumentRule

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -57,10 +58,24 @@ def _stamp(msg: dict[str, Any]) -> str:
 def format_event(msg: dict[str, Any]) -> str:
     """virsh's line for one event (see the module docstring)."""
     name = msg.get("event")
-    shown = name if isinstance(name, str) and name and name.isprintable() and " " not in name else json.dumps(name)
+    plain = isinstance(name, str) and name and name.isascii() and name.isprintable() and " " not in name
+    shown = name if plain else json.dumps(name)
     data = msg.get("data")
     text = "<null>" if "data" not in msg else json.dumps(data, separators=(",", ":"))  # ASCII: no terminal escapes
     return f"event {shown} at {_stamp(msg)}: {text}"
+
+
+def format_json(msg: dict[str, Any]) -> str:
+    """``--json``'s line: the message as compact JSON, every character past ASCII (DEL, C1 controls
+    such as CSI U+009B, bidi overrides) written as a ``\\u`` escape, so the line is the same JSON."""
+    return _NOT_ASCII.sub(_escape, codec.dumps(msg).decode())
+
+
+_NOT_ASCII = re.compile(r"[^\x20-\x7e]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    return json.dumps(m.group())[1:-1]
 
 
 def watch(options: EventsOptions, out: IO[str] | None = None) -> int:
@@ -74,7 +89,7 @@ def watch(options: EventsOptions, out: IO[str] | None = None) -> int:
                 msg = client.events.pop(0) if client.events else client.next_message(deadline)
                 if "event" not in msg or not matches(msg.get("event"), options.filters):
                     continue
-                print(codec.dumps(msg).decode() if options.json else format_event(msg), file=out, flush=True)
+                print(format_json(msg) if options.json else format_event(msg), file=out, flush=True)
                 shown += 1
         except (ReplyTimeout, ConnectionClosed):
             pass

@@ -1,12 +1,15 @@
 """Record time: describe the images a session's commands open, in ``note`` records.
 
-:class:`ImageWatcher` wraps the proxy's backend (the channel): before a
-``blockdev-add`` or an HMP ``drive_add`` goes to QEMU, it describes each
-image file the command names that exists (:func:`qmprr.images.describe_async`;
-a few milliseconds of ``qemu-img info``, once per name) and appends a
-``note`` ``{"images": [...]}``, so the note precedes the command. Only names that
-survive redaction (as the log keeps the command) are described, so a path a
-redaction rule hides is never written out.
+:class:`ImageWatcher` wraps the proxy's backend (the channel): once QEMU
+has opened the images of a ``blockdev-add`` or an HMP ``drive_add`` (the
+command succeeded), it describes each image file the command names
+(:func:`qmprr.images.describe_async`; a few milliseconds of ``qemu-img info``,
+once per name) and appends a ``note`` ``{"images": [...]}`` after it. qemu-img
+reads an image as QEMU does (the command's format, its backing file only
+where QEMU follows it), and never one QEMU refused: a client cannot make the
+recorder read what QEMU could not. Only names that survive redaction (as the
+log keeps the command) are described, so a path a redaction rule hides is
+never written out.
 """
 
 from __future__ import annotations
@@ -21,6 +24,14 @@ from .recording.redact import REDACTED
 NOTE_TEXT = "images named by a command: format, size and backing chain (no data)"
 
 
+def _opened(msg: dict[str, Any], reply: Any) -> bool:
+    """Whether the command succeeded (an HMP command's errors are in its ``return`` text; ``drive_add`` says OK)."""
+    if not isinstance(reply, dict) or "return" not in reply:
+        return False
+    done = reply["return"]
+    return msg.get("execute") != "human-monitor-command" or (isinstance(done, str) and done.strip() == "OK")
+
+
 class ImageWatcher:
     """The backend, with image descriptions noted after image-opening commands (else delegated)."""
 
@@ -31,34 +42,46 @@ class ImageWatcher:
         if hasattr(backend, "submit"):  # the channel's callback path (the serve loop's hot path)
             self.submit = self._submit
 
-    def _new_paths(self, msg: dict[str, Any]) -> list[str]:
-        if msg.get("execute") not in images.IMAGE_COMMANDS:
-            return []
-        paths = [p for p in images.named_in_command(self._as_logged(msg)) if p not in self._seen and REDACTED not in p]
-        self._seen.update(paths)
-        return paths
-
-    def _submit(self, msg: dict[str, Any], **kwargs: Any) -> Any:
-        """The note (qemu-img run here: a few ms, once per image name, image commands only), then the command."""
-        paths = self._new_paths(msg)
-        if paths:
-            self._write_note([images.describe(p, self._cwd) for p in paths])
-        return self._backend.submit(msg, **kwargs)
-
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backend, name)
 
     async def execute(self, msg: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        paths = self._new_paths(msg)
-        if paths:  # before the command: the image as QEMU is about to open it (the note precedes the command)
-            self._write_note([await images.describe_async(p, self._cwd) for p in paths])
         reply: dict[str, Any] = await self._backend.execute(msg, **kwargs)
+        opened = self._newly_opened(msg, reply)
+        if opened:  # after QEMU opened them: never a file QEMU refused
+            await self._note(opened)
         return reply
+
+    def _submit(self, msg: dict[str, Any], *, done: Any, **kwargs: Any) -> Any:
+        """The channel's ``submit``; once QEMU opened the images, their note (qemu-img run here: a few ms,
+        once per image name, image commands only), then the reply goes on."""
+        if msg.get("execute") not in images.IMAGE_COMMANDS:
+            return self._backend.submit(msg, done=done, **kwargs)
+
+        def after(reply: dict[str, Any] | None, error: Any) -> None:
+            opened = self._newly_opened(msg, reply) if error is None else []
+            if opened:
+                self._write_note([images.describe(p, self._cwd, f, c) for p, f, c in opened])
+            done(reply, error)
+
+        return self._backend.submit(msg, done=after, **kwargs)
+
+    def _newly_opened(self, msg: dict[str, Any], reply: Any) -> list[images.Opened]:
+        """The images a successful image command opened, not described yet (and not hidden by redaction)."""
+        if msg.get("execute") not in images.IMAGE_COMMANDS or not _opened(msg, reply):
+            return []
+        opened = [o for o in images.opened_in_command(self._as_logged(msg))
+                  if o[0] not in self._seen and REDACTED not in o[0]]  # fmt: skip
+        self._seen.update(o[0] for o in opened)
+        return opened
 
     def _as_logged(self, msg: dict[str, Any]) -> dict[str, Any]:
         log = getattr(self._backend, "log", None)
         redactor = getattr(log, "redactor", None)
         return redactor.redact(msg) if redactor is not None else msg
+
+    async def _note(self, opened: list[images.Opened]) -> None:
+        self._write_note([await images.describe_async(p, self._cwd, f, c) for p, f, c in opened])
 
     def _write_note(self, described: list[dict[str, Any] | None]) -> None:
         found = [d for d in described if d is not None]

@@ -36,6 +36,11 @@ CREATABLE = frozenset({"qcow2", "raw", "qcow", "qed", "vmdk", "vdi", "vpc", "vhd
 BACKING_FORMATS = frozenset({"qcow2", "qcow", "qed", "vmdk"})
 #: Largest backing chain kept (a hostile image could claim any).
 MAX_CHAIN = 16
+#: Formats whose blank image writes metadata in proportion to its virtual size (a block map), and the
+#: largest virtual size made blank of them: a recording claiming 1 PiB vdi disks would fill the disk
+#: with gigabytes of block map each (qcow2, qed, raw, vhdx stay small whatever the size).
+LINEAR_METADATA = frozenset({"vdi", "parallels", "qcow", "vmdk"})
+MAX_LINEAR_SIZE = 2**40
 
 
 def named_in_argv(argv: list[str]) -> list[str]:
@@ -70,6 +75,93 @@ def named_in_command(msg: dict[str, Any]) -> list[str]:
         if len(parts) == 3:
             return _unique(i.value for i in qemuopts.parse(parts[2]) if i.key == "file" and _is_file_name(i.value))
     return []
+
+
+#: How QEMU opens a named image: its format (None: QEMU probes it) and whether it follows the image's backing file.
+Opened = tuple[str, "str | None", bool]
+
+
+def opened_in_command(msg: dict[str, Any]) -> list[Opened]:
+    """The image files of :func:`named_in_command` as QEMU opens them (unknown formats left out).
+
+    qemu-img must read an image no other way than QEMU does: a ``raw`` node
+    whose data holds a qcow2 header (a guest can write one) probed as qcow2
+    would make qemu-img follow a backing file QEMU never opens.
+    """
+    name, args = msg.get("execute"), msg.get("arguments")
+    if not isinstance(args, dict):
+        return []
+    if name == "blockdev-add":
+        return _opened_nodes(args)
+    line = args.get("command-line") if name == "human-monitor-command" else None
+    if isinstance(line, str) and line.split(None, 1)[:1] == ["drive_add"]:
+        parts = line.split(None, 2)
+        if len(parts) == 3:
+            return _opened_drive(parts[2])
+    return []
+
+
+def opened_in_argv(argv: list[str]) -> list[Opened]:
+    """The image files of :func:`named_in_argv` as QEMU opens them (unknown formats left out)."""
+    out: list[Opened] = []
+    for option, value in zip(argv, argv[1:]):
+        if option.lstrip("-") in ("hda", "hdb", "hdc", "hdd", "cdrom") and option.startswith("-"):
+            out.append((value, None, True))
+        elif option in ("-drive", "--drive"):
+            out += _opened_drive(value)
+        elif option in ("-blockdev", "--blockdev"):
+            try:
+                node = json.loads(value) if value.startswith("{") else _keyval_tree(value)
+            except ValueError:
+                continue
+            out += _opened_nodes(node) if isinstance(node, dict) else []
+    return list({o[0]: o for o in reversed(out) if _is_file_name(o[0])}.values())[::-1]  # the first per name
+
+
+def _opened_drive(opts: str) -> list[Opened]:
+    items = [i for i in qemuopts.parse(opts) if i.key and not i.flag]
+    fmt = next((i.value for i in items if i.key == "format"), None)
+    if fmt is not None and fmt not in CREATABLE:
+        return []
+    chain = not any((i.key or "").startswith("backing") for i in items)
+    return [(i.value, fmt, chain) for i in items if i.key == "file" and _is_file_name(i.value)][:1]
+
+
+def _keyval_tree(opts: str) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for item in qemuopts.parse(opts):
+        if not item.key or item.flag:
+            continue
+        *path, last = item.key.split(".")
+        node = tree
+        for part in path:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(item.key)
+            node = child
+        node[last] = item.value
+    return tree
+
+
+def _opened_nodes(node: Any, parent: dict[str, Any] | None = None, key: str = "", depth: int = 0) -> list[Opened]:
+    """Protocol nodes (with a ``filename``) of a ``blockdev-add`` tree, each with its format node's driver."""
+    if depth > 32:
+        return []
+    if isinstance(node, list):
+        return [o for v in node for o in _opened_nodes(v, None, "", depth + 1)]
+    if not isinstance(node, dict):
+        return []
+    out: list[Opened] = []
+    name = node.get("filename")
+    if isinstance(name, str) and _is_file_name(name):
+        if parent is None:  # a protocol node on its own: QEMU reads its bytes, no format, no backing
+            out.append((name, "raw", False))
+        elif key == "file" and parent.get("driver") in CREATABLE:
+            out.append((name, parent["driver"], "backing" not in parent))
+    for k, value in node.items():
+        if isinstance(value, (dict, list)):
+            out += _opened_nodes(value, node if isinstance(value, dict) else None, k, depth + 1)
+    return list(dict.fromkeys(out))
 
 
 def _filenames(node: Any, depth: int = 0) -> list[str]:
@@ -147,14 +239,21 @@ def from_block_nodes(reply: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _info_argv(path: str) -> list[str] | None:
+def _info_argv(path: str, fmt: str | None = None, chain: bool = True) -> list[str] | None:
     qemu_img = shutil.which("qemu-img")
-    return None if qemu_img is None else [qemu_img, "info", "--backing-chain", "--output=json", "-U", "--", path]
+    if qemu_img is None:
+        return None
+    return [qemu_img, "info", *(["-f", fmt] if fmt else []), *(["--backing-chain"] if chain else []),
+            "--output=json", "-U", "--", path]  # fmt: skip
 
 
-def describe(path: str, cwd: str | None = None) -> dict[str, Any] | None:
-    """*path* (relative to *cwd*) described with qemu-img, or None (no such image, no qemu-img)."""
-    argv = _info_argv(os.path.join(cwd or ".", path))
+def describe(path: str, cwd: str | None = None, fmt: str | None = None, chain: bool = True) -> dict[str, Any] | None:
+    """*path* (relative to *cwd*) described with qemu-img, or None (no such image, no qemu-img).
+
+    *fmt* is the format QEMU opens it as (None: probed, as QEMU does), *chain*
+    whether QEMU follows its backing file: qemu-img never opens more than QEMU.
+    """
+    argv = _info_argv(os.path.join(cwd or ".", path), fmt, chain)
     if argv is None or not os.path.isfile(argv[-1]):
         return None
     try:
@@ -164,9 +263,11 @@ def describe(path: str, cwd: str | None = None) -> dict[str, Any] | None:
     return _parse(done.returncode, done.stdout, path)
 
 
-async def describe_async(path: str, cwd: str | None = None) -> dict[str, Any] | None:
+async def describe_async(
+    path: str, cwd: str | None = None, fmt: str | None = None, chain: bool = True
+) -> dict[str, Any] | None:
     """:func:`describe` without blocking the event loop."""
-    argv = _info_argv(os.path.join(cwd or ".", path))
+    argv = _info_argv(os.path.join(cwd or ".", path), fmt, chain)
     if argv is None or not os.path.isfile(argv[-1]):
         return None
     try:
@@ -186,9 +287,9 @@ def _parse(code: int | None, out: bytes, path: str) -> dict[str, Any] | None:
         return None
 
 
-def describe_all(paths: list[str], cwd: str | None = None) -> list[dict[str, Any]]:
-    """Descriptions of those of *paths* qemu-img can read."""
-    return [d for d in (describe(p, cwd) for p in paths) if d is not None]
+def describe_all(opened: list[Opened], cwd: str | None = None) -> list[dict[str, Any]]:
+    """Descriptions of those of the *opened* images (:func:`opened_in_argv`) qemu-img can read."""
+    return [d for d in (describe(p, cwd, fmt, chain) for p, fmt, chain in opened) if d is not None]
 
 
 def valid(desc: Any) -> bool:
@@ -222,6 +323,10 @@ def create(desc: dict[str, Any], where: str, *, root: str) -> list[str]:
         raise CreateError("qemu-img not found (Debian: qemu-utils)")
     root = os.path.realpath(root)
     layers = [desc, *(desc.get("backing") or [])]
+    for layer in layers:
+        if layer["format"] in LINEAR_METADATA and layer["virtual_size"] > MAX_LINEAR_SIZE:
+            raise CreateError(f"{layer['path']}: a blank {layer['format']} image of {layer['virtual_size']} bytes"
+                              f" is refused (its metadata grows with its size; at most {MAX_LINEAR_SIZE})")
     files = [os.path.normpath(where)]
     for n, layer in enumerate(layers[1:], 1):
         path = os.path.normpath(os.path.join(os.path.dirname(files[-1]), layer["path"]))

@@ -54,10 +54,13 @@ class PassFd:
         return {"execute": "add-fd", "arguments": {"fdset-id": self.fdset}}
 
     def open(self) -> int:
+        """The open file (non-blocking while opening: a FIFO with nobody at the other end never hangs)."""
         try:
-            return os.open(self.path, FD_MODES[self.mode] | os.O_CLOEXEC | os.O_NOCTTY, 0o600)
+            fd = os.open(self.path, FD_MODES[self.mode] | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK, 0o600)
         except OSError as exc:
             raise kvargs.ArgumentsError(f"--pass-fd {self.path}: cannot open: {exc.strerror or exc}") from None
+        os.set_blocking(fd, True)  # QEMU gets the file as the shell's redirections would give it
+        return fd
 
 
 @attrs.frozen

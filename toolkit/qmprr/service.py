@@ -120,7 +120,7 @@ def _argv_images(argv: list[str], options: ServiceOptions) -> list[dict[str, Any
     from .recording.redact import REDACTED, redact_argv
 
     logged = redact_argv(argv)[0] if options.redactor.builtin else argv
-    return images.describe_all([p for p in images.named_in_argv(logged) if REDACTED not in p]) or None
+    return images.describe_all([o for o in images.opened_in_argv(logged) if REDACTED not in o[0]]) or None
 
 
 def _check_record_path(path: str, options: ServiceOptions | None = None, segment: int = 1) -> None:

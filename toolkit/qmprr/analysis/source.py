@@ -378,7 +378,7 @@ def _fast_kinds(decoder: Decoder, lines: Iterable[bytes], kinds: frozenset[str],
                 grep: bytes | None, on_torn: Callable[[int], None]) -> Iterator[bytes]:
     """:meth:`Decoder.decode`, keeping only the lines of *kinds* (see :meth:`Scanner.kind_raw`)."""
     body_kinds, mark_b, end_b, tail, common = _BODY_KIND_NAMES, _H_MARK, b'"}\n', _H_TAIL, _decode_common
-    refused = (msgspec.DecodeError, UnicodeDecodeError)
+    refused = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)  # deep nesting: the slow way reads it
     check = decoder.prev_hash is not None
     new_hash = blake2b(digest_size=16).copy
     prev = decoder.prev_hash or b""

@@ -24,19 +24,24 @@ import msgspec
 
 from .model import RECORD_TYPES, Msg
 
-#: What :func:`decode` raises for a line it does not accept (JSON, UTF-8 or schema).
-Refused = (msgspec.DecodeError, UnicodeDecodeError)
+#: What :func:`decode` raises for a line it does not accept (JSON, UTF-8 or schema, or nesting
+#: deeper than msgspec's recursion allows: the slow path's parser reads any depth qmprr writes).
+Refused = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 class _Object(msgspec.Struct, gc=False):
     """Any JSON object, its members skipped (a QMP message)."""
 
 
+#: An integer as orjson reads one (msgspec bounds are i64: a larger u64 goes to the slow path).
+_INT = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+
 class LineRecord(msgspec.Struct, tag_field="kind", gc=False):
     """Fields every record has; each kind's struct adds its own, and ``K`` is its kind."""
 
     K: ClassVar[str]
-    seq: Annotated[int, msgspec.Meta(ge=0)]
+    seq: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
     t: float
 
 
@@ -54,7 +59,9 @@ def _spec(tp: Any) -> Any:
         return _Object if value is Any else dict[key, _spec(value)]  # type: ignore[valid-type, misc]  # a type built at run time for msgspec
     if origin is list:
         return list[_spec(typing.get_args(tp)[0])]  # type: ignore[misc]  # a type built at run time for msgspec
-    if origin is Literal or tp in (int, float, str, type(None)):
+    if tp is int:  # orjson's range: a larger integer is read as a float (and cattrs makes another int of it)
+        return _INT
+    if origin is Literal or tp in (float, str, type(None)):
         return tp
     raise TypeError(f"no msgspec type for {tp!r}")  # pragma: no cover - a new field type in model.py
 
