@@ -367,3 +367,24 @@ def test_inject_to_qemus_own_tcp_monitor(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+@pytest.mark.parametrize("chaos", [[], ["--chaos", "3"]], ids=["plain", "chaos"])
+def test_the_fake_serves_tcp_on_loopback_only_unless_told(tmp_path: Path, chaos: list[str]) -> None:
+    """``qmprr fake --socket tcp:...``: the same address rules as launch and proxy (plain and chaos mode)."""
+    recording = str(Path(__file__).parent.parent / "recordings" / "lifecycle.jsonl")
+    port = free_port()
+    status, out, err = run_qmprr(tmp_path, "fake", recording, "--socket", f"tcp:0.0.0.0:{port}", *chaos)
+    assert status == 2 and "--listen-any" in assert_one_error_line(err)
+    proc = subprocess.Popen(
+        [*support.QMPRR, "fake", recording, "--socket", f"tcp:0.0.0.0:{port}", "--listen-any", "--mode", "lenient",
+         "--reuse", "--keep-serving", *chaos],  # keep serving: the probe connection is a client
+        stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        support.wait_until(lambda: proc.poll() is not None or tcp_listening(port), "the fake's TCP socket")
+        status, out, err = inject(tmp_path, f"tcp:127.0.0.1:{port}", "query-status")
+        assert (status, err) == (0, "") and json.loads(out)["status"] == "running"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)

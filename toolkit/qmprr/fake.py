@@ -307,12 +307,13 @@ class FakeQemu:
             self._server = QmpServer(_FakeBackend(self), limits=self.limits)
         return self._server
 
-    async def serve_unix(self, path: str) -> None:
-        """Accept clients on a new UNIX socket at *path* (mode 0600)."""
+    async def serve_unix(self, path: str, *, listen_any: bool = False) -> None:
+        """Accept clients on a new UNIX socket at *path* (mode 0600), or ``tcp:HOST:PORT`` (loopback
+        only unless *listen_any*: unauthenticated, see :mod:`qmprr.address`)."""
         if self.chaos is not None:
-            self._chaos_server = await fake_chaos.listen(path, self.handle)
+            self._chaos_server = await fake_chaos.listen(path, self.handle, listen_any)
             return
-        await self.server.listen(path, "primary")
+        await self.server.listen(path, "primary", listen_any=listen_any)
 
     async def close(self) -> None:
         if self._chaos_server is not None:

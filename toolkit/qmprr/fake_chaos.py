@@ -230,10 +230,16 @@ class Listener:
         self._server: asyncio.AbstractServer | None = None
         self._live: set[asyncio.Task[Any]] = set()
 
-    async def listen(self, path: str) -> None:
-        from .server import bind_unix
+    async def listen(self, path: str, listen_any: bool = False) -> None:
+        import socket
 
-        self._server = await asyncio.start_unix_server(self._serve, sock=bind_unix(path))
+        from .server import bind_listener
+
+        sock = bind_listener(path, listen_any=listen_any)
+        if sock.family == socket.AF_UNIX:
+            self._server = await asyncio.start_unix_server(self._serve, sock=sock)
+        else:  # tcp:HOST:PORT (qmprr.address)
+            self._server = await asyncio.start_server(self._serve, sock=sock)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -256,8 +262,8 @@ class Listener:
         await asyncio.gather(*self._live, return_exceptions=True)
 
 
-async def listen(path: str, handle: Serve) -> Listener:
-    """Accept clients on a new UNIX socket at *path* (mode 0600), each served by *handle*."""
+async def listen(path: str, handle: Serve, listen_any: bool = False) -> Listener:
+    """Accept clients on a new UNIX socket at *path* (mode 0600) or ``tcp:HOST:PORT``, each served by *handle*."""
     listener = Listener(handle)
-    await listener.listen(path)
+    await listener.listen(path, listen_any)
     return listener

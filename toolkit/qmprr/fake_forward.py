@@ -301,8 +301,8 @@ class HybridFake:
         if not self.backend.lazy:
             await self.backend.open()
 
-    async def serve_unix(self, path: str) -> None:
-        await self.server.listen(path, "primary")
+    async def serve_unix(self, path: str, *, listen_any: bool = False) -> None:
+        await self.server.listen(path, "primary", listen_any=listen_any)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self.server.serve(reader, writer, "primary")

@@ -133,6 +133,14 @@ def write_bytes(data: bytes) -> None:
 
 # -- the recording services (launch, proxy) ---------------------------------------------------
 
+
+def add_listen_any(p: Any) -> None:
+    """``--listen-any``: tcp: sockets may listen beyond loopback (launch, proxy, fake)."""
+    p.add_argument("--listen-any", action="store_true",
+                   help="let tcp: sockets listen on a non-loopback address (tcp:0.0.0.0:4444); QMP over TCP "
+                   "has no authentication: whoever reaches the port controls QEMU")
+
+
 SERVICE_NOTE = (
     "Sockets are created with mode 0600. Debug clients' commands are recorded with role "
     "'debug' and taint the recording; the default policy refuses them quit (QMP and HMP). "
@@ -155,9 +163,7 @@ def add_service(p: Any) -> None:
                    "(instead of --socket; its clients may pass fds with commands, SCM_RIGHTS)")
     p.add_argument("--debug-socket", metavar="PATH",
                    help="QMP socket for injected (debug) commands: a path, or tcp:HOST:PORT")
-    p.add_argument("--listen-any", action="store_true",
-                   help="let tcp: sockets listen on a non-loopback address (tcp:0.0.0.0:4444); QMP over TCP "
-                   "has no authentication: whoever reaches the port controls QEMU")
+    add_listen_any(p)
     choice(p, "--sync", Sync, Sync.BATCH, "when records are forced to disk (default batch: at most every 100 ms)")
     p.add_argument("--deny", action="append", default=[], metavar="CMD",
                    help="refuse CMD (glob; hmp:WORD for HMP) to debug clients; repeatable")

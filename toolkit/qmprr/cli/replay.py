@@ -7,7 +7,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from .base import EXIT_OK, EXIT_PROBLEMS, UsageError, choice, command, count, pairs, run_async, seconds
-from .options import FakeMode, HostDifferences, add_domain, add_rules, normalizer
+from .options import FakeMode, HostDifferences, add_domain, add_listen_any, add_rules, normalizer
 
 if TYPE_CHECKING:
     from ..replay.engine import ReplayOptions
@@ -128,7 +128,7 @@ async def _fake_main(args: argparse.Namespace, norm: Normalizer) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await served.serve_unix(args.socket)
+    await served.serve_unix(args.socket, listen_any=args.listen_any)
     print(f"qmprr: fake QEMU serving {args.file} ({args.mode}) on {args.socket}", file=sys.stderr, flush=True)
     waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
     if not args.keep_serving:
@@ -229,7 +229,9 @@ def register(sub: Any) -> None:
         func=cmd_fake,
     )
     p.add_argument("file", help="recording to serve")
-    p.add_argument("--socket", required=True, metavar="PATH", help="QMP socket to create (mode 0600)")
+    p.add_argument("--socket", required=True, metavar="PATH",
+                   help="QMP socket to create (mode 0600), or tcp:HOST:PORT (unauthenticated: loopback only)")
+    add_listen_any(p)
     choice(p, "--mode", FakeMode, FakeMode.STRICT, "how commands are matched (default strict)")
     p.add_argument("--reuse", action="store_true", help="lenient: answer consumed commands again")
     add_rules(p, help="normalization rules (TOML) for argument matching")
