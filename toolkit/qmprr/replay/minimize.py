@@ -32,7 +32,6 @@ import attrs
 
 from .. import qemuopts
 from ..errors import QmprrError, RecordingError
-from ..files import open_regular
 from ..recording import RecordingReader, convert, sets
 from ..recording.encode import END_SEAL_TEXT
 from ..recording.rechain import write_derived
@@ -40,7 +39,7 @@ from . import deps
 from .criteria import Criterion, MinimizeError, signature
 from .ddmin import Budget, Config, Search
 from .engine import ReplayOptions
-from .run import RunOptions, run_replay
+from .run import UNSAFE_WARNING, RunOptions, run_replay
 
 __all__ = ["Criterion", "MinimizeError", "NotFailing", "Outcome", "Settings", "minimize", "run_minimize"]
 
@@ -95,7 +94,7 @@ class _Recording:
             with RecordingReader(path, errors="raise") as reader:
                 self.records = [convert.unstructure(r) for r in reader]
                 self.final_hash: str | None = reader.final_hash
-            with open_regular(self.files[-1]) as f:
+            with open(self.files[-1], "rb") as f:  # a regular file: the reader opened it already
                 self.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
         except (RecordingError, OSError) as exc:
             raise MinimizeError(str(exc) if isinstance(exc, RecordingError) else f"{path}: {exc}") from None
@@ -234,6 +233,8 @@ async def minimize(path: str, out: str, settings: Settings, err: TextIO | None =
     header_argv = rec.records[0].get("qemu_argv")
     if settings.argv and not header_argv:
         raise MinimizeError(f"{path}: --argv: the recording has no QEMU command line")
+    if settings.replay.allow_unsafe:
+        print(UNSAFE_WARNING, file=err)  # the tries' own warnings go where their output goes: nowhere
     a = rec.analysis
     settings.budget.started = time.monotonic()  # a time budget counts from here
     everything = rec.close(range(len(a.units)))
