@@ -575,3 +575,25 @@ def test_allow_unsafe_says_so_once_and_bad_replay_options_are_usage_errors(
         status, _, err = run_cli(capsys, str(rec), "-o", str(tmp_path / "b.jsonl"), "--target", "fake", *bad)
         assert status == 2 and err.startswith("qmprr: ") and err.count("\n") == 1, (bad, err)
         assert not (tmp_path / "b.jsonl").exists()
+
+
+@pytest.mark.qemu
+def test_a_compressed_set_recorded_by_launch_against_qemu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from qmprr.recording import sets
+
+    bench.record_raw(str(tmp_path), noise=80, seed=4, launch=["--rotate-size", "4K", "--compress", "zstd"])
+    files = [p for _, p in sets.segments_of(str(tmp_path / "session"))]
+    assert len(files) > 2 and files[0].endswith(".jsonl.zst"), files
+    out = tmp_path / "small.jsonl"
+    status, stdout, err = run_cli(capsys, files[0], "-o", str(out), "--target", "qemu", "--error-class", "GenericError")
+    assert status == 0, err
+    records = read_edited(str(out))[0]
+    kept = [(r["msg"]["execute"], r["msg"].get("arguments")) for r in records if r["kind"] == "command"]
+    assert kept == [("qmp_capabilities", None), *bench.BUG_STEPS], stdout  # found across the segments
+    derived = records[0]["derived_from"]
+    assert derived["file"] == Path(files[-1]).name and derived["segments"] == [Path(f).name for f in files]
+    with RecordingReader(files[0]) as reader:
+        list(reader)
+        assert derived["final_hash"] == reader.final_hash
+    assert "segment" not in records[0] and qmprr("verify", str(out)).returncode == 0
+    assert "did not show the failure again" not in stdout and "could not run" not in stdout  # OUT's own replay
