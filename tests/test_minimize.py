@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -469,3 +470,130 @@ def test_an_error_class_against_qemu_keeps_what_makes_qemu_fail(tmp_path: Path, 
     # the delete fails only while the mirror runs, and the mirror needs both nodes
     assert kept == [("qmp_capabilities", None), *bench.BUG_STEPS], stdout
     assert "needed for the failure" in stdout
+
+
+# -- compressed files and segment sets; replay's options --------------------------------------
+
+
+def as_set(src: Path, stem: Path, size: int = 3000) -> list[str]:
+    """*src*'s records written again as a rotating, zstd-compressed set STEM.000001.jsonl...; its files."""
+    from qmprr.recording import Fd, Reply, sets
+    from qmprr.recording.rotate import Rotation, SegmentedWriter
+
+    with RecordingReader(src) as reader:
+        header, *rest = list(reader)
+    seqs: dict[int, int] = {}  # the set's seqs skip its later headers: replies and fds follow
+    with SegmentedWriter(str(stem), header, Rotation(size=size, compress="zstd")) as w:  # type: ignore[arg-type]
+        for record in rest:
+            if isinstance(record, Reply | Fd) and record.cmd is not None:
+                record = attrs.evolve(record, cmd=seqs[record.cmd])
+            recorded = record.seq
+            seqs[recorded] = w.append(record).seq  # append sets the record's seq
+    assert w.errors == []
+    return [p for _, p in sets.segments_of(str(stem))]
+
+
+BURIED = {
+    30: Step("blockdev-add", {"driver": "null-co", "node-name": "n0"}),
+    60: Step("blockdev-add", {"driver": "null-co", "node-name": "other"}),
+    150: Step("block-job-pause", {"device": "n0"},
+              reply={"error": {"class": "DeviceNotFound", "desc": "Block job 'n0' not found"}}),
+}
+
+
+def test_a_compressed_set_is_read_whole_and_gives_one_plain_recording(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    single = write_recording(tmp_path / "bug.jsonl", noisy(200, BURIED))
+    folder = tmp_path / "set"
+    folder.mkdir()
+    files = as_set(single, folder / "vm")
+    assert len(files) > 3 and all(f.endswith(".jsonl.zst") for f in files[:-1])
+    with RecordingReader(files[0]) as reader:
+        set_id = reader.header.recording
+    for n, path in enumerate((folder, Path(files[0]))):  # the folder, the first segment
+        out = tmp_path / f"small{n}.jsonl"
+        status, stdout, err = run_cli(capsys, str(path), "-o", str(out), "--target", "fake",
+                                      "--error-class", "DeviceNotFound")
+        assert status == 0, err
+        assert "204 -> 3 command(s)" in stdout and "1-minimal" in stdout
+        records = read_edited(str(out))[0]
+        assert [r["msg"]["execute"] for r in records if r["kind"] == "command"] == [
+            "qmp_capabilities", "blockdev-add", "block-job-pause"]
+        header = records[0]
+        assert not {"segment", "previous", "recording", "retention"} & header.keys()  # one file, not a segment
+        derived = header["derived_from"]
+        assert derived["file"] == Path(files[-1]).name and derived["final_hash"] == last_hash(Path(files[-1]))
+        assert derived["segments"] == [Path(f).name for f in files] and derived["recording"] == set_id
+        assert derived["minimized"]["commands"] == [204, 3]
+        assert qmprr("verify", str(out)).returncode == 0
+
+
+def test_one_zst_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    import zstandard
+
+    single = write_recording(tmp_path / "bug.jsonl", noisy(200, BURIED))
+    packed = tmp_path / "bug.jsonl.zst"
+    packed.write_bytes(zstandard.ZstdCompressor().compress(single.read_bytes()))
+    single.unlink()
+    out = tmp_path / "small.jsonl"
+    status, stdout, err = run_cli(capsys, str(packed), "-o", str(out), "--target", "fake", "--error-class", "DeviceNotFound")
+    assert status == 0, err
+    derived = read_edited(str(out))[0][0]["derived_from"]
+    assert derived["file"] == "bug.jsonl.zst" and derived["file_sha256"] == hashlib.sha256(packed.read_bytes()).hexdigest()
+    assert "segments" not in derived and derived["minimized"]["commands"] == [204, 3]
+    packed.write_bytes(packed.read_bytes()[:-9])  # a damaged .zst: refused, one line
+    status, _, err = run_cli(capsys, str(packed), "-o", str(tmp_path / "again.jsonl"), "--target", "fake")
+    assert status == 2 and err.startswith("qmprr: ") and err.count("\n") == 1, err
+
+
+def test_rules_reach_every_try(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    original = write_recording(tmp_path / "original.jsonl", noisy(40, {20: Step("query-name", reply={"return": {"name": "vm1"}})}))
+    edited = write_recording(tmp_path / "edited.jsonl", noisy(40, {20: Step("query-name", reply={"return": {"name": "vm2"}})}))
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\ncommand = "query-name"\npath = "name"\n')
+    sock = tmp_path / "fake.sock"
+    with fake_process(original, sock, "--mode", "lenient", "--reuse", "--keep-serving"):
+        status, _, err = run_cli(capsys, str(edited), "-o", str(tmp_path / "a.jsonl"), "--target", f"socket:{sock}",
+                                 "--rules", str(rules))
+        assert status == 1 and "does not show the failure" in err, err  # the name no longer differs
+        status, stdout, err = run_cli(capsys, str(edited), "-o", str(tmp_path / "b.jsonl"), "--target", f"socket:{sock}")
+        assert status == 0 and "query-name diverged" in stdout, err
+
+
+def test_allow_unsafe_says_so_once_and_bad_replay_options_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rec = write_recording(tmp_path / "r.jsonl", noisy(20, {5: Step("stop", after=[event("STOP")])}))
+    status, _, err = run_cli(capsys, str(rec), "-o", str(tmp_path / "a.jsonl"), "--target", "fake", "--event", "STOP",
+                             "--allow-unsafe", "--host-differences", "diverge", "--secret", "sec0=x",
+                             "--map-path", f"/srv={tmp_path}")
+    assert status == 0 and err.count("--allow-unsafe: no sandbox and no checks") == 1, err
+    for bad in (["--map-path", "nowhere"], ["--secret", "novalue"], ["--rules", str(tmp_path / "none.toml")]):
+        status, _, err = run_cli(capsys, str(rec), "-o", str(tmp_path / "b.jsonl"), "--target", "fake", *bad)
+        assert status == 2 and err.startswith("qmprr: ") and err.count("\n") == 1, (bad, err)
+        assert not (tmp_path / "b.jsonl").exists()
+
+
+@pytest.mark.qemu
+def test_a_compressed_set_recorded_by_launch_against_qemu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from qmprr.recording import sets
+
+    bench.record_raw(str(tmp_path), noise=80, seed=4, launch=["--rotate-size", "4K", "--compress", "zstd"])
+    files = [p for _, p in sets.segments_of(str(tmp_path / "session"))]
+    assert len(files) > 2 and files[0].endswith(".jsonl.zst"), files
+    out = tmp_path / "small.jsonl"
+    status, stdout, err = run_cli(capsys, files[0], "-o", str(out), "--target", "qemu", "--error-class", "GenericError")
+    assert status == 0, err
+    records = read_edited(str(out))[0]
+    kept = [(r["msg"]["execute"], r["msg"].get("arguments")) for r in records if r["kind"] == "command"]
+    assert kept == [("qmp_capabilities", None), *bench.BUG_STEPS], stdout  # found across the segments
+    derived = records[0]["derived_from"]
+    assert derived["file"] == Path(files[-1]).name and derived["segments"] == [Path(f).name for f in files]
+    with RecordingReader(files[0]) as reader:
+        list(reader)
+        assert derived["final_hash"] == reader.final_hash
+    assert "segment" not in records[0] and qmprr("verify", str(out)).returncode == 0
+    assert "did not show the failure again" not in stdout and "could not run" not in stdout  # OUT's own replay

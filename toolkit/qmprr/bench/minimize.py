@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from ..client import QmpClient
@@ -62,11 +63,26 @@ def record_session(
 
     *steps* are the bug's (the last one's error reply is edited to success).
     """
+    raw = record_raw(folder, noise, seed, qemu_argv, steps)
+    edited = os.path.join(folder, "bug.jsonl")
+    inject_bug(raw, edited, steps[-1])
+    return edited
+
+
+def record_raw(
+    folder: str,
+    noise: int = 500,
+    seed: int = 0,
+    qemu_argv: list[str] | None = None,
+    steps: list[tuple[str, dict[str, Any]]] = BUG_STEPS,
+    launch: Sequence[str] = (),
+) -> str:
+    """The session as recorded, not edited: ``folder/session.jsonl`` (*launch*: more ``qmprr launch`` options)."""
     rng = random.Random(seed)
     raw = os.path.join(folder, "session.jsonl")
     sock = os.path.join(folder, "qmp.sock")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "qmprr.cli", "launch", "--record", raw, "--socket", sock, "--",
+        [sys.executable, "-m", "qmprr.cli", "launch", "--record", raw, "--socket", sock, *launch, "--",
          *(qemu_argv or QEMU_NONE)],
         stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=folder,
     )
@@ -98,9 +114,7 @@ def record_session(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
-    edited = os.path.join(folder, "bug.jsonl")
-    inject_bug(raw, edited, steps[-1])
-    return edited
+    return raw
 
 
 def inject_bug(src: str, dst: str, step: tuple[str, dict[str, Any]] = BUG_STEPS[-1]) -> None:

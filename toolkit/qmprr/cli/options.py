@@ -16,6 +16,7 @@ from .base import UsageError, choice, count, duration, pairs, seconds, size
 
 if TYPE_CHECKING:
     from ..recording.chain import SealKey
+    from ..replay.engine import ReplayOptions
     from ..replay.normalize import Normalizer
     from ..service import ServiceOptions
 
@@ -98,6 +99,47 @@ def normalizer(args: argparse.Namespace) -> Normalizer:
 
     base = Normalizer()
     return base.with_rules(load_rules(args.rules)) if args.rules else base
+
+
+# -- replaying (replay, minimize) ----------------------------------------------------------
+
+
+def add_replay(p: Any) -> None:
+    """What ``replay`` and ``minimize`` (whose tries are replays) share: the target and how to replay."""
+    p.add_argument("--target", default="qemu", help="qemu (default), fake, or socket:PATH")
+    p.add_argument("--qemu", metavar="BINARY", help="QEMU binary instead of the recorded one")
+    choice(p, "--host-differences", HostDifferences, HostDifferences.WARN,
+           "differences that depend on the host (CPU model expansion, modules, the monitor): "
+           "warnings (default) or divergences")
+    add_rules(p)
+    p.add_argument("--map-path", action="append", default=[], metavar="FROM=TO",
+                   help="rewrite recorded paths under FROM to TO (argv and arguments); TO is an allowed root")
+    p.add_argument("--secret", action="append", default=[], metavar="ID=VALUE",
+                   help="value of a redacted secret (by object id, protocol or command)")
+    p.add_argument("--allow-unsafe", action="store_true",
+                   help="no sandbox and no checks: run the recording's command line and commands as they are")
+    p.add_argument("--event-timeout", type=seconds, default=3.0, metavar="SECONDS",
+                   help="how long to wait for a window's recorded events (default 3)")
+
+
+def replay_options(args: argparse.Namespace, **fields: Any) -> ReplayOptions:
+    """The :class:`~qmprr.replay.engine.ReplayOptions` :func:`add_replay`'s options describe, and *fields*."""
+    from ..replay.engine import ReplayOptions
+    from ..replay.safety import PathMap
+
+    try:
+        path_map = PathMap.parse(args.map_path)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return ReplayOptions(
+        allow_unsafe=args.allow_unsafe,
+        path_map=path_map,
+        secrets=pairs(args.secret, "--secret"),
+        normalizer=normalizer(args),
+        event_timeout=args.event_timeout,
+        host_differences=args.host_differences.value,
+        **fields,
+    )
 
 
 def add_domain(p: Any) -> None:

@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .base import EXIT_OK, EXIT_PROBLEMS, UsageError, choice, command, count, pairs, run_async, seconds
-from .options import FakeMode, HostDifferences, add_domain, add_listen_any, add_rules, normalizer
+from .base import EXIT_OK, EXIT_PROBLEMS, UsageError, choice, command, count, run_async, seconds
+from .options import FakeMode, add_domain, add_listen_any, add_replay, add_rules, normalizer, replay_options
 
 if TYPE_CHECKING:
     from ..replay.engine import ReplayOptions
@@ -50,16 +50,10 @@ def _segment_start(path: str, number: int) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from ..replay.engine import ReplayOptions
     from ..replay.run import RunOptions
-    from ..replay.safety import PathMap
 
     check_replay_files(args)
 
-    try:
-        path_map = PathMap.parse(args.map_path)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
     pace = None
     if args.pace != "asap":
         try:
@@ -68,18 +62,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
             raise UsageError(f"--pace takes asap, recorded or a speed factor, not {args.pace!r}") from None
         if not 0 < pace < float("inf"):  # nan and inf too
             raise UsageError(f"--pace factor must be a positive number, not {args.pace!r}")
-    options = ReplayOptions(
+    options = replay_options(
+        args,
         keep_going=args.keep_going,
         until=args.until,
         from_seq=_segment_start(args.file, args.from_segment) if args.from_segment is not None else None,
         only_src=tuple(args.only_src),
         pace=pace,
-        allow_unsafe=args.allow_unsafe,
-        path_map=path_map,
-        secrets=pairs(args.secret, "--secret"),
-        normalizer=normalizer(args),
-        event_timeout=args.event_timeout,
-        host_differences=args.host_differences.value,
     )
     run = RunOptions(
         target=args.target,
@@ -178,13 +167,9 @@ def register(sub: Any) -> None:
         func=cmd_replay,
     )
     p.add_argument("file", help="recording to replay")
-    p.add_argument("--target", default="qemu", help="qemu (default), fake, or socket:PATH")
-    p.add_argument("--qemu", metavar="BINARY", help="QEMU binary instead of the recorded one")
+    add_replay(p)
     p.add_argument("--argv-file", metavar="FILE", help="QEMU command line, one argument per line")
     add_domain(p)
-    choice(p, "--host-differences", HostDifferences, HostDifferences.WARN,
-           "differences that depend on the host (CPU model expansion, modules, the monitor): "
-           "warnings (default) or divergences")
     p.add_argument("--workdir", metavar="DIR",
                    help="folder QEMU runs in and may write (relative paths resolve there); default: a fresh temporary one")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work folder and print where it is")
@@ -196,15 +181,6 @@ def register(sub: Any) -> None:
     p.add_argument("--only-src", action="append", default=[], metavar="NAME",
                    help="replay only commands from this client (repeatable); others are skipped")
     p.add_argument("--pace", default="asap", help="asap (default), recorded, or a speed FACTOR (2 = twice as fast)")
-    add_rules(p)
-    p.add_argument("--map-path", action="append", default=[], metavar="FROM=TO",
-                   help="rewrite recorded paths under FROM to TO (argv and arguments); TO is an allowed root")
-    p.add_argument("--secret", action="append", default=[], metavar="ID=VALUE",
-                   help="value of a redacted secret (by object id, protocol or command)")
-    p.add_argument("--allow-unsafe", action="store_true",
-                   help="no sandbox and no checks: run the recording's command line and commands as they are")
-    p.add_argument("--event-timeout", type=seconds, default=3.0, metavar="SECONDS",
-                   help="how long to wait for a window's recorded events (default 3)")
     p.add_argument("--report", metavar="FILE.json", help="write every step as JSON")
     p.add_argument("--record", metavar="OUT.jsonl", help="record the replay itself through the channel")
     p.add_argument("--scratch-images", action="store_true",

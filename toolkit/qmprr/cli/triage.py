@@ -7,11 +7,11 @@ import os
 import sys
 from typing import Any
 
-from .base import UsageError, command, count, run_async, seconds
+from .base import UsageError, command, count, run_async
+from .options import add_replay, replay_options
 
 
 def cmd_minimize(args: argparse.Namespace) -> int:
-    from ..replay.engine import ReplayOptions
     from ..replay.minimize import Criterion, Settings, parse_budget, run_minimize
     from ..replay.run import RunOptions
 
@@ -21,7 +21,7 @@ def cmd_minimize(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     settings = Settings(
         run=RunOptions(target=args.target, qemu=args.qemu),
-        replay=ReplayOptions(event_timeout=args.event_timeout),
+        replay=replay_options(args),
         criterion=Criterion(error_class=args.error_class, event=args.event, predicate=args.predicate),
         jobs=args.jobs or os.cpu_count() or 1, budget=budget, argv=args.argv, progress=sys.stderr.isatty(),
     )
@@ -37,18 +37,25 @@ def register(sub: Any) -> None:
         "at once. Dependencies are kept together: qmp_capabilities, a blockdev-add/device_add/object-add "
         "with every command naming its node or id, a job's start with its job-* commands, a transaction "
         "whole. 'Still fails' is the original's first divergence (command and differences) unless "
-        "--error-class, --event or --predicate say otherwise (all given must hold). OUT is a normal "
-        "recording whose header's derived_from names FILE's final hash and how it was reduced.",
+        "--error-class, --event or --predicate say otherwise (all given must hold). Every try is "
+        "sandboxed and checked as replay is, and takes replay's --rules, --map-path, --secret and "
+        "--host-differences; --allow-unsafe turns the sandbox and the checks off. FILE may be "
+        "compressed (.jsonl.zst) or a segment set, read whole in order. OUT is one normal .jsonl "
+        "recording whose header's derived_from names FILE's final hash (a set's: its last segment's) "
+        "and how it was reduced.",
         examples=["qmprr minimize bug.jsonl -o small.jsonl --target qemu --budget 200 --argv",
+                  "qmprr minimize recordings/vm/ -o small.jsonl --map-path /var/lib/images=$PWD/images"
+                  "   # a segment set",
                   "qmprr minimize bug.jsonl -o small.jsonl --error-class DeviceNotActive --budget 5m",
                   "qmprr minimize bug.jsonl -o small.jsonl --predicate 'jq -e \".reproduced == false\"'"],
         exits="0 minimized (OUT written), 1 the original does not fail, 2 could not run.",
         func=cmd_minimize,
     )
-    p.add_argument("file", help="recording to minimize (one uncompressed .jsonl)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="minimized recording (must not exist)")
-    p.add_argument("--target", default="qemu", help="qemu (default), fake, or socket:PATH")
-    p.add_argument("--qemu", metavar="BINARY", help="QEMU binary instead of the recorded one")
+    p.add_argument("file", help="recording to minimize: a .jsonl, a .jsonl.zst, or a segment set (its folder or"
+                   " first segment), read whole")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="minimized recording, one .jsonl (must not exist)")
+    add_replay(p)
     p.add_argument("--error-class", metavar="NAME", help="still failing: some reply is an error of class NAME")
     p.add_argument("--event", metavar="NAME", help="still failing: QEMU still sends event NAME")
     p.add_argument("--predicate", metavar="CMD",
@@ -57,5 +64,3 @@ def register(sub: Any) -> None:
     p.add_argument("--budget", default="1000", metavar="N|TIME",
                    help="stop after N tries or TIME (60s, 5m) with the best so far (default 1000 tries)")
     p.add_argument("--argv", action="store_true", help="also drop QEMU options not needed to reproduce")
-    p.add_argument("--event-timeout", type=seconds, default=3.0, metavar="SECONDS",
-                   help="how long each try waits for a window's recorded events (default 3)")

@@ -146,6 +146,11 @@ class RecordingReader:
         return record, h
 
     @property
+    def final_hash(self) -> str:
+        """The hash of the last line read: once iterated, the recording's final hash (its last segment's)."""
+        return self._prev_hash
+
+    @property
     def chain_checked(self) -> bool:
         """False when the chain is not checked (asked so, or sealed and no key)."""
         return self.check_chain

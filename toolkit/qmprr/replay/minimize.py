@@ -9,14 +9,17 @@ fresh sandboxed QEMU per try for ``--target qemu``), up to ``jobs`` at once.
 "The same failure" is the first divergence's command, status and differences,
 unless a :class:`Criterion` names an error class, an event or a predicate
 program. With ``argv``, the recorded QEMU command line is then minimized the
-same way (options the kept commands name are kept). The result is written as
-a new recording whose header's ``derived_from`` names the original's final
-hash and how it was reduced.
+same way (options the kept commands name are kept). The input is any recording
+a reader takes (``.jsonl``, ``.jsonl.zst``, a segment set read whole, in order);
+the result is written as one new ``.jsonl`` recording whose header's
+``derived_from`` names the original's (last) file, its final hash and how it
+was reduced.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import sys
@@ -29,16 +32,19 @@ import attrs
 
 from .. import qemuopts
 from ..errors import QmprrError, RecordingError
-from ..recording import RecordingReader
+from ..recording import RecordingReader, convert, sets
 from ..recording.encode import END_SEAL_TEXT
-from ..recording.rechain import RechainError, read_edited, write_derived
+from ..recording.rechain import write_derived
 from . import deps
 from .criteria import Criterion, MinimizeError, signature
 from .ddmin import Budget, Config, Search
 from .engine import ReplayOptions
-from .run import RunOptions, run_replay
+from .run import UNSAFE_WARNING, RunOptions, run_replay
 
 __all__ = ["Criterion", "MinimizeError", "NotFailing", "Outcome", "Settings", "minimize", "run_minimize"]
+
+#: Header fields that tie a file to its segment set: moved from the header to ``derived_from``.
+SET_FIELDS = ("recording", "segment", "previous", "retention")
 
 #: Times a try is run when the target cannot start or be reached (a loaded host: a QEMU slow to start).
 RUN_ATTEMPTS = 2
@@ -83,15 +89,19 @@ class _Recording:
     """The original's records and dependency analysis, and candidates made from a kept set of units."""
 
     def __init__(self, path: str) -> None:
-        if path.endswith(".zst") or os.path.isdir(path):
-            raise MinimizeError(f"{path}: minimize reads one uncompressed recording (.jsonl)")
         try:
-            with RecordingReader(path, errors="raise", one_file=True) as reader:
-                for _ in reader:
-                    pass
-            self.records, self.final_hash, self.sha256 = read_edited(path)
-        except (RecordingError, RechainError) as exc:
-            raise MinimizeError(str(exc)) from None
+            self.files = sets.resolve(path)
+            with RecordingReader(path, errors="raise") as reader:
+                self.records = [convert.unstructure(r) for r in reader]
+                self.final_hash: str | None = reader.final_hash
+            with open(self.files[-1], "rb") as f:  # a regular file: the reader opened it already
+                self.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+        except (RecordingError, OSError) as exc:
+            raise MinimizeError(str(exc) if isinstance(exc, RecordingError) else f"{path}: {exc}") from None
+        # one normal recording: the links to a set (its id, segment number, previous segment) stay behind
+        self.set_id = self.records[0].get("recording")
+        for key in SET_FIELDS:
+            self.records[0].pop(key, None)
         self.path = path
         self.analysis = deps.analyze(self.records)
         if not self.analysis.commands:
@@ -142,14 +152,20 @@ class _Recording:
         return out
 
     def derived(self, how: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "file": os.path.basename(self.path),
+        """``derived_from``: the input's last file (a set's last segment) by name, final hash and SHA-256."""
+        derived: dict[str, Any] = {
+            "file": os.path.basename(self.files[-1]),
             "final_hash": self.final_hash,
             "file_sha256": self.sha256,
             "how": "minimized",
             "records": len(self.records),
-            "minimized": how,
         }
+        if len(self.files) > 1:
+            derived["segments"] = [os.path.basename(f) for f in self.files]
+        if self.set_id is not None:
+            derived["recording"] = self.set_id
+        derived["minimized"] = how
+        return derived
 
 
 class _Tries:
@@ -217,6 +233,8 @@ async def minimize(path: str, out: str, settings: Settings, err: TextIO | None =
     header_argv = rec.records[0].get("qemu_argv")
     if settings.argv and not header_argv:
         raise MinimizeError(f"{path}: --argv: the recording has no QEMU command line")
+    if settings.replay.allow_unsafe:
+        print(UNSAFE_WARNING, file=err)  # the tries' own warnings go where their output goes: nowhere
     a = rec.analysis
     settings.budget.started = time.monotonic()  # a time budget counts from here
     everything = rec.close(range(len(a.units)))

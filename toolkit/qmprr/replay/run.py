@@ -44,6 +44,10 @@ class RunOptions:
     scratch_images: bool = False  # blank images for every described one (else only for missing ones)
 
 
+#: What ``--allow-unsafe`` prints on stderr (replay, and minimize once for all its tries).
+UNSAFE_WARNING = "qmprr: --allow-unsafe: no sandbox and no checks: the recording's commands run on this host as recorded"
+
+
 async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> ReplayReport:
     """Replay the recording at *path*; print the summary; return the report.
 
@@ -60,8 +64,7 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
     if not script.exchanges:
         raise QmprrError(f"{path}: the recording has no commands to replay")
     if options.allow_unsafe:
-        print("qmprr: --allow-unsafe: no sandbox and no checks: the recording's commands run on this host as recorded",
-              file=sys.stderr)
+        print(UNSAFE_WARNING, file=sys.stderr)
     with contextlib.ExitStack() as stack:
         record = run.record
         if record is None:
