@@ -50,16 +50,28 @@ def split(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bo
     return request.param == "split"
 
 
-def both_ways(path: Path, kinds: frozenset[str]) -> tuple[tuple[list[bytes], list[Any]], tuple[list[bytes], list[Any]]]:
-    """(lines, problems) of the fast path and of the slow one."""
+def both_ways(path: Path, kinds: frozenset[str],
+              fields: bool = False) -> tuple[tuple[list[bytes], list[Any]], tuple[list[bytes], list[Any]]]:
+    """(lines, problems) of the fast path and of the slow one (*fields*: each line's fields checked too,
+    the slow way by the typed schema, as plain ``show`` does)."""
     fast_problems: list[Any] = []
     with Scanner(path, on_problem=fast_problems.append) as s:
-        fast = list(s.kind_raw(kinds))
+        fast = list(s.kind_raw(kinds, fields=fields))
         fast_torn = s.torn
         assert source.MIN_SPLIT > 200 or path.stat().st_size < 600 or source._chunks_of(str(path))  # it splits
     slow_problems: list[Any] = []
+    slow = []
     with Scanner(path, on_problem=slow_problems.append) as s:
-        slow = [raw for d, raw in s if d.get("kind") in kinds]
+        for d, raw in s:
+            if d.get("kind") not in kinds:
+                continue
+            if fields and d.get("kind") != "header":
+                try:
+                    convert.structure(d)
+                except convert.RecordSchemaError as exc:
+                    s.report(str(exc))
+                    continue
+            slow.append(raw)
         slow_torn = s.torn
     assert fast_torn == slow_torn
     return (fast, fast_problems), (slow, slow_problems)
@@ -106,7 +118,13 @@ DAMAGE = {
     "kind twice": lambda b, n: b.replace(b'"kind":', b'"kind":"note","kind":', 1),
     "no h": lambda b, n: b[: b.rfind(b',"h":')] + b"}\n",
     "second header": lambda b, n: b.replace(b'"kind":"', b'"kind":"header","k":"', 1),
+    # valid JSON and common fields, but not a record by the schema of its kind
+    "msg not an object": lambda b, n: b.replace(b'"msg":{', b'"msg":"notanobject","m":{', 1),
+    # (commands and replies: the typed schema takes "src":7 for "7" and an event's extra members)
+    "field of the wrong type": lambda b, n: b.replace(b',"msg"', b',"role":7,"cmd":"x","src":7,"msg"', 1),
 }
+#: Damage the chain and the common fields do not see: only a schema check does.
+FIELD_DAMAGE = ("msg not an object", "field of the wrong type")
 
 
 @settings(max_examples=60)
@@ -124,15 +142,18 @@ def test_show_by_kind_fast_path_equals_the_slow_path_on_damaged_recordings(
     with pytest.MonkeyPatch.context() as patch:  # and cut between processes (a fixture would outlive an example)
         patch.setattr(source, "MIN_SPLIT", 200)
         patch.setattr(source, "_cpus", lambda: 3)
-        split_fast, split_slow = _damaged_both_ways(tmp_path_factory, kinds, damage, cut, where, selected)
-    assert split_fast == split_slow
-    fast, slow = _damaged_both_ways(tmp_path_factory, kinds, damage, cut, where, selected)
-    assert fast == slow == split_slow
+        split_ways = [_damaged_both_ways(tmp_path_factory, kinds, damage, cut, where, selected, fields)
+                      for fields in (False, True)]
+    for split_fast, split_slow in split_ways:
+        assert split_fast == split_slow
+    for fields, (_, split_slow) in zip((False, True), split_ways):
+        fast, slow = _damaged_both_ways(tmp_path_factory, kinds, damage, cut, where, selected, fields)
+        assert fast == slow == split_slow
 
 
 def _damaged_both_ways(tmp_path_factory: pytest.TempPathFactory, kinds: list[str],
                        damage: list[tuple[int, str, int, bool]], cut: str | None, where: int,
-                       selected: set[str]) -> tuple[Any, Any]:
+                       selected: set[str], fields: bool = False) -> tuple[Any, Any]:
     path = tmp_path_factory.mktemp("rec") / "r.jsonl"
     write_records(path, [header(), *(_record(i, k) for i, k in enumerate(kinds, 1))])
     lines = path.read_bytes().splitlines(keepends=True)
@@ -157,7 +178,7 @@ def _damaged_both_ways(tmp_path_factory: pytest.TempPathFactory, kinds: list[str
     elif cut == "torn":
         lines[-1] = lines[-1][: len(lines[-1]) // 2]
     path.write_bytes(b"".join(lines))
-    return both_ways(path, frozenset(selected))
+    return both_ways(path, frozenset(selected), fields)
 
 
 @pytest.mark.parametrize("name", sorted(DAMAGE))
@@ -181,7 +202,15 @@ def test_each_damage_reads_the_same_both_ways(tmp_path: Path, name: str, rechain
         for selected in ({"event"}, {"command", "reply"}, set(kinds)):
             fast, slow = both_ways(path, frozenset(selected))
             assert fast == slow, (at, selected)
-            assert slow[1] or rechain and name in ("flip a byte", "t too large", "kind twice"), "damage unseen"
+            assert (slow[1] or rechain and name in ("flip a byte", "t too large", "kind twice", *FIELD_DAMAGE)
+                    or lines[at] == clean[at]), "damage unseen"  # (a field damage of a note: none)
+            fields_fast, fields_slow = both_ways(path, frozenset(selected), fields=True)
+            assert fields_fast == fields_slow, (at, selected)
+            damaged_kind = json.loads(clean[at])["kind"]
+            if rechain and damaged_kind in selected and (name == "msg not an object" and damaged_kind != "note"
+                                                         or name == "field of the wrong type" and damaged_kind in
+                                                         ("command", "reply")):  # seen now, and skipped
+                assert [p.line for p in fields_slow[1]] == [at + 1] and lines[at] not in fields_slow[0]
 
 
 def test_lineschema_hashing_is_chain_link() -> None:
@@ -285,3 +314,45 @@ def test_a_sealed_recording_shows_without_its_key(tmp_path: Path, split: bool) -
             w.append(Event(msg=Msg({"event": "X", "data": {"i": i}})))
     fast, slow = both_ways(path, frozenset({"event"}))
     assert fast == slow and slow[1] == [] and len(slow[0]) == 30  # the keyed chain is not taken for a broken one
+
+
+@pytest.mark.parametrize("damage", [(2, b'"role":"primary"', b'"role":7'),  # a command
+                                    (3, b'"cmd":', b'"cmd":"one","c":'),  # a reply
+                                    (4, b'"msg":{', b'"msg":"notanobject","m":{')])  # an event
+def test_show_json_skips_and_reports_a_rechained_line_the_schema_refuses(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], split: bool, damage: tuple[int, bytes, bytes]) -> None:
+    kinds = ["command", "reply", "event", "note"] * 40  # over 200 bytes: split, the bad line in the first chunk
+    path = tmp_path / "r.jsonl"
+    write_records(path, [header(), *(_record(i, k) for i, k in enumerate(kinds, 1))])
+    lines = path.read_bytes().splitlines(keepends=True)
+    at, old, new = damage
+    for n in (at, at + 4 * 30):  # one early, one late (another chunk when split)
+        assert old in lines[n - 1]
+        lines[n - 1] = lines[n - 1].replace(old, new, 1)
+    prev = chain.GENESIS
+    for i, line in enumerate(lines):  # re-chained as a forger would: the chain holds
+        lines[i], prev = chain.seal(chain.unseal(line)[0], prev)
+    path.write_bytes(b"".join(lines))
+    bad = {at, at + 4 * 30}
+    verdict = {p.line: p.message for p in verify(path).problems}
+    assert bad <= set(verdict) and not any("chain" in m for m in verdict.values())
+
+    kind = json.loads(lines[at - 1])["kind"]
+    runs = {"show": ["show", str(path)], "show --json": ["show", "--json", str(path)],
+            f"show --kind {kind} --json": ["show", "--kind", kind, "--json", str(path)],
+            "show --kind command --json": ["show", "--kind", "command", "--json", str(path)]}
+    errs = {}
+    for name, argv in runs.items():
+        assert main(argv) == 0
+        out, err = capsys.readouterr()
+        errs[name] = err
+        if "--json" in argv:
+            shown = [n for n, line in enumerate(lines, 1) if line.decode() in out.splitlines(keepends=True)]
+            expected = [n for n, line in enumerate(lines, 1) if n not in bad and
+                        ("--kind" not in argv or json.loads(line)["kind"] == argv[2])]
+            assert shown == expected, name
+    reported = "".join(f"qmprr: {path}:line {n}: {verdict[n]}\n" for n in sorted(bad))  # verify's words
+    for name in ("show", "show --json", f"show --kind {kind} --json"):
+        assert errs[name] == reported, name
+    if kind != "command":
+        assert errs["show --kind command --json"] == ""  # not a line it prints: not read as one

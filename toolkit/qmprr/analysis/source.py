@@ -6,8 +6,9 @@ they work on the decoded JSON objects instead and build typed records only for
 what they print. Each line is checked as the reader checks it -- JSON object,
 known ``kind``, ``seq`` continuity, numeric ``t``, and (optionally) the hash
 chain -- and a line that fails is reported and skipped. The fields of each
-kind are *not* checked here (``qmprr verify`` does that): consumers read them
-defensively.
+kind are *not* checked by the iteration (``qmprr verify`` does that):
+consumers read them defensively; :func:`field_problem` checks a line's
+fields, and :meth:`Scanner.kind_raw` can check those of the lines it yields.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import msgspec
 
 from .. import codec
 from ..errors import NotARecording, RecordingError
-from ..recording import RecordingReader, chain, sets
+from ..recording import RecordingReader, chain, convert, lineschema, sets
 from ..recording.model import FORMAT, RECORD_TYPES, Header
 from ..recording.reader import Problem, Torn, link_problem
 from ..recording.verify import Chunk, Window, split_file
@@ -85,6 +86,10 @@ class Scanner:
         except BaseException:
             self._file.close()
             raise
+
+    def report(self, message: str) -> None:
+        """Report a problem with the line last yielded (in the segment being read)."""
+        self._report(Problem(self.line, message))
 
     def _report(self, problem: Problem) -> None:
         if self.current != self.path and problem.file is None:
@@ -150,13 +155,17 @@ class Scanner:
         for raw in self.kind_raw(kinds, grep):
             yield loads(raw), raw
 
-    def kind_raw(self, kinds: frozenset[str], grep: bytes | None = None) -> Iterator[bytes]:
+    def kind_raw(self, kinds: frozenset[str], grep: bytes | None = None, *,
+                 fields: bool = False) -> Iterator[bytes]:
         """The lines of records of *kinds* (and holding *grep*), checked as :meth:`__iter__` checks them, faster.
 
         Every line's chain, JSON, ``seq``, ``t`` and kind are checked with
         one hash and one msgspec decode of just those fields (no dicts); the
         lines are yielded as they are. A line that fails there goes the slow
         way, so its problem is reported as :meth:`__iter__` reports it.
+        With *fields*, a line about to be yielded is also checked by the
+        record schema (:func:`field_problem`, the line schema first): one
+        that fails is reported and skipped (not the header: the reader checked it).
         """
         def torn(size: int) -> None:
             self._tail.torn = (self._file.tell() - size, size)
@@ -165,14 +174,14 @@ class Scanner:
             if lines is self._file and not self.follow and self._chain_checked:
                 chunks = _chunks_of(self.current)
                 if chunks:
-                    return self._split_kinds(decoder, chunks, kinds, grep)
-            return _fast_kinds(decoder, lines, kinds, grep, torn)
+                    return self._split_kinds(decoder, chunks, kinds, grep, fields)
+            return _fast_kinds(decoder, lines, kinds, grep, torn, fields)
 
         return self._records(scan, header="header" in kinds and (grep is None or grep in self._first),  # type: ignore[arg-type, return-value]  # pairs=False: bytes
                              direct=True, pairs=False)
 
     def _split_kinds(self, decoder: Decoder, chunks: list[Chunk], kinds: frozenset[str],
-                     grep: bytes | None) -> Iterator[bytes]:
+                     grep: bytes | None, fields: bool) -> Iterator[bytes]:
         """:func:`_fast_kinds` over a large file, its later chunks scanned by forked processes meanwhile.
 
         This process reads the first chunk and yields its lines; then, when
@@ -192,7 +201,7 @@ class Scanner:
         try:
             for c, out in zip(chunks[1:], outs):
                 receive, send = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_chunk_worker, args=(path, c, kinds, grep, out.fileno(), send), daemon=True)
+                proc = ctx.Process(target=_chunk_worker, args=(path, c, kinds, grep, fields, out.fileno(), send), daemon=True)
                 proc.start()
                 send.close()
                 workers.append((proc, receive))
@@ -226,7 +235,7 @@ class Scanner:
                     def torn(size: int, window: Any = window) -> None:
                         self._tail.torn = (window.tell() - size, size)
 
-                    yield from _fast_kinds(decoder, window, kinds, grep, torn)
+                    yield from _fast_kinds(decoder, window, kinds, grep, torn, fields)
         finally:
             for proc, receive in workers:
                 if proc.is_alive():
@@ -344,7 +353,8 @@ class _ChunkScan:
     torn: int  # size of a torn last line, or 0
 
 
-def _scan_chunk(path: str, chunk: Chunk, kinds: frozenset[str], grep: bytes | None, out_fd: int) -> _ChunkScan:
+def _scan_chunk(path: str, chunk: Chunk, kinds: frozenset[str], grep: bytes | None, fields: bool,
+                out_fd: int) -> _ChunkScan:
     """:func:`_fast_kinds` over *chunk* of *path*, its lines written to *out_fd* (a forked worker)."""
     problems: list[Problem] = []
     decoder = Decoder(problems.append, expected=chunk.prev_seq + 1, prev_hash=chunk.prev_hash.encode("ascii"))
@@ -355,7 +365,7 @@ def _scan_chunk(path: str, chunk: Chunk, kinds: frozenset[str], grep: bytes | No
         with io.BufferedReader(Window(fd, chunk.start, chunk.end), 1 << 20) as window, \
                 open(out_fd, "wb", closefd=False, buffering=1 << 20) as out:
             write = out.write
-            for raw in _fast_kinds(decoder, window, kinds, grep, lambda size: torn.__setitem__(0, size)):
+            for raw in _fast_kinds(decoder, window, kinds, grep, lambda size: torn.__setitem__(0, size), fields):
                 write(raw)
                 lines.append(decoder.line)
     finally:
@@ -363,22 +373,44 @@ def _scan_chunk(path: str, chunk: Chunk, kinds: frozenset[str], grep: bytes | No
     return _ChunkScan(problems, lines, decoder.line, decoder.prev_hash, decoder.expected, torn[0])
 
 
-def _chunk_worker(path: str, chunk: Chunk, kinds: frozenset[str], grep: bytes | None, out_fd: int,
-                  send: Any) -> None:
+def _chunk_worker(path: str, chunk: Chunk, kinds: frozenset[str], grep: bytes | None, fields: bool,
+                  out_fd: int, send: Any) -> None:
     """A forked process's work: :func:`_scan_chunk`, its result sent back (None: it failed, scan it again)."""
     try:
-        result: _ChunkScan | None = _scan_chunk(path, chunk, kinds, grep, out_fd)
+        result: _ChunkScan | None = _scan_chunk(path, chunk, kinds, grep, fields, out_fd)
     except Exception:  # noqa: BLE001 - the parent scans the chunk itself and reports what is wrong
         result = None
     send.send(result)
     send.close()
 
 
+def field_problem(raw: bytes, d: Any = None) -> str | None:
+    """What the record schema finds wrong with a line's fields (*d*: the line decoded, if it is), or None.
+
+    ``verify``'s line schema (:mod:`~qmprr.recording.lineschema`) first, no
+    dicts built; a line it refuses goes to the typed schema for the verdict
+    and the exact message (it is stricter, never looser).
+    """
+    try:
+        lineschema.decode(raw)
+        return None
+    except lineschema.Refused:
+        pass
+    try:
+        convert.structure(codec.loads(raw) if d is None else d)
+    except convert.RecordSchemaError as exc:
+        return str(exc)
+    except codec.JSONDecodeError as exc:  # pragma: no cover - lines come here decoded
+        return f"invalid JSON: {exc}"
+    return None
+
+
 def _fast_kinds(decoder: Decoder, lines: Iterable[bytes], kinds: frozenset[str],
-                grep: bytes | None, on_torn: Callable[[int], None]) -> Iterator[bytes]:
+                grep: bytes | None, on_torn: Callable[[int], None], fields: bool = False) -> Iterator[bytes]:
     """:meth:`Decoder.decode`, keeping only the lines of *kinds* (see :meth:`Scanner.kind_raw`)."""
     body_kinds, mark_b, end_b, tail, common = _BODY_KIND_NAMES, _H_MARK, b'"}\n', _H_TAIL, _decode_common
     refused = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)  # deep nesting: the slow way reads it
+    schema = lineschema.decode_unchecked if fields else None  # UTF-8 is checked here already
     check = decoder.prev_hash is not None
     new_hash = blake2b(digest_size=16).copy
     prev = decoder.prev_hash or b""
@@ -407,6 +439,14 @@ def _fast_kinds(decoder: Decoder, lines: Iterable[bytes], kinds: frozenset[str],
                     expected = rec.seq + 1
                     if kind in kinds and (grep is None or grep in raw):
                         decoder.line = lineno
+                        if schema is not None:
+                            try:
+                                schema(raw)
+                            except refused:
+                                problem = field_problem(raw)
+                                if problem is not None:
+                                    decoder.report(Problem(lineno, problem))
+                                    continue
                         yield raw
                     continue
             except refused:
@@ -419,6 +459,10 @@ def _fast_kinds(decoder: Decoder, lines: Iterable[bytes], kinds: frozenset[str],
         decoder.prev_hash, decoder.expected, decoder.line = (prev if check else None), expected, lineno - 1
         for d, r in decoder.decode((raw,)):
             if d.get("kind") in kinds and (grep is None or grep in r):
+                problem = field_problem(r, d) if fields else None
+                if problem is not None:
+                    decoder.report(Problem(lineno, problem))
+                    continue
                 yield r
         prev, expected = decoder.prev_hash or b"", decoder.expected
     decoder.prev_hash, decoder.expected, decoder.line = (prev if check else None), expected, lineno

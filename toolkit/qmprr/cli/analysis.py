@@ -31,7 +31,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from ..analysis.filters import Filter
     from ..analysis.selection import select
     from ..analysis.show import ShowFormatter
-    from ..analysis.source import Scanner
+    from ..analysis.source import Scanner, field_problem
 
     flt = Filter.build(kinds=args.kind, src=args.src, roles=args.role, command=args.command,
                        event=args.event, errors=args.errors, tx=args.tx, start=args.start,
@@ -43,12 +43,16 @@ def cmd_show(args: argparse.Namespace) -> int:
             write = out.buffer.write if hasattr(out, "buffer") else (lambda b: out.write(b.decode()))
             if flt.kinds_only:  # no record's context needed: the fast path
                 assert flt.kinds is not None  # kinds_only: kinds are given
-                for raw in scanner.kind_raw(flt.kinds, flt.grep):
+                for raw in scanner.kind_raw(flt.kinds, flt.grep, fields=True):
                     write(raw)
                     if args.follow:
                         out.flush()
                 return EXIT_OK
             for item in select(scanner, flt):
+                problem = field_problem(item.raw, item.record)  # as plain show: reported, not printed
+                if problem is not None:
+                    scanner.report(problem)
+                    continue
                 write(item.raw)
                 if args.follow:
                     out.flush()
@@ -58,7 +62,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             try:
                 record = convert.structure(item.record)
             except convert.RecordSchemaError as exc:
-                report(Problem(scanner.line, str(exc)))
+                scanner.report(str(exc))
                 continue
             out.write(formatter.line(record, command=item.command, in_tx=item.in_tx) + "\n")
             if args.follow:
