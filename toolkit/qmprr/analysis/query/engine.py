@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ def _connect(memory_limit: str | None) -> Any:
 
 def open_recordings(paths: Sequence[str], *, only_verified: bool = False, progress: bool = False,
                     memory_limit: str | None = None, on_exclude: Callable[[str, str], None] | None = None,
-                    materialize: bool = False, columns: Sequence[str] | None = None) -> Opened:
+                    materialize: bool = False, columns: Collection[str] | None = None) -> Opened:
     """Views over the recordings under *paths*; with *only_verified*, only those whose chain verifies.
 
     *materialize*: read the files once into a table (spilled to a temporary folder beyond
@@ -95,7 +95,7 @@ def open_recordings(paths: Sequence[str], *, only_verified: bool = False, progre
     return Opened(con, infos, excluded, setup)
 
 
-def _materialize(con: Any, source: str, columns: Sequence[str] | None) -> str:
+def _materialize(con: Any, source: str, columns: Collection[str] | None) -> str:
     """Read *source* once into a compressed table of *columns*; a relation with every column.
 
     The table lives in DuckDB's compressed in-memory storage (a tenth of the plain temporary
