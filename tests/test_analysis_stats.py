@@ -183,3 +183,14 @@ def test_stats_of_a_non_recording(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["stats", str(path)]) == 2
     _, err = capsys.readouterr()
     assert err == f"qmprr: {path}: not a qmprr/1 recording: file is empty\n"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in RECORDINGS.glob("*.jsonl")))
+def test_only_the_fields_read_are_loaded(name: str) -> None:
+    """The figures over the table of STATS_COLUMNS are those over every field of the records."""
+    from qmprr.analysis.query.engine import open_recordings
+
+    path = str(RECORDINGS / name)
+    full, slim = (open_recordings([path], materialize=True, columns=cols) for cols in (None, stats_sql.STATS_COLUMNS))
+    torn = {i.path: bool(i.torn) for i in full.files}
+    assert stats_sql.stats_dict(slim.con, torn) == stats_sql.stats_dict(full.con, torn)

@@ -33,11 +33,11 @@ def compute_many(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
     """Statistics of every recording under *paths* (files or folders), added up."""
     from .query.engine import open_recordings
     from .query.files import expand
-    from .query.stats import stats_dict
+    from .query.stats import STATS_COLUMNS, stats_dict
 
     files = expand([os.fspath(p) for p in paths])
     facts = [_header_facts(f) for f in files if not f.endswith(".zst")] if len(files) == 1 else []
-    opened = open_recordings(files, materialize=True)
+    opened = open_recordings(files, materialize=True, columns=STATS_COLUMNS)
     stats = stats_dict(opened.con, {i.path: bool(i.torn) for i in opened.files})
     one = len(files) == 1
     head = facts[0] if facts else {"started": None, "host": None, "qemu": None}

@@ -19,6 +19,11 @@ OTHER = "(other)"
 
 _converter = cattrs.Converter()
 
+#: The record fields the figures below read (through the views); the others are not loaded.
+STATS_COLUMNS = frozenset((
+    "seq", "t", "kind", "src", "role", "msg", "tx", "queued", "cmd", "reply", "action", "name", "peer",
+    "label", "owner", "reason", "client", "text", "detail", "format", "started_epoch", "host", "qemu_version"))
+
 
 @attrs.frozen
 class Latency:
