@@ -430,3 +430,61 @@ def test_events_the_guest_caused_are_host_differences() -> None:
     missing = asyncio.run(diffs([guest], []))
     assert [(d.what, d.host) for d in missing] == [("missing-event", GUEST_TIMING)]
     assert [d.host for d in asyncio.run(diffs([], [host]))] == [None]  # the host's own: a divergence
+
+
+def test_a_command_qemu_never_answers_is_interrupted_and_withdrawn(tmp_path: Path) -> None:
+    """A chained step (plain commands run from the channel's callback) still times out, as any step does.
+
+    The monitor answers the first two query-status and then nothing: the third
+    step is interrupted ("no reply in time"), the replay stops there, and the
+    log of the replay keeps the command that got no reply.
+    """
+    import asyncio
+    import socket
+
+    from qmprr import wire
+    from qmprr.channel import Channel
+    from qmprr.replay.engine import ReplayOptions, ReplayReport
+    from qmprr.replay.engine import replay as run_replay
+    from qmprr.replay.script import Exchange, Script
+    from qmprr.replay.targets import log_factory
+
+    reply = {"return": RUNNING}
+    script = Script(greeting={}, exchanges=[Exchange("query-status", reply=reply, seq=i) for i in range(1, 6)])
+    out = tmp_path / "replayed.jsonl"
+
+    async def go() -> ReplayReport:
+        ours, theirs = socket.socketpair()
+        loop = asyncio.get_running_loop()
+
+        def monitor() -> None:  # a QMP monitor that stops answering after two commands
+            theirs.sendall(wire.encode({"QMP": {"version": {}, "capabilities": []}}))
+            decoder, answered = wire.StreamDecoder(), 0
+            while answered < 3:
+                data = theirs.recv(65536)
+                if not data:
+                    return
+                for msg in decoder.feed(data):
+                    answer = {**(reply if answered else {"return": {}}), "id": msg.get("id")}
+                    theirs.sendall(wire.encode(answer))
+                    answered += 1
+            theirs.recv(65536)  # the third query-status, never answered
+
+        server = loop.run_in_executor(None, monitor)
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        channel = await Channel.open(reader, writer, log_factory(str(out), None, {}))
+        report = ReplayReport(recording="script", target="test")
+        try:
+            await run_replay(script, channel, ReplayOptions(command_timeout=0.2), report)
+        finally:
+            await channel.close()
+            channel.log.close()
+            theirs.close()
+            await server
+        return report
+
+    report = asyncio.run(go())
+    assert [(s.status, s.reason) for s in report.steps] == [
+        ("matched", None), ("matched", None), ("interrupted", "no reply in time")]
+    commands = [r for r in read_records(out) if isinstance(r, Command) and r.role == "primary"]
+    assert len(commands) == 3

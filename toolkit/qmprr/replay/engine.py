@@ -27,7 +27,7 @@ from ..sandbox import SECCOMP_SIGNAL
 from .compare import RATE_LIMITED_EVENTS, Difference, compare_replies, event_key
 from .compare import field_differences as field_differences  # re-exported: it used to live here
 from .normalize import Normalizer
-from .policy import Decision, ReplayPolicy
+from .policy import RULES, Decision, ReplayPolicy
 from .safety import PLACEHOLDER_FD, PathMap
 from .script import Exchange, Script
 
@@ -131,45 +131,215 @@ async def replay(
     exchanges = script.exchanges
     start = time.monotonic()
     first_t = exchanges[0].t if exchanges else 0.0
+    decide = _cached_decide(policy)
+
+    def settle(step: Step) -> bool:
+        """Put a finished step in the report; whether the replay goes on."""
+        ex = exchanges[step.index]
+        if options.from_seq is not None and ex.seq < options.from_seq and step.status in ("matched", "diverged"):
+            step.status = "prelude"  # its differences stay in --report, but do not count
+        report.steps.append(step)
+        if step.status == "matched":
+            if step.differences:
+                report.warnings += [f"step {step.index + 1}, seq {ex.seq} {ex.command}: {d}" for d in step.differences]
+            return True
+        return step.status != "interrupted" and (step.status not in ("diverged", "refused") or options.keep_going)
+
+    def begin(index: int) -> Decision | None:
+        """The checks before step *index* is sent: its decision, or None when the replay stops here."""
+        ex = exchanges[index]
+        if options.until is not None and ex.seq > options.until:
+            return None
+        if progress is not None:
+            progress(index, len(exchanges))
+        if index and ex.session != exchanges[index - 1].session:
+            report.warnings.append(f"step {index + 1}, seq {ex.seq}: monitor session {ex.session} starts (a new"
+                                   " QEMU and negotiation when recorded); replayed into the same QEMU")
+        return decide(ex)
+
+    chain = _Chain(exchanges, channel, events, options, norm, settle, begin)
     try:
-        for index, ex in enumerate(exchanges):
-            if options.until is not None and ex.seq > options.until:
-                break
-            if progress is not None:
-                progress(index, len(exchanges))
-            if index and ex.session != exchanges[index - 1].session:
-                report.warnings.append(f"step {index + 1}, seq {ex.seq}: monitor session {ex.session} starts (a new"
-                                       " QEMU and negotiation when recorded); replayed into the same QEMU")
-            decision = policy.decide(ex)
+        index = 0
+        decision = begin(0) if exchanges else None
+        while decision is not None:
+            ex = exchanges[index]
             if not decision.sends:
                 status: Status = "skipped" if decision.action == "skip" else "refused"
                 report.steps.append(Step(index, ex.seq, ex.command, ex.src, status, decision.reason))
                 if status == "refused" and not options.keep_going:
                     break
-                continue
-            if options.pace:
-                delay = (ex.t - first_t) / options.pace - (time.monotonic() - start)
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            step = await _run_step(index, ex, decision, channel, events, options, norm)
-            if step.status == "interrupted" and exit_signal is not None and await exit_signal() == SECCOMP_SIGNAL:
-                step.status = "refused"
-                step.reason = ("refused by QEMU's sandbox: QEMU was killed by SIGSYS (seccomp) when this"
-                               " command made a forbidden system call, such as running a program")
-                report.steps.append(step)
-                break
-            if options.from_seq is not None and ex.seq < options.from_seq and step.status in ("matched", "diverged"):
-                step.status = "prelude"  # its differences stay in --report, but do not count
-            report.steps.append(step)
-            if step.status == "matched":
-                report.warnings += [f"step {index + 1}, seq {ex.seq} {ex.command}: {d}" for d in step.differences]
-            if step.status == "interrupted":
-                break
-            if step.status in ("diverged", "refused") and not options.keep_going:
-                break
+            else:
+                if options.pace:
+                    delay = (ex.t - first_t) / options.pace - (time.monotonic() - start)
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                if _chainable(ex, decision, options):
+                    step, index, decision = await chain.run(index, decision)
+                    if step is None:  # the chain settled its steps and stopped at *index* with *decision*
+                        continue
+                else:
+                    step = await _run_step(index, ex, decision, channel, events, options, norm)
+                if step.status == "interrupted" and exit_signal is not None and await exit_signal() == SECCOMP_SIGNAL:
+                    step.status = "refused"
+                    step.reason = ("refused by QEMU's sandbox: QEMU was killed by SIGSYS (seccomp) when this"
+                                   " command made a forbidden system call, such as running a program")
+                    report.steps.append(step)
+                    break
+                if not settle(step):
+                    break
+            index += 1
+            decision = begin(index) if index < len(exchanges) else None
     finally:
         events.close()
     return report
+
+
+def _cached_decide(policy: ReplayPolicy) -> Callable[[Exchange], Decision]:
+    """``policy.decide``, worked out once per (command, role, src) for commands without arguments.
+
+    Only for the built-in rules, which are pure functions of those (and of
+    the arguments): a replay of 10,000 ``query-status`` decides once.
+    """
+    if policy.rules is not RULES:
+        return policy.decide
+    cache: dict[tuple[str, str, str], Decision] = {}
+
+    def decide(ex: Exchange) -> Decision:
+        if ex.arguments is not None:
+            return policy.decide(ex)
+        key = (ex.command, ex.role, ex.src)
+        decision = cache.get(key)
+        if decision is None:
+            decision = policy.decide(ex)
+            if len(cache) < 4096:  # names come from recordings: bounded
+                cache[key] = decision
+        return decision
+
+    return decide
+
+
+def _chainable(ex: Exchange, decision: Decision, options: ReplayOptions) -> bool:
+    """Whether step *ex* can run from the channel's callback: sent as is, no events to wait for, no pacing."""
+    return (decision.action in ("send", "secret") and not ex.events_before and not ex.events_after
+            and not options.pace)
+
+
+class _Chain:
+    """Runs consecutive plain steps from the channel's ``done`` callback, with no task hop between them.
+
+    Each reply is compared, and the next step begun and sent, inside the
+    callback that read the reply, exactly as :func:`_run_step` and the loop of
+    :func:`replay` would. The chain hands back to that loop at the first step
+    it cannot run this way (fds, events to wait for, a skip), an interrupted
+    step (the loop asks how QEMU ended), or the end.
+    """
+
+    def __init__(self, exchanges: list[Exchange], channel: Channel, events: Any, options: ReplayOptions,
+                 norm: Normalizer, settle: Callable[[Step], bool], begin: Callable[[int], Decision | None]) -> None:
+        self.exchanges, self.channel, self.events, self.options, self.norm = exchanges, channel, events, options, norm
+        self.settle, self.begin = settle, begin
+        self.rewrite = options.path_map.rewrite if options.path_map.pairs else None
+        self.future: asyncio.Future[tuple[Step | None, int, Decision | None]] | None = None
+        self.index = 0
+        self.decision: Decision | None = None
+        self.started = 0.0
+        self.token: Any = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def run(self, index: int, decision: Decision) -> tuple[Step | None, int, Decision | None]:
+        """Run from step *index*: ``(interrupted step, its index, None)`` or ``(None, next index, its decision)``."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Step | None, int, Decision | None]] = loop.create_future()
+        self.future = future
+        self.timer = loop.call_later(self.options.command_timeout, self._on_timer)
+        try:
+            self._send(index, decision)
+            return await future
+        except asyncio.CancelledError:
+            if self.token is not None:
+                self.channel.withdraw(self.token)
+            raise
+        finally:
+            self.token = None
+            self.future = None
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+
+    def _send(self, index: int, decision: Decision) -> None:
+        ex = self.exchanges[index]
+        self.index, self.decision = index, decision
+        msg: dict[str, Any] = {"execute": ex.command}
+        if decision.arguments is not None:
+            msg["arguments"] = decision.arguments
+        self.started = time.monotonic()
+        self.token = None
+        token = self.channel.submit(msg, done=self._done, src=ex.src, role=ex.role)
+        if self.index == index and self.future is not None and not self.future.done() and self.token is None \
+                and self.decision is decision:
+            self.token = token  # still in flight (done was not called from submit)
+
+    def _on_timer(self) -> None:
+        """The lazy per-step timeout: one timer, set again for the step in flight."""
+        self.timer = None
+        future = self.future
+        if future is None or future.done():
+            return
+        left = self.started + self.options.command_timeout - time.monotonic()
+        if left > 0:
+            self.timer = asyncio.get_running_loop().call_later(left, self._on_timer)
+            return
+        if self.token is not None:
+            self.channel.withdraw(self.token)
+            self.token = None
+        self._done(None, None)
+
+    def _done(self, actual: dict[str, Any] | None, error: ChannelError | None) -> None:
+        future = self.future
+        if future is None or future.done():
+            return
+        self.token = None
+        try:
+            index, ex = self.index, self.exchanges[self.index]
+            decision = self.decision
+            assert decision is not None
+            step = Step(index, ex.seq, ex.command, ex.src, "matched", decision.reason, recorded_reply=ex.reply)
+            if actual is None:
+                step.status, step.reason = "interrupted", (str(error) if error is not None else "") or "no reply in time"
+                future.set_result((step, index, None))
+                return
+            step.seconds = time.monotonic() - self.started
+            step.actual_reply = actual
+            if ex.reply is not None:
+                recorded = self.rewrite(ex.reply) if self.rewrite is not None else ex.reply
+                step.differences += compare_replies(ex.command, recorded, actual, self.norm, ex.arguments)
+            if not self.events.queue.empty():  # none expected (else not chained): every one is extra
+                step.differences += _unexpected_events(self.events, self.norm)
+            _verdict(step, self.options)
+            if not self.settle(step):
+                future.set_result((None, len(self.exchanges), None))
+                return
+            index += 1
+            decision = self.begin(index) if index < len(self.exchanges) else None
+            if decision is None:
+                future.set_result((None, len(self.exchanges), None))
+            elif not decision.sends or not _chainable(self.exchanges[index], decision, self.options):
+                future.set_result((None, index, decision))
+            else:
+                self._send(index, decision)
+        except BaseException as exc:  # a bug must reach replay()'s caller, not the event loop's handler
+            if not future.done():
+                future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+
+def _verdict(step: Step, options: ReplayOptions) -> None:
+    """Diverged when a difference is not a host difference (or those diverge too); host ones only warn."""
+    if any(d.host is None or options.host_differences == "diverge" for d in step.differences):
+        step.status = "diverged"
+    elif step.differences:
+        step.reason = "; ".join(filter(None, [step.reason, "host differences only (warnings)"]))
 
 
 async def _run_step(
@@ -200,10 +370,7 @@ async def _run_step(
     if ex.events_before or ex.events_after or not events.queue.empty():
         expected_events = [rewrite(e) for e in ex.events_before + ex.events_after]
         step.differences += await _compare_events(expected_events, events, options, norm)
-    if any(d.host is None or options.host_differences == "diverge" for d in step.differences):
-        step.status = "diverged"
-    elif step.differences:
-        step.reason = "; ".join(filter(None, [step.reason, "host differences only (warnings)"]))
+    _verdict(step, options)
     return step
 
 
@@ -234,6 +401,26 @@ async def _compare_events(
             seen[key] += 1
         else:
             extras.append(key)
+    return _event_differences(expected, seen, extras)
+
+
+def _unexpected_events(events: Any, norm: Normalizer) -> list[Difference]:
+    """What :func:`_compare_events` says when no event is expected: the queued ones are extra (no waiting)."""
+    extras: list[tuple[str, str]] = []
+    queue = events.queue
+    while True:
+        try:
+            msg = queue.get_nowait()
+        except asyncio.QueueEmpty:
+            break
+        if msg is None:
+            break
+        extras.append(event_key(norm, msg))
+    return _event_differences(collections.Counter(), collections.Counter(), extras)
+
+
+def _event_differences(expected: collections.Counter[tuple[str, str]], seen: collections.Counter[tuple[str, str]],
+                       extras: list[tuple[str, str]]) -> list[Difference]:
     diffs = []
     for key, n in expected.items():
         need = 1 if key[0] in RATE_LIMITED_EVENTS else n
