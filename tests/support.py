@@ -271,3 +271,15 @@ def kill_qemus_named(name: str) -> None:
     """SIGKILL every QEMU still running with ``-name NAME`` (a fixture's clean-up, by pid)."""
     for pid in qemu_processes(name):
         os.kill(pid, signal.SIGKILL)
+
+
+def load_example(name: str) -> Any:
+    """The module ``examples/NAME.py``, imported from its file (examples are not a package)."""
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -8,7 +8,6 @@ under some seed; its careful version passes under every seed tried.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import socket
 import subprocess
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+import support
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -31,15 +32,7 @@ DELAY = 0.005
 pytest_plugins = ["pytester"]
 
 
-def _example() -> Any:
-    spec = importlib.util.spec_from_file_location("commit_job", ROOT / "examples" / "commit_job.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-commit_job = _example()
+commit_job = support.load_example("commit_job")
 
 
 async def _run(tmp_path: Path, seed: int | None, careful: bool) -> tuple[bool, FakeQemu]:

@@ -36,6 +36,18 @@ RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
 KINDS = ("command", "reply", "event", "local", "client", "note", "close", "greeting", "tx", "taint", "fd")
 
 
+def forge(lines: list[bytes]) -> list[bytes]:
+    """*lines* re-chained as a forger would (a line that is no chain link at all is left as it is)."""
+    out, prev = [], chain.GENESIS
+    for line in lines:
+        try:
+            line, prev = chain.seal(chain.unseal(line)[0], prev)
+        except chain.ChainFormatError:
+            pass
+        out.append(line)
+    return out
+
+
 def header() -> dict[str, Any]:
     return {"seq": 0, "t": 0.0, "kind": "header", "format": "qmprr/1", "started": "2026-01-01T00:00:00+00:00",
             "started_epoch": 1767225600.0, "host": "test", "qmprr_version": "0.1.0"}
@@ -191,14 +203,7 @@ def test_each_damage_reads_the_same_both_ways(tmp_path: Path, name: str, rechain
     for at in range(1, len(clean)):
         lines = list(clean)
         lines[at] = DAMAGE[name](lines[at], 7 * at)
-        if rechain:
-            prev = chain.GENESIS
-            for i, line in enumerate(lines):
-                try:
-                    lines[i], prev = chain.seal(chain.unseal(line)[0], prev)
-                except chain.ChainFormatError:
-                    continue
-        path.write_bytes(b"".join(lines))
+        path.write_bytes(b"".join(forge(lines) if rechain else lines))
         for selected in ({"event"}, {"command", "reply"}, set(kinds)):
             fast, slow = both_ways(path, frozenset(selected))
             assert fast == slow, (at, selected)
@@ -295,13 +300,7 @@ def test_verify_finds_each_damage_even_when_rechained(tmp_path: Path, name: str)
     write_records(path, [header(), *(_record(i, k) for i, k in enumerate(kinds, 1))])
     lines = path.read_bytes().splitlines(keepends=True)
     lines[3] = DAMAGE[name](lines[3], 0)
-    prev = chain.GENESIS
-    for i, line in enumerate(lines):
-        try:
-            lines[i], prev = chain.seal(chain.unseal(line)[0], prev)
-        except chain.ChainFormatError:
-            continue
-    path.write_bytes(b"".join(lines))
+    path.write_bytes(b"".join(forge(lines)))
     assert 4 in [p.line for p in verify(path).problems]
 
 
@@ -329,9 +328,7 @@ def test_show_json_skips_and_reports_a_rechained_line_the_schema_refuses(
     for n in (at, at + 4 * 30):  # one early, one late (another chunk when split)
         assert old in lines[n - 1]
         lines[n - 1] = lines[n - 1].replace(old, new, 1)
-    prev = chain.GENESIS
-    for i, line in enumerate(lines):  # re-chained as a forger would: the chain holds
-        lines[i], prev = chain.seal(chain.unseal(line)[0], prev)
+    lines = forge(lines)  # re-chained as a forger would: the chain holds
     path.write_bytes(b"".join(lines))
     bad = {at, at + 4 * 30}
     verdict = {p.line: p.message for p in verify(path).problems}

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+import support
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,16 +27,6 @@ from qmprr.cli import main
 from qmprr.recording import RecordingReader
 from replay_support import ALL_RECORDINGS, RECORDINGS, ROOT
 from support import QEMU_NONE, qmprr_launch
-
-
-def _example() -> Any:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("commit_job", ROOT / "examples" / "commit_job.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def info(path: Path) -> list[dict[str, Any]]:
@@ -170,7 +162,7 @@ async def _job_gone(qmp: Any) -> None:
 
 
 async def _jobs(socket_path: str, disks: Path) -> None:
-    commit_job = _example()
+    commit_job = support.load_example("commit_job")
     reader, writer = await asyncio.open_unix_connection(socket_path)
     qmp = commit_job.Client(reader, writer, True, 20.0)
     try:

@@ -37,6 +37,7 @@ from typing import Any
 import attrs
 
 from . import wire
+from .flow import WriteFlow
 from .channel_core import (
     DEFAULT_LOG_WAIT_TIMEOUT,
     DEFAULT_TX_IDLE_TIMEOUT,
@@ -696,7 +697,7 @@ class Channel:
         await self.closed.wait()
 
 
-class _Upstream(asyncio.Protocol):
+class _Upstream(WriteFlow, asyncio.Protocol):
     """QEMU's side of the channel: bytes go to the core from ``data_received``, no task hop.
 
     A reply is decoded, recorded and handed to its caller (a future, or the
@@ -705,9 +706,8 @@ class _Upstream(asyncio.Protocol):
     """
 
     def __init__(self, channel: Channel) -> None:
+        WriteFlow.__init__(self)
         self.channel = channel
-        self._paused = False
-        self._waiters: list[asyncio.Future[None]] = []
 
     def data_received(self, data: bytes) -> None:
         channel = self.channel
@@ -726,19 +726,7 @@ class _Upstream(asyncio.Protocol):
             self.channel._shutdown("error", f"reading from QEMU failed: {exc}")
         self.resume_writing()
 
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            _set_once(waiter)
-
     async def drained(self) -> None:
         """Return once the transport's buffer has drained (or the connection is gone)."""
-        if not self._paused or self.channel._transport.is_closing():
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        await waiter
+        if not self.channel._transport.is_closing():
+            await self.wait_drained()

@@ -39,6 +39,7 @@ import attrs
 from . import address, wire
 from .errors import QmprrError
 from .fdpass import READ_FDS, FdQueue, claim_fds
+from .flow import WriteFlow
 from .recording import Client, Local, Msg, Record, Taint
 from .session import (
     Answer,
@@ -473,7 +474,7 @@ class QmpServer:
             self.backend.record(Taint(reason="custom-monitor", client=name))
 
 
-class _ClientProtocol(asyncio.Protocol):
+class _ClientProtocol(WriteFlow, asyncio.Protocol):
     """One client's socket: bytes go to its :class:`_Connection` from ``data_received``.
 
     *where* counts the client against its socket's cap (None: served from
@@ -491,8 +492,7 @@ class _ClientProtocol(asyncio.Protocol):
         self.conn: _Connection | None = None
         self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._paused = False
-        self._waiters: list[asyncio.Future[None]] = []
+        WriteFlow.__init__(self)
         self._fd_reader: _FdReader | None = None
         self._early: list[bytes] = []
 
@@ -566,22 +566,10 @@ class _ClientProtocol(asyncio.Protocol):
             with contextlib.suppress(Exception):
                 self.transport.resume_reading()
 
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
     async def drained(self) -> None:
         """Return once everything written has left the transport (or the connection is gone)."""
-        if self._paused and not self.lost.done():
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            await waiter
+        if not self.lost.done():
+            await self.wait_drained()
 
 
 class _FdReader:
