@@ -8,7 +8,7 @@ from typing import Any
 
 from ..recording.reader import Problem
 from .base import EXIT_OK, EXIT_PROBLEMS, UsageError, command
-from .options import add_color, add_rules, color, normalizer, write_bytes
+from .options import add_color, add_rules, bytes_writer, color, normalizer, write_bytes
 
 POSITION_HELP = ("a seq (120) or a time offset since the start: +1.5, +1.5s, 250ms, +2m, 1h, +30us; "
                  "inclusive")
@@ -40,7 +40,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     out = sys.stdout
     with Scanner(args.file, check_chain=True, follow=args.follow, on_problem=report) as scanner:
         if args.json:
-            write = out.buffer.write if hasattr(out, "buffer") else (lambda b: out.write(b.decode()))
+            write = bytes_writer(out)  # bound once: the loop below runs per line
             if flt.kinds_only:  # no record's context needed: the fast path
                 assert flt.kinds is not None  # kinds_only: kinds are given
                 for raw in scanner.kind_raw(flt.kinds, flt.grep, fields=True):

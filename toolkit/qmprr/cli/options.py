@@ -10,6 +10,7 @@ import argparse
 import enum
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .base import UsageError, choice, count, duration, pairs, seconds, size
@@ -164,13 +165,14 @@ def check_new_output(path: str) -> None:
         raise RecordingError(f"{path}: folder {folder} does not exist")
 
 
+def bytes_writer(out: TextIO) -> Callable[[bytes], object]:
+    """Writes bytes to *out* as they are (JSON lines), also when it is a text stream without a buffer."""
+    return out.buffer.write if hasattr(out, "buffer") else (lambda data: out.write(data.decode()))
+
+
 def write_bytes(data: bytes) -> None:
-    """*data* to stdout as it is (JSON lines), also when stdout is a text stream without a buffer."""
-    out = sys.stdout
-    if hasattr(out, "buffer"):
-        out.buffer.write(data)
-    else:
-        out.write(data.decode())
+    """*data* to stdout as it is."""
+    bytes_writer(sys.stdout)(data)
 
 
 # -- the recording services (launch, proxy) ---------------------------------------------------
