@@ -383,13 +383,15 @@ class Channel:
         tx: Transaction | None = None,
         fds: Sequence[int] = (),
         fd_info: Sequence[dict[str, Any]] = (),
+        body: bytes | None = None,
     ) -> Hashable:
         """:meth:`execute` with a callback: ``done(reply, None)`` or ``done(None, error)``.
 
         The hot path of the serve loop: no future and no task; *done* is called
         from the callback that read QEMU's reply (or at once, when the command
         is refused). Returns the token :meth:`withdraw` takes. *tx* is explicit
-        (no transaction of the current task is looked up).
+        (no transaction of the current task is looked up). *body*:
+        :func:`qmprr.session.command_body` of *msg*, when the caller has it.
         """
         token = next(self._tokens)
         self._callbacks[token] = done
@@ -397,7 +399,7 @@ class Channel:
             self._fds[token] = tuple(fds)
         self._apply(self._core.ask(
             token, msg, now=time.monotonic(), src=src, role=role, client_id=client_id,
-            tx=tx.id if tx is not None else None, fds=len(fds), fd_info=fd_info,
+            tx=tx.id if tx is not None else None, fds=len(fds), fd_info=fd_info, body=body,
         ))
         return token
 

@@ -269,6 +269,7 @@ class _Ask:
     fds: int
     asked: float
     fd_info: tuple[dict[str, Any], ...] = ()
+    body: bytes | None = None  # msg without its id, encoded (the serve loop has it)
 
     @property
     def name(self) -> str:
@@ -359,6 +360,11 @@ class ChannelCore:
         offset: Callable[[float], float] | None = None,
     ) -> None:
         self.log = log
+        # The hot path's writers (RecordWriter has them; another sink gets typed records).
+        self._hot_command = getattr(log, "append_command", None)
+        self._hot_reply = getattr(log, "append_reply", None)
+        self._hot_event = getattr(log, "append_event", None)
+        self._hot_many = getattr(log, "append_many", None)
         self.wire_timeout = wire_timeout
         self.tx_idle_timeout = tx_idle_timeout
         self.log_wait_timeout = log_wait_timeout
@@ -415,11 +421,14 @@ class ChannelCore:
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` has something to do next (None: only an input can change things)."""
-        times: list[float] = []
         if self.closed_reason is not None:
             return None
-        if self._in_flight is not None and self.wedged is None:
-            times.append(self._in_flight.sent + self.wire_timeout)
+        flight = self._in_flight
+        if self._hold is None and self.paused_since is None:  # the common case: only the wire timeout
+            return flight.sent + self.wire_timeout if flight is not None and self.wedged is None else None
+        times: list[float] = []
+        if flight is not None and self.wedged is None:
+            times.append(flight.sent + self.wire_timeout)
         if self._hold is not None and self._hold.state is TxState.IDLE and not self._tx_queue:
             times.append(self._hold.last_activity + self.tx_idle_timeout)
         if self.paused_since is not None:
@@ -443,13 +452,16 @@ class ChannelCore:
         tx: int | None = None,
         fds: int = 0,
         fd_info: Sequence[dict[str, Any]] = (),
+        body: bytes | None = None,
     ) -> list[Effect]:
         """A client asks to run *msg* (in transaction *tx*, with *fds* file descriptors).
 
         *fd_info* (one per fd, when given) goes into each ``fd`` record's ``stat``.
+        *body* is *msg* without its ``id``, encoded, when the caller has it
+        (:func:`qmprr.session.command_body`): it is sent as it is, with the wire id.
         """
         self._now = now
-        item = _Ask(token, msg, src, role, client_id, tx, fds, now, tuple(fd_info))
+        item = _Ask(token, msg, src, role, client_id, tx, fds, now, tuple(fd_info) if fd_info else (), body)
         if self._new_token(item):
             error = self._gate(item)
             if error is not None:
@@ -559,7 +571,7 @@ class ChannelCore:
         self._now = now
         items = self._decoder.feed(data)
         if len(items) > 1 and self.closed_reason is None:
-            many = getattr(self.log, "append_many", None)
+            many = self._hot_many
             plan = self._plan(items) if many is not None else None
             if plan is not None and many is not None:
                 self._receive_batch(plan, many)
@@ -710,10 +722,11 @@ class ChannelCore:
 
     def _send(self, item: _Ask) -> None:
         wire_id = f"qmprr-{next(self._wire_ids)}"
-        sent = {k: v for k, v in item.msg.items() if k != "id"}
-        sent["id"] = wire_id
+        sent = dict(item.msg)
+        sent.pop("id", None)
+        sent["id"] = wire_id  # last, as the wire bytes have it
         try:
-            data = wire.encode(sent)
+            data = wire.encode(sent) if item.body is None else wire.encode_with_id(item.body, wire_id)
         except Exception as exc:  # noqa: BLE001 - anything the encoder refuses is refused here
             self._refuse(item, ChannelError(f"cannot encode {item.name!r} for QEMU: {exc}"))
             return
@@ -721,7 +734,7 @@ class ChannelCore:
         client_id = item.client_id if item.client_id != wire_id else ABSENT
         seq = self._append_command(item.src, item.role, sent, client_id, item.tx, queued, data[:-2])
         ok = written = seq is not None
-        for index in range(item.fds):
+        for index in range(item.fds) if item.fds else ():
             info = Msg(item.fd_info[index]) if index < len(item.fd_info) else None
             ok = ok and bool(self._append(
                 Fd(src=item.src, placeholder=f"fd:{next(self._fd_ids)}", cmd=seq, stat=info)))
@@ -820,7 +833,8 @@ class ChannelCore:
         answer: tuple[dict[str, Any] | None, ChannelError | None] | None = None
         if not flight.answered:
             if recorded:
-                out = {k: v for k, v in msg.items() if k != "id"}
+                out = dict(msg)
+                out.pop("id", None)
                 if ask.client_id is not ABSENT:
                     out["id"] = ask.client_id
                 answer = out, None
@@ -938,7 +952,7 @@ class ChannelCore:
         encoded: bytes,
     ) -> int | None:
         """Write a ``command`` record (*encoded*: *msg*'s JSON); its seq, or None if it was not written."""
-        hot = getattr(self.log, "append_command", None)
+        hot = self._hot_command
         if hot is None:
             record = Command(src=src, role=role, msg=Msg(msg), client_id=client_id, tx=tx, queued=queued)  # type: ignore[arg-type]  # role strings are the callers'; Record.role names the known ones
             return record.seq if self._append(record) else None
@@ -952,7 +966,7 @@ class ChannelCore:
             return None
 
     def _append_reply(self, cmd: int, msg: dict[str, Any]) -> bool:
-        hot = getattr(self.log, "append_reply", None)
+        hot = self._hot_reply
         if hot is None:
             return self._append(Reply(cmd=cmd, msg=Msg(msg)))
         if self.closed_reason is not None:
@@ -965,7 +979,7 @@ class ChannelCore:
             return False
 
     def _append_event(self, msg: dict[str, Any]) -> bool:
-        hot = getattr(self.log, "append_event", None)
+        hot = self._hot_event
         if hot is None:
             return self._append(Event(msg=Msg(msg)))
         if self.closed_reason is not None:

@@ -45,6 +45,12 @@ class ImageWatcher:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backend, name)
 
+    @property
+    def closed_reason(self) -> str | None:
+        """The backend's (the serve loop reads it for every message: no ``__getattr__`` detour)."""
+        reason: str | None = self._backend.closed_reason
+        return reason
+
     async def execute(self, msg: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         reply: dict[str, Any] = await self._backend.execute(msg, **kwargs)
         opened = self._newly_opened(msg, reply)

@@ -652,6 +652,7 @@ class _Connection:
         self.pending: collections.deque[dict[str, Any] | wire.FramingError] = collections.deque()
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._submit = getattr(self.backend, "submit", None)
+        self._after_reply = getattr(self.backend, "after_reply", None)
         self._busy: str | None = None  # "forward" (a token awaits its reply) or "task"
         self._token: Any = None
         self._task: asyncio.Task[dict[str, Any] | None] | None = None
@@ -788,7 +789,10 @@ class _Connection:
 
     def _handle(self, item: dict[str, Any] | wire.FramingError) -> None:
         action = self.session.handle(item)
-        if isinstance(action, Answer):
+        if isinstance(action, Forward):  # the common case first
+            self._finish_burst()
+            self._forward(action)
+        elif isinstance(action, Answer):
             answer = action.reply
             if isinstance(item, wire.MessageTooLarge) and self.role == "debug":
                 answer = qmp_error(
@@ -801,9 +805,6 @@ class _Connection:
         elif isinstance(action, Detach):
             self.detached = True
             self._answer(qmp_return(id=action.client_id), action.msg)  # kept for the rest of the connection
-        elif isinstance(action, Forward):
-            self._finish_burst()
-            self._forward(action)
         elif isinstance(action, BeginTx):
             self._run_task(self._begin(action))
         elif isinstance(action, EndTx):
@@ -843,7 +844,7 @@ class _Connection:
 
         try:
             token = self._submit(action.msg, src=self.name, role=self.role, client_id=action.client_id, tx=tx,
-                                 done=done, **extra)
+                                 done=done, body=action.body, **extra)
         except QmprrError as exc:
             _close_fds(fds)
             self._busy, self._fds_in_use = None, []
@@ -855,9 +856,8 @@ class _Connection:
     def _replied(self, reply: dict[str, Any] | None, *, forward: bool = False) -> None:
         if reply is not None:
             self.outbox.send(reply)
-            after = getattr(self.backend, "after_reply", None) if forward else None
-            if after is not None:
-                after()
+            if forward and self._after_reply is not None:
+                self._after_reply()
         self._process()
 
     def _run_task(self, coro: Coroutine[Any, Any, dict[str, Any]], *, forward: bool = False,
@@ -922,7 +922,8 @@ class _Connection:
         )
 
     def _finish_burst(self) -> None:
-        self._note_burst(self.burst.end())
+        if self.burst.active:
+            self._note_burst(self.burst.end())
 
     def _note_burst(self, taken: tuple[int, dict[str, int]] | None) -> None:
         if taken is not None:

@@ -114,17 +114,24 @@ def check_shape(msg: dict[str, Any]) -> str | None:
     return None
 
 
-def qemu_would_split(msg: dict[str, Any]) -> str | None:
+def command_body(msg: dict[str, Any]) -> bytes:
+    """*msg* as the channel sends it, before qmprr's id: compact JSON without the client's ``id``."""
+    return codec.dumps({k: v for k, v in msg.items() if k != "id"} if "id" in msg else msg)
+
+
+def qemu_would_split(msg: dict[str, Any], body: bytes | None = None) -> str | None:
     """QEMU's limit error if *msg*, as the channel sends it (its id replaced by
     qmprr's), would be over QEMU's parser limits; else None.
 
     The decoder checked the client's bytes; re-encoding can grow a message
     (``1e9`` becomes ``1000000000.0``, ``\xC0\x80`` becomes ``\u0000``) and
     qmprr's id adds tokens, so the bytes QEMU will read are checked too. QEMU
-    answers such input without an id, and so does this refusal.
+    answers such input without an id, and so does this refusal. *body* is
+    :func:`command_body` of *msg*, when the caller has it.
     """
-    body = {k: v for k, v in msg.items() if k != "id"}
-    return wire.limit_error(codec.dumps(body), extra_tokens=wire.ID_TOKENS, extra_bytes=wire.ID_BYTES)
+    if body is None:
+        body = command_body(msg)
+    return wire.limit_error(body, extra_tokens=wire.ID_TOKENS, extra_bytes=wire.ID_BYTES)
 
 
 # -- actions -------------------------------------------------------------------
@@ -141,10 +148,15 @@ class Answer:
 
 @attrs.frozen
 class Forward:
-    """Run *msg* on QEMU through the channel; reply with *client_id* restored."""
+    """Run *msg* on QEMU through the channel; reply with *client_id* restored.
+
+    *body* is :func:`command_body` of *msg* (checked against QEMU's limits;
+    the channel sends it, with its id, without encoding *msg* again).
+    """
 
     msg: dict[str, Any]
     client_id: Any = ABSENT
+    body: bytes | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -247,10 +259,11 @@ class ClientSession:
                     ),
                     msg=msg,
                 )
-        too_big = qemu_would_split(msg)
+        body = command_body(msg)
+        too_big = qemu_would_split(msg, body)
         if too_big is not None:
             return Answer(qmp_error(too_big), msg=msg)
-        return Forward(msg, cid)
+        return Forward(msg, cid, body)
 
     def _negotiate(self, msg: dict[str, Any], cid: Any) -> Action:
         refusal = self._check_capabilities(msg.get("arguments", {}))

@@ -142,6 +142,15 @@ def encode(msg: Mapping[str, Any]) -> bytes:
     return codec.dumps(msg) + b"\r\n"
 
 
+def encode_with_id(body: bytes, wire_id: str) -> bytes:
+    """``encode({**msg, "id": wire_id})`` from *body*, ``codec.dumps(msg)`` of a non-empty object.
+
+    The id goes last, as a dict built that way has it: the bytes are the same
+    (a property test holds them equal), without encoding *msg* again.
+    """
+    return b"".join((body[:-1], b',"id":', codec.dumps(wire_id), b"}\r\n"))
+
+
 #: Tokens and bytes qmprr's own ``"id"`` may add to a forwarded command (``,"id":"qmprr-N"``).
 ID_TOKENS, ID_BYTES = 4, 32
 

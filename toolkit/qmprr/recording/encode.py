@@ -55,7 +55,8 @@ class LineEncoder:
     # The same line as ``encode(convert.unstructure(record))`` (a property test holds
     # them equal): cattrs and the scrubber are skipped when the scrubber would change
     # nothing, which it tells (:meth:`RecordScrubber.passes`); otherwise None, and the
-    # caller takes the typed path.
+    # caller takes the typed path. ``seq``, ``cmd`` and ``tx`` are the writer's and the
+    # channel's ints, ``t`` the writer's float: formatted directly, as orjson writes them.
 
     def encode_command(
         self, seq: int, t: float, src: str, role: str, msg: dict[str, Any],
@@ -72,28 +73,25 @@ class LineEncoder:
             prefix = b',"kind":"command","src":' + codec.dumps(src) + b',"role":' + codec.dumps(role) + b',"msg":'
             if len(self._prefixes) < 4096:
                 self._prefixes[(src, role)] = prefix
-        parts = [b'{"seq":', _int(seq), b',"t":', _float(t), prefix, encoded if encoded is not None else codec.dumps(msg)]
+        body = b'{"seq":%d,"t":%b%b%b' % (seq, orjson.dumps(t), prefix, encoded if encoded is not None else codec.dumps(msg))
         if client_id is not ABSENT:
-            parts += (b',"client_id":', codec.dumps(client_id))
+            body += b',"client_id":' + codec.dumps(client_id)
         if tx is not None:
-            parts += (b',"tx":', _int(tx))
+            body += b',"tx":%d' % tx
         if queued is not None:
-            parts += (b',"queued":', _float(queued))
-        parts.append(b"}")
-        return self._seal(b"".join(parts))
+            body += b',"queued":' + _float(queued)
+        return self._seal(body + b"}")
 
     def encode_reply(self, seq: int, t: float, cmd: int, msg: dict[str, Any]) -> tuple[bytes, str] | None:
         """A ``reply`` record's line and hash, or None when redaction must look at it."""
         if not self.scrubber.passes_reply(cmd):
             return None
-        return self._seal(b"".join((
-            b'{"seq":', _int(seq), b',"t":', _float(t), b',"kind":"reply","cmd":', _int(cmd),
-            b',"msg":', codec.dumps(msg), b"}")))
+        return self._seal(b'{"seq":%d,"t":%b,"kind":"reply","cmd":%d,"msg":%b}' % (
+            seq, orjson.dumps(t), cmd, codec.dumps(msg)))
 
     def encode_event(self, seq: int, t: float, msg: dict[str, Any]) -> tuple[bytes, str] | None:
         """An ``event`` record's line and hash, or None when redaction must look at it."""
-        return self._seal(b"".join((
-            b'{"seq":', _int(seq), b',"t":', _float(t), b',"kind":"event","msg":', codec.dumps(msg), b"}")))
+        return self._seal(b'{"seq":%d,"t":%b,"kind":"event","msg":%b}' % (seq, orjson.dumps(t), codec.dumps(msg)))
 
     def _seal(self, body: bytes) -> tuple[bytes, str] | None:
         if self.scrubber.values and self.scrubber.echoes(body):
@@ -104,6 +102,3 @@ class LineEncoder:
 def _float(value: float) -> bytes:
     return orjson.dumps(value) if type(value) is float else codec.dumps(value)
 
-
-def _int(value: int) -> bytes:
-    return str(value).encode() if type(value) is int else codec.dumps(value)

@@ -78,6 +78,7 @@ class RecordWriter:
     ) -> None:
         self.path = path
         self.sync = sync
+        self._always = sync is SyncPolicy.ALWAYS
         self.redactor = redactor
         self.seal_key = seal_key
         self._fd = fd
@@ -314,16 +315,18 @@ class RecordWriter:
         """The next record's seq and t (under the lock)."""
         if self._closed:
             raise RecordingError(f"{self.path}: recording is closed")
-        if self._next_seq == 0:  # the header defines t = 0
+        seq = self._next_seq
+        if seq == 0:  # the header defines t = 0
             self._t0 = time.monotonic()
             return 0, 0.0
-        return self._next_seq, max(round(time.monotonic() - self._t0, 6), self._last_t)
+        t = round(time.monotonic() - self._t0, 6)
+        return seq, t if t > self._last_t else self._last_t
 
     def _write(self, line: bytes, h: str, t: float) -> None:
         """One ``write()`` of one line (under the lock); the chain moves on only if it is all written."""
         self._write_raw(line)
         self._next_seq += 1
-        self._encoder.commit(h)
+        self._encoder.head = h
         self._last_t = t
 
     def _write_raw(self, data: bytes) -> None:
@@ -332,7 +335,7 @@ class RecordWriter:
             written = os.write(self._fd, data)
             if written != len(data):
                 raise OSError(f"short write ({written} of {len(data)} bytes); disk full?")
-            if self.sync is SyncPolicy.ALWAYS:
+            if self._always:
                 os.fdatasync(self._fd)
         except OSError as exc:
             # Take back what reached the file: a partial line must never be
@@ -343,8 +346,7 @@ class RecordWriter:
                 f"{self.path}: cannot write record: {exc.strerror or exc}"
             ) from None
         self._size += written
-        if self.sync is not SyncPolicy.ALWAYS:
-            self._dirty = True
+        self._dirty = not self._always
 
     def flush(self) -> None:
         """Force everything written so far to stable storage.
