@@ -198,3 +198,17 @@ def test_append_many_is_one_write_of_the_same_lines_or_nothing(tmp_path: Any, mo
         monkeypatch.undo()
         assert log.append_reply(cmd=1, msg={"return": {}}) == 2
     assert verify(path).ok
+
+
+@given(commands(), st.one_of(st.none(), st.integers(), text), st.integers(0, 10**9))
+def test_command_sent_from_its_body_is_the_encoded_command(msg: dict[str, Any], client_id: Any, n: int) -> None:
+    """The serve loop's body with qmprr's id spliced in is what encoding the sent dict gives."""
+    from qmprr import wire
+    from qmprr.session import command_body
+
+    if client_id is not None:
+        msg = {**msg, "id": client_id}
+    wire_id = f"qmprr-{n}"
+    sent = {k: v for k, v in msg.items() if k != "id"}
+    sent["id"] = wire_id
+    assert wire.encode_with_id(command_body(msg), wire_id) == wire.encode(sent)
