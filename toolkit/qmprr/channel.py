@@ -539,7 +539,8 @@ class Channel:
             elif isinstance(effect, Answer):
                 done = self._callbacks.pop(effect.token, None)
                 if done is not None:
-                    self._fds.pop(effect.token, None)
+                    if self._fds:
+                        self._fds.pop(effect.token, None)
                     done(effect.reply, effect.error)
                     continue
                 future = self._futures.get(effect.token)

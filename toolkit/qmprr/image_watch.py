@@ -58,11 +58,20 @@ class ImageWatcher:
             await self._note(opened)
         return reply
 
-    def _submit(self, msg: dict[str, Any], *, done: Any, **kwargs: Any) -> Any:
+    def _submit(self, msg: dict[str, Any], *, done: Any, src: str, role: str, client_id: Any, tx: Any,
+                fds: Any = (), fd_info: Any = (), body: bytes | None = None) -> Any:
         """The channel's ``submit``; once QEMU opened the images, their note (qemu-img run here: a few ms,
-        once per image name, image commands only), then the reply goes on."""
-        if msg.get("execute") not in images.IMAGE_COMMANDS:
-            return self._backend.submit(msg, done=done, **kwargs)
+        once per image name, image commands only), then the reply goes on.
+
+        Its arguments are the channel's, named (no ``**kwargs`` to pack and unpack per command).
+        """
+        if msg.get("execute") in images.IMAGE_COMMANDS:
+            done = self._noting(msg, done)
+        return self._backend.submit(msg, done=done, src=src, role=role, client_id=client_id, tx=tx,
+                                    fds=fds, fd_info=fd_info, body=body)
+
+    def _noting(self, msg: dict[str, Any], done: Any) -> Any:
+        """*done*, after noting the images *msg* opened."""
 
         def after(reply: dict[str, Any] | None, error: Any) -> None:
             opened = self._newly_opened(msg, reply) if error is None else []
@@ -70,7 +79,7 @@ class ImageWatcher:
                 self._write_note([images.describe(p, self._cwd, f, c) for p, f, c in opened])
             done(reply, error)
 
-        return self._backend.submit(msg, done=after, **kwargs)
+        return after
 
     def _newly_opened(self, msg: dict[str, Any], reply: Any) -> list[images.Opened]:
         """The images a successful image command opened, not described yet (and not hidden by redaction)."""

@@ -201,6 +201,10 @@ class Backend(Protocol):
     async def wait_closed(self) -> None: ...
 
 
+#: :attr:`_Connection._token` while ``submit`` runs (an answer given at once clears it).
+_SUBMITTING = object()
+
+
 class _Outbox:
     """Messages to one client, written straight to its transport, in order.
 
@@ -654,7 +658,8 @@ class _Connection:
         self._submit = getattr(self.backend, "submit", None)
         self._after_reply = getattr(self.backend, "after_reply", None)
         self._busy: str | None = None  # "forward" (a token awaits its reply) or "task"
-        self._token: Any = None
+        self._token: Any = None  # the channel's, for the command forwarded (_SUBMITTING while it is)
+        self._forwarded: Forward | None = None
         self._task: asyncio.Task[dict[str, Any] | None] | None = None
         self._withdrawing = False
         self._processing = False
@@ -790,7 +795,8 @@ class _Connection:
     def _handle(self, item: dict[str, Any] | wire.FramingError) -> None:
         action = self.session.handle(item)
         if isinstance(action, Forward):  # the common case first
-            self._finish_burst()
+            if self.burst.active:
+                self._finish_burst()
             self._forward(action)
         elif isinstance(action, Answer):
             answer = action.reply
@@ -831,34 +837,39 @@ class _Connection:
             return
         self._busy = "forward"
         self._fds_in_use = fds
-        replied = False
-
-        def done(reply: dict[str, Any] | None, error: QmprrError | None) -> None:
-            nonlocal replied
-            replied = True
-            _close_fds(fds)
-            self._fds_in_use = []
-            if self._busy == "forward":
-                self._busy = None
-            self._replied(reply if error is None else self._refused(error, action), forward=True)
-
+        self._forwarded = action
+        self._token = _SUBMITTING
         try:
             token = self._submit(action.msg, src=self.name, role=self.role, client_id=action.client_id, tx=tx,
-                                 done=done, body=action.body, **extra)
+                                 done=self._forward_done, body=action.body, **extra)
         except QmprrError as exc:
             _close_fds(fds)
-            self._busy, self._fds_in_use = None, []
+            self._busy, self._fds_in_use, self._token = None, [], None
             self._replied(self._refused(exc, action), forward=True)
             return
-        if not replied:
+        if self._token is _SUBMITTING:  # else it was answered at once (and the next may be under way)
             self._token = token
+
+    def _forward_done(self, reply: dict[str, Any] | None, error: QmprrError | None) -> None:
+        """The channel answered the command :meth:`_forward` submitted (one at a time per client)."""
+        self._token = None
+        if self._fds_in_use:
+            _close_fds(self._fds_in_use)
+            self._fds_in_use = []
+        if self._busy == "forward":
+            self._busy = None
+        if error is not None:
+            assert self._forwarded is not None
+            reply = self._refused(error, self._forwarded)
+        self._replied(reply, forward=True)
 
     def _replied(self, reply: dict[str, Any] | None, *, forward: bool = False) -> None:
         if reply is not None:
             self.outbox.send(reply)
             if forward and self._after_reply is not None:
                 self._after_reply()
-        self._process()
+        if self.pending or self._unread or self._read_paused or self._done():
+            self._process()  # (else it would find nothing to do)
 
     def _run_task(self, coro: Coroutine[Any, Any, dict[str, Any]], *, forward: bool = False,
                   fds: list[int] | None = None) -> None:
@@ -922,8 +933,7 @@ class _Connection:
         )
 
     def _finish_burst(self) -> None:
-        if self.burst.active:
-            self._note_burst(self.burst.end())
+        self._note_burst(self.burst.end())
 
     def _note_burst(self, taken: tuple[int, dict[str, int]] | None) -> None:
         if taken is not None:

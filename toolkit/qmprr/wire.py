@@ -108,6 +108,8 @@ NESTING_EXCEEDED = "JSON nesting depth limit exceeded"
 class MessageKind(enum.Enum):
     """What a QMP message is, judged by its top-level keys."""
 
+    __hash__ = object.__hash__  # members are singletons: hashed in C, not by Enum's Python __hash__
+
     GREETING = "greeting"
     COMMAND = "command"
     RETURN = "return"
@@ -161,7 +163,10 @@ def limit_error(encoded: bytes, limits: Limits = QEMU_LIMITS, *, extra_tokens: i
     *extra_tokens*/*extra_bytes* are added before checking (room for an id
     qmprr adds). Cheap bounds first; tokens are counted only near a limit.
     """
-    if len(encoded) + extra_bytes >= limits.token_size:
+    n = len(encoded)
+    if n + extra_tokens <= limits.token_count and n <= 2 * limits.nesting and n + extra_bytes < limits.token_size:
+        return None  # too short for any limit: a token is a byte at least, a level of nesting two
+    if n + extra_bytes >= limits.token_size:
         return TOKEN_SIZE_EXCEEDED
     opens = encoded.count(b"{") + encoded.count(b"[")
     bound = 2 * (opens * 2 + encoded.count(b",") + encoded.count(b":")) + 1  # >= tokens of valid JSON
