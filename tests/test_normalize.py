@@ -8,11 +8,14 @@ end to end: ``qmprr replay --rules`` against a real QEMU, the
 from __future__ import annotations
 
 import copy
-
+import fnmatch
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from qmprr.cli import main
 from qmprr.replay.normalize import (
@@ -21,6 +24,7 @@ from qmprr.replay.normalize import (
     Rule,
     RulesError,
     load_rules,
+    _Part,
     package_warning,
 )
 from qmprr.recording import Greeting, Msg, Record
@@ -155,6 +159,31 @@ def test_pattern_rule_replaces_only_the_match() -> None:
     assert a == b == ("return", [{"inserted": {"file": f"{PLACEHOLDER}disk.qcow2"}}])
     c = norm.reply("query-block", {"return": [{"inserted": {"file": "/srv/images/host2/other.qcow2"}}]})
     assert c != a
+
+
+_names = st.text(alphabet="ab*?[]!=-0", max_size=5)
+
+
+def _picks(part: str, node: Any) -> list[Any]:
+    """What a path part selects, as the module docstring says: globs over keys, ``*`` or an index in lists."""
+    select = re.fullmatch(r"\[([^=\]]+)=([^\]]*)\]", part)
+    if select is not None:
+        key, glob = select.groups()
+        return [i for i, item in enumerate(node) if isinstance(item, dict) and key in item
+                and fnmatch.fnmatchcase(str(item[key]), glob)] if isinstance(node, list) else []
+    if isinstance(node, dict):
+        return [k for k in node if fnmatch.fnmatchcase(k, part)]
+    if part in ("*", "[]"):
+        return list(range(len(node)))
+    return [int(part)] if part.isdigit() and int(part) < len(node) else []
+
+
+@given(part=_names | st.builds("[a={}]".format, _names), keys=st.lists(_names, max_size=6, unique=True))
+def test_a_compiled_path_part_picks_what_its_glob_says(part: str, keys: list[str]) -> None:
+    """Rules compile each path part once (a plain key is looked up): the same keys and items as fnmatch picks."""
+    assume(part != "**")
+    for node in (dict.fromkeys(keys, 0), list(keys), [{"a": k} for k in keys] + [{"b": 0}], "leaf"):
+        assert _Part.parse(part).keys(node) == (_picks(part, node) if isinstance(node, (dict, list)) else [])
 
 
 # -- TOML rules files ---------------------------------------------------------------------------

@@ -9,15 +9,19 @@ unit level through :func:`qmprr.replay.safety.refusal`.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from qmprr.cli import main
 from qmprr.recording import REDACTED, Command, Fd, Record, RecordingReader, Reply, read_records
-from qmprr.replay.engine import ReplayOptions
+from qmprr.replay.engine import ReplayOptions, _cached_decide
 from qmprr.replay.safety import PathMap, fill_secrets, refusal, secret_missing
 from qmprr.replay.script import Exchange
 from replay_support import RUNNING, Step, event, write_recording
@@ -321,3 +325,31 @@ def test_fill_secrets_unit() -> None:
 def test_hmp_secret_by_object_id() -> None:
     hmp = {"command-line": f"object_add secret,id=sec1,data={REDACTED},format=raw"}
     assert secret_missing("human-monitor-command", hmp, {"sec1": "pw"}) is None
+
+
+_arg_values = st.sampled_from(["/tmp/x.qcow2", "/etc/passwd", "/srv/img", "exec:cat", "node1", REDACTED,
+                               f"object_add secret,id=sec1,data={REDACTED}", "getfd fd1", "", 1, 1.0, True, None])
+_arguments = st.none() | st.dictionaries(
+    st.sampled_from(["filename", "path", "uri", "id", "data", "command-line", "fdname", "protocol", "password"]),
+    _arg_values | st.lists(_arg_values, max_size=2) | st.dictionaries(st.sampled_from(["filename", "id"]), _arg_values,
+                                                                      max_size=2),
+    max_size=3)
+_exchanges = st.builds(
+    Exchange,
+    command=st.sampled_from(["blockdev-add", "migrate", "getfd", "human-monitor-command", "object-add", "qom-list",
+                             "set_password", "query-status"]),
+    arguments=_arguments, reply=st.just({"return": {}}),
+    src=st.sampled_from(["primary-1", "debug-2"]), role=st.sampled_from(["primary", "internal"]),
+)
+
+
+@given(exchanges=st.lists(_exchanges, max_size=8), secrets=st.sampled_from([{}, {"sec1": "pw", "vnc": "pw"}]),
+       only_src=st.sampled_from([(), ("primary-1",)]), mapped=st.booleans())
+def test_the_engines_cached_decisions_are_the_policys(exchanges: list[Exchange], secrets: dict[str, str],
+                                                      only_src: tuple[str, ...], mapped: bool) -> None:
+    """Each exchange twice (the second with equal, not identical, arguments): cache hit or not, the same decision."""
+    path_map = PathMap.parse(["/tmp=/var/qmprr"] if mapped else [])
+    policy = ReplayOptions(secrets=secrets, only_src=only_src, path_map=path_map).policy()
+    decide = _cached_decide(policy)
+    for ex in exchanges + [attrs.evolve(ex, arguments=copy.deepcopy(ex.arguments)) for ex in exchanges]:
+        assert decide(ex) == policy.decide(ex)

@@ -195,27 +195,34 @@ async def replay(
 
 
 def _cached_decide(policy: ReplayPolicy) -> Callable[[Exchange], Decision]:
-    """``policy.decide``, worked out once per (command, role, src) for commands without arguments.
+    """``policy.decide``, worked out once per (command, role, src, arguments as JSON).
 
-    Only for the built-in rules, which are pure functions of those (and of
-    the arguments): a replay of 10,000 ``query-status`` decides once.
+    Only for the built-in rules, which are pure functions of those: a replay
+    of 10,000 ``query-status`` decides once, and a repeated ``qom-list`` of
+    one path too. Equal JSON sends equal bytes, so a cached decision's
+    arguments stand in for another exchange's.
     """
     if policy.rules is not RULES:
         return policy.decide
-    cache: dict[tuple[str, str, str], Decision] = {}
+    cache: dict[tuple[str, str, str, bytes | None], Decision] = {}
 
     def decide(ex: Exchange) -> Decision:
-        if ex.arguments is not None:
+        args = None if ex.arguments is None else codec.dumps(ex.arguments)
+        if args is not None and len(args) > MAX_CACHED_ARGUMENTS:
             return policy.decide(ex)
-        key = (ex.command, ex.role, ex.src)
+        key = (ex.command, ex.role, ex.src, args)
         decision = cache.get(key)
         if decision is None:
             decision = policy.decide(ex)
-            if len(cache) < 4096:  # names come from recordings: bounded
+            if len(cache) < 4096:  # names and arguments come from recordings: bounded
                 cache[key] = decision
         return decision
 
     return decide
+
+
+#: Longer arguments (as JSON) are decided afresh: the cache stays small.
+MAX_CACHED_ARGUMENTS = 1024
 
 
 def _chainable(ex: Exchange, decision: Decision, options: ReplayOptions) -> bool:
@@ -303,18 +310,13 @@ class _Chain:
             index, ex = self.index, self.exchanges[self.index]
             decision = self.decision
             assert decision is not None
-            step = Step(index, ex.seq, ex.command, ex.src, "matched", decision.reason, recorded_reply=ex.reply)
             if actual is None:
-                step.status, step.reason = "interrupted", (str(error) if error is not None else "") or "no reply in time"
-                future.set_result((step, index, None))
+                reason = (str(error) if error is not None else "") or "no reply in time"
+                future.set_result((Step(index, ex.seq, ex.command, ex.src, "interrupted", reason,
+                                        recorded_reply=ex.reply), index, None))
                 return
-            step.seconds = time.monotonic() - self.started
-            step.actual_reply = actual
-            if ex.reply is not None:
-                recorded = self.rewrite(ex.reply) if self.rewrite is not None else ex.reply
-                step.differences += compare_replies(ex.command, recorded, actual, self.norm, ex.arguments)
-            if not self.events.queue.empty():  # none expected (else not chained): every one is extra
-                step.differences += _unexpected_events(self.events, self.norm)
+            step = Step(index, ex.seq, ex.command, ex.src, "matched", decision.reason, self._differences(ex, actual),
+                        recorded_reply=ex.reply, actual_reply=actual, seconds=time.monotonic() - self.started)
             _verdict(step, self.options)
             if not self.settle(step):
                 future.set_result((None, len(self.exchanges), None))
@@ -333,12 +335,24 @@ class _Chain:
             if not isinstance(exc, Exception):
                 raise
 
+    def _differences(self, ex: Exchange, actual: dict[str, Any]) -> list[Difference]:
+        """How *actual* differs from the recorded reply, and the events that came meanwhile (all extra)."""
+        diffs: list[Difference] = []
+        if ex.reply is not None:
+            recorded = self.rewrite(ex.reply) if self.rewrite is not None else ex.reply
+            diffs = compare_replies(ex.command, recorded, actual, self.norm, ex.arguments)
+        if not self.events.queue.empty():  # none expected (else not chained): every one is extra
+            diffs += _unexpected_events(self.events, self.norm)
+        return diffs
+
 
 def _verdict(step: Step, options: ReplayOptions) -> None:
     """Diverged when a difference is not a host difference (or those diverge too); host ones only warn."""
+    if not step.differences:
+        return
     if any(d.host is None or options.host_differences == "diverge" for d in step.differences):
         step.status = "diverged"
-    elif step.differences:
+    else:
         step.reason = "; ".join(filter(None, [step.reason, "host differences only (warnings)"]))
 
 
@@ -387,15 +401,7 @@ async def _compare_events(
             seen[k] < (1 if k[0] in RATE_LIMITED_EVENTS else n) for k, n in expected.items()
         )
 
-    queue = events.queue
-    while True:
-        timeout = deadline - time.monotonic() if missing() else 0.0
-        try:
-            msg = await asyncio.wait_for(queue.get(), timeout) if timeout > 0 else queue.get_nowait()
-        except (TimeoutError, asyncio.QueueEmpty):
-            break
-        if msg is None:
-            break
+    while (msg := await _next_event(events.queue, deadline if missing() else None)) is not None:
         key = event_key(norm, msg)
         if seen[key] < expected.get(key, 0) or (key[0] in RATE_LIMITED_EVENTS and key in expected):
             seen[key] += 1
@@ -408,15 +414,26 @@ def _unexpected_events(events: Any, norm: Normalizer) -> list[Difference]:
     """What :func:`_compare_events` says when no event is expected: the queued ones are extra (no waiting)."""
     extras: list[tuple[str, str]] = []
     queue = events.queue
-    while True:
-        try:
-            msg = queue.get_nowait()
-        except asyncio.QueueEmpty:
-            break
-        if msg is None:
-            break
+    while not queue.empty() and (msg := queue.get_nowait()) is not None:
         extras.append(event_key(norm, msg))
     return _event_differences(collections.Counter(), collections.Counter(), extras)
+
+
+async def _next_event(queue: asyncio.Queue[Any], deadline: float | None) -> Any:
+    """The next queued event, or None (the queue's end, or none by *deadline*; no deadline: no waiting).
+
+    Waits under :func:`asyncio.timeout`: unlike ``wait_for``, no task per event.
+    """
+    if not queue.empty():
+        return queue.get_nowait()
+    left = deadline - time.monotonic() if deadline is not None else 0.0
+    if left <= 0:
+        return None
+    try:
+        async with asyncio.timeout(left):
+            return await queue.get()
+    except TimeoutError:
+        return None
 
 
 def _event_differences(expected: collections.Counter[tuple[str, str]], seen: collections.Counter[tuple[str, str]],

@@ -28,7 +28,6 @@ User rules come from a TOML file (``--rules FILE``)::
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import os
 import re
@@ -58,11 +57,12 @@ class Rule:
     pattern: str | None = None
     command: str | None = None
     event: str | None = None
-    _parts: tuple[str, ...] = attrs.field(init=False, repr=False, eq=False)
+    _parts: tuple[_Part | None, ...] = attrs.field(init=False, repr=False, eq=False)  # None: ``**``
     _regex: re.Pattern[str] | None = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_parts", tuple(self.path.split(".")) if self.path else ())
+        parts = tuple(None if p == "**" else _Part.parse(p) for p in self.path.split(".")) if self.path else ()
+        object.__setattr__(self, "_parts", parts)
         regex = re.compile(self.pattern) if self.pattern is not None else None
         object.__setattr__(self, "_regex", regex)
 
@@ -88,11 +88,11 @@ class Rule:
 _DROP = object()
 
 
-def _apply(node: Any, parts: tuple[str, ...], rule: Rule) -> Any:
+def _apply(node: Any, parts: tuple[_Part | None, ...], rule: Rule) -> Any:
     if not parts:
         return _DROP if rule.action == "ignore" and rule._regex is None else rule._transform(node)
-    head, rest = parts[0], parts[1:]
-    if head == "**":
+    part, rest = parts[0], parts[1:]
+    if part is None:  # **
         node = _apply(node, rest, rule)  # zero levels
         if node is _DROP:
             return node
@@ -100,18 +100,7 @@ def _apply(node: Any, parts: tuple[str, ...], rule: Rule) -> Any:
         for key, child in list(children):
             _set(node, key, _apply(child, parts, rule))
         return node
-    select = _SELECT.fullmatch(head)
-    if select is not None:  # [key=glob]: the list items whose key matches
-        key, glob = select.groups()
-        keys = [i for i, item in enumerate(node) if isinstance(item, dict) and key in item
-                and fnmatch.fnmatchcase(str(item[key]), glob)] if isinstance(node, list) else []
-    elif isinstance(node, dict):
-        keys = [k for k in node if head == "*" or fnmatch.fnmatchcase(k, head)]
-    elif isinstance(node, list):
-        keys = list(range(len(node))) if head in ("*", "[]") else ([int(head)] if head.isdigit() and int(head) < len(node) else [])
-    else:
-        return node
-    for key in keys:
+    for key in part.keys(node):
         _set(node, key, _apply(node[key], rest, rule))
     return node
 
@@ -127,6 +116,46 @@ def _set(node: Any, key: Any, value: Any) -> None:
 
 
 _SELECT = re.compile(r"\[([^=\]]+)=([^\]]*)\]")
+
+
+@attrs.frozen
+class _Part:
+    """One part of a rule's path, worked out once per rule: the keys (or list indexes) it picks in a node."""
+
+    text: str
+    item_key: str | None = None  # [item_key=glob]: the list items whose item_key matches
+    glob: re.Pattern[str] | None = None  # None: a plain key (looked up), or ``*``
+    index: int | None = None  # a list position
+
+    @classmethod
+    def parse(cls, text: str) -> _Part:
+        select = _SELECT.fullmatch(text)
+        if select is not None:
+            return cls(text, select[1], _glob(select[2]))
+        glob = _glob(text) if text != "*" and any(c in text for c in "*?[") else None
+        return cls(text, None, glob, int(text) if text.isdecimal() else None)
+
+    def keys(self, node: Any) -> list[Any]:
+        if self.item_key is not None:
+            key, glob = self.item_key, self.glob
+            assert glob is not None
+            return [i for i, item in enumerate(node) if isinstance(item, dict) and key in item
+                    and glob.match(str(item[key]))] if isinstance(node, list) else []
+        if isinstance(node, dict):
+            if self.glob is not None:
+                return [k for k in node if self.glob.match(k)]
+            return list(node) if self.text == "*" else [self.text] if self.text in node else []
+        if isinstance(node, list):
+            if self.text in ("*", "[]"):
+                return list(range(len(node)))
+            return [self.index] if self.index is not None and self.index < len(node) else []
+        return []
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    """What ``fnmatch.fnmatchcase(name, pattern)`` matches, compiled once."""
+    return re.compile(fnmatch.translate(pattern))
+
 
 _TMP_PATH = r"(?:unix:|file:)?(?:/tmp|/var/tmp|/run|/dev/shm)/[^,\s\"']*"
 
@@ -187,7 +216,7 @@ class Normalizer:
                 self._applying[(command, event)] = rules
         if not rules:
             return payload
-        payload = copy.deepcopy(payload)
+        payload = _copy(payload)
         for rule in rules:
             payload = rule.apply(payload)
             if payload is _DROP:
@@ -209,6 +238,15 @@ class Normalizer:
     def arguments(self, command: str | None, arguments: Any) -> Any:
         """Command arguments as matching compares them (paths, node names)."""
         return self._run(arguments, command, None) if arguments else arguments
+
+
+def _copy(value: Any) -> Any:
+    """A copy of a JSON value for the rules to change in place: its dicts and lists (the rest is immutable)."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
 
 
 @attrs.frozen
