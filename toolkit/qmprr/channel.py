@@ -390,8 +390,9 @@ class Channel:
         The hot path of the serve loop: no future and no task; *done* is called
         from the callback that read QEMU's reply (or at once, when the command
         is refused). Returns the token :meth:`withdraw` takes. *tx* is explicit
-        (no transaction of the current task is looked up). *body*:
-        :func:`qmprr.session.command_body` of *msg*, when the caller has it.
+        (no transaction of the current task is looked up). *body*, when the
+        caller has it, must be :func:`qmprr.session.command_body` of *msg*: it is
+        what is sent (with qmprr's id), so the serve loop does not encode *msg* twice.
         """
         token = next(self._tokens)
         self._callbacks[token] = done

@@ -726,7 +726,7 @@ class ChannelCore:
         sent.pop("id", None)
         sent["id"] = wire_id  # last, as the wire bytes have it
         try:
-            data = wire.encode(sent) if item.body is None else wire.encode_with_id(item.body, wire_id)
+            data = wire.encode(sent) if item.body is None or len(item.body) < 3 else wire.encode_with_id(item.body, wire_id)
         except Exception as exc:  # noqa: BLE001 - anything the encoder refuses is refused here
             self._refuse(item, ChannelError(f"cannot encode {item.name!r} for QEMU: {exc}"))
             return

@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 from . import images
+from .recording import ABSENT
 from .recording.redact import REDACTED
 
 #: The note's text (replay reads its data, not its text).
@@ -58,8 +59,9 @@ class ImageWatcher:
             await self._note(opened)
         return reply
 
-    def _submit(self, msg: dict[str, Any], *, done: Any, src: str, role: str, client_id: Any, tx: Any,
-                fds: Any = (), fd_info: Any = (), body: bytes | None = None) -> Any:
+    def _submit(self, msg: dict[str, Any], *, done: Any, src: str = "library", role: str = "primary",
+                client_id: Any = ABSENT, tx: Any = None, fds: Any = (), fd_info: Any = (),
+                body: bytes | None = None) -> Any:
         """The channel's ``submit``; once QEMU opened the images, their note (qemu-img run here: a few ms,
         once per image name, image commands only), then the reply goes on.
 

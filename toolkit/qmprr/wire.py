@@ -164,8 +164,8 @@ def limit_error(encoded: bytes, limits: Limits = QEMU_LIMITS, *, extra_tokens: i
     qmprr adds). Cheap bounds first; tokens are counted only near a limit.
     """
     n = len(encoded)
-    if n + extra_tokens <= limits.token_count and n <= 2 * limits.nesting and n + extra_bytes < limits.token_size:
-        return None  # too short for any limit: a token is a byte at least, a level of nesting two
+    if n + extra_tokens <= limits.token_count and n <= limits.nesting and n + extra_bytes < limits.token_size:
+        return None  # too short for any limit: a token, and a level of nesting, is a byte at least
     if n + extra_bytes >= limits.token_size:
         return TOKEN_SIZE_EXCEEDED
     opens = encoded.count(b"{") + encoded.count(b"[")

@@ -85,7 +85,7 @@ class RecordWriter:
         self._next_seq = next_seq
         self._encoder = LineEncoder(redactor, seal_key, head=last_hash)
         self._t0 = time.monotonic() - t_offset
-        self._last_t = t_offset
+        self._last_t = float(t_offset)
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()  # one fdatasync at a time, outside _lock
         self._size = os.fstat(fd).st_size  # where the next line starts (to undo a failed write)
