@@ -24,6 +24,13 @@ def cmd_bench_proxy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_hotpath(args: argparse.Namespace) -> int:
+    from ..bench import hotpath
+
+    hotpath.run(commands=args.commands, rounds=args.rounds)
+    return EXIT_OK
+
+
 def cmd_bench_replay(args: argparse.Namespace) -> int:
     from ..bench import replay
 
@@ -76,6 +83,17 @@ def register(sub: Any) -> None:
     )
     b.add_argument("--commands", type=count, default=2000, help="round trips per way (default 2,000)")
     b.add_argument("--rounds", type=count, default=10, help="interleaved rounds (default 10)")
+    b = command(
+        bench, "hotpath",
+        help="the proxy's Python per command, in process (fake transports, a real log)",
+        description="Drive the serve loop, channel and writer with fake transports: time per command "
+        "warm and after a 1 ms sleep (cold caches), bytecodes and Python calls per command, and the "
+        "functions executing most of them (exact counts: compare versions of the code with them).",
+        examples=["qmprr bench hotpath --commands 5000 --rounds 5"],
+        exits=_EXITS, func=cmd_bench_hotpath,
+    )
+    b.add_argument("--commands", type=count, default=5000, help="commands per warm round (default 5,000)")
+    b.add_argument("--rounds", type=count, default=5, help="interleaved rounds (default 5)")
     b = command(
         bench, "replay",
         help="fake QEMU throughput, and replay's cost against a real QEMU",
