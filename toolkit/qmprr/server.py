@@ -844,7 +844,7 @@ class _Connection:
                                  done=self._forward_done, body=action.body, **extra)
         except QmprrError as exc:
             _close_fds(fds)
-            self._busy, self._fds_in_use, self._token = None, [], None
+            self._busy, self._fds_in_use, self._token, self._forwarded = None, [], None, None
             self._replied(self._refused(exc, action), forward=True)
             return
         if self._token is _SUBMITTING:  # else it was answered at once (and the next may be under way)
@@ -858,9 +858,10 @@ class _Connection:
             self._fds_in_use = []
         if self._busy == "forward":
             self._busy = None
+        action, self._forwarded = self._forwarded, None  # a large command is not kept until the next
         if error is not None:
-            assert self._forwarded is not None
-            reply = self._refused(error, self._forwarded)
+            assert action is not None
+            reply = self._refused(error, action)
         self._replied(reply, forward=True)
 
     def _replied(self, reply: dict[str, Any] | None, *, forward: bool = False) -> None:
