@@ -9,7 +9,9 @@ proxy. Prints per-command medians and the ratios proxy/straight (P2 raw, P1
 QMPClient) with their spread (min–max of the per-round ratios), the proxy's
 CPU time per command (user+sys of all its threads, from ``/proc``, over the
 raw rounds), and the throughput of 50 concurrent raw clients through the
-proxy against one raw client alone straight to QEMU.
+proxy against one raw client alone straight to QEMU. Beside the proxy, in the
+same rounds, the floors of :mod:`qmprr.bench.floors` (a native and a Python
+byte relay, the least write-ahead recorder): what any proxy costs here.
 """
 
 from __future__ import annotations
@@ -27,44 +29,9 @@ import tempfile
 import time
 
 from .. import wire
+from . import floors
 
 QUERY = b'{"execute":"query-status","id":1}'
-
-#: The floor for any proxy process: bytes relayed as they come (uvloop protocols, no
-#: parsing, no log). What it adds is the cost of the extra hop itself.
-RELAY = r'''
-import asyncio, sys
-try:
-    import uvloop
-except ImportError:
-    uvloop = None
-
-async def main(upstream, path):
-    loop = asyncio.get_running_loop()
-    early = []
-
-    class Up(asyncio.Protocol):
-        down = None
-        def data_received(self, data):
-            (self.down.write(data) if self.down else early.append(data))
-
-    up_transport, up = await loop.create_unix_connection(Up, upstream)
-
-    class Down(asyncio.Protocol):
-        def connection_made(self, transport):
-            up.down = transport
-            transport.write(b"".join(early))
-        def data_received(self, data):
-            up_transport.write(data)
-
-    await loop.create_unix_server(Down, path)
-    await asyncio.Event().wait()
-
-if uvloop is not None:
-    uvloop.install()
-asyncio.run(main(sys.argv[1], sys.argv[2]))
-'''
-
 
 def _wait_for(path: str, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
@@ -188,24 +155,23 @@ def run(commands: int = 2000, rounds: int = 10, qemu: str = "qemu-system-x86_64"
         raise SystemExit(f"qmprr bench: {qemu} not found (apt-get install qemu-system-x86)")
     per_round = max(1, commands // rounds)
     with tempfile.TemporaryDirectory() as tmp:
-        qsock, upstream, psock, record, rup, rsock = (
-            os.path.join(tmp, n)
-            for n in ("qemu.sock", "upstream.sock", "proxy.sock", "bench.jsonl", "relay-up.sock", "relay.sock")
-        )
+        qsock, upstream, psock, record = (
+            os.path.join(tmp, n) for n in ("qemu.sock", "upstream.sock", "proxy.sock", "bench.jsonl"))
+        floor_argv = floors.argvs(tmp)
         qemu_proc = subprocess.Popen(
             [qemu, "-machine", "none", "-nodefaults", "-display", "none",
-             "-qmp", f"unix:{qsock},server=on,wait=off",
-             "-qmp", f"unix:{upstream},server=on,wait=off",
-             "-qmp", f"unix:{rup},server=on,wait=off"],
+             *(a for sock in (qsock, upstream, *(f.upstream for f in floor_argv))
+               for a in ("-qmp", f"unix:{sock},server=on,wait=off"))],
             stdin=subprocess.DEVNULL,
         )
-        proxy = relay = None
+        proxy = None
+        running: list[tuple[floors.Floor, subprocess.Popen[bytes]]] = []
         try:
-            _wait_for(qsock, qemu_proc)
-            _wait_for(upstream, qemu_proc)
-            _wait_for(rup, qemu_proc)
-            relay = subprocess.Popen([sys.executable, "-c", RELAY, rup, rsock], stdin=subprocess.DEVNULL)
-            _wait_for(rsock, relay)
+            for sock in (qsock, upstream, *(f.upstream for f in floor_argv)):
+                _wait_for(sock, qemu_proc)
+            for floor in floor_argv:
+                running.append((floor, subprocess.Popen(floor.argv, stdin=subprocess.DEVNULL)))
+                _wait_for(floor.socket, running[-1][1])
             proxy = subprocess.Popen(
                 [sys.executable, "-m", "qmprr.cli", "proxy", "--upstream", upstream,
                  "--record", record, "--socket", psock],
@@ -213,12 +179,15 @@ def run(commands: int = 2000, rounds: int = 10, qemu: str = "qemu-system-x86_64"
                 stderr=subprocess.DEVNULL,
             )
             _wait_for(psock, proxy)
-            raw_direct, raw_proxy, raw_relay = RawClient(qsock), RawClient(psock), RawClient(rsock)
+            raw_direct, raw_proxy = RawClient(qsock), RawClient(psock)
+            floor_clients = [RawClient(floor.socket) for floor, _proc in running]
             times: dict[str, list[float]] = {k: [] for k in ("raw", "raw+proxy", "qmp", "qmp+proxy")}
-            raw_direct.timed(50), raw_proxy.timed(50), raw_relay.timed(50)  # warm-up
-            ratios: dict[str, list[float]] = {"ratio_raw": [], "ratio_qmp": [], "throughput": [], "relay": []}
+            for client in (raw_direct, raw_proxy, *floor_clients):
+                client.timed(50)  # warm-up
+            ratios: dict[str, list[float]] = {"ratio_raw": [], "ratio_qmp": [], "throughput": []}
             cpu: list[float] = []
-            cpu_relay: list[float] = []
+            floor_ratios: list[list[float]] = [[] for _ in running]
+            floor_cpu: list[list[float]] = [[] for _ in running]
             for _ in range(rounds):
                 direct = raw_direct.timed(per_round)
                 before = cpu_seconds(proxy.pid)
@@ -227,13 +196,15 @@ def run(commands: int = 2000, rounds: int = 10, qemu: str = "qemu-system-x86_64"
                 times["raw"] += direct
                 times["raw+proxy"] += proxied
                 ratios["ratio_raw"].append(statistics.median(proxied) / statistics.median(direct))
-                before = cpu_seconds(relay.pid)
-                relayed = raw_relay.timed(per_round)
-                cpu_relay.append((cpu_seconds(relay.pid) - before) / per_round * 1e6)
-                ratios["relay"].append(statistics.median(relayed) / statistics.median(direct))
+                for i, ((_floor, proc), client) in enumerate(zip(running, floor_clients)):
+                    before = cpu_seconds(proc.pid)
+                    relayed = client.timed(per_round)
+                    floor_cpu[i].append((cpu_seconds(proc.pid) - before) / per_round * 1e6)
+                    floor_ratios[i].append(statistics.median(relayed) / statistics.median(direct))
+            for client in floor_clients:
+                client.close()
             raw_direct.close()
             raw_proxy.close()
-            raw_relay.close()
             times["qmp"], times["qmp+proxy"] = asyncio.run(_qmpclient_times(qsock, psock, per_round, rounds))
             for r in range(rounds):
                 part = slice(r * per_round, (r + 1) * per_round)
@@ -256,9 +227,9 @@ def run(commands: int = 2000, rounds: int = 10, qemu: str = "qemu-system-x86_64"
             if proxy is not None:
                 proxy.send_signal(signal.SIGTERM)
                 proxy.wait(10)
-            if relay is not None:
-                relay.kill()
-                relay.wait()
+            for _floor, proc in running:
+                proc.kill()
+                proc.wait()
             qemu_proc.kill()
             qemu_proc.wait()
         records = sum(1 for _ in open(record, "rb"))
@@ -282,8 +253,13 @@ def run(commands: int = 2000, rounds: int = 10, qemu: str = "qemu-system-x86_64"
           f"   ({verdict('ratio_qmp', medians['ratio_qmp'])})")
     print(f"  proxy CPU per command (user+sys):     {medians['cpu_us']:.1f} us  rounds {min(cpu):.1f}–{max(cpu):.1f}"
           f"   ({verdict('cpu_us', medians['cpu_us'])})")
-    print(f"  floor, a minimal byte relay (no parsing, no log): ratio {statistics.median(ratios['relay']):.2f}"
-          f"  rounds {_spread(ratios['relay'])}, CPU {statistics.median(cpu_relay):.1f} us/command")
+    for (floor, _proc), f_ratios, f_cpu in zip(running, floor_ratios, floor_cpu):
+        medians[f"floor_{floor.name}"] = statistics.median(f_ratios)
+        medians[f"floor_{floor.name}_cpu_us"] = statistics.median(f_cpu)
+        print(f"  floor, {floor.title}: ratio {statistics.median(f_ratios):.2f}"
+              f"  rounds {_spread(f_ratios)}, CPU {statistics.median(f_cpu):.1f} us/command")
+    if not any(floor.name == "socat" for floor, _proc in running):
+        print("  (no native floor: socat is not installed; apt-get install socat)")
     print(f"  {clients} clients x {each} commands through the proxy: {statistics.median(together):,.0f}/s;"
           f" one raw client alone straight: {statistics.median(alone):,.0f}/s;"
           f" proxy CPU {statistics.median(cpu_many):.1f} us/command")
