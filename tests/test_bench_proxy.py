@@ -47,3 +47,18 @@ def test_the_recorder_floor_writes_each_record_before_passing_its_message_on(tmp
     assert kinds == ["command", "reply"] * 4  # qmp_capabilities, then 3 query-status
     assert all(line["prev"] == before["h"] for before, line in zip(lines, lines[1:]))
     assert lines[-2]["msg"]["execute"] == "query-status" and lines[-2]["msg"]["id"].startswith("qmprr-")
+
+
+def test_the_replay_floors_record_every_command_and_reply(tmp_path: str) -> None:
+    from qmprr.bench import replay as bench_replay
+    from qmprr.recording import read_records
+
+    commands = [b'{"execute":"query-status"}', b'{"execute":"query-name"}'] * 3
+    hand, ours = os.path.join(tmp_path, "hand.jsonl"), os.path.join(tmp_path, "ours.jsonl")
+    assert bench_replay._floor_time("qemu-system-x86_64", commands, hand, writer=False) > 0
+    assert bench_replay._floor_time("qemu-system-x86_64", commands, ours, writer=True) > 0
+    lines = [orjson.loads(line) for line in open(hand, "rb")]
+    assert [line["kind"] for line in lines] == ["command", "reply"] * 6
+    assert all(line["prev"] == before["h"] for before, line in zip(lines, lines[1:]))
+    kinds = [r.kind for r in read_records(ours)]
+    assert kinds.count("command") == 6 and kinds.count("reply") == 6

@@ -14,7 +14,10 @@ is replayed by the engine (``--target qemu``, as fast as possible: channel,
 write-ahead log, comparisons) and, as the baseline, sent by a raw blocking
 client straight to a fresh QEMU (the same private socketpair monitor), one
 command at a time, reading each reply.
-A middle line (the channel alone, no engine) shows where the cost lies.
+A middle line (the channel alone, no engine) shows where the cost lies, and
+two floors the least a write-ahead replayer costs: one asyncio protocol
+callback per reply, recording each command and reply (a hand-made hash chain,
+then qmprr's RecordWriter) before sending the next.
 Rounds alternate so machine noise hits all of them alike; medians are printed.
 """
 
@@ -278,6 +281,85 @@ def _raw_time(qemu: str, commands: list[bytes]) -> float:
         _stop(proc)
 
 
+def _floor_time(qemu: str, commands: list[bytes], log_path: str, *, writer: bool) -> float:
+    """Seconds for the least write-ahead replayer on asyncio to run *commands* against a fresh QEMU.
+
+    One protocol callback per reply: the reply recorded, the next command
+    recorded and written. The records are a hand-made hash chain, or (*writer*)
+    qmprr's :class:`~qmprr.recording.RecordWriter`, which every design keeps.
+    """
+    import hashlib
+
+    from ..launch import monitor_args
+    from ..recording import RecordWriter
+    from ..recording.header import header_for_greeting
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    proc = subprocess.Popen(
+        [qemu, *QEMU_NONE, *monitor_args(theirs.fileno())], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL
+    )
+    theirs.close()
+    log = RecordWriter.create(log_path, header_for_greeting({"QMP": {"version": {}, "capabilities": []}})) if writer else None
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if log is None else -1
+    state: dict[str, Any] = {"prev": b"0" * 32, "seq": 0}
+
+    def record(kind: bytes, line: bytes) -> None:
+        if log is not None:
+            msg = codec.loads(line)
+            if kind == b"command":
+                state["seq"] = log.append_command(src="primary-1", role="primary", msg=msg, encoded=line)
+            else:
+                log.append_reply(cmd=state["seq"], msg=msg)
+            return
+        out = b'{"kind":"%b","msg":%b,"prev":"%b"' % (kind, line, state["prev"])
+        state["prev"] = hashlib.blake2b(out, digest_size=16).hexdigest().encode()
+        os.write(fd, out + b',"h":"%b"}\n' % state["prev"])
+
+    async def replay() -> float:
+        loop = asyncio.get_running_loop()
+        finished = loop.create_future()
+        todo = iter(commands)
+
+        class Replayer(asyncio.Protocol):
+            buf = b""
+
+            def connection_made(self, transport: Any) -> None:
+                self.transport = transport
+
+            def send_next(self) -> None:
+                command = next(todo, None)
+                if command is None:
+                    finished.set_result(None)
+                    return
+                record(b"command", command)
+                self.transport.write(command)
+
+            def data_received(self, data: bytes) -> None:
+                self.buf += data
+                while b"\n" in self.buf:
+                    reply, self.buf = self.buf.split(b"\n", 1)
+                    record(b"reply", reply)
+                    self.send_next()
+
+        _transport, protocol = await loop.create_connection(Replayer, sock=ours)
+        start = time.perf_counter()
+        protocol.send_next()
+        await finished
+        return time.perf_counter() - start
+
+    try:
+        _negotiate(ours)
+        ours.setblocking(False)
+        return float(_run(replay()))
+    finally:
+        if log is not None:
+            log.close()
+        else:
+            os.close(fd)
+        ours.close()
+        _stop(proc)
+
+
 def bench_replay(m: int, rounds: int, qemu: str, tmp: str) -> dict[str, float]:
     from ..replay.script import load_script
 
@@ -285,9 +367,13 @@ def bench_replay(m: int, rounds: int, qemu: str, tmp: str) -> dict[str, float]:
     argv = _run(_record_mix(qemu, record, m))
     script = load_script(record)
     commands = [codec.dumps(ex.msg) for ex in script.exchanges]
-    times: dict[str, list[float]] = {"raw": [], "channel": [], "engine": []}
+    times: dict[str, list[float]] = {"raw": [], "floor": [], "floor writer": [], "channel": [], "engine": []}
     for r in range(rounds):
         times["raw"].append(_raw_time(qemu, commands))
+        for key, writer in (("floor", False), ("floor writer", True)):
+            floor_log = os.path.join(tmp, f"floor-{r}-{writer}.jsonl")
+            times[key].append(_floor_time(qemu, commands, floor_log, writer=writer))
+            os.unlink(floor_log)
         elapsed, _ = _run(_engine_time(script, argv, tmp, f"c{r}", engine=False))
         times["channel"].append(elapsed)
         elapsed, matched = _run(_engine_time(script, argv, tmp, f"e{r}", engine=True))
@@ -343,8 +429,11 @@ def run(
             times = bench_replay(commands, rounds, qemu, tmp)
             print(f"qmprr bench replay (b): replay of a {commands:,}-command recording against a real QEMU "
                   f"(asap), median of {rounds} rounds")
-            for key, label in (("raw", "raw client"), ("channel", "channel only"), ("engine", "replay engine")):
+            for key, label in (("raw", "raw client"), ("floor", "floor"), ("floor writer", "floor + writer"),
+                               ("channel", "channel only"), ("engine", "replay engine")):
                 print(f"  {label:<14} {times[key]:8.3f} s   {times[key] / commands * 1e6:7.1f} us/command")
+            print(f"  floor / raw: {times['floor'] / times['raw']:.2f} (the least write-ahead replayer on asyncio);"
+                  f" with qmprr's RecordWriter: {times['floor writer'] / times['raw']:.2f}")
             ratio = times["engine"] / times["raw"]
             print(f"  P5 ratio engine/raw: {ratio:.2f}  rounds {times['ratio min']:.2f}–{times['ratio max']:.2f}   "
                   f"channel/raw: {times['channel'] / times['raw']:.2f}   "
