@@ -396,6 +396,16 @@ class Channel:
         """
         token = next(self._tokens)
         self._callbacks[token] = done
+        if not fds and tx is None:  # the wire is free (else None): one command at a time, no effect list
+            data = self._core.send_now(token, msg, now=time.monotonic(), src=src, role=role,
+                                       client_id=client_id, body=body)
+            if data is not None:
+                if data:
+                    self._write(data, ())
+                    self._arm_timer()
+                else:
+                    self._apply(self._core.take_effects())
+                return token
         if fds:
             self._fds[token] = tuple(fds)
         self._apply(self._core.ask(
@@ -538,18 +548,7 @@ class Channel:
             if isinstance(effect, Write):
                 self._write(effect.data, self._fds.pop(effect.token, ()) if effect.fds else ())
             elif isinstance(effect, Answer):
-                done = self._callbacks.pop(effect.token, None)
-                if done is not None:
-                    if self._fds:
-                        self._fds.pop(effect.token, None)
-                    done(effect.reply, effect.error)
-                    continue
-                future = self._futures.get(effect.token)
-                if future is not None and not future.done():
-                    if effect.error is not None:
-                        future.set_exception(effect.error)
-                    else:
-                        future.set_result(effect.reply)
+                self._answer(effect.token, effect.reply, effect.error)
             elif isinstance(effect, Fanout):
                 for sub in list(self._subscribers):
                     sub.offer(effect.msg)
@@ -570,6 +569,21 @@ class Channel:
             elif isinstance(effect, Closed):
                 self._on_closed()
         self._arm_timer()
+
+    def _answer(self, token: Hashable, reply: dict[str, Any] | None, error: ChannelError | None) -> None:
+        """Give the caller of *token* (a callback of :meth:`submit`, or a future) its reply or error."""
+        done = self._callbacks.pop(token, None)
+        if done is not None:
+            if self._fds:
+                self._fds.pop(token, None)
+            done(reply, error)
+            return
+        future = self._futures.get(token)
+        if future is not None and not future.done():
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(reply)
 
     def _write(self, data: bytes, fds: Sequence[int]) -> None:
         """Every write goes through here, so bytes reach QEMU in the order they are given."""
@@ -715,7 +729,12 @@ class _Upstream(WriteFlow, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         channel = self.channel
-        channel._apply(channel._core.receive(data, now=time.monotonic()))
+        answered = channel._core.receive_reply(data, now=time.monotonic())
+        if answered is None:
+            channel._apply(channel._core.take_effects())
+        else:  # the reply to the command in flight, alone: no effect list
+            channel._answer(*answered)
+            channel._arm_timer()
 
     def eof_received(self) -> bool:
         self.channel._shutdown("eof", "QEMU closed the monitor connection")

@@ -471,6 +471,33 @@ class ChannelCore:
                 self._pump()
         return self._flush()
 
+    def send_now(
+        self, token: Hashable, msg: dict[str, Any], *, now: float, src: str = "library", role: str = "primary",
+        client_id: Any = ABSENT, body: bytes | None = None,
+    ) -> bytes | None:
+        """:meth:`ask` (no transaction, no fds) when the wire is free: the bytes to write to QEMU.
+
+        The hot path of one command at a time: when nothing is in flight, nothing
+        waits or holds the wire and the channel is open and recording, the command
+        is sent as :meth:`ask` would send it (recorded, given the wire id) and its
+        bytes are returned for the driver to write, with no effect list. ``None``
+        when that is not the case: nothing was done, call :meth:`ask`. ``b""`` when
+        the command was refused meanwhile (it could not be encoded or recorded):
+        the refusal waits in :meth:`take_effects`.
+        """
+        if (self._in_flight is not None or self._queue or self._hold is not None or self._out
+                or self.closed_reason is not None or self.refusing is not None or self.wedged is not None
+                or self.paused_since is not None or token in self._tokens):
+            return None
+        self._now = now
+        self._tokens.add(token)
+        self._send(_Ask(token, msg, src, role, client_id, None, 0, now, (), body))
+        out = self._out
+        if len(out) == 1 and type(out[0]) is Write:
+            self._out = []
+            return out[0].data
+        return b""
+
     def begin(
         self, token: Hashable, label: str, owner: str, *, now: float, role: str = "primary",
         client_id: Any = ABSENT,
@@ -569,19 +596,48 @@ class ChannelCore:
         any effect of theirs is returned: write-ahead holds for each.
         """
         self._now = now
+        self._receive_items(self._decoder.feed(data))
+        return self._flush()
+
+    def receive_reply(
+        self, data: bytes, *, now: float
+    ) -> tuple[Hashable, dict[str, Any] | None, ChannelError | None] | None:
+        """:meth:`receive` for the common read: the reply to the command in flight, alone.
+
+        When *data* completes exactly that reply and nothing waits for the wire,
+        it is handled as :meth:`receive` would (recorded first) and its answer,
+        ``(token, reply, error)``, is returned for the driver to deliver, with no
+        effect list. Otherwise ``None``, and the effects of *data* wait in
+        :meth:`take_effects`.
+        """
+        self._now = now
         items = self._decoder.feed(data)
+        flight = self._in_flight
+        if (len(items) == 1 and flight is not None and not flight.answered and flight.seq is not None
+                and not self._queue and self._hold is None and self.wedged is None and not self._out
+                and self.closed_reason is None and type(items[0]) is dict
+                and self._route(items[0], flight)[0] is Route.REPLY):
+            self._reply(flight, items[0])
+            out = self._out
+            if len(out) == 1 and type(out[0]) is Answer:
+                self._out = []
+                return out[0].token, out[0].reply, out[0].error
+            return None
+        self._receive_items(items)
+        return None
+
+    def _receive_items(self, items: list[dict[str, Any] | wire.FramingError]) -> None:
         if len(items) > 1 and self.closed_reason is None:
             many = getattr(self.log, "append_many", None)
             plan = self._plan(items) if many is not None else None
             if plan is not None and many is not None:
                 self._receive_batch(plan, many)
-                return self._flush()
+                return
         for item in items:
             if isinstance(item, wire.FramingError):
                 self._note(f"unparsable data from QEMU: {item!r}")
             else:
                 self._message(item)
-        return self._flush()
 
     def receive_messages(self, msgs: Iterable[dict[str, Any]], *, now: float) -> list[Effect]:
         """Messages from QEMU already decoded (e.g. read together with the greeting)."""
