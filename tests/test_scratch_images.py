@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -351,3 +352,56 @@ def test_an_import_describes_images_where_the_log_says(tmp_path: Path) -> None:
     assert found["/tmp/qmprr-lvcap/images/hot.qcow2"] == {
         "path": "/tmp/qmprr-lvcap/images/hot.qcow2", "format": "qcow2", "virtual_size": 16 * 2**20,
         "cluster_size": 65536}  # fmt: skip
+
+
+async def test_without_qemus_folder_relative_names_are_not_described(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from qmprr.image_watch import ImageWatcher
+    from qmprr.recording import Redactor
+
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "d.qcow2"), "8M"], check=True)
+    monkeypatch.chdir(tmp_path)  # qmprr's own folder holds a d.qcow2: it is not QEMU's
+    backend = _Backend(Redactor())
+    relative = {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "n",
+                                                         "file": {"driver": "file", "filename": "d.qcow2"}}}
+    await ImageWatcher(backend).execute(relative)
+    assert backend.notes == []
+    await ImageWatcher(backend, str(tmp_path)).execute(relative)
+    assert backend.notes[0][1]["images"][0]["path"] == "d.qcow2"
+
+
+@pytest.mark.qemu
+def test_the_proxy_reads_relative_image_names_in_qemus_folder_not_its_own(tmp_path: Path) -> None:
+    """QEMU opens ``disk.qcow2`` in its folder; a decoy of that name in the proxy's folder is never read."""
+    from qmprr.client import QmpClient
+    from qmprr.recording import Note, read_records
+
+    support.require_qemu()
+    theirs, ours = tmp_path / "qemu-folder", tmp_path / "proxy-folder"
+    theirs.mkdir()
+    ours.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(theirs / "disk.qcow2"), "16M"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(ours / "disk.qcow2"), "48M"], check=True)
+    upstream, record, sock = str(tmp_path / "qemu.sock"), tmp_path / "rec.jsonl", str(tmp_path / "px.sock")
+    qemu = subprocess.Popen([*support.QEMU_NONE, "-qmp", f"unix:{upstream},server=on,wait=off"],
+                            cwd=theirs, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proxy = None
+    try:
+        support.wait_for_socket(upstream, proc=qemu)
+        proxy = subprocess.Popen([*support.QMPRR, "proxy", "--upstream", upstream, "--record", str(record),
+                                  "--socket", sock], cwd=ours, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        support.wait_for_socket(sock, proc=proxy)
+        with QmpClient(sock) as client:
+            reply = client.execute("blockdev-add", {"driver": "qcow2", "node-name": "n",
+                                                    "file": {"driver": "file", "filename": "disk.qcow2"}})
+            assert "return" in reply, reply
+            client.execute("query-status")  # the note is written before this command's record
+        proxy.send_signal(signal.SIGTERM)
+        assert proxy.wait(20) == 0
+    finally:
+        for proc in (proxy, qemu):
+            if proc is not None:
+                support.reap(proc)
+    notes = [r.data for r in read_records(record) if isinstance(r, Note) and r.data and "images" in r.data]
+    assert [image["path"] for note in notes for image in note["images"]] == ["disk.qcow2"]
+    assert notes[0]["images"][0]["virtual_size"] == 16 * 2**20  # QEMU's image, not the decoy (48M)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 
 import attrs
 
@@ -110,3 +111,19 @@ def connect(text: str, timeout: float | None) -> socket.socket:
         return sock
     except OSError as exc:
         raise AddressError(f"cannot connect to {text}: {exc.strerror or exc}") from None
+
+
+def peer_credentials(sock: socket.socket | None) -> tuple[int, int] | None:
+    """``(pid, uid)`` of a UNIX socket's peer when the kernel tells (``SO_PEERCRED``); else None.
+
+    For a socket connected to a listener, the listener's process; for one end of
+    a ``socketpair``, the process that made the pair (not who holds the other end).
+    """
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return (pid, uid) if pid > 0 else None

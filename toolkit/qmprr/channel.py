@@ -36,7 +36,7 @@ from typing import Any
 
 import attrs
 
-from . import wire
+from . import address, wire
 from .flow import WriteFlow
 from .channel_core import (
     DEFAULT_LOG_WAIT_TIMEOUT,
@@ -236,6 +236,13 @@ class Channel:
         self._timer_at: float | None = None
         self.closed = asyncio.Event()
         self._upstream: _Upstream | None = None
+
+    @property
+    def peer_pid(self) -> int | None:
+        """The pid of the process listening on QEMU's monitor socket, when the kernel tells (None on a socketpair's
+        end qmprr made: that names qmprr)."""
+        creds = address.peer_credentials(self._transport.get_extra_info("socket"))
+        return creds[0] if creds is not None and creds[0] != os.getpid() else None
 
     @property
     def closed_reason(self) -> str | None:

@@ -10,6 +10,10 @@ where QEMU follows it), and never one QEMU refused: a client cannot make the
 recorder read what QEMU could not. Only names that survive redaction (as the
 log keeps the command) are described, so a path a redaction rule hides is
 never written out.
+
+A relative name is QEMU's: it is read in QEMU's folder (``/proc/PID/cwd`` of
+the QEMU process, which is where QEMU opened it, wherever qmprr runs), never
+in qmprr's; when QEMU's folder is unknown, relative names are not described.
 """
 
 from __future__ import annotations
@@ -25,6 +29,12 @@ from .recording.redact import REDACTED
 NOTE_TEXT = "images named by a command: format, size and backing chain (no data)"
 
 
+def qemu_folder(pid: int | None) -> str | None:
+    """Where QEMU process *pid* resolves relative names: ``/proc/PID/cwd`` (its folder, seen through the
+    kernel, so in QEMU's own mount namespace too); None when *pid* is unknown."""
+    return f"/proc/{pid}/cwd" if pid is not None else None
+
+
 def _opened(msg: dict[str, Any], reply: Any) -> bool:
     """Whether the command succeeded (an HMP command's errors are in its ``return`` text; ``drive_add`` says OK)."""
     if not isinstance(reply, dict) or "return" not in reply:
@@ -37,8 +47,9 @@ class ImageWatcher:
     """The backend, with image descriptions noted after image-opening commands (else delegated)."""
 
     def __init__(self, backend: Any, cwd: str | None = None) -> None:
+        """*cwd*: the folder QEMU resolves relative names in (:func:`qemu_folder`); None: unknown."""
         self._backend = backend
-        self._cwd = cwd or os.getcwd()
+        self._cwd = cwd
         self._seen: set[str] = set()
         if hasattr(backend, "submit"):  # the channel's callback path (the serve loop's hot path)
             self.submit = self._submit
@@ -88,7 +99,8 @@ class ImageWatcher:
         if msg.get("execute") not in images.IMAGE_COMMANDS or not _opened(msg, reply):
             return []
         opened = [o for o in images.opened_in_command(self._as_logged(msg))
-                  if o[0] not in self._seen and REDACTED not in o[0]]  # fmt: skip
+                  if o[0] not in self._seen and REDACTED not in o[0]
+                  and (self._cwd is not None or os.path.isabs(o[0]))]  # fmt: skip
         self._seen.update(o[0] for o in opened)
         return opened
 

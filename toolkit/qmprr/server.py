@@ -29,7 +29,6 @@ import itertools
 import os
 import socket
 import stat
-import struct
 from collections.abc import Callable, Coroutine
 import typing
 from typing import Any, Protocol
@@ -139,13 +138,10 @@ def describe_peer(sock: socket.socket | None) -> str | None:
         with contextlib.suppress(OSError):
             host, port = sock.getpeername()[:2]
             return f"tcp {host}:{port}"
-    if sock is None or sock.family != socket.AF_UNIX:
+    creds = address.peer_credentials(sock)
+    if creds is None:
         return None
-    try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    except OSError:
-        return None
-    pid, uid, _gid = struct.unpack("3i", creds)
+    pid, uid = creds
     try:
         with open(f"/proc/{pid}/comm") as f:
             comm = f.read().strip()

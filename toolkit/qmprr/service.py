@@ -29,7 +29,7 @@ import attrs
 from . import address, images
 from .channel import INTERNAL_SRC, Channel, ChannelError
 from .errors import QmprrError, RecordingError
-from .image_watch import ImageWatcher
+from .image_watch import ImageWatcher, qemu_folder
 from .launch import LaunchedQemu, start_qemu
 from .recording import RecordLog, RecordWriter, Redactor, SyncPolicy, header_for_greeting, relevant_env
 from .recording.segment import SegmentEnd, segment_end
@@ -165,8 +165,9 @@ def _remove_if_stale(path: str | None) -> None:
             check_socket_path(path)
 
 
-async def _serve(channel: Channel, options: ServiceOptions) -> QmpServer:
-    server = QmpServer(ImageWatcher(channel), policy=options.policy, limits=options.limits)
+async def _serve(channel: Channel, options: ServiceOptions, qemu_pid: int | None) -> QmpServer:
+    """Serve the clients; *qemu_pid* is QEMU's (its folder is where relative image names are read)."""
+    server = QmpServer(ImageWatcher(channel, qemu_folder(qemu_pid)), policy=options.policy, limits=options.limits)
     if options.socket_fd is not None:
         from .fdpass import inherited_listener
 
@@ -266,7 +267,7 @@ async def run_launch(
     server = None
     rotation = _start_rotation(channel)
     try:
-        server = await _serve(channel, options)
+        server = await _serve(channel, options, qemu.process.pid)
         if monitor is not None:
             _say(options, f"QEMU (pid {qemu.process.pid}) survives qmprr's death: its monitor is {monitor}"
                  f" ('qmprr proxy --reattach {options.record}' takes it back)")
@@ -400,7 +401,7 @@ async def run_proxy(upstream: str | None, options: ServiceOptions, *, reattach: 
                     f"{end.final_seq}{torn}; what QEMU said while no recorder was attached is not recorded")
             channel.note(text, fields["previous"])
             _say(options, text)
-        server = await _serve(channel, options)
+        server = await _serve(channel, options, channel.peer_pid)
         await _first(channel.wait_closed(), stop.wait())
         return 0
     finally:
