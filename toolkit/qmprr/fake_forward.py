@@ -52,6 +52,10 @@ TERMINAL_LINES = 20
 MAX_HELD_RECORDS = 1000
 
 
+#: The policy for the QEMU :func:`upstream_qemu` starts: in qmprr's network namespace.
+SANDBOXED = ReplayPolicy(network=True)
+
+
 class ForwardError(QmprrError):
     """The hybrid fake cannot reach or start its real QEMU."""
 
@@ -293,7 +297,7 @@ class HybridFake:
     ) -> None:
         self.fake = fake
         self.record = record
-        self.backend = ForwardingBackend(fake, upstream, policy or ReplayPolicy(), lazy=lazy)
+        self.backend = ForwardingBackend(fake, upstream, policy or ReplayPolicy(), lazy=lazy)  # default: host network
         self.server = QmpServer(self.backend, limits=fake.limits)
 
     async def start(self) -> None:
@@ -329,10 +333,10 @@ def hybrid_from_options(
     if not os.path.isdir(os.path.dirname(os.path.abspath(record))):
         raise ForwardError(f"--record {record}: its folder does not exist")
     labels = {"made-by": "qmprr fake --forward-unmatched", "forwarded-from": os.path.basename(recording)}
-    if upstream is not None:
+    if upstream is not None:  # someone else's QEMU, on the host's network
         return HybridFake(fake, upstream_socket(upstream, record, labels), lazy=lazy, record=record)
     source = upstream_qemu(fake.script, record, labels)
-    return HybridFake(fake, source, lazy=lazy, record=record)
+    return HybridFake(fake, source, lazy=lazy, record=record, policy=SANDBOXED)
 
 
 def write_report(path: str, fake: FakeReport, hybrid: HybridReport | None = None) -> None:

@@ -421,7 +421,7 @@ def _new_episodes_endpoint(
 ) -> Iterator[QmpEndpoint]:
     """Serve *fake* as a hybrid: what the recording lacks goes to a real QEMU and is appended as its next segment."""
     from .errors import QmprrError
-    from .fake_forward import HybridFake, continuation, upstream_qemu
+    from .fake_forward import SANDBOXED, HybridFake, continuation, upstream_qemu
 
     if fake.mode != "lenient":
         pytest.fail(
@@ -435,7 +435,8 @@ def _new_episodes_endpoint(
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
         labels = {"made-by": "qmprr pytest plugin (new_episodes)", "test": request.node.nodeid}
-        hybrid = HybridFake(fake, upstream_qemu(fake.script, str(partial), labels, link=link), record=str(partial))
+        hybrid = HybridFake(fake, upstream_qemu(fake.script, str(partial), labels, link=link), record=str(partial),
+                            policy=SANDBOXED)
     except QmprrError as exc:
         pytest.fail(f"cannot record new episodes of {path}: {exc}", pytrace=False)
     endpoint = serving.serve(fake, recording=path, hybrid=hybrid)

@@ -69,14 +69,16 @@ class ReplayOptions:
     host_differences: Literal["warn", "diverge"] = "warn"  # differences a host rule explains (compare.HOST_RULES)
     command_timeout: float = 60.0
 
-    def policy(self, *, checks: bool = True, roots: tuple[str, ...] = ()) -> ReplayPolicy:
-        """The decisions for a target: *checks* for a real QEMU, *roots* besides the --map-path targets."""
+    def policy(self, *, checks: bool = True, roots: tuple[str, ...] = (), network: bool = False) -> ReplayPolicy:
+        """The decisions for a target: *checks* for a real QEMU, *roots* besides the --map-path targets,
+        *network* when QEMU is in qmprr's network namespace."""
         return ReplayPolicy(
             path_map=self.path_map,
             roots=(*roots, *self.path_map.allowed_roots()),
             secrets=self.secrets,
             only_src=self.only_src,
             checks=checks and not self.allow_unsafe,
+            network=network,
         )
 
 

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import attrs
 
 from ..recording.redact import hmp_tokens
+from . import network as net
 from .safety import FD_COMMANDS, PLACEHOLDER_FD, PathMap, fill_secrets, refusal, secret_missing
 from .script import Exchange
 
@@ -79,6 +80,15 @@ def _safety(policy: ReplayPolicy, ex: Exchange, args: Any) -> Decision | None:
     return Decision("refuse", reason) if reason else None
 
 
+def _network(policy: ReplayPolicy, ex: Exchange, args: Any) -> Decision | None:
+    if not policy.checks or policy.network:
+        return None
+    reason = net.refusal(ex.command, args)
+    if reason is None:
+        return None
+    return Decision("refuse", f"{reason}, and this QEMU is on the host's network (not in qmprr's sandbox)")
+
+
 def _fd(policy: ReplayPolicy, ex: Exchange, args: Any) -> Decision | None:
     hmp = args.get("command-line", "") if isinstance(args, dict) and ex.command == "human-monitor-command" else ""
     if ex.command in FD_COMMANDS or (isinstance(hmp, str) and [t[2] for t in hmp_tokens(hmp)[:1]] == ["getfd"]):
@@ -92,7 +102,7 @@ def _fill(policy: ReplayPolicy, ex: Exchange, args: Any) -> Decision | None:
 
 
 #: The rules, in order; the first that returns a decision wins, else ``send``.
-RULES: tuple[Rule, ...] = (_internal, _source, _secret, _safety, _fd, _fill)
+RULES: tuple[Rule, ...] = (_internal, _source, _secret, _safety, _network, _fd, _fill)
 #: The fake's rules: what it may answer from the recording.
 FAKE_RULES: tuple[Rule, ...] = (_internal, _unanswered)
 
@@ -107,6 +117,9 @@ class ReplayPolicy:
     only_src: tuple[str, ...] = ()
     checks: bool = True
     internal: bool = True  # qmprr's own commands (role internal) take part; the fake's clients never send them
+    #: QEMU is in qmprr's network namespace (only loopback): commands may open sockets there.
+    #: False for a QEMU someone else started: those are refused (:mod:`qmprr.replay.network`).
+    network: bool = False
     rules: tuple[Rule, ...] = RULES
 
     @classmethod

@@ -83,7 +83,6 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
         elif run.target == "qemu":
             workdir = run.workdir or stack.enter_context(work_folder("qmprr-replay-", keep=run.keep_workdir))
             options = _scratch(script, workdir, options, report, always=run.scratch_images)
-            policy = options.policy(checks=run.checks, roots=(os.path.realpath(workdir),))
             sandbox = None
             if run.sandbox and not options.allow_unsafe:
                 try:
@@ -91,6 +90,7 @@ async def run_replay(path: str, run: RunOptions, options: ReplayOptions) -> Repl
                 except SandboxError as exc:
                     raise TargetError(f"cannot sandbox QEMU: {exc}; --allow-unsafe replays without a sandbox") from None
                 sandbox = Sandbox((workdir, *options.path_map.allowed_roots()))
+            policy = options.policy(checks=run.checks, roots=(os.path.realpath(workdir),), network=sandbox is not None)
             env: dict[str, str] = {"TMPDIR": workdir}
             if run.domain is not None:
                 from ..domain import build_launch
