@@ -32,10 +32,17 @@ class Raw:
         self.sock.settimeout(30)
         self.sock.connect(path)
         self.file = self.sock.makefile("rb")
-        assert "QMP" in self.read()
+        assert "QMP" in self.read_message()
         self.sock.sendall(b'{"execute":"qmp_capabilities"}')
-        assert self.read() == {"return": {}}
+        assert self.read_message() == {"return": {}}
         self.n = 0
+
+    def read_message(self) -> Any:
+        """The next line that is not an event (a slow start can put QEMU's RESUME first)."""
+        while True:
+            msg = self.read()
+            if not (isinstance(msg, dict) and "event" in msg):
+                return msg
 
     def read(self) -> Any:
         line = self.file.readline()
