@@ -53,6 +53,18 @@ REFUSED = [
     ("human-monitor-command", {"command-line": "chardev-add udp,id=c,host=1.2.3.4,port=5"}),
     ("human-monitor-command", {"command-line": "migrate -d tcp:1.2.3.4:4444"}),
     ("human-monitor-command", {"command-line": "drive_add 0 if=none,id=d,file=nbd:1.2.3.4:10809"}),
+    # found by review: each was let through, and QEMU 7.2 listened or connected
+    ("human-monitor-command", {"command-line": "gdbserver"}),
+    ("blockdev-change-medium", {"id": "cd", "filename": 'json:{"driver":"raw","file.driver":"nbd",'
+                                                        '"file.host":"127.0.0.1","file.port":"10809"}'}),
+    ("human-monitor-command", {"command-line": 'drive_add 0 if=none,id=d1,file=json:{"driver":"nbd",,'
+                                               '"server":{"type":"inet",,"host":"127.0.0.1",,"port":"1"},,'
+                                               '"export":"x"}'}),
+    ("human-monitor-command", {"command-line": "object_add input-barrier,id=b0,name=g,server=h,port=24800"}),
+    ("object-add", {"qom-type": "dbus-vmstate", "id": "d", "addr": "unix:abstract=x;tcp:host=127.0.0.1,port=5"}),
+    ("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "qmprr-nbd", "abstract": True}}}),
+    ("human-monitor-command", {"command-line": "chardev-add socket,id=c,path=x,abstract=on,server=on"}),
+    ("human-monitor-command", {"command-line": "chardev-add backend=udp,id=u0,port=5555"}),
 ]
 
 ALLOWED = [
@@ -69,6 +81,10 @@ ALLOWED = [
     ("human-monitor-command", {"command-line": "nbd_server_start unix:nbd.sock"}),
     ("human-monitor-command", {"command-line": "chardev-add file,id=c,path=log.txt"}),
     ("human-monitor-command", {"command-line": "device_add usb-tablet,port=1"}),
+    ("human-monitor-command", {"command-line": "gdbserver none"}),
+    ("human-monitor-command", {"command-line": 'drive_add 0 if=none,id=d,file=json:{"driver":"qcow2",,'
+                                               '"file":{"driver":"file",,"filename":"d.qcow2"}}'}),
+    ("human-monitor-command", {"command-line": "object_add iothread,id=io0"}),
 ]
 
 

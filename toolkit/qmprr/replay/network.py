@@ -12,8 +12,10 @@ which part of it.
 Conservative, as :mod:`qmprr.replay.safety` is: a harmless value may be
 refused, a network endpoint is not let through. Refused:
 
-* a socket address of type ``inet`` or ``vsock`` anywhere in the arguments,
-  and any object with a ``hostfwd`` or ``guestfwd`` member;
+* a socket address of type ``inet`` or ``vsock`` anywhere in the arguments, an
+  abstract UNIX socket (``abstract``: it lives in the network namespace, open
+  to every local user), and any ``hostfwd`` or ``guestfwd`` member; keys are
+  read by their last part, so ``file.driver`` is a ``driver``;
 * any string naming a network protocol (``tcp:``, ``udp:``, ``rdma:``,
   ``nbd:``, ``nbd+tcp://``, ``http://`` and the other URL schemes QEMU's block
   layer and migration read; ``host=`` in option strings), and the same inside
@@ -21,17 +23,21 @@ refused, a network endpoint is not let through. Refused:
 * netdevs but ``hubport`` (``user`` reaches the host's network, ``socket``,
   ``stream``, ``dgram``, ``tap``, ``vde``, ``l2tpv3`` and the rest open sockets
   or interfaces), network block drivers (``nbd``, ``ssh``, ``http``…), the
-  objects ``input-barrier`` and ``can-host-socketcan``;
-* HMP: ``hostfwd_add``, ``netdev_add`` (but ``hubport``), ``nbd_server_start``
-  (but on a ``unix:`` path), ``chardev-add socket`` with ``host``/``port`` and
-  ``udp``, and any line with the strings above.
+  objects ``input-barrier``, ``can-host-socketcan`` and ``dbus-vmstate``;
+* HMP: ``gdbserver`` (but ``none`` or a ``unix:`` path), ``hostfwd_add``,
+  ``netdev_add`` (but ``hubport``), ``nbd_server_start`` (but on a ``unix:``
+  path), ``object_add`` of the objects above, ``chardev-add``/``chardev-change``
+  of ``udp`` or of ``socket`` with ``host``/``port``; every argument is read
+  as QEMU's option syntax and JSON (``json:`` filenames), and checked as above.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
+from .. import qemuopts
 from ..recording.redact import hmp_tokens
 from .safety import json_body, read_json
 
@@ -40,18 +46,21 @@ _QUIET_NETDEVS = frozenset({"hubport"})
 #: Block drivers that connect to a server.
 NETWORK_DRIVERS = frozenset({"nbd", "ssh", "http", "https", "ftp", "ftps", "iscsi", "gluster", "rbd", "nfs",
                              "curl", "libiscsi"})
-#: QOM types that connect out or reach a host interface.
-NETWORK_OBJECTS = frozenset({"input-barrier", "can-host-socketcan"})
+#: QOM types that connect out or reach a host interface (``dbus-vmstate`` takes D-Bus addresses).
+NETWORK_OBJECTS = frozenset({"input-barrier", "can-host-socketcan", "dbus-vmstate"})
 #: Members that name a network endpoint, whatever object holds them (``host``/``port`` alone do
 #: not: a USB device has a ``port``; every network address among QEMU's types has a ``type``).
 _ENDPOINT_KEYS = frozenset({"hostfwd", "guestfwd"})
-#: HMP commands that take a chardev spec (``socket,port=4444`` listens on every interface).
+#: Socket address types that reach past a UNIX socket.
+_NETWORK_TYPES = frozenset({"inet", "vsock"})
+_TRUE = frozenset({"on", "yes", "true", "y"})
+#: HMP commands that take a chardev spec.
 _HMP_CHARDEV = frozenset({"chardev-add", "chardev-change"})
-#: A network protocol named in a string: URIs, chardev specs, block URLs, option keys.
+#: A network protocol named in a string: URIs, chardev specs, block URLs, D-Bus addresses, option keys.
 NETWORK_TEXT = re.compile(
-    r"(?:^|[\s=,:\"'(\[])(?:tcp|udp|rdma|telnet|tn3270|websocket|vsock|nbd(?:\+\w+)*|ssh|https?|ftps?"
-    r"|iscsi|gluster(?:\+\w+)?|rbd|nfs|sheepdog|vxhs)(?::|://)"
-    r"|(?:^|[\s,.])(?:host|hostfwd|guestfwd)=",
+    r"(?:^|[\s=,:;\"'(\[-])(?:tcp|udp|rdma|telnet|tn3270|websocket|vsock|nbd(?:\+\w+)*|ssh|https?|ftps?"
+    r"|iscsi|gluster(?:\+\w+)?|rbd|nfs|sheepdog|vxhs|autolaunch)(?::|://)"
+    r"|(?:^|[\s,.:;])(?:host|hostfwd|guestfwd)=",
     re.IGNORECASE,
 )
 
@@ -68,49 +77,77 @@ def refusal(command: str, arguments: Any) -> str | None:
         return f"a netdev of type {args.get('type')!r} reaches the host's network"
     if command == "object-add" and args.get("qom-type") in NETWORK_OBJECTS:
         return f"an object of type {args['qom-type']!r} connects to the host's network"
-    return _tree_refusal(args)
+    return _first(_pair_refusal(k, v) for k, v in _leaves(args))
 
 
-def _tree_refusal(node: Any) -> str | None:
-    stack = [node]
+def _leaves(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:
+    """``(key, value)`` for every scalar of a JSON tree, by the last part of its nearest key.
+
+    A string that holds JSON (``json:`` filenames, JSON option values) is read
+    and its leaves follow it.
+    """
+    stack: list[tuple[Any, str]] = [(node, key)]
     while stack:
-        n = stack.pop()
+        n, k = stack.pop()
         if isinstance(n, dict):
-            if n.get("type") in ("inet", "vsock"):
-                return f"a socket address of type {n['type']!r} opens a network socket"
-            if n.get("driver") in NETWORK_DRIVERS:
-                return f"the block driver {n['driver']!r} connects to a server"
-            member = next((k for k in n if k in _ENDPOINT_KEYS), None)
-            if member is not None:
-                return f"{member!r} names a network endpoint"
-            stack.extend(n.values())
+            stack.extend((v, str(name).rsplit(".", 1)[-1]) for name, v in n.items())
         elif isinstance(n, list):
-            stack.extend(n)
-        elif isinstance(n, str):
-            if NETWORK_TEXT.search(n):
-                return f"{n!r} names a network endpoint"
-            body = json_body(n)  # a json: block filename, a JSON -device/-object value
+            stack.extend((v, k) for v in n)
+        else:
+            yield k, n
+            body = json_body(n) if isinstance(n, str) else None
             if body is not None:
                 try:
-                    stack.append(read_json(body))
+                    stack.append((read_json(body), ""))
                 except ValueError:
-                    return f"{n!r} is JSON qmprr cannot read"
+                    yield "", "json: that qmprr cannot read"
+
+
+def _pair_refusal(key: str, value: Any) -> str | None:
+    text = str(value).lower() if isinstance(value, (str, bool)) else ""
+    if key in ("type", "backend") and text in _NETWORK_TYPES:
+        return f"a socket address of type {value!r} opens a network socket"
+    if key == "driver" and text in NETWORK_DRIVERS:
+        return f"the block driver {value!r} connects to a server"
+    if key == "abstract" and text in _TRUE:
+        return "an abstract UNIX socket is open to every local user"
+    if key in _ENDPOINT_KEYS:
+        return f"{key!r} names a network endpoint"
+    if key == "qom-type" and text in NETWORK_OBJECTS:
+        return f"an object of type {value!r} connects to the host's network"
+    if value == "json: that qmprr cannot read":
+        return "a JSON value qmprr cannot read"
+    if isinstance(value, str) and NETWORK_TEXT.search(value):
+        return f"{value!r} names a network endpoint"
     return None
+
+
+def _first(reasons: Iterator[str | None]) -> str | None:
+    return next((r for r in reasons if r is not None), None)
 
 
 def _hmp_refusal(line: str) -> str | None:
     words = [t[2] for t in hmp_tokens(line)]
     name = words[0] if words else ""
+    options = [qemuopts.parse(w, implied=True) for w in words[1:]]
+    first = options[0] if options else []
+    implied = first[0].value if first and first[0].key is None else None
+    keys = {item.key: item.value for opts in options for item in opts if item.key is not None}
+    kind = implied or keys.get("backend") or keys.get("type") or keys.get("qom-type")
+    if name == "gdbserver" and not (words[1:] and (words[1] == "none" or words[1].startswith("unix:"))):
+        return "HMP gdbserver listens on a network port (tcp::1234 by default)"
     if name == "hostfwd_add":
         return "HMP hostfwd_add forwards a host port into the guest"
-    if name == "netdev_add" and (len(words) < 2 or words[1].split(",")[0] not in _QUIET_NETDEVS):
-        return f"HMP netdev_add {words[1] if len(words) > 1 else ''!r} reaches the host's network"
+    if name == "netdev_add" and kind not in _QUIET_NETDEVS:
+        return f"HMP netdev_add of type {kind!r} reaches the host's network"
     if name == "nbd_server_start" and not any(w.startswith("unix:") for w in words[1:]):
         return "HMP nbd_server_start listens on a network address"
-    if name in _HMP_CHARDEV and len(words) > 1:
-        spec = words[-1].split(",")
-        if spec[0] == "udp" or (spec[0] == "socket" and any(o.split("=")[0] in ("host", "port") for o in spec[1:])):
-            return f"HMP {name} {words[-1]!r} opens a network socket"
+    if name == "object_add" and kind in NETWORK_OBJECTS:
+        return f"HMP object_add of {kind!r} connects to the host's network"
+    if name in _HMP_CHARDEV and (kind == "udp" or (kind == "socket" and keys.keys() & {"host", "port"})):
+        return f"HMP {name} of a {kind} chardev opens a network socket"
     if NETWORK_TEXT.search(line):
         return f"HMP {line!r} names a network endpoint"
-    return None
+    found = _first(_pair_refusal(k, v) for opts in options for item in opts
+                   for k, v in _leaves(item.value, (item.key or "").rsplit(".", 1)[-1]))
+    return f"HMP {name}: {found}" if found is not None else None
