@@ -405,3 +405,19 @@ def test_the_proxy_reads_relative_image_names_in_qemus_folder_not_its_own(tmp_pa
     notes = [r.data for r in read_records(record) if isinstance(r, Note) and r.data and "images" in r.data]
     assert [image["path"] for note in notes for image in note["images"]] == ["disk.qcow2"]
     assert notes[0]["images"][0]["virtual_size"] == 16 * 2**20  # QEMU's image, not the decoy (48M)
+
+
+@pytest.mark.qemu
+def test_qemus_folder_is_a_running_qemus_only(tmp_path: Path) -> None:
+    from qmprr.image_watch import qemu_folder
+
+    assert qemu_folder(os.getpid()) is None  # a socket's peer that is not QEMU (a launcher, a relay)
+    assert qemu_folder(None) is None
+    with support.qemu_with_qmp(tmp_path) as (qemu, _sock):
+        folder = qemu_folder(qemu.pid)
+        assert folder is not None and folder.path() == f"/proc/{qemu.pid}/cwd"
+        assert os.path.samefile(folder.path(), os.getcwd())
+        qemu.kill()
+        qemu.wait()
+    assert folder.path() is None  # exited: its pid may name another process now
+    folder.close()

@@ -19,6 +19,8 @@ in qmprr's; when QEMU's folder is unknown, relative names are not described.
 from __future__ import annotations
 
 import os
+import re
+import signal
 from typing import Any
 
 from . import images
@@ -29,10 +31,61 @@ from .recording.redact import REDACTED
 NOTE_TEXT = "images named by a command: format, size and backing chain (no data)"
 
 
-def qemu_folder(pid: int | None) -> str | None:
-    """Where QEMU process *pid* resolves relative names: ``/proc/PID/cwd`` (its folder, seen through the
-    kernel, so in QEMU's own mount namespace too); None when *pid* is unknown."""
-    return f"/proc/{pid}/cwd" if pid is not None else None
+#: What ``/proc/PID/exe`` of a QEMU names (``qemu-system-x86_64``, a distribution's ``qemu-kvm``).
+_QEMU_EXE = re.compile(r"^qemu-(?:system-[A-Za-z0-9_.-]+|kvm)$")
+
+
+class QemuFolder:
+    """Where a running QEMU resolves relative names: ``/proc/PID/cwd`` (its folder, seen
+    through the kernel, so in QEMU's own mount namespace too), while that process runs.
+
+    Held by a pidfd, so a pid reused by another process after QEMU exits never
+    names that process's folder.
+    """
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self._pidfd = pidfd
+
+    def path(self) -> str | None:
+        """``/proc/PID/cwd``, or None once QEMU has exited."""
+        try:
+            signal.pidfd_send_signal(self._pidfd, 0)
+        except OSError:
+            return None
+        return f"/proc/{self.pid}/cwd"
+
+    def close(self) -> None:
+        os.close(self._pidfd)
+
+
+def _exe(pid: int) -> str | None:
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe")).removesuffix(" (deleted)")
+    except OSError:
+        return None
+
+
+def qemu_folder(pid: int | None) -> QemuFolder | None:
+    """The folder of QEMU process *pid*; None when *pid* is unknown or not a QEMU.
+
+    The pid may be a socket peer's (``SO_PEERCRED``): the process that called
+    ``listen()``, which is not always QEMU (a launcher that passed the socket
+    on, a relay), hence the check of its program.
+    """
+    if pid is None:
+        return None
+    exe = _exe(pid)
+    if exe is None or not _QEMU_EXE.match(exe):
+        return None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if _exe(pid) != exe:  # the pid changed hands between the two looks
+        os.close(pidfd)
+        return None
+    return QemuFolder(pid, pidfd)
 
 
 def _opened(msg: dict[str, Any], reply: Any) -> bool:
@@ -46,10 +99,10 @@ def _opened(msg: dict[str, Any], reply: Any) -> bool:
 class ImageWatcher:
     """The backend, with image descriptions noted after image-opening commands (else delegated)."""
 
-    def __init__(self, backend: Any, cwd: str | None = None) -> None:
+    def __init__(self, backend: Any, cwd: str | QemuFolder | None = None) -> None:
         """*cwd*: the folder QEMU resolves relative names in (:func:`qemu_folder`); None: unknown."""
         self._backend = backend
-        self._cwd = cwd
+        self._folder = cwd
         self._seen: set[str] = set()
         if hasattr(backend, "submit"):  # the channel's callback path (the serve loop's hot path)
             self.submit = self._submit
@@ -89,7 +142,8 @@ class ImageWatcher:
         def after(reply: dict[str, Any] | None, error: Any) -> None:
             opened = self._newly_opened(msg, reply) if error is None else []
             if opened:
-                self._write_note([images.describe(p, self._cwd, f, c) for p, f, c in opened])
+                cwd = self._cwd()
+                self._write_note([images.describe(p, cwd, f, c) for p, f, c in opened])
             done(reply, error)
 
         return after
@@ -98,11 +152,17 @@ class ImageWatcher:
         """The images a successful image command opened, not described yet (and not hidden by redaction)."""
         if msg.get("execute") not in images.IMAGE_COMMANDS or not _opened(msg, reply):
             return []
+        known = self._cwd() is not None
         opened = [o for o in images.opened_in_command(self._as_logged(msg))
                   if o[0] not in self._seen and REDACTED not in o[0]
-                  and (self._cwd is not None or os.path.isabs(o[0]))]  # fmt: skip
+                  and (known or os.path.isabs(o[0]))]  # fmt: skip
         self._seen.update(o[0] for o in opened)
         return opened
+
+    def _cwd(self) -> str | None:
+        """QEMU's folder now (None: unknown, or QEMU has exited)."""
+        folder = self._folder
+        return folder.path() if isinstance(folder, QemuFolder) else folder
 
     def _as_logged(self, msg: dict[str, Any]) -> dict[str, Any]:
         log = getattr(self._backend, "log", None)
@@ -110,7 +170,8 @@ class ImageWatcher:
         return redactor.redact(msg) if redactor is not None else msg
 
     async def _note(self, opened: list[images.Opened]) -> None:
-        self._write_note([await images.describe_async(p, self._cwd, f, c) for p, f, c in opened])
+        cwd = self._cwd()
+        self._write_note([await images.describe_async(p, cwd, f, c) for p, f, c in opened])
 
     def _write_note(self, described: list[dict[str, Any] | None]) -> None:
         found = [d for d in described if d is not None]

@@ -165,9 +165,11 @@ def _remove_if_stale(path: str | None) -> None:
             check_socket_path(path)
 
 
-async def _serve(channel: Channel, options: ServiceOptions, qemu_pid: int | None) -> QmpServer:
-    """Serve the clients; *qemu_pid* is QEMU's (its folder is where relative image names are read)."""
-    server = QmpServer(ImageWatcher(channel, qemu_folder(qemu_pid)), policy=options.policy, limits=options.limits)
+async def _serve(channel: Channel, options: ServiceOptions, *qemu_pids: int | None) -> QmpServer:
+    """Serve the clients; *qemu_pids* may be QEMU's (the first that is names the folder where relative
+    image names are read: the socket's peer, else the pid a reattached recording names)."""
+    folder = next((f for f in map(qemu_folder, qemu_pids) if f is not None), None)
+    server = QmpServer(ImageWatcher(channel, folder), policy=options.policy, limits=options.limits)
     if options.socket_fd is not None:
         from .fdpass import inherited_listener
 
@@ -401,7 +403,7 @@ async def run_proxy(upstream: str | None, options: ServiceOptions, *, reattach: 
                     f"{end.final_seq}{torn}; what QEMU said while no recorder was attached is not recorded")
             channel.note(text, fields["previous"])
             _say(options, text)
-        server = await _serve(channel, options, channel.peer_pid)
+        server = await _serve(channel, options, channel.peer_pid, fields.get("qemu_pid"))
         await _first(channel.wait_closed(), stop.wait())
         return 0
     finally:
