@@ -47,6 +47,7 @@ class RawClient:
     def __init__(self, path: str) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(path)
+        self.sock.settimeout(30)  # a proxy or floor that died must not hang the benchmark
         self.decoder = wire.StreamDecoder()
         self._recv_one()  # greeting
         self.sock.sendall(b'{"execute":"qmp_capabilities"}')
@@ -54,7 +55,10 @@ class RawClient:
 
     def _recv_one(self) -> object:
         while True:
-            items = self.decoder.feed(self.sock.recv(65536))
+            data = self.sock.recv(65536)
+            if not data:
+                raise SystemExit("qmprr bench: the connection closed (did the proxy or a floor die?)")
+            items = self.decoder.feed(data)
             if items:
                 return items[0]
 

@@ -120,13 +120,18 @@ def _connect(path: str) -> tuple[socket.socket, bytes]:
 
 def _negotiate(sock: socket.socket) -> bytes:
     """Read the greeting, negotiate; return the bytes read past the reply."""
-    buf = b""
-    while b"\n" not in buf:
-        buf += sock.recv(65536)
-    buf = buf.split(b"\n", 1)[1]
+    buf = _line(sock, b"")
     sock.sendall(b'{"execute":"qmp_capabilities"}')
+    return _line(sock, buf)
+
+
+def _line(sock: socket.socket, buf: bytes) -> bytes:
+    """Read until *buf* holds a whole line; the bytes after it (SystemExit when QEMU hangs up)."""
     while b"\n" not in buf:
-        buf += sock.recv(65536)
+        data = sock.recv(65536)
+        if not data:
+            raise SystemExit("qmprr bench: QEMU closed the monitor")
+        buf += data
     return buf.split(b"\n", 1)[1]
 
 
@@ -288,17 +293,28 @@ def _floor_time(qemu: str, commands: list[bytes], log_path: str, *, writer: bool
     recorded and written. The records are a hand-made hash chain, or (*writer*)
     qmprr's :class:`~qmprr.recording.RecordWriter`, which every design keeps.
     """
-    import hashlib
-
     from ..launch import monitor_args
-    from ..recording import RecordWriter
-    from ..recording.header import header_for_greeting
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.settimeout(30)
     proc = subprocess.Popen(
         [qemu, *QEMU_NONE, *monitor_args(theirs.fileno())], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL
     )
     theirs.close()
+    try:
+        return _floor_run(ours, commands, log_path, writer)
+    finally:
+        ours.close()
+        _stop(proc)
+
+
+def _floor_run(ours: socket.socket, commands: list[bytes], log_path: str, writer: bool) -> float:
+    """:func:`_floor_time` on a monitor socket already connected to QEMU."""
+    import hashlib
+
+    from ..recording import RecordWriter
+    from ..recording.header import header_for_greeting
+
     log = RecordWriter.create(log_path, header_for_greeting({"QMP": {"version": {}, "capabilities": []}})) if writer else None
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if log is None else -1
     state: dict[str, Any] = {"prev": b"0" * 32, "seq": 0}
@@ -338,8 +354,12 @@ def _floor_time(qemu: str, commands: list[bytes], log_path: str, *, writer: bool
                 self.buf += data
                 while b"\n" in self.buf:
                     reply, self.buf = self.buf.split(b"\n", 1)
-                    record(b"reply", reply)
+                    record(b"reply", reply)  # the mix sends no events: each line answers the command
                     self.send_next()
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                if not finished.done():
+                    finished.set_exception(SystemExit("qmprr bench: QEMU closed the monitor"))
 
         _transport, protocol = await loop.create_connection(Replayer, sock=ours)
         start = time.perf_counter()
@@ -356,8 +376,6 @@ def _floor_time(qemu: str, commands: list[bytes], log_path: str, *, writer: bool
             log.close()
         else:
             os.close(fd)
-        ours.close()
-        _stop(proc)
 
 
 def bench_replay(m: int, rounds: int, qemu: str, tmp: str) -> dict[str, float]:
