@@ -237,6 +237,19 @@ def test_transaction_rules_abort_while_busy_and_refusals_recorded() -> None:
     assert TX_RULES[(TxState.BUSY, TxInput.ABORT)] is TxState.ABORTING
 
 
+def test_a_command_asked_in_a_transaction_after_its_end_is_refused_when_it_ends() -> None:
+    core, sink = make()
+    [began] = [e for e in core.begin("t", "dump", "owner", now=0) if isinstance(e, Began)]
+    [w] = writes(core.ask("c1", {"execute": "stop"}, now=0, src="owner", tx=began.tx))
+    core.end("end", began.tx, now=0, src="owner")
+    assert answers(core.ask("c2", {"execute": "cont"}, now=0, src="owner", tx=began.tx)) == {}
+    out = answers(core.receive(reply_to(w), now=1))
+    assert out["end"].reply == {"tx": began.tx}
+    assert isinstance(out["c2"].error, TransactionAborted) and "is over: it has ended" in str(out["c2"].error)
+    assert core.waiting() == [] and core.tx is None
+    assert [r.reply["error"]["desc"] for r in sink.of(Local)] == [str(out["c2"].error)]  # recorded
+
+
 def test_idle_transaction_is_aborted_by_the_clock() -> None:
     core, _sink = make(tx_idle_timeout=5)
     [began] = [e for e in core.begin("t", "idle", "owner", now=0) if isinstance(e, Began)]

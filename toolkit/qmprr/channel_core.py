@@ -942,19 +942,21 @@ class ChannelCore:
         why = hold.abort_reason if outcome is Release.ABORT else None
         if outcome is Release.ABORT:
             self._refuse_tx_queue(hold)
+        elif self._tx_queue:  # asked in it after its end was queued: over for them too
+            self._refuse_tx_queue(hold, f"transaction {hold.id} ({hold.label!r}) is over: it has ended")
         self._hold = None
         self._ended[hold.id] = (hold.label, action, why)
         self._append(Tx(action=action, tx=hold.id, label=hold.label, owner=hold.owner, reason=why))  # type: ignore[arg-type]  # Release values are the Tx actions
         self._out.append(TxEnded(hold.id, action, why))
         return True
 
-    def _refuse_tx_queue(self, hold: _Hold) -> None:
+    def _refuse_tx_queue(self, hold: _Hold, text: str | None = None) -> None:
         items = list(self._tx_queue)
         self._tx_queue.clear()
         for item in items:
             self._tokens.discard(item.token)
             self._refuse(item, TransactionAborted(
-                f"transaction {hold.id} ({hold.label!r}) was aborted: {hold.abort_reason}"))
+                text or f"transaction {hold.id} ({hold.label!r}) was aborted: {hold.abort_reason}"))
 
     def _refuse_waiting(
         self, error: Callable[[_Item], ChannelError], which: Callable[[_Item], bool] = lambda item: True
