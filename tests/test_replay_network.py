@@ -49,7 +49,7 @@ REFUSED = [
     ("human-monitor-command", {"command-line": "hostfwd_add tcp::2222-:22"}),
     ("human-monitor-command", {"command-line": "netdev_add user,id=n"}),
     ("human-monitor-command", {"command-line": "nbd_server_start 0.0.0.0:10809"}),
-    ("human-monitor-command", {"command-line": "chardev-add socket,id=c,port=4444,server=on,wait=off"}),
+    ("human-monitor-command", {"command-line": "chardev-add socket,id=c,host=,port=4444,server=on,wait=off"}),
     ("human-monitor-command", {"command-line": "chardev-add udp,id=c,host=1.2.3.4,port=5"}),
     ("human-monitor-command", {"command-line": "migrate -d tcp:1.2.3.4:4444"}),
     ("human-monitor-command", {"command-line": "drive_add 0 if=none,id=d,file=nbd:1.2.3.4:10809"}),
@@ -65,6 +65,15 @@ REFUSED = [
     ("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "qmprr-nbd", "abstract": True}}}),
     ("human-monitor-command", {"command-line": "chardev-add socket,id=c,path=x,abstract=on,server=on"}),
     ("human-monitor-command", {"command-line": "chardev-add backend=udp,id=u0,port=5555"}),
+    # found by a second review
+    ("human-monitor-command", {"command-line": "netdev_add hubport,id=n,type=user"}),
+    ("human-monitor-command", {"command-line": "chardev-add null,id=u,backend=udp,port=5555,localport=7777"}),
+    ("human-monitor-command", {"command-line": "chardev-change c0 udp,port=5555,localport=7778"}),
+    ("blockdev-change-medium", {"id": "cd0", "filename": 'blkdebug::json:{"driver":"nbd","server":'
+                                                         '{"type":"inet","host":"127.0.0.1","port":"1"}}'}),
+    ("human-monitor-command", {"command-line": "drive_add 0 if=none,id=d2,format=iscsi,portal=1.2.3.4:3260"}),
+    ("blockdev-change-medium", {"id": "cd", "filename": "iser://127.0.0.1/iqn.x/0"}),
+    ("device_add", {"driver": "vhost-vsock-pci", "guest-cid": 3}),
 ]
 
 ALLOWED = [
@@ -134,7 +143,7 @@ def test_a_client_of_the_hybrid_fake_cannot_open_a_listener_in_the_upstream_qemu
             mon.connect(negotiate=True)
             reply = mon.cmd_obj(_listener(port, "hostile"))
             hmp = mon.cmd_obj({"execute": "human-monitor-command", "arguments": {
-                "command-line": f"chardev-add socket,id=h,port={port},server=on,wait=off"}})
+                "command-line": f"chardev-add socket,id=h,host=127.0.0.1,port={port},server=on,wait=off"}})
             listening = _listening(port)
             mon.close()
             proc.communicate(timeout=30)

@@ -45,7 +45,7 @@ from .safety import json_body, read_json
 _QUIET_NETDEVS = frozenset({"hubport"})
 #: Block drivers that connect to a server.
 NETWORK_DRIVERS = frozenset({"nbd", "ssh", "http", "https", "ftp", "ftps", "iscsi", "gluster", "rbd", "nfs",
-                             "curl", "libiscsi"})
+                             "curl", "libiscsi", "iser"})
 #: QOM types that connect out or reach a host interface (``dbus-vmstate`` takes D-Bus addresses).
 NETWORK_OBJECTS = frozenset({"input-barrier", "can-host-socketcan", "dbus-vmstate"})
 #: Members that name a network endpoint, whatever object holds them (``host``/``port`` alone do
@@ -59,7 +59,8 @@ _HMP_CHARDEV = frozenset({"chardev-add", "chardev-change"})
 #: A network protocol named in a string: URIs, chardev specs, block URLs, D-Bus addresses, option keys.
 NETWORK_TEXT = re.compile(
     r"(?:^|[\s=,:;\"'(\[-])(?:tcp|udp|rdma|telnet|tn3270|websocket|vsock|nbd(?:\+\w+)*|ssh|https?|ftps?"
-    r"|iscsi|gluster(?:\+\w+)?|rbd|nfs|sheepdog|vxhs|autolaunch)(?::|://)"
+    r"|iscsi|iser|gluster(?:\+\w+)?|rbd|nfs|sheepdog|vxhs|autolaunch)(?::|://)"
+    r"|[^\s=,\"']json:"  # JSON inside another filename (blkdebug::json:{...}) is not read here: refused
     r"|(?:^|[\s,.:;])(?:host|hostfwd|guestfwd)=",
     re.IGNORECASE,
 )
@@ -107,12 +108,14 @@ def _pair_refusal(key: str, value: Any) -> str | None:
     text = str(value).lower() if isinstance(value, (str, bool)) else ""
     if key in ("type", "backend") and text in _NETWORK_TYPES:
         return f"a socket address of type {value!r} opens a network socket"
-    if key == "driver" and text in NETWORK_DRIVERS:
+    if key in ("driver", "format") and text in NETWORK_DRIVERS:
         return f"the block driver {value!r} connects to a server"
     if key == "abstract" and text in _TRUE:
         return "an abstract UNIX socket is open to every local user"
     if key in _ENDPOINT_KEYS:
         return f"{key!r} names a network endpoint"
+    if key == "driver" and text.startswith("vhost-vsock"):
+        return f"the device {value!r} gives the guest the host's vsock services"
     if key == "qom-type" and text in NETWORK_OBJECTS:
         return f"an object of type {value!r} connects to the host's network"
     if value == "json: that qmprr cannot read":
@@ -129,11 +132,15 @@ def _first(reasons: Iterator[str | None]) -> str | None:
 def _hmp_refusal(line: str) -> str | None:
     words = [t[2] for t in hmp_tokens(line)]
     name = words[0] if words else ""
-    options = [qemuopts.parse(w, implied=True) for w in words[1:]]
+    specs = words[2:] if name == "chardev-change" else words[1:]  # chardev-change ID SPEC
+    options = [qemuopts.parse(w, implied=True) for w in specs]
     first = options[0] if options else []
     implied = first[0].value if first and first[0].key is None else None
     keys = {item.key: item.value for opts in options for item in opts if item.key is not None}
-    kind = implied or keys.get("backend") or keys.get("type") or keys.get("qom-type")
+    kinds = [implied] + [keys[k] for k in ("backend", "type", "qom-type") if k in keys]
+    kind = kinds[-1]  # QEMU keeps the last value of a key; the first bare word is one more
+    if len({k for k in kinds if k is not None}) > 1:
+        return f"HMP {name} names its type twice ({', '.join(str(k) for k in kinds if k)})"
     if name == "gdbserver" and not (words[1:] and (words[1] == "none" or words[1].startswith("unix:"))):
         return "HMP gdbserver listens on a network port (tcp::1234 by default)"
     if name == "hostfwd_add":
